@@ -1,0 +1,130 @@
+//! The one record the kernel programs write into the `EVENTS` ring buffer.
+
+/// What a [`RawEvent`] reports. Stored as `u8` in [`RawEvent::kind`].
+pub mod kind {
+    /// A socket went CLOSE -> SYN_SENT on a watched port (active open started).
+    /// The source port may be 0: Linux assigns it after this transition.
+    pub const CONNECT_ATTEMPT: u8 = 1;
+    /// SYN_SENT -> ESTABLISHED; `duration_ns` is the handshake time.
+    pub const ESTABLISHED: u8 = 2;
+    /// SYN_SENT -> CLOSE after an RST from the peer; `duration_ns` since the attempt.
+    pub const REFUSED: u8 = 3;
+    /// SYN_SENT -> CLOSE with ETIMEDOUT (SYN retransmits exhausted).
+    pub const TIMED_OUT: u8 = 4;
+    /// SYN_SENT -> CLOSE with another socket error (ICMP unreachable, ...); see `errno`.
+    pub const CONNECT_ERROR: u8 = 5;
+    /// SYN_SENT -> CLOSE because the application closed the socket first.
+    pub const CONNECT_ABORTED: u8 = 6;
+    /// SYN_RECV -> ESTABLISHED on the server side of a watched port.
+    pub const ACCEPTED: u8 = 7;
+    /// A connection that was past the handshake reached CLOSE; `duration_ns`
+    /// is its lifetime since ESTABLISHED, `old_state` the state it left.
+    pub const CLOSED: u8 = 8;
+    /// CLOSE -> LISTEN on a watched port; `pid`/`comm` name the process.
+    pub const LISTEN_OPEN: u8 = 9;
+    /// LISTEN -> CLOSE on a watched port.
+    pub const LISTEN_CLOSE: u8 = 10;
+    /// This host sent an RST (`tcp:tcp_send_reset`); `reason` where the kernel gives it.
+    pub const RESET_SENT: u8 = 11;
+    /// This host received an RST (`tcp:tcp_receive_reset`).
+    pub const RESET_RECEIVED: u8 = 12;
+    /// One past the highest kind; for validation in the decoder.
+    pub const MAX: u8 = 13;
+}
+
+/// Bits in [`RawEvent::flags`].
+pub mod flags {
+    /// The program saw no start for this socket (it predates the daemon or
+    /// its entry was evicted): `duration_ns` is 0 and means "unknown".
+    pub const NO_START: u32 = 1 << 0;
+    /// Reported by a kprobe rather than a tracepoint.
+    pub const FROM_KPROBE: u32 = 1 << 1;
+    /// An RST sent without a socket (e.g. a SYN to a port nobody listens on).
+    pub const NO_SOCKET: u32 = 1 << 2;
+    /// The connection was opened actively (connect()) by this host.
+    pub const ACTIVE: u32 = 1 << 3;
+    /// The connection was accepted by a listener on this host.
+    pub const PASSIVE: u32 = 1 << 4;
+    /// The `reason` field is valid (the kernel's tracepoint carries one).
+    pub const HAS_REASON: u32 = 1 << 5;
+    /// The state was taken from the program's own socket table, not the kernel record.
+    pub const STATE_TRACKED: u32 = 1 << 6;
+}
+
+/// One event, written by the kernel programs and decoded by the daemon.
+///
+/// Addresses are in network byte order; IPv4 uses the first 4 bytes of the
+/// 16-byte arrays. Ports are in host byte order. `saddr`/`sport` is always
+/// this host's end of the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_boot_ns()` at the event.
+    pub ts_ns: u64,
+    /// Kernel socket address, used only to tie events of one socket together.
+    pub sock: u64,
+    /// Handshake time, connection lifetime or time since the attempt, per kind.
+    pub duration_ns: u64,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// TCP state before the transition (or 0).
+    pub old_state: u8,
+    /// TCP state after the transition, or the state an RST was sent/received in.
+    pub state: u8,
+    pub _pad0: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad1: u16,
+    /// Thread-group id of the current task (meaningful for listener events).
+    pub pid: u32,
+    /// Kernel reset reason (`enum sk_rst_reason`) when [`flags::HAS_REASON`].
+    pub reason: u32,
+    /// Socket error (positive errno) for failed connects.
+    pub errno: i32,
+    /// SYN retransmits seen before the outcome.
+    pub retransmits: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Current task's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+impl RawEvent {
+    /// Size of the record in the ring buffer.
+    pub const SIZE: usize = core::mem::size_of::<RawEvent>();
+
+    /// An all-zero record, the start for every event the programs build.
+    pub const fn zeroed() -> Self {
+        RawEvent {
+            ts_ns: 0,
+            sock: 0,
+            duration_ns: 0,
+            kind: 0,
+            old_state: 0,
+            state: 0,
+            _pad0: 0,
+            family: 0,
+            sport: 0,
+            dport: 0,
+            _pad1: 0,
+            pid: 0,
+            reason: 0,
+            errno: 0,
+            retransmits: 0,
+            flags: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+        }
+    }
+}
+
+// The record has no implicit padding: 3 x u64, 4 x u8, 4 x u16, 5 x u32, 3 x 16 bytes.
+const _: () = assert!(RawEvent::SIZE == 24 + 4 + 8 + 20 + 48);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RawEvent {}

@@ -1,0 +1,142 @@
+//! Record layouts of the tracepoints, read by the daemon from tracefs
+//! `format` files at start-up and handed to the programs as a global.
+//!
+//! Offsets are byte offsets into the tracepoint record. A field the running
+//! kernel does not have is [`FIELD_ABSENT`].
+
+/// Marks a field the running kernel's record does not carry.
+pub const FIELD_ABSENT: u16 = u16::MAX;
+
+/// How a record stores the connection's addresses and ports.
+pub mod tuple_style {
+    /// No address fields: the tracepoint cannot be used for per-port events.
+    pub const NONE: u16 = 0;
+    /// Separate `sport`, `dport`, `family`, `saddr[4]`, `daddr[4]`,
+    /// `saddr_v6[16]`, `daddr_v6[16]` fields (most TCP tracepoints).
+    pub const FIELDS: u16 = 1;
+    /// `saddr`/`daddr` are `struct sockaddr_in6`-sized arrays holding a
+    /// `sockaddr_in` or `sockaddr_in6` (`tcp:tcp_send_reset` since Linux 6.10).
+    pub const SOCKADDR: u16 = 2;
+}
+
+/// Where a record keeps its addresses and ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TupleLayout {
+    /// One of [`tuple_style`].
+    pub style: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+}
+
+impl TupleLayout {
+    pub const ABSENT: TupleLayout = TupleLayout {
+        style: tuple_style::NONE,
+        sport: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        family: FIELD_ABSENT,
+        saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        saddr_v6: FIELD_ABSENT,
+        daddr_v6: FIELD_ABSENT,
+    };
+}
+
+/// Offsets of the fields one tracepoint record has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpLayout {
+    /// Non-zero when the tracepoint exists and its layout was understood.
+    pub present: u16,
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub state: u16,
+    pub protocol: u16,
+    pub reason: u16,
+    pub error: u16,
+    pub tuple: TupleLayout,
+}
+
+impl TpLayout {
+    pub const ABSENT: TpLayout = TpLayout {
+        present: 0,
+        skaddr: FIELD_ABSENT,
+        oldstate: FIELD_ABSENT,
+        newstate: FIELD_ABSENT,
+        state: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
+        reason: FIELD_ABSENT,
+        error: FIELD_ABSENT,
+        tuple: TupleLayout::ABSENT,
+    };
+}
+
+/// Every tracepoint layout the programs use; the `LAYOUTS` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layouts {
+    pub set_state: TpLayout,
+    pub error_report: TpLayout,
+    pub receive_reset: TpLayout,
+    pub send_reset: TpLayout,
+    pub retransmit: TpLayout,
+    pub destroy_sock: TpLayout,
+}
+
+impl Layouts {
+    pub const ABSENT: Layouts = Layouts {
+        set_state: TpLayout::ABSENT,
+        error_report: TpLayout::ABSENT,
+        receive_reset: TpLayout::ABSENT,
+        send_reset: TpLayout::ABSENT,
+        retransmit: TpLayout::ABSENT,
+        destroy_sock: TpLayout::ABSENT,
+    };
+}
+
+/// Offsets inside `struct sock` (its leading `struct sock_common`), resolved
+/// from the kernel's BTF; used by the kprobe programs, which get a raw
+/// `struct sock *`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockLayout {
+    /// Non-zero when every offset below was resolved.
+    pub present: u16,
+    pub family: u16,
+    pub state: u16,
+    /// `skc_num`: local port, host byte order.
+    pub num: u16,
+    /// `skc_dport`: remote port, network byte order.
+    pub dport: u16,
+    pub rcv_saddr: u16,
+    pub daddr: u16,
+    pub v6_rcv_saddr: u16,
+    pub v6_daddr: u16,
+    pub _pad: u16,
+}
+
+impl SockLayout {
+    pub const ABSENT: SockLayout = SockLayout {
+        present: 0,
+        family: FIELD_ABSENT,
+        state: FIELD_ABSENT,
+        num: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        rcv_saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        v6_rcv_saddr: FIELD_ABSENT,
+        v6_daddr: FIELD_ABSENT,
+        _pad: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Layouts {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockLayout {}

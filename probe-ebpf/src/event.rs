@@ -1,0 +1,158 @@
+//! Reading tracepoint records and writing events: shared by every program.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns},
+    programs::TracePointContext,
+};
+use probe_common::{
+    AF_INET, AF_INET6, FIELD_ABSENT, LOST_RINGBUF_FULL, RawEvent, TupleLayout, tuple_style,
+};
+
+use crate::maps::{EVENTS, LOST, PORTS, TupleKey};
+
+/// A connection's addresses as this host sees them (`s` = local end).
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+impl Tuple {
+    pub fn key(&self) -> TupleKey {
+        TupleKey {
+            daddr: self.daddr,
+            family: self.family,
+            sport: self.sport,
+            dport: self.dport,
+            _pad: 0,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // Boot time keeps counting across suspend, so the daemon can map it to wall time.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// Reads a field of type `T` at `off`, `None` when absent or unreadable.
+#[inline(always)]
+pub fn field<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
+    if off == FIELD_ABSENT {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(off as usize).ok() }
+}
+
+#[inline(always)]
+pub fn port_watched(port: u16) -> bool {
+    match PORTS.get(u32::from(port >> 6)) {
+        Some(word) => *word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}
+
+/// Reads family and ports only, so unwatched traffic is dropped before the
+/// more expensive address reads.
+#[inline(always)]
+pub fn read_ports(ctx: &TracePointContext, t: &TupleLayout) -> Option<(u16, u16, u16)> {
+    match t.style {
+        tuple_style::FIELDS => {
+            let family = field::<u16>(ctx, t.family).unwrap_or(AF_INET);
+            Some((family, field(ctx, t.sport)?, field(ctx, t.dport)?))
+        }
+        tuple_style::SOCKADDR => {
+            let family = field::<u16>(ctx, t.saddr)?;
+            let sport = u16::from_be(field::<u16>(ctx, t.saddr.wrapping_add(2))?);
+            let dport = u16::from_be(field::<u16>(ctx, t.daddr.wrapping_add(2))?);
+            Some((family, sport, dport))
+        }
+        _ => None,
+    }
+}
+
+/// Reads the addresses into `tuple` (family and ports already set).
+#[inline(always)]
+pub fn read_addrs(ctx: &TracePointContext, t: &TupleLayout, tuple: &mut Tuple) -> Option<()> {
+    match (t.style, tuple.family) {
+        (tuple_style::FIELDS, AF_INET) => {
+            let s: [u8; 4] = field(ctx, t.saddr)?;
+            let d: [u8; 4] = field(ctx, t.daddr)?;
+            tuple.saddr[..4].copy_from_slice(&s);
+            tuple.daddr[..4].copy_from_slice(&d);
+        }
+        (tuple_style::FIELDS, AF_INET6) => {
+            tuple.saddr = field(ctx, t.saddr_v6)?;
+            tuple.daddr = field(ctx, t.daddr_v6)?;
+        }
+        (tuple_style::SOCKADDR, AF_INET) => {
+            let s: [u8; 4] = field(ctx, t.saddr.wrapping_add(4))?;
+            let d: [u8; 4] = field(ctx, t.daddr.wrapping_add(4))?;
+            tuple.saddr[..4].copy_from_slice(&s);
+            tuple.daddr[..4].copy_from_slice(&d);
+        }
+        (tuple_style::SOCKADDR, AF_INET6) => {
+            tuple.saddr = field(ctx, t.saddr.wrapping_add(8))?;
+            tuple.daddr = field(ctx, t.daddr.wrapping_add(8))?;
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The record's tuple if either port is watched, else `None`.
+#[inline(always)]
+pub fn watched_tuple(ctx: &TracePointContext, t: &TupleLayout) -> Option<Tuple> {
+    let (family, sport, dport) = read_ports(ctx, t)?;
+    if !port_watched(sport) && !port_watched(dport) {
+        return None;
+    }
+    let mut tuple = Tuple {
+        family,
+        sport,
+        dport,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    read_addrs(ctx, t, &mut tuple)?;
+    Some(tuple)
+}
+
+/// Reserves a record in the ring buffer, lets `fill` write it and submits it.
+/// A full ring buffer is counted, never silent.
+#[inline(always)]
+pub fn emit<F: FnOnce(&mut RawEvent)>(kind: u8, tuple: &Tuple, fill: F) {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        count_lost(LOST_RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.write(RawEvent::zeroed());
+    ev.ts_ns = now();
+    ev.kind = kind;
+    ev.family = tuple.family;
+    ev.sport = tuple.sport;
+    ev.dport = tuple.dport;
+    ev.saddr = tuple.saddr;
+    ev.daddr = tuple.daddr;
+    fill(ev);
+    entry.submit(0);
+}
+
+/// Records the current task (for events raised in process context).
+#[inline(always)]
+pub fn set_task(ev: &mut RawEvent) {
+    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+}
+
+#[inline(always)]
+pub fn count_lost(slot: u32) {
+    if let Some(p) = LOST.get_ptr_mut(slot) {
+        unsafe { *p += 1 };
+    }
+}

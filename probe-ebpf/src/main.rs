@@ -1,0 +1,70 @@
+//! drainwatch's kernel programs. Thin entry points; the work is in one
+//! module per area: `conn` (connection lifecycle), `reset` (RSTs), `kprobe`
+//! (the kprobe path).
+#![no_std]
+#![no_main]
+
+mod conn;
+mod event;
+mod kprobe;
+mod maps;
+mod reset;
+
+use aya_ebpf::{
+    macros::{kprobe, tracepoint},
+    programs::{ProbeContext, TracePointContext},
+};
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = conn::set_state(&ctx);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    let _ = conn::error_report(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let _ = conn::retransmit(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let _ = conn::destroy_sock(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = reset::send_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = reset::receive_reset(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
+    let _ = kprobe::tcp_connect(&ctx);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
+    let _ = kprobe::tcp_reset(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

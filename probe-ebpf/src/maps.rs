@@ -1,0 +1,93 @@
+//! Maps and load-time globals shared by every program.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use probe_common::{
+    DEFAULT_RINGBUF_BYTES, LOST_SLOTS, Layouts, PORT_BITMAP_WORDS, RUNTIME_SLOTS, SockLayout,
+};
+
+/// Tracepoint record layouts, filled in by the loader from tracefs.
+#[unsafe(no_mangle)]
+pub static LAYOUTS: Global<Layouts> = Global::new(Layouts::ABSENT);
+
+/// `struct sock` field offsets, filled in by the loader from BTF (kprobes only).
+#[unsafe(no_mangle)]
+pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout::ABSENT);
+
+/// Every event goes here; the loader may resize it.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// Events the programs could not deliver, per CPU, by cause.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Watched ports as a bitmap: bit `p & 63` of word `p >> 6`.
+#[map]
+pub static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Switches the daemon flips after attaching (see `RUNTIME_*` in probe-common).
+#[map]
+pub static RUNTIME: Array<u32> = Array::with_max_entries(RUNTIME_SLOTS, 0);
+
+/// What the programs remember about a watched socket, keyed by its address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockInfo {
+    /// When the handshake started (SYN_SENT or SYN_RECV), 0 if not seen.
+    pub start_ns: u64,
+    /// When the connection reached ESTABLISHED, 0 if not seen.
+    pub est_ns: u64,
+    pub retransmits: u32,
+    pub state: u8,
+    /// The state before CLOSE, kept so that an RST sent while closing is
+    /// reported with the state the connection was really in.
+    pub prev_state: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+pub mod sock_flags {
+    pub const RST_SEEN: u8 = 1;
+    pub const ACTIVE: u8 = 2;
+    pub const PASSIVE: u8 = 4;
+    pub const PENDING: u8 = 8;
+}
+
+#[map]
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Identifies a connection when a record carries no socket address
+/// (`sock:inet_sk_error_report`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TupleKey {
+    pub daddr: [u8; 16],
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+}
+
+/// A connect that closed in SYN_SENT without an RST, waiting for the socket
+/// error (reported just after the close) or the socket's destruction.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub sock: u64,
+    pub start_ns: u64,
+    pub retransmits: u32,
+    pub _pad: u32,
+    pub saddr: [u8; 16],
+}
+
+#[map]
+pub static PENDING: LruHashMap<TupleKey, Pending> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket errors reported while still in SYN_SENT (ICMP errors), consumed by
+/// the following SYN_SENT -> CLOSE.
+#[map]
+pub static RECENT_ERR: LruHashMap<TupleKey, i32> = LruHashMap::with_max_entries(4096, 0);

@@ -1,0 +1,301 @@
+//! `drainwatch run`: load, attach, read the ring buffer, decode, print and
+//! export, until SIGINT or SIGTERM; then detach everything and exit 0.
+
+use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    event::{DecodeContext, decode, parse_raw},
+    loader::{self, HookState, LoadOptions},
+    metrics::{self, Metrics},
+};
+
+/// How events are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Nothing; metrics only.
+    None,
+}
+
+pub struct RunOptions {
+    pub load: LoadOptions,
+    pub output: Output,
+    pub metrics_addr: SocketAddr,
+}
+
+/// Offset from the kernel's boot-time clock to Unix time, in ns.
+fn boot_to_unix_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME)
+}
+
+fn random_key() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: buf is valid for 8 bytes.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != 8 {
+        return std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    u64::from_ne_bytes(buf)
+}
+
+/// Counts listening sockets per watched port from /proc/net/tcp{,6}: the
+/// daemon may start after the listeners opened.
+pub fn scan_listeners(ports: &[u16]) -> Vec<(u16, i64)> {
+    let mut counts: Vec<(u16, i64)> = ports.iter().map(|&p| (p, 0)).collect();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let mut cols = line.split_whitespace();
+            let local = cols.nth(1);
+            let state = cols.nth(1);
+            if state != Some("0A") {
+                continue;
+            }
+            let Some(port) = local
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if let Some(c) = counts.iter_mut().find(|(p, _)| *p == port) {
+                c.1 += 1;
+            }
+        }
+    }
+    counts
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let loaded = loader::load(&opts.load)?;
+    let mut ebpf = loaded.ebpf;
+    let watched = opts.load.ports.clone();
+
+    let metrics = Arc::new(Metrics::new(&watched).context("creating metrics")?);
+    metrics
+        .build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), &kernel_release()])
+        .set(1);
+    metrics
+        .ringbuf_bytes
+        .set(i64::from(opts.load.ringbuf_bytes));
+    for h in &loaded.hooks {
+        let up = i64::from(h.state == HookState::Attached);
+        metrics.hook_attached.with_label_values(&[&h.name]).set(up);
+    }
+    for (port, n) in scan_listeners(&watched) {
+        metrics.set_listeners(port, n);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Kernel-side diagnostics (aya-log) go to tracing via the log bridge.
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => {
+            let mut stop = stop_rx.clone();
+            // SAFETY: the logger owns its ring-buffer fd for as long as the AsyncFd lives.
+            let mut afd =
+                unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                    .map_err(|e| anyhow::anyhow!("watching the kernel log ring buffer: {e}"))?;
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = afd.readable_mut() => match r {
+                            Ok(mut g) => { g.get_inner_mut().flush(); g.clear_ready(); }
+                            Err(e) => { tracing::warn!("kernel log reader failed: {e}"); break; }
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            });
+        }
+        Err(e) => tracing::debug!("no kernel-side logging: {e}"),
+    }
+
+    let events = loader::take_events(&mut ebpf)?;
+    let lost = loader::take_lost(&mut ebpf)?;
+
+    // Kernel-side loss: polled, and exported as a counter.
+    {
+        let counter = metrics.lost_counter("kernel_ringbuf_full");
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let mut seen = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                let done = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stop.changed() => true,
+                };
+                let total = loader::lost_total(&lost);
+                if total > seen {
+                    counter.inc_by(total - seen);
+                    tracing::warn!(
+                        "ring buffer full: {} events dropped in the kernel",
+                        total - seen
+                    );
+                    seen = total;
+                }
+                if done {
+                    break;
+                }
+            }
+            Ok(())
+        });
+    }
+
+    let listener = metrics::bind(opts.metrics_addr).await?;
+    tasks.spawn(metrics_task(listener, metrics.clone(), stop_rx.clone()));
+
+    let cx = DecodeContext {
+        boot_to_unix_ns: boot_to_unix_ns(),
+        sock_key: random_key(),
+        reset_reasons: loaded.reset_reasons.clone(),
+    };
+    tasks.spawn(reader_task(
+        events,
+        cx,
+        metrics.clone(),
+        watched.clone(),
+        opts.output,
+        stop_rx.clone(),
+    ));
+
+    let attached: Vec<&str> = loaded
+        .hooks
+        .iter()
+        .filter(|h| h.state == HookState::Attached)
+        .map(|h| h.name.as_str())
+        .collect();
+    tracing::info!(
+        "drainwatch ready: watching ports {:?}, metrics on http://{}/metrics, hooks: {}",
+        watched,
+        opts.metrics_addr,
+        attached.join(", ")
+    );
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut result = Ok(());
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        Some(res) = tasks.join_next() => {
+            // A task ending on its own is a failure: report it, then stop.
+            result = match res {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a reader task stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a reader task panicked: {e}")),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::warn!("task ended with error: {e:#}");
+        }
+    }
+    // Dropping the object detaches every program and frees the maps.
+    drop(ebpf);
+    tracing::info!("detached all programs");
+    result
+}
+
+async fn metrics_task(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = metrics::serve(listener, metrics) => {}
+        _ = stop.changed() => {}
+    }
+    Ok(())
+}
+
+async fn reader_task(
+    events: RingBuf<MapData>,
+    cx: DecodeContext,
+    metrics: Arc<Metrics>,
+    watched: Vec<u16>,
+    output: Output,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let decode_lost = metrics.lost_counter("decode");
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd lives.
+    let mut afd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
+    let stdout = std::io::stdout();
+    let handle = |buf: &[u8], out: &mut std::io::StdoutLock<'_>| match parse_raw(buf)
+        .and_then(|raw| decode(&raw, &cx))
+    {
+        Ok(ev) => {
+            metrics.observe(&ev, &watched);
+            let line = match output {
+                Output::Text => Some(ev.human()),
+                Output::Json => serde_json::to_string(&ev).ok(),
+                Output::None => None,
+            };
+            if let Some(line) = line
+                && writeln!(out, "{line}").is_err()
+            {
+                tracing::debug!("stdout closed; event not printed");
+            }
+        }
+        Err(e) => {
+            decode_lost.inc();
+            tracing::warn!("undecodable event ({e}); counted as lost");
+        }
+    };
+    loop {
+        let done = tokio::select! {
+            r = afd.readable_mut() => {
+                let mut guard = r.context("waiting on the event ring buffer")?;
+                let rb = guard.get_inner_mut();
+                let mut out = stdout.lock();
+                while let Some(item) = rb.next() {
+                    handle(&item, &mut out);
+                }
+                let _ = out.flush();
+                guard.clear_ready();
+                false
+            }
+            _ = stop.changed() => true,
+        };
+        if done {
+            // Deliver what is already in the buffer before exiting.
+            let rb = afd.get_mut();
+            let mut out = stdout.lock();
+            while let Some(item) = rb.next() {
+                handle(&item, &mut out);
+            }
+            let _ = out.flush();
+            return Ok(());
+        }
+    }
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,507 @@
+//! Typed events: what the daemon decodes from the ring buffer and prints,
+//! exports and (later) correlates. Decoding is pure and unit-tested.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use bytes::Buf;
+use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, tcp_state};
+use serde::Serialize;
+
+/// What happened, one per kernel event kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ConnectAttempt,
+    Established,
+    Refused,
+    TimedOut,
+    ConnectError,
+    ConnectAborted,
+    Accepted,
+    Closed,
+    ListenOpen,
+    ListenClose,
+    ResetSent,
+    ResetReceived,
+}
+
+impl EventKind {
+    fn from_raw(k: u8) -> Option<EventKind> {
+        Some(match k {
+            kind::CONNECT_ATTEMPT => EventKind::ConnectAttempt,
+            kind::ESTABLISHED => EventKind::Established,
+            kind::REFUSED => EventKind::Refused,
+            kind::TIMED_OUT => EventKind::TimedOut,
+            kind::CONNECT_ERROR => EventKind::ConnectError,
+            kind::CONNECT_ABORTED => EventKind::ConnectAborted,
+            kind::ACCEPTED => EventKind::Accepted,
+            kind::CLOSED => EventKind::Closed,
+            kind::LISTEN_OPEN => EventKind::ListenOpen,
+            kind::LISTEN_CLOSE => EventKind::ListenClose,
+            kind::RESET_SENT => EventKind::ResetSent,
+            kind::RESET_RECEIVED => EventKind::ResetReceived,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ConnectAttempt => "connect_attempt",
+            EventKind::Established => "established",
+            EventKind::Refused => "refused",
+            EventKind::TimedOut => "timed_out",
+            EventKind::ConnectError => "connect_error",
+            EventKind::ConnectAborted => "connect_aborted",
+            EventKind::Accepted => "accepted",
+            EventKind::Closed => "closed",
+            EventKind::ListenOpen => "listen_open",
+            EventKind::ListenClose => "listen_close",
+            EventKind::ResetSent => "reset_sent",
+            EventKind::ResetReceived => "reset_received",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name of a Linux TCP state.
+pub fn state_name(s: u8) -> &'static str {
+    match s {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A decoded, validated kernel event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Wall-clock time, RFC 3339 with microseconds.
+    pub time: String,
+    /// Kernel boot-time clock, nanoseconds (for ordering and intervals).
+    pub ts_boot_ns: u64,
+    pub kind: EventKind,
+    /// This host's end.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The TCP state after the transition, or the one an RST came in.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<&'static str>,
+    /// Handshake time (established, accepted), lifetime (closed, resets) or
+    /// time since the attempt (failed connects), in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_reason: Option<String>,
+    pub retransmits: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// "active" (this host connected), "passive" (accepted) or absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
+    /// The RST was sent with no socket behind it (nothing listening).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_socket: bool,
+    /// Reported by the kprobe path.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kprobe: bool,
+    /// An opaque per-socket id tying events of one connection together
+    /// (the kernel address, keyed so it is not disclosed).
+    pub sock_id: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {expected}", expected = RawEvent::SIZE)]
+    Size(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("TCP state {0} out of range")]
+    State(u8),
+}
+
+/// Reads a ring-buffer record into a [`RawEvent`] (little-endian, the only
+/// byte order the `bpfel` programs produce).
+pub fn parse_raw(mut b: &[u8]) -> Result<RawEvent, DecodeError> {
+    if b.len() != RawEvent::SIZE {
+        return Err(DecodeError::Size(b.len()));
+    }
+    let mut ev = RawEvent::zeroed();
+    ev.ts_ns = b.get_u64_le();
+    ev.sock = b.get_u64_le();
+    ev.duration_ns = b.get_u64_le();
+    ev.kind = b.get_u8();
+    ev.old_state = b.get_u8();
+    ev.state = b.get_u8();
+    ev._pad0 = b.get_u8();
+    ev.family = b.get_u16_le();
+    ev.sport = b.get_u16_le();
+    ev.dport = b.get_u16_le();
+    ev._pad1 = b.get_u16_le();
+    ev.pid = b.get_u32_le();
+    ev.reason = b.get_u32_le();
+    ev.errno = b.get_i32_le();
+    ev.retransmits = b.get_u32_le();
+    ev.flags = b.get_u32_le();
+    b.copy_to_slice(&mut ev.saddr);
+    b.copy_to_slice(&mut ev.daddr);
+    b.copy_to_slice(&mut ev.comm);
+    Ok(ev)
+}
+
+/// What decoding needs besides the record itself.
+pub struct DecodeContext {
+    /// Add to a boot-time timestamp to get Unix time, in ns.
+    pub boot_to_unix_ns: i128,
+    /// Key mixed into socket ids.
+    pub sock_key: u64,
+    /// `tcp_send_reset` reason numbers to names, as this kernel has them.
+    pub reset_reasons: Vec<(u64, String)>,
+}
+
+impl DecodeContext {
+    /// A context for tests: no clock offset, no key.
+    #[cfg(test)]
+    pub fn plain() -> DecodeContext {
+        DecodeContext {
+            boot_to_unix_ns: 0,
+            sock_key: 0,
+            reset_reasons: Vec::new(),
+        }
+    }
+}
+
+fn ip(family: u16, a: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*a))),
+        f => Err(DecodeError::Family(f)),
+    }
+}
+
+/// Kernel strings are untrusted: keep printable ASCII, escape the rest.
+pub fn sanitize_comm(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let mut s = String::with_capacity(end);
+    for &b in &raw[..end] {
+        if b.is_ascii_graphic() || b == b' ' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+/// Formats Unix nanoseconds as RFC 3339 UTC with microseconds.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Turns a raw record into a typed event, rejecting what cannot be right.
+pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> {
+    let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    if raw.state > tcp_state::NEW_SYN_RECV {
+        return Err(DecodeError::State(raw.state));
+    }
+    if raw.old_state > tcp_state::NEW_SYN_RECV {
+        return Err(DecodeError::State(raw.old_state));
+    }
+    let local = SocketAddr::new(ip(raw.family, &raw.saddr)?, raw.sport);
+    let remote = SocketAddr::new(ip(raw.family, &raw.daddr)?, raw.dport);
+    let f = raw.flags;
+    let duration_known = f & flags::NO_START == 0 && raw.duration_ns != 0;
+    let duration_seconds = match kind {
+        EventKind::ConnectAttempt | EventKind::ListenOpen | EventKind::ListenClose => None,
+        _ if duration_known => Some(raw.duration_ns as f64 / 1e9),
+        _ => None,
+    };
+    let in_process_context = matches!(
+        kind,
+        EventKind::ConnectAttempt
+            | EventKind::ListenOpen
+            | EventKind::ListenClose
+            | EventKind::ConnectAborted
+    );
+    let reset_reason = (f & flags::HAS_REASON != 0).then(|| {
+        cx.reset_reasons
+            .iter()
+            .find(|(n, _)| *n == u64::from(raw.reason))
+            .map(|(_, name)| name.clone())
+            .unwrap_or_else(|| format!("REASON_{}", raw.reason))
+    });
+    let direction = if f & flags::ACTIVE != 0 {
+        Some("active")
+    } else if f & flags::PASSIVE != 0 {
+        Some("passive")
+    } else {
+        None
+    };
+    let errno = matches!(
+        kind,
+        EventKind::Refused | EventKind::TimedOut | EventKind::ConnectError
+    )
+    .then_some(raw.errno);
+    Ok(Event {
+        time: rfc3339(i128::from(raw.ts_ns) + cx.boot_to_unix_ns),
+        ts_boot_ns: raw.ts_ns,
+        kind,
+        local,
+        remote,
+        state: state_name(raw.state),
+        old_state: (raw.old_state != 0).then(|| state_name(raw.old_state)),
+        duration_seconds,
+        errno,
+        reset_reason,
+        retransmits: raw.retransmits,
+        pid: (in_process_context && raw.pid != 0).then_some(raw.pid),
+        comm: (in_process_context && raw.comm[0] != 0).then(|| sanitize_comm(&raw.comm)),
+        direction,
+        no_socket: f & flags::NO_SOCKET != 0,
+        kprobe: f & flags::FROM_KPROBE != 0,
+        sock_id: format!("{:016x}", mix(raw.sock ^ cx.sock_key)),
+    })
+}
+
+/// splitmix64 finaliser: makes ids unlike kernel addresses.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
+impl Event {
+    /// The port that makes this connection watched: the remote port for
+    /// connections this host opened, the local one otherwise.
+    pub fn service_port(&self, watched: &[u16]) -> u16 {
+        match self.kind {
+            EventKind::ListenOpen | EventKind::ListenClose => self.local.port(),
+            _ if watched.contains(&self.remote.port()) && self.direction != Some("passive") => {
+                self.remote.port()
+            }
+            _ if watched.contains(&self.local.port()) => self.local.port(),
+            _ => self.remote.port(),
+        }
+    }
+
+    /// One human-readable line.
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "{} {:<15} {} -> {} {}",
+            self.time, self.kind, self.local, self.remote, self.state
+        );
+        if let Some(old) = self.old_state {
+            s.push_str(&format!(" (from {old})"));
+        }
+        if let Some(d) = self.duration_seconds {
+            let what = match self.kind {
+                EventKind::Established | EventKind::Accepted => "handshake",
+                EventKind::Closed | EventKind::ResetSent | EventKind::ResetReceived => "age",
+                _ => "after",
+            };
+            s.push_str(&format!(" {what} {}", human_duration(d)));
+        }
+        if let Some(e) = self.errno {
+            s.push_str(&format!(" errno {e}"));
+        }
+        if let Some(r) = &self.reset_reason {
+            s.push_str(&format!(" reason {r}"));
+        }
+        if self.no_socket {
+            s.push_str(" no-socket");
+        }
+        if self.retransmits > 0 {
+            s.push_str(&format!(" syn-retransmits {}", self.retransmits));
+        }
+        if let (Some(pid), Some(comm)) = (self.pid, &self.comm) {
+            s.push_str(&format!(" pid {pid} ({comm})"));
+        }
+        s
+    }
+}
+
+fn human_duration(secs: f64) -> String {
+    if secs < 1e-3 {
+        format!("{:.0}us", secs * 1e6)
+    } else if secs < 1.0 {
+        format!("{:.1}ms", secs * 1e3)
+    } else {
+        format!("{secs:.3}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: u8) -> RawEvent {
+        let mut r = RawEvent::zeroed();
+        r.ts_ns = 5_000_000_000;
+        r.kind = kind;
+        r.family = AF_INET;
+        r.sport = 40000;
+        r.dport = 6443;
+        r.saddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        r
+    }
+
+    fn bytes(r: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is repr(C) with no padding; viewing it as bytes is sound.
+        unsafe {
+            std::slice::from_raw_parts((r as *const RawEvent).cast::<u8>(), RawEvent::SIZE).to_vec()
+        }
+    }
+
+    #[test]
+    fn roundtrip_through_bytes() {
+        let mut r = raw(kind::REFUSED);
+        r.errno = 111;
+        r.retransmits = 2;
+        r.duration_ns = 1_500_000;
+        r.flags = flags::ACTIVE;
+        r.comm[..4].copy_from_slice(b"curl");
+        assert_eq!(parse_raw(&bytes(&r)), Ok(r));
+    }
+
+    #[test]
+    fn refused_event_fields() {
+        let mut r = raw(kind::REFUSED);
+        r.errno = 111;
+        r.old_state = tcp_state::SYN_SENT;
+        r.state = tcp_state::CLOSE;
+        r.duration_ns = 250_000;
+        r.flags = flags::ACTIVE;
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        assert_eq!(e.kind, EventKind::Refused);
+        assert_eq!(e.local.to_string(), "198.18.0.1:40000");
+        assert_eq!(e.remote.to_string(), "198.18.0.2:6443");
+        assert_eq!((e.state, e.old_state), ("CLOSE", Some("SYN_SENT")));
+        assert_eq!(e.errno, Some(111));
+        assert_eq!(e.duration_seconds, Some(0.00025));
+        assert_eq!(e.direction, Some("active"));
+        assert_eq!(e.time, "1970-01-01T00:00:05.000000Z");
+        assert_eq!(e.service_port(&[6443]), 6443);
+        let j = serde_json::to_value(&e).expect("json");
+        assert_eq!(j["kind"], "refused");
+        assert_eq!(j["remote"], "198.18.0.2:6443");
+        assert!(j.get("pid").is_none());
+    }
+
+    #[test]
+    fn reset_reason_uses_kernel_names() {
+        let mut r = raw(kind::RESET_SENT);
+        r.flags = flags::HAS_REASON | flags::NO_SOCKET;
+        r.reason = 1;
+        let mut cx = DecodeContext::plain();
+        cx.reset_reasons = vec![(0, "NOT_SPECIFIED".into()), (1, "NO_SOCKET".into())];
+        let e = decode(&r, &cx).expect("decode");
+        assert_eq!(e.reset_reason.as_deref(), Some("NO_SOCKET"));
+        assert!(e.no_socket);
+        r.reason = 99;
+        let e = decode(&r, &cx).expect("decode");
+        assert_eq!(e.reset_reason.as_deref(), Some("REASON_99"));
+    }
+
+    #[test]
+    fn ipv6_and_task() {
+        let mut r = raw(kind::LISTEN_OPEN);
+        r.family = AF_INET6;
+        r.saddr = Ipv6Addr::LOCALHOST.octets();
+        r.daddr = [0; 16];
+        r.pid = 42;
+        r.comm[..6].copy_from_slice(b"ap\x1bi\0x");
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        assert_eq!(e.local.to_string(), "[::1]:40000");
+        assert_eq!(e.pid, Some(42));
+        assert_eq!(e.comm.as_deref(), Some("ap\\x1bi"));
+        assert_eq!(e.service_port(&[6443]), 40000);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(parse_raw(&[0u8; 10]), Err(DecodeError::Size(10)));
+        let cx = DecodeContext::plain();
+        assert_eq!(decode(&raw(0), &cx), Err(DecodeError::Kind(0)));
+        assert_eq!(
+            decode(&raw(kind::MAX), &cx),
+            Err(DecodeError::Kind(kind::MAX))
+        );
+        let mut r = raw(kind::CLOSED);
+        r.family = 7;
+        assert_eq!(decode(&r, &cx), Err(DecodeError::Family(7)));
+        let mut r = raw(kind::CLOSED);
+        r.state = 200;
+        assert_eq!(decode(&r, &cx), Err(DecodeError::State(200)));
+    }
+
+    #[test]
+    fn no_start_means_unknown_duration() {
+        let mut r = raw(kind::CLOSED);
+        r.flags = flags::NO_START;
+        r.duration_ns = 0;
+        assert_eq!(
+            decode(&r, &DecodeContext::plain())
+                .expect("ok")
+                .duration_seconds,
+            None
+        );
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        // 2020-10-26T06:02:01Z, seed 002's curl timestamp.
+        assert_eq!(
+            rfc3339(1_603_692_121_000_000_000),
+            "2020-10-26T06:02:01.000000Z"
+        );
+        assert_eq!(
+            rfc3339(951_782_400_123_456_789),
+            "2000-02-29T00:00:00.123456Z"
+        );
+    }
+}

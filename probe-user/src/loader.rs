@@ -1,0 +1,383 @@
+//! Loading the kernel programs and attaching them, with fallback: a hook
+//! this kernel lacks disables what needs it, with one log line saying why.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, TracePoint},
+};
+use probe_common::{
+    LOST_RINGBUF_FULL, Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout,
+};
+
+use crate::{btf, tracefs};
+
+/// The compiled kernel programs, embedded at build time.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "drainwatch needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8), to load its kernel programs; this process has neither. Run it with sudo, or as the privileged pod in deploy/."
+    )]
+    NoPrivilege,
+    #[error("{0}")]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the kernel programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("kernel map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("the core tracepoint sock:inet_sock_set_state is unusable: {0}")]
+    NoCore(String),
+}
+
+/// How one hook fared on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookState {
+    Attached,
+    /// Present on this kernel but deliberately not used.
+    Standby(String),
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// e.g. `tracepoint sock:inet_sock_set_state`, `kprobe tcp_connect`.
+    pub name: String,
+    pub state: HookState,
+    /// Instructions the verifier accepted, when known.
+    pub insns: Option<usize>,
+}
+
+/// Options for [`load`].
+pub struct LoadOptions {
+    pub ports: Vec<u16>,
+    pub ringbuf_bytes: u32,
+    /// aya-log level for kernel-side diagnostics (0 off .. 5 trace).
+    pub kernel_log_level: u8,
+    /// Try the kprobe path (it is still only used where the kernel allows).
+    pub kprobes: bool,
+}
+
+/// Loaded and attached programs; dropping it detaches everything.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<Hook>,
+    pub reset_reasons: Vec<(u64, String)>,
+}
+
+/// Whether the effective capability set allows loading programs.
+pub fn has_privilege() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true; // cannot tell; let the kernel decide
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return true;
+    };
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Builds the watched-port bitmap words.
+pub fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
+    let mut words = std::collections::BTreeMap::<u32, u64>::new();
+    for &p in ports {
+        *words.entry(u32::from(p >> 6)).or_default() |= 1u64 << (p & 63);
+    }
+    words.into_iter().collect()
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    if !has_privilege() {
+        return Err(LoadError::NoPrivilege);
+    }
+    // Locking memory for maps is unlimited on cgroup-accounted kernels; raise
+    // the rlimit for older ones and ignore failure.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+
+    let root = tracefs::ensure_mounted()?;
+    let kl = tracefs::kernel_layouts(&root);
+    let layouts: Layouts = kl.layouts.unwrap_or(Layouts::ABSENT);
+    if layouts.set_state.present == 0 {
+        let why = kl
+            .unusable
+            .iter()
+            .find(|(n, _)| n == "inet_sock_set_state")
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| "unknown".into());
+        return Err(LoadError::NoCore(why));
+    }
+    let sock_layout = if opts.kprobes {
+        match btf::Btf::from_file(Path::new(btf::VMLINUX_BTF)).and_then(|b| b.sock_layout()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!("kprobe path off: struct sock offsets unknown ({e})");
+                SockLayout::ABSENT
+            }
+        }
+    } else {
+        SockLayout::ABSENT
+    };
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global("LAYOUTS", &layouts, true)
+        .override_global("SOCK_LAYOUT", &sock_layout, true)
+        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
+        .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        .load(PROBES)?;
+
+    {
+        let mut ports: Array<&mut MapData, u64> =
+            Array::try_from(ebpf.map_mut("PORTS").ok_or(LoadError::Map(
+                "PORTS",
+                aya::maps::MapError::InvalidName {
+                    name: "PORTS".into(),
+                },
+            ))?)
+            .map_err(|e| LoadError::Map("PORTS", e))?;
+        for (idx, word) in port_bitmap(&opts.ports) {
+            debug_assert!(idx < PORT_BITMAP_WORDS);
+            ports
+                .set(idx, word, 0)
+                .map_err(|e| LoadError::Map("PORTS", e))?;
+        }
+    }
+
+    let mut hooks = Vec::new();
+    let mut receive_reset_attached = false;
+    for (category, name, prog) in tracefs::TRACEPOINTS {
+        let hook_name = format!("tracepoint {category}:{name}");
+        if let Some((_, why)) = kl.unusable.iter().find(|(n, _)| n == name) {
+            tracing::warn!("{hook_name} unavailable: {why}; the events it feeds are off");
+            hooks.push(Hook {
+                name: hook_name,
+                state: HookState::Unavailable(why.clone()),
+                insns: None,
+            });
+            continue;
+        }
+        let result = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(aya::programs::ProgramError::NotLoaded)?
+                .try_into()?;
+            p.load()?;
+            let insns = p
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+                .map(|n| n as usize);
+            p.attach(category, name)?;
+            Ok(insns)
+        })();
+        match result {
+            Ok(insns) => {
+                if name == "tcp_receive_reset" {
+                    receive_reset_attached = true;
+                }
+                hooks.push(Hook {
+                    name: hook_name,
+                    state: HookState::Attached,
+                    insns,
+                });
+            }
+            Err(e) => {
+                let why = error_chain(&e);
+                if name == "inet_sock_set_state" {
+                    return Err(LoadError::NoCore(why));
+                }
+                tracing::warn!("{hook_name} unavailable: {why}; the events it feeds are off");
+                hooks.push(Hook {
+                    name: hook_name,
+                    state: HookState::Unavailable(why),
+                    insns: None,
+                });
+            }
+        }
+    }
+
+    for (func, prog) in [
+        ("tcp_connect", "kprobe_tcp_connect"),
+        ("tcp_reset", "kprobe_tcp_reset"),
+    ] {
+        let hook_name = format!("kprobe {func}");
+        if !opts.kprobes {
+            hooks.push(Hook {
+                name: hook_name,
+                state: HookState::Standby("disabled by --no-kprobes".into()),
+                insns: None,
+            });
+            continue;
+        }
+        if sock_layout.present == 0 {
+            hooks.push(Hook {
+                name: hook_name,
+                state: HookState::Unavailable("struct sock offsets not found in BTF".into()),
+                insns: None,
+            });
+            continue;
+        }
+        let loaded = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
+            let p: &mut KProbe = ebpf
+                .program_mut(prog)
+                .ok_or(aya::programs::ProgramError::NotLoaded)?
+                .try_into()?;
+            p.load()?;
+            Ok(p.info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+                .map(|n| n as usize))
+        })();
+        let insns = match loaded {
+            Ok(i) => i,
+            Err(e) => {
+                let why = format!("verifier rejected it: {}", error_chain(&e));
+                tracing::warn!("{hook_name} unavailable: {why}");
+                hooks.push(Hook {
+                    name: hook_name,
+                    state: HookState::Unavailable(why),
+                    insns: None,
+                });
+                continue;
+            }
+        };
+        if func == "tcp_reset" && receive_reset_attached {
+            hooks.push(Hook {
+                name: hook_name,
+                state: HookState::Standby(
+                    "loaded and verified; tracepoint tcp:tcp_receive_reset is used instead".into(),
+                ),
+                insns,
+            });
+            continue;
+        }
+        let attached = (|| -> Result<(), aya::programs::ProgramError> {
+            let p: &mut KProbe = ebpf
+                .program_mut(prog)
+                .ok_or(aya::programs::ProgramError::NotLoaded)?
+                .try_into()?;
+            p.attach(func, 0)?;
+            Ok(())
+        })();
+        match attached {
+            Ok(()) => {
+                if func == "tcp_connect" {
+                    let mut rt: Array<&mut MapData, u32> =
+                        Array::try_from(ebpf.map_mut("RUNTIME").ok_or(LoadError::Map(
+                            "RUNTIME",
+                            aya::maps::MapError::InvalidName {
+                                name: "RUNTIME".into(),
+                            },
+                        ))?)
+                        .map_err(|e| LoadError::Map("RUNTIME", e))?;
+                    rt.set(RUNTIME_KPROBE_CONNECT, 1, 0)
+                        .map_err(|e| LoadError::Map("RUNTIME", e))?;
+                }
+                hooks.push(Hook {
+                    name: hook_name,
+                    state: HookState::Attached,
+                    insns,
+                });
+            }
+            Err(e) => {
+                let why = format!(
+                    "loaded and verified, but attaching failed (kernel without kprobes?): {}",
+                    error_chain(&e)
+                );
+                tracing::info!("{hook_name} not used: {why}; tracepoints cover it");
+                hooks.push(Hook {
+                    name: hook_name,
+                    state: HookState::Unavailable(why),
+                    insns,
+                });
+            }
+        }
+    }
+
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        reset_reasons: kl.reset_reasons,
+    })
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    // Verifier logs are long; the first line says enough for a log line.
+    if let Some(cut) = s.find("Verifier output:") {
+        s.truncate(cut + 200.min(s.len() - cut));
+    }
+    s
+}
+
+/// The event ring buffer, taken out of the object for the reader task.
+pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
+    let map = ebpf.take_map("EVENTS").ok_or(LoadError::Map(
+        "EVENTS",
+        aya::maps::MapError::InvalidName {
+            name: "EVENTS".into(),
+        },
+    ))?;
+    RingBuf::try_from(map).map_err(|e| LoadError::Map("EVENTS", e))
+}
+
+/// Kernel-side loss counters, taken out for the poller.
+pub fn take_lost(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+    let map = ebpf.take_map("LOST").ok_or(LoadError::Map(
+        "LOST",
+        aya::maps::MapError::InvalidName {
+            name: "LOST".into(),
+        },
+    ))?;
+    PerCpuArray::try_from(map).map_err(|e| LoadError::Map("LOST", e))
+}
+
+/// Total events the programs dropped because the ring buffer was full.
+pub fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    lost.get(&LOST_RINGBUF_FULL, 0)
+        .map(|v| v.iter().sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_sets_one_bit_per_port() {
+        let words = port_bitmap(&[6443, 443, 0, 65535, 444]);
+        assert_eq!(
+            words,
+            vec![
+                (0, 1),
+                (443 >> 6, (1 << (443 & 63)) | (1 << (444 & 63))),
+                (6443 >> 6, 1 << (6443 & 63)),
+                (1023, 1 << 63),
+            ]
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! drainwatch: sees, from the kernel, why connections drop while an
+//! apiserver (or anything behind a load balancer) rolls out.
+
+mod btf;
+mod daemon;
+mod event;
+mod loader;
+mod metrics;
+mod tracefs;
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use probe_common::{DEFAULT_PORTS, DEFAULT_RINGBUF_BYTES};
+
+use crate::{
+    daemon::{Output, RunOptions},
+    loader::{HookState, LoadOptions},
+};
+
+#[derive(Parser)]
+#[command(name = "drainwatch", version, about)]
+struct Cli {
+    /// Log filter for drainwatch's own logs (tracing EnvFilter syntax).
+    #[arg(long, global = true, env = "DRAINWATCH_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the observer: load the kernel programs, print events, serve metrics.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A TCP port to watch, matched on either end (repeatable). Default: 6443 and 443.
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
+    /// How to print events on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    /// Where to serve Prometheus metrics (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:9977")]
+    metrics_addr: SocketAddr,
+    /// Size of the kernel event ring buffer in bytes: a power of two, at least 4096.
+    #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_bytes)]
+    ringbuf_bytes: u32,
+    /// Kernel-side diagnostics level (off, error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn", value_parser = parse_kernel_level)]
+    kernel_log_level: u8,
+    /// Do not try the kprobe path even where the kernel has kprobes.
+    #[arg(long)]
+    no_kprobes: bool,
+    /// Print which hooks this host supports and which would be used, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two of at least 4096 (the kernel requires a power-of-two multiple of the page size)"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_kernel_level(s: &str) -> Result<u8, String> {
+    Ok(match s {
+        "off" => 0,
+        "error" => 1,
+        "warn" => 2,
+        "info" => 3,
+        "debug" => 4,
+        "trace" => 5,
+        _ => {
+            return Err(format!(
+                "{s:?} is not one of off, error, warn, info, debug, trace"
+            ));
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("drainwatch: --log {:?} is not a valid filter: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drainwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut ports = if args.ports.is_empty() {
+        DEFAULT_PORTS.to_vec()
+    } else {
+        args.ports
+    };
+    ports.sort_unstable();
+    ports.dedup();
+    let load = LoadOptions {
+        ports,
+        ringbuf_bytes: args.ringbuf_bytes,
+        kernel_log_level: args.kernel_log_level,
+        kprobes: !args.no_kprobes,
+    };
+    if args.check {
+        return check(&load);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(daemon::run(RunOptions {
+        load,
+        output: args.output,
+        metrics_addr: args.metrics_addr,
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run --check`: what this host supports and what would be used.
+fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
+    println!("kernel      {}", daemon::kernel_release());
+    let btf = std::path::Path::new(btf::VMLINUX_BTF).exists();
+    println!(
+        "BTF         {}",
+        if btf {
+            btf::VMLINUX_BTF
+        } else {
+            "absent (kprobe path off)"
+        }
+    );
+    match tracefs::ensure_mounted() {
+        Ok(root) => println!("tracefs     {}", root.display()),
+        Err(e) => println!("tracefs     unavailable: {e}"),
+    }
+    println!("ports       {:?}", load.ports);
+    println!("ring buffer {} bytes", load.ringbuf_bytes);
+    let loaded = loader::load(load)?;
+    println!("hooks:");
+    let mut core_ok = false;
+    for h in &loaded.hooks {
+        let insns = h
+            .insns
+            .map(|n| format!(" ({n} insns verified)"))
+            .unwrap_or_default();
+        let line = match &h.state {
+            HookState::Attached => format!("  used         {}{insns}", h.name),
+            HookState::Standby(why) => format!("  standby      {}{insns}: {why}", h.name),
+            HookState::Unavailable(why) => format!("  unavailable  {}{insns}: {why}", h.name),
+        };
+        println!("{line}");
+        if h.name.ends_with("inet_sock_set_state") && h.state == HookState::Attached {
+            core_ok = true;
+        }
+    }
+    if !loaded.reset_reasons.is_empty() {
+        println!(
+            "reset reasons: {} known to this kernel",
+            loaded.reset_reasons.len()
+        );
+    }
+    drop(loaded);
+    Ok(if core_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,341 @@
+//! Prometheus metrics and the HTTP endpoint that serves them.
+//!
+//! Labels are bounded: `port` takes only watched ports, `state` and
+//! `reason` only kernel enum names; no per-address labels.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::event::{Event, EventKind};
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub connect_attempts: IntCounterVec,
+    pub connect_established: IntCounterVec,
+    pub connect_refused: IntCounterVec,
+    pub connect_timeouts: IntCounterVec,
+    pub connect_failures: IntCounterVec,
+    pub accepted: IntCounterVec,
+    pub closed: IntCounterVec,
+    pub handshake_seconds: HistogramVec,
+    pub lifetime_seconds: HistogramVec,
+    pub resets: IntCounterVec,
+    pub reset_reasons: IntCounterVec,
+    pub listeners: IntGaugeVec,
+    pub listener_up: IntGaugeVec,
+    pub events: IntCounterVec,
+    pub events_lost: IntCounterVec,
+    pub hook_attached: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+    pub ringbuf_bytes: IntGauge,
+}
+
+fn counter(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["port"])?;
+    reg.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new(watched: &[u16]) -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let m = Metrics {
+            connect_attempts: counter(
+                &r,
+                "drainwatch_connect_attempts_total",
+                "Connect attempts (SYN sent) to or from a watched port.",
+                &["port"],
+            )?,
+            connect_established: counter(
+                &r,
+                "drainwatch_connect_established_total",
+                "Connects that completed the handshake.",
+                &["port"],
+            )?,
+            connect_refused: counter(
+                &r,
+                "drainwatch_connect_refused_total",
+                "Connects refused: the SYN was answered by an RST.",
+                &["port"],
+            )?,
+            connect_timeouts: counter(
+                &r,
+                "drainwatch_connect_timeouts_total",
+                "Connects that timed out after SYN retransmits.",
+                &["port"],
+            )?,
+            connect_failures: counter(
+                &r,
+                "drainwatch_connect_failures_total",
+                "Connects that failed otherwise: `error` (ICMP and other socket errors) or `aborted` (closed by the application during the handshake).",
+                &["port", "cause"],
+            )?,
+            accepted: counter(
+                &r,
+                "drainwatch_connections_accepted_total",
+                "Connections accepted by a local listener on a watched port.",
+                &["port"],
+            )?,
+            closed: counter(
+                &r,
+                "drainwatch_connections_closed_total",
+                "Established connections that reached CLOSE, by the state they left.",
+                &["port", "from_state"],
+            )?,
+            handshake_seconds: histogram(
+                &r,
+                "drainwatch_handshake_seconds",
+                "Time from SYN sent to ESTABLISHED for connects this host made.",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 3.0, 7.0, 15.0,
+                ],
+            )?,
+            lifetime_seconds: histogram(
+                &r,
+                "drainwatch_connection_lifetime_seconds",
+                "Lifetime of closed connections, from ESTABLISHED to CLOSE.",
+                vec![
+                    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 240.0, 600.0, 3600.0, 86400.0,
+                ],
+            )?,
+            resets: counter(
+                &r,
+                "drainwatch_resets_total",
+                "RSTs sent or received on watched ports, by the TCP state they hit.",
+                &["port", "direction", "state"],
+            )?,
+            reset_reasons: counter(
+                &r,
+                "drainwatch_reset_reasons_total",
+                "RSTs this host sent, by the kernel's reset reason.",
+                &["port", "reason"],
+            )?,
+            listeners: gauge(
+                &r,
+                "drainwatch_listeners",
+                "Listening sockets on a watched port.",
+                &["port"],
+            )?,
+            listener_up: gauge(
+                &r,
+                "drainwatch_listener_up",
+                "1 while at least one socket listens on the watched port.",
+                &["port"],
+            )?,
+            events: counter(
+                &r,
+                "drainwatch_events_total",
+                "Events decoded from the kernel, by kind.",
+                &["kind"],
+            )?,
+            events_lost: counter(
+                &r,
+                "drainwatch_events_lost_total",
+                "Events lost: `kernel_ringbuf_full` (dropped by the programs), `decode` (unparsable records).",
+                &["stage"],
+            )?,
+            hook_attached: gauge(
+                &r,
+                "drainwatch_hook_attached",
+                "1 when the kernel hook is attached, 0 when unavailable on this host.",
+                &["hook"],
+            )?,
+            build_info: gauge(
+                &r,
+                "drainwatch_build_info",
+                "Build and kernel information; always 1.",
+                &["version", "kernel"],
+            )?,
+            ringbuf_bytes: {
+                let g = IntGauge::new(
+                    "drainwatch_ringbuf_bytes",
+                    "Size of the kernel event ring buffer.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            registry: r,
+        };
+        for p in watched {
+            let port = p.to_string();
+            let l = [port.as_str()];
+            // Create the series up front so dashboards see zeros, not gaps.
+            for c in [
+                &m.connect_attempts,
+                &m.connect_established,
+                &m.connect_refused,
+                &m.connect_timeouts,
+                &m.accepted,
+            ] {
+                c.with_label_values(&l).inc_by(0);
+            }
+            m.listeners.with_label_values(&l).set(0);
+            m.listener_up.with_label_values(&l).set(0);
+        }
+        for stage in ["kernel_ringbuf_full", "decode"] {
+            m.events_lost.with_label_values(&[stage]).inc_by(0);
+        }
+        Ok(m)
+    }
+
+    /// Counts one decoded event.
+    pub fn observe(&self, e: &Event, watched: &[u16]) {
+        let port = e.service_port(watched).to_string();
+        let p = port.as_str();
+        self.events.with_label_values(&[e.kind.as_str()]).inc();
+        match e.kind {
+            EventKind::ConnectAttempt => self.connect_attempts.with_label_values(&[p]).inc(),
+            EventKind::Established => {
+                self.connect_established.with_label_values(&[p]).inc();
+                if let Some(d) = e.duration_seconds {
+                    self.handshake_seconds.with_label_values(&[p]).observe(d);
+                }
+            }
+            EventKind::Refused => self.connect_refused.with_label_values(&[p]).inc(),
+            EventKind::TimedOut => self.connect_timeouts.with_label_values(&[p]).inc(),
+            EventKind::ConnectError => self.connect_failures.with_label_values(&[p, "error"]).inc(),
+            EventKind::ConnectAborted => self
+                .connect_failures
+                .with_label_values(&[p, "aborted"])
+                .inc(),
+            EventKind::Accepted => self.accepted.with_label_values(&[p]).inc(),
+            EventKind::Closed => {
+                let from = e.old_state.unwrap_or("UNKNOWN");
+                self.closed.with_label_values(&[p, from]).inc();
+                if let Some(d) = e.duration_seconds {
+                    self.lifetime_seconds.with_label_values(&[p]).observe(d);
+                }
+            }
+            EventKind::ListenOpen => self.listener_delta(p, 1),
+            EventKind::ListenClose => self.listener_delta(p, -1),
+            EventKind::ResetSent | EventKind::ResetReceived => {
+                let dir = if e.kind == EventKind::ResetSent {
+                    "sent"
+                } else {
+                    "received"
+                };
+                self.resets.with_label_values(&[p, dir, e.state]).inc();
+                if let Some(r) = &e.reset_reason {
+                    self.reset_reasons.with_label_values(&[p, r]).inc();
+                }
+            }
+        }
+    }
+
+    /// Sets the listener count from a scan of the host's sockets.
+    pub fn set_listeners(&self, port: u16, count: i64) {
+        let p = port.to_string();
+        self.listeners.with_label_values(&[&p]).set(count);
+        self.listener_up
+            .with_label_values(&[&p])
+            .set(i64::from(count > 0));
+    }
+
+    fn listener_delta(&self, port: &str, delta: i64) {
+        let g = self.listeners.with_label_values(&[port]);
+        let n = (g.get() + delta).max(0);
+        g.set(n);
+        self.listener_up
+            .with_label_values(&[port])
+            .set(i64::from(n > 0));
+    }
+
+    pub fn lost_counter(&self, stage: &str) -> IntCounter {
+        self.events_lost.with_label_values(&[stage])
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!("encoding metrics failed: {e}");
+        }
+        buf
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) until the listener is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("metrics endpoint: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!("metrics connection ended: {e}");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
+        "/healthz" | "/readyz" => (200, "text/plain", b"ok\n".to_vec()),
+        _ => (404, "text/plain", b"not found; try /metrics\n".to_vec()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Binds the metrics endpoint; an error names the address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))
+}
