@@ -19,6 +19,9 @@ pub const DEFAULT_PORTS: [u16; 2] = [6443, 443];
 
 /// Index into the `LOST` per-CPU array: ring-buffer reservations that failed.
 pub const LOST_RINGBUF_FULL: u32 = 0;
+/// Index into the `LOST` per-CPU array: watched events whose addresses could
+/// not be read from the record (a layout that does not fit the kernel).
+pub const LOST_LAYOUT: u32 = 1;
 /// Number of slots in the `LOST` per-CPU array.
 pub const LOST_SLOTS: u32 = 4;
 

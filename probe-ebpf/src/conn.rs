@@ -153,9 +153,9 @@ fn connect_failed(sk: u64, tuple: &Tuple, ts: u64) {
         None => (0, 0, false),
     };
     let key = tuple.key();
-    let early_err = unsafe { RECENT_ERR.get(&key) }.copied();
+    let early_err = unsafe { RECENT_ERR.get(key) }.copied();
     if rst || early_err.is_some() {
-        let _ = RECENT_ERR.remove(&key);
+        let _ = RECENT_ERR.remove(key);
         let (k, errno) = match early_err {
             Some(e) if !rst => (kind::CONNECT_ERROR, e),
             _ => (kind::REFUSED, 111),
@@ -252,7 +252,7 @@ pub fn error_report(ctx: &TracePointContext) -> Option<()> {
     let tuple = watched_tuple(ctx, &l.tuple)?;
     let error = field::<i32>(ctx, l.error)?;
     let key = tuple.key();
-    if unsafe { PENDING.get(&key) }.is_some() {
+    if unsafe { PENDING.get(key) }.is_some() {
         let k = if error == ETIMEDOUT {
             kind::TIMED_OUT
         } else {

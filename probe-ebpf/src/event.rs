@@ -5,7 +5,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    AF_INET, AF_INET6, FIELD_ABSENT, LOST_RINGBUF_FULL, RawEvent, TupleLayout, tuple_style,
+    AF_INET, AF_INET6, FIELD_ABSENT, LOST_LAYOUT, LOST_RINGBUF_FULL, RawEvent, TupleLayout,
+    tuple_style,
 };
 
 use crate::maps::{EVENTS, LOST, PORTS, TupleKey};
@@ -117,7 +118,19 @@ pub fn watched_tuple(ctx: &TracePointContext, t: &TupleLayout) -> Option<Tuple> 
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    read_addrs(ctx, t, &mut tuple)?;
+    if read_addrs(ctx, t, &mut tuple).is_none() {
+        // A watched connection whose addresses cannot be read means the
+        // layout handed over at load does not fit this record: say so.
+        aya_log_ebpf::warn!(
+            ctx,
+            "watched port {} -> {}: addresses unreadable (family {}); event dropped",
+            sport,
+            dport,
+            family
+        );
+        count_lost(LOST_LAYOUT);
+        return None;
+    }
     Some(tuple)
 }
 

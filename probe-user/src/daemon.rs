@@ -5,6 +5,7 @@ use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use probe_common::{LOST_LAYOUT, LOST_RINGBUF_FULL};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
 use crate::{
@@ -134,26 +135,39 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let events = loader::take_events(&mut ebpf)?;
     let lost = loader::take_lost(&mut ebpf)?;
 
-    // Kernel-side loss: polled, and exported as a counter.
+    // Kernel-side loss: polled, and exported as counters.
     {
-        let counter = metrics.lost_counter("kernel_ringbuf_full");
+        let stages = [
+            (
+                LOST_RINGBUF_FULL,
+                metrics.lost_counter("kernel_ringbuf_full"),
+            ),
+            (LOST_LAYOUT, metrics.lost_counter("kernel_layout")),
+        ];
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
-            let mut seen = 0u64;
+            let mut seen = [0u64; 2];
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 let done = tokio::select! {
                     _ = tick.tick() => false,
                     _ = stop.changed() => true,
                 };
-                let total = loader::lost_total(&lost);
-                if total > seen {
-                    counter.inc_by(total - seen);
-                    tracing::warn!(
-                        "ring buffer full: {} events dropped in the kernel",
-                        total - seen
-                    );
-                    seen = total;
+                for (i, (slot, counter)) in stages.iter().enumerate() {
+                    let total = loader::lost_total(&lost, *slot);
+                    if total > seen[i] {
+                        counter.inc_by(total - seen[i]);
+                        tracing::warn!(
+                            "{} events dropped in the kernel ({})",
+                            total - seen[i],
+                            if *slot == LOST_RINGBUF_FULL {
+                                "ring buffer full"
+                            } else {
+                                "record layout mismatch"
+                            }
+                        );
+                        seen[i] = total;
+                    }
                 }
                 if done {
                     break;
@@ -180,6 +194,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
 
+    // Handlers go in before "ready", so a stop request right after it is never fatal.
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     let attached: Vec<&str> = loaded
         .hooks
         .iter()
@@ -193,11 +212,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attached.join(", ")
     );
 
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let mut result = Ok(());
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         Some(res) = tasks.join_next() => {
             // A task ending on its own is a failure: report it, then stop.

@@ -8,9 +8,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, TracePoint},
 };
-use probe_common::{
-    LOST_RINGBUF_FULL, Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout,
-};
+use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout};
 
 use crate::{btf, tracefs};
 
@@ -356,11 +354,9 @@ pub fn take_lost(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError
     PerCpuArray::try_from(map).map_err(|e| LoadError::Map("LOST", e))
 }
 
-/// Total events the programs dropped because the ring buffer was full.
-pub fn lost_total(lost: &PerCpuArray<MapData, u64>) -> u64 {
-    lost.get(&LOST_RINGBUF_FULL, 0)
-        .map(|v| v.iter().sum())
-        .unwrap_or(0)
+/// Events the programs dropped, summed over CPUs, for one `LOST_*` slot.
+pub fn lost_total(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
+    lost.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ impl Metrics {
             events_lost: counter(
                 &r,
                 "drainwatch_events_lost_total",
-                "Events lost: `kernel_ringbuf_full` (dropped by the programs), `decode` (unparsable records).",
+                "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).",
                 &["stage"],
             )?,
             hook_attached: gauge(
@@ -209,7 +209,7 @@ impl Metrics {
             m.listeners.with_label_values(&l).set(0);
             m.listener_up.with_label_values(&l).set(0);
         }
-        for stage in ["kernel_ringbuf_full", "decode"] {
+        for stage in ["kernel_ringbuf_full", "kernel_layout", "decode"] {
             m.events_lost.with_label_values(&[stage]).inc_by(0);
         }
         Ok(m)

@@ -456,8 +456,13 @@ mod tests {
         assert!(e.to_string().starts_with("x/format: line 2: bad ID"), "{e}");
         let e = parse_format("y/format", "name: a\nID: 1\n").expect_err("no fields");
         assert!(e.to_string().contains("y/format") && e.to_string().contains("field"));
-        let text = "name: inet_sock_set_state\nID: 1\nformat:\n\tfield:const void * skaddr;\toffset:8;\tsize:4;\tsigned:0;\n";
-        let f = parse_format("z", text).expect("parse");
+        let good = fs::read_to_string(format!(
+            "{}/tests/fixtures/linux-6.18/sock/inet_sock_set_state.format",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture");
+        let text = good.replace("skaddr;\toffset:8;\tsize:8;", "skaddr;\toffset:8;\tsize:4;");
+        let f = parse_format("z", &text).expect("parse");
         let e = tp_layout(&f).expect_err("size");
         assert!(
             e.to_string().contains("skaddr") && e.to_string().contains("size 4"),

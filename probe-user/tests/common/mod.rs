@@ -1,0 +1,399 @@
+//! Test harness for the kernel tests: network namespaces the test creates
+//! (deleted on drop), code run inside them, and the real daemon as a child
+//! process whose JSON events and metrics the tests read.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Kernel tests share the host's tracepoints: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when the kernel tests can run; otherwise prints why they skip.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped {test}: needs root to load eBPF programs and create network namespaces");
+        return false;
+    }
+    true
+}
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A client and a server namespace joined by a veth pair, with addresses
+/// from 198.18.0.0/15 and 2001:2::/48 (benchmarking ranges) and no route out.
+pub struct Pair {
+    pub client: String,
+    pub server: String,
+    pub client_v4: String,
+    pub server_v4: String,
+    pub client_v6: String,
+    pub server_v6: String,
+    /// The veth end in the server namespace.
+    pub server_dev: String,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}-{n}", std::process::id());
+        let client = format!("dwt-{id}-c");
+        let server = format!("dwt-{id}-s");
+        // Each pair gets its own /30 so events can be told apart by address.
+        let octet = 100 + (std::process::id() % 100) as u32 + n;
+        let pair = Pair {
+            client_v4: format!("198.18.{}.1", octet % 256),
+            server_v4: format!("198.18.{}.2", octet % 256),
+            client_v6: format!("2001:2:0:{:x}::1", octet),
+            server_v6: format!("2001:2:0:{:x}::2", octet),
+            client,
+            server,
+            server_dev: format!("dws{n}x{}", std::process::id() % 10000),
+        };
+        let (c, s) = (&pair.client, &pair.server);
+        sh(&["ip", "netns", "add", c]);
+        sh(&["ip", "netns", "add", s]);
+        let veth_c = format!("dwc{n}x{}", std::process::id() % 10000);
+        let veth_s = pair.server_dev.clone();
+        sh(&[
+            "ip", "link", "add", &veth_c, "netns", c, "type", "veth", "peer", "name", &veth_s,
+            "netns", s,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (c, &veth_c, &pair.client_v4, &pair.client_v6),
+            (s, &veth_s, &pair.server_v4, &pair.server_v6),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v4}/30"),
+                "dev",
+                dev,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+
+    /// Runs `f` on a thread that has joined network namespace `ns`.
+    pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: a valid netns fd; only this thread changes namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    pub fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        Pair::run_in(&self.client, f)
+    }
+
+    pub fn in_server<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        Pair::run_in(&self.server, f)
+    }
+
+    pub fn exec(&self, ns: &str, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The real `drainwatch run` binary, with JSON events collected from stdout.
+pub struct Daemon {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    pub metrics_addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Daemon {
+    pub fn start(extra: &[&str]) -> Daemon {
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+            .args([
+                "run",
+                "--output",
+                "json",
+                "--metrics-addr",
+                &metrics_addr.to_string(),
+            ])
+            .args(extra)
+            .env("DRAINWATCH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn drainwatch");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("daemon printed non-JSON {line:?}: {e}"));
+                ev.lock().expect("events").push(v);
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let st = stderr_text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("drainwatch ready") {
+                    let _ = ready_tx.send(());
+                }
+                let mut s = st.lock().expect("stderr");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child,
+            events,
+            metrics_addr,
+            stderr: stderr_text,
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = d.child.kill();
+            panic!("daemon did not become ready; stderr:\n{}", d.stderr());
+        }
+        d
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// Events touching any of `addrs` (as local or remote IP).
+    pub fn events_for(&self, addrs: &[&str]) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| {
+                addrs.iter().any(|a| {
+                    let hit = |k: &str| {
+                        e[k].as_str()
+                            .and_then(|s| s.parse::<SocketAddr>().ok())
+                            .map(|sa| sa.ip().to_string() == *a)
+                            .unwrap_or(false)
+                    };
+                    hit("local") || hit("remote")
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the events touching `addrs`.
+    pub fn wait_for(
+        &self,
+        addrs: &[&str],
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let evs = self.events_for(addrs);
+            if pred(&evs) {
+                // Let stragglers arrive so "exactly N" assertions are honest.
+                std::thread::sleep(Duration::from_millis(300));
+                return self.events_for(addrs);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; events: {evs:#?}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET /metrics over HTTP with curl (a real client).
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", self.metrics_addr)])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "scraping /metrics failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of one series, e.g. `drainwatch_connect_refused_total{port="6443"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        parse_metric(&self.metrics(), series)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn parse_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn kinds(evs: &[Value]) -> Vec<String> {
+    evs.iter()
+        .map(|e| e["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+pub fn of_kind<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    evs.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+/// Real tcpdump in a namespace, printing one line per matching packet.
+pub struct Tcpdump {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tcpdump {
+    pub fn start(ns: &str, dev: &str, filter: &str) -> Tcpdump {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tcpdump", "-l", "-n", "-i", dev, filter,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                l.lock().expect("lines").push(line);
+            }
+        });
+        // tcpdump says "listening on" once its capture is open.
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("tcpdump did not start");
+        Tcpdump { child, lines }
+    }
+
+    /// Stops the capture and returns the packet lines.
+    pub fn finish(mut self) -> Vec<String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines.lock().expect("lines").clone()
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,549 @@
+//! Kernel tests: the real programs loaded into the running kernel by the
+//! real daemon, real TCP traffic in network namespaces these tests create,
+//! exact events asserted. Root is required; without it each test says why
+//! it skips.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, Pair, kinds, of_kind, root_or_skip, serial};
+use socket2::{Domain, Socket, Type};
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), port)
+}
+
+fn connect_err(to: SocketAddr) -> std::io::ErrorKind {
+    match TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+        Ok(_) => panic!("connect to {to} succeeded"),
+        Err(e) => e.kind(),
+    }
+}
+
+#[test]
+fn refused_connect_to_6443_is_one_refused_event() {
+    let _g = serial();
+    if !root_or_skip("refused_connect_to_6443_is_one_refused_event") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&[]);
+    let to = addr(&pair.server_v4, 6443);
+    let kind = pair.in_client(move || connect_err(to));
+    assert_eq!(kind, std::io::ErrorKind::ConnectionRefused);
+
+    let evs = d.wait_for(&[&pair.client_v4], "refused", |e| {
+        !of_kind(e, "refused").is_empty()
+    });
+    let refused = of_kind(&evs, "refused");
+    assert_eq!(refused.len(), 1, "exactly one refused event: {evs:#?}");
+    let r = refused[0];
+    let local: SocketAddr = r["local"].as_str().expect("local").parse().expect("addr");
+    assert_eq!(local.ip().to_string(), pair.client_v4);
+    assert_ne!(
+        local.port(),
+        0,
+        "the refused event carries the real source port"
+    );
+    assert_eq!(r["remote"], format!("{}:6443", pair.server_v4));
+    assert_eq!(
+        (r["old_state"].as_str(), r["state"].as_str()),
+        (Some("SYN_SENT"), Some("CLOSE"))
+    );
+    assert_eq!(r["errno"], 111);
+    assert_eq!(r["direction"], "active");
+
+    // The whole story, in order: attempt, the server's RST (no socket), the RST arriving, refused.
+    assert_eq!(
+        kinds(&evs),
+        ["connect_attempt", "reset_sent", "reset_received", "refused"],
+        "{evs:#?}"
+    );
+    let attempt = &evs[0];
+    assert_eq!(attempt["remote"], format!("{}:6443", pair.server_v4));
+    assert_eq!(attempt["pid"], std::process::id());
+    let sent = &evs[1];
+    assert_eq!(sent["local"], format!("{}:6443", pair.server_v4));
+    assert_eq!(sent["remote"], r["local"]);
+    assert_eq!(sent["no_socket"], true);
+    assert_eq!(sent["reset_reason"], "NO_SOCKET");
+    assert_eq!(evs[2]["state"], "SYN_SENT");
+    assert!(d.stop().success(), "SIGTERM exits 0");
+}
+
+#[test]
+fn connect_exchange_close_reports_handshake_and_lifetime() {
+    let _g = serial();
+    if !root_or_skip("connect_exchange_close_reports_handshake_and_lifetime") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&["--port", "6443"]);
+    let server = addr(&pair.server_v4, 6443);
+    let listener = pair.in_server(move || TcpListener::bind(server).expect("bind"));
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("read");
+        s.write_all(b"world").expect("write");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("eof");
+    });
+    pair.in_client(move || {
+        let mut c = TcpStream::connect(server).expect("connect");
+        c.write_all(b"hello").expect("write");
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).expect("read");
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    srv.join().expect("server");
+
+    let evs = d.wait_for(&[&pair.client_v4], "two closes", |e| {
+        of_kind(e, "closed").len() == 2
+    });
+    let est = of_kind(&evs, "established");
+    assert_eq!(est.len(), 1, "{evs:#?}");
+    let hs = est[0]["duration_seconds"].as_f64().expect("handshake time");
+    assert!(hs > 0.0 && hs < 1.0, "handshake {hs}");
+    assert_eq!(of_kind(&evs, "connect_attempt").len(), 1);
+    let acc = of_kind(&evs, "accepted");
+    assert_eq!(acc.len(), 1);
+    assert_eq!(acc[0]["local"], format!("{}:6443", pair.server_v4));
+    assert_eq!(acc[0]["remote"], est[0]["local"]);
+    for c in of_kind(&evs, "closed") {
+        let life = c["duration_seconds"].as_f64().expect("lifetime");
+        assert!(
+            (0.2..5.0).contains(&life),
+            "lifetime {life} covers the 200 ms sleep"
+        );
+    }
+    assert!(of_kind(&evs, "refused").is_empty() && of_kind(&evs, "reset_sent").is_empty());
+    assert!(d.stop().success());
+}
+
+#[test]
+fn abortive_close_is_rst_sent_and_received_in_established() {
+    let _g = serial();
+    if !root_or_skip("abortive_close_is_rst_sent_and_received_in_established") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&["--port", "6443"]);
+    let server = addr(&pair.server_v4, 6443);
+    let listener = pair.in_server(move || TcpListener::bind(server).expect("bind"));
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 16];
+        // The client's RST ends this read with "connection reset".
+        let r = s.read(&mut buf);
+        let r2 = s.read(&mut buf);
+        (r.map(|n| n > 0).unwrap_or(false), r2.map_err(|e| e.kind()))
+    });
+    pair.in_client(move || {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        sock.connect(&server.into()).expect("connect");
+        sock.send(b"x").expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+        drop(sock);
+    });
+    let (got_data, second) = srv.join().expect("server");
+    assert!(got_data);
+    assert_eq!(second, Err(std::io::ErrorKind::ConnectionReset));
+
+    let evs = d.wait_for(&[&pair.client_v4], "rst both ways", |e| {
+        !of_kind(e, "reset_sent").is_empty() && !of_kind(e, "reset_received").is_empty()
+    });
+    let sent = of_kind(&evs, "reset_sent");
+    let recv = of_kind(&evs, "reset_received");
+    assert_eq!((sent.len(), recv.len()), (1, 1), "{evs:#?}");
+    assert_eq!(sent[0]["state"], "ESTABLISHED");
+    assert_eq!(
+        sent[0]["local"]
+            .as_str()
+            .map(|s| s.starts_with(&pair.client_v4)),
+        Some(true)
+    );
+    assert_eq!(recv[0]["state"], "ESTABLISHED");
+    assert_eq!(recv[0]["local"], format!("{}:6443", pair.server_v4));
+    assert_eq!(recv[0]["remote"], sent[0]["local"]);
+    assert!(
+        sent[0]["reset_reason"].is_string(),
+        "this kernel gives a reason"
+    );
+    let age = recv[0]["duration_seconds"].as_f64().expect("age");
+    assert!(age >= 0.1, "connection age {age} covers the 100 ms sleep");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn listener_open_close_carries_our_pid() {
+    let _g = serial();
+    if !root_or_skip("listener_open_close_carries_our_pid") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&[]);
+    let server = addr(&pair.server_v4, 6443);
+    pair.in_server(move || {
+        let l = TcpListener::bind(server).expect("bind");
+        std::thread::sleep(Duration::from_millis(100));
+        drop(l);
+    });
+    let evs = d.wait_for(&[&pair.server_v4], "listen close", |e| {
+        !of_kind(e, "listen_close").is_empty()
+    });
+    assert_eq!(kinds(&evs), ["listen_open", "listen_close"], "{evs:#?}");
+    for e in &evs {
+        assert_eq!(e["pid"], std::process::id());
+        assert_eq!(e["local"], format!("{}:6443", pair.server_v4));
+        assert!(e["comm"].is_string());
+    }
+    assert!(
+        d.metrics()
+            .contains("drainwatch_listener_up{port=\"6443\"}")
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn syn_into_blackhole_times_out_with_retransmits() {
+    let _g = serial();
+    if !root_or_skip("syn_into_blackhole_times_out_with_retransmits") {
+        return;
+    }
+    let pair = Pair::new();
+    pair.exec(
+        &pair.client,
+        &["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"],
+    );
+    pair.exec(&pair.server, &["nft", "add table inet dwt"]);
+    pair.exec(
+        &pair.server,
+        &[
+            "nft",
+            "add chain inet dwt input { type filter hook input priority 0 ; }",
+        ],
+    );
+    pair.exec(
+        &pair.server,
+        &["nft", "add rule inet dwt input tcp dport 6443 drop"],
+    );
+    let d = Daemon::start(&[]);
+    // The wire is the ground truth for how many SYNs went out (kernels since
+    // 6.5 retransmit early SYNs at linear 1 s intervals, older ones back off).
+    let dump = common::Tcpdump::start(
+        &pair.server,
+        &pair.server_dev,
+        "tcp[tcpflags] & tcp-syn != 0",
+    );
+    let to = addr(&pair.server_v4, 6443);
+    let started = Instant::now();
+    let kind = pair.in_client(move || connect_err(to));
+    let took = started.elapsed();
+    assert_eq!(kind, std::io::ErrorKind::TimedOut, "after {took:?}");
+    let syns: Vec<String> = dump
+        .finish()
+        .into_iter()
+        .filter(|l| l.contains("Flags [S]"))
+        .collect();
+    assert!(
+        syns.len() >= 2,
+        "at least one retransmit on the wire: {syns:?}"
+    );
+
+    let evs = d.wait_for(&[&pair.client_v4], "timed out", |e| {
+        !of_kind(e, "timed_out").is_empty()
+    });
+    assert_eq!(kinds(&evs), ["connect_attempt", "timed_out"], "{evs:#?}");
+    let t = &evs[1];
+    assert_eq!(t["errno"], 110);
+    assert_eq!(
+        t["retransmits"].as_u64(),
+        Some(syns.len() as u64 - 1),
+        "SYN retransmits = SYNs on the wire - 1: {syns:?}"
+    );
+    let after = t["duration_seconds"].as_f64().expect("duration");
+    let took = took.as_secs_f64();
+    assert!(
+        (after - took).abs() < 0.5,
+        "event says {after} s, the connect took {took} s"
+    );
+    assert!(
+        after > 2.5,
+        "tcp_syn_retries=1 allows about 3 s, got {after}"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn unwatched_port_traffic_makes_no_events() {
+    let _g = serial();
+    if !root_or_skip("unwatched_port_traffic_makes_no_events") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&[]);
+    let open = addr(&pair.server_v4, 8080);
+    let closed = addr(&pair.server_v4, 8081);
+    let listener = pair.in_server(move || TcpListener::bind(open).expect("bind"));
+    pair.in_client(move || {
+        let mut c = TcpStream::connect(open).expect("connect");
+        c.write_all(b"ping").expect("write");
+        drop(c);
+        assert_eq!(connect_err(closed), std::io::ErrorKind::ConnectionRefused);
+    });
+    let (s, _) = listener.accept().expect("accept");
+    drop(s);
+    drop(listener);
+    // Then one watched refusal, so we know the daemon was seeing traffic.
+    let to = addr(&pair.server_v4, 443);
+    pair.in_client(move || connect_err(to));
+    let evs = d.wait_for(&[&pair.client_v4, &pair.server_v4], "443 refusal", |e| {
+        !of_kind(e, "refused").is_empty()
+    });
+    for e in &evs {
+        let l: SocketAddr = e["local"].as_str().expect("l").parse().expect("a");
+        let r: SocketAddr = e["remote"].as_str().expect("r").parse().expect("a");
+        assert!(
+            l.port() == 443 || r.port() == 443,
+            "event on an unwatched port: {e}"
+        );
+    }
+    assert_eq!(of_kind(&evs, "refused").len(), 1);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn ipv6_refused_connect() {
+    let _g = serial();
+    if !root_or_skip("ipv6_refused_connect") {
+        return;
+    }
+    let pair = Pair::new();
+    let d = Daemon::start(&[]);
+    let to = addr(&pair.server_v6, 6443);
+    assert_eq!(
+        pair.in_client(move || connect_err(to)),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    let evs = d.wait_for(&[&pair.client_v6], "v6 refused", |e| {
+        !of_kind(e, "refused").is_empty()
+    });
+    let r = of_kind(&evs, "refused");
+    assert_eq!(r.len(), 1, "{evs:#?}");
+    assert_eq!(r[0]["remote"], format!("[{}]:6443", pair.server_v6));
+    let local: SocketAddr = r[0]["local"].as_str().expect("l").parse().expect("a");
+    assert_eq!(local.ip().to_string(), pair.client_v6);
+    assert_eq!(of_kind(&evs, "reset_sent").len(), 1);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn metrics_count_exactly_what_was_driven() {
+    let _g = serial();
+    if !root_or_skip("metrics_count_exactly_what_was_driven") {
+        return;
+    }
+    // An unusual port, so nothing else on the host adds to the counters.
+    let port = 7443;
+    let pair = Pair::new();
+    let d = Daemon::start(&["--port", &port.to_string()]);
+    let to = addr(&pair.server_v4, port);
+    pair.in_client(move || {
+        for _ in 0..3 {
+            assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused);
+        }
+    });
+    let listener = pair.in_server(move || TcpListener::bind(to).expect("bind"));
+    pair.in_client(move || {
+        for _ in 0..2 {
+            let c = TcpStream::connect(to).expect("connect");
+            drop(c);
+        }
+    });
+    for _ in 0..2 {
+        drop(listener.accept().expect("accept"));
+    }
+    drop(listener);
+    d.wait_for(&[&pair.client_v4], "all events", |e| {
+        of_kind(e, "closed").len() == 4 && of_kind(e, "refused").len() == 3
+    });
+    let p = format!("{{port=\"{port}\"}}");
+    let m = d.metrics();
+    let get = |name: &str| common::parse_metric(&m, &format!("{name}{p}"));
+    assert_eq!(get("drainwatch_connect_attempts_total"), 5.0, "{m}");
+    assert_eq!(get("drainwatch_connect_refused_total"), 3.0);
+    assert_eq!(get("drainwatch_connect_established_total"), 2.0);
+    assert_eq!(get("drainwatch_connections_accepted_total"), 2.0);
+    assert_eq!(get("drainwatch_connect_timeouts_total"), 0.0);
+    assert_eq!(get("drainwatch_handshake_seconds_count"), 2.0);
+    assert_eq!(get("drainwatch_listener_up"), 0.0);
+    let rs = common::parse_metric(
+        &m,
+        &format!("drainwatch_resets_total{{direction=\"sent\",port=\"{port}\",state=\"UNKNOWN\"}}"),
+    );
+    assert_eq!(rs, 3.0, "{m}");
+    assert_eq!(
+        common::parse_metric(
+            &m,
+            "drainwatch_events_lost_total{stage=\"kernel_ringbuf_full\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_events_lost_total{stage=\"decode\"}"),
+        0.0
+    );
+    assert!(m.contains("drainwatch_build_info{"));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn tiny_ring_buffer_loses_only_what_it_counts() {
+    let _g = serial();
+    if !root_or_skip("tiny_ring_buffer_loses_only_what_it_counts") {
+        return;
+    }
+    let port = 7444;
+    let connects = 200;
+    let pair = Pair::new();
+    let d = Daemon::start(&["--port", &port.to_string(), "--ringbuf-bytes", "4096"]);
+    // Stop the reader so the burst must overflow the 4 KiB buffer.
+    d.signal(libc::SIGSTOP);
+    let to = addr(&pair.server_v4, port);
+    pair.in_client(move || {
+        for _ in 0..connects {
+            assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused);
+        }
+    });
+    d.signal(libc::SIGCONT);
+    // Four events per refused connect: attempt, RST sent, RST received, refused.
+    let expected = 4 * connects;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut received, mut lost);
+    loop {
+        let m = d.metrics();
+        received = d.events_for(&[&pair.client_v4]).len();
+        lost = common::parse_metric(
+            &m,
+            "drainwatch_events_lost_total{stage=\"kernel_ringbuf_full\"}",
+        ) as usize;
+        if received + lost >= expected || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let m = d.metrics();
+    received = d.events_for(&[&pair.client_v4]).len();
+    lost = common::parse_metric(
+        &m,
+        "drainwatch_events_lost_total{stage=\"kernel_ringbuf_full\"}",
+    ) as usize;
+    assert!(lost > 0, "the burst should overflow a 4 KiB ring buffer");
+    assert!(received > 0);
+    assert_eq!(
+        received + lost,
+        expected,
+        "received {received} + lost {lost}"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    let _g = serial();
+    if !root_or_skip("sigterm_detaches_every_program") {
+        return;
+    }
+    let ours = || {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| {
+                p.name_as_str()
+                    .is_some_and(|n| "inet_sock_set_state".starts_with(n) && n.len() >= 8)
+            })
+            .count()
+    };
+    // The kernel frees a program shortly after its last fd closes (RCU), so
+    // earlier tests' daemons may still be draining: wait, bounded.
+    let settle = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ours() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ours()
+    };
+    assert_eq!(settle(0), 0, "no drainwatch programs before the test");
+    let d = Daemon::start(&[]);
+    assert_eq!(ours(), 1, "the daemon's program is loaded");
+    assert!(d.stop().success());
+    assert_eq!(settle(0), 0, "and gone after SIGTERM");
+}
+
+#[test]
+fn check_lists_hooks_and_kprobe_fallback() {
+    let _g = serial();
+    if !root_or_skip("check_lists_hooks_and_kprobe_fallback") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        .args(["run", "--check"])
+        .output()
+        .expect("run --check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for tp in [
+        "sock:inet_sock_set_state",
+        "sock:inet_sk_error_report",
+        "tcp:tcp_send_reset",
+        "tcp:tcp_receive_reset",
+        "tcp:tcp_retransmit_skb",
+        "tcp:tcp_destroy_sock",
+    ] {
+        assert!(
+            text.contains(&format!("used         tracepoint {tp}")),
+            "{tp}: {text}"
+        );
+    }
+    // kprobes: verified everywhere; attached only where the kernel has them.
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let line = text
+        .lines()
+        .find(|l| l.contains("kprobe tcp_connect"))
+        .expect("kprobe line");
+    assert!(line.contains("insns verified"), "{line}");
+    assert_eq!(line.trim_start().starts_with("used"), kprobes, "{line}");
+}
+
+#[test]
+fn without_privileges_the_error_says_what_is_missing() {
+    let _g = serial();
+    if !root_or_skip("without_privileges_the_error_says_what_is_missing") {
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_drainwatch"))
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}

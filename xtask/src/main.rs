@@ -1,0 +1,303 @@
+//! `cargo xtask`: everything a newcomer or CI needs, set-up included.
+//!
+//! - `setup`: installs what building and testing need (rust-src for the
+//!   nightly toolchain, bpf-linker, Debian packages for the tests).
+//! - `run`: set-up, build, then start the daemon with root rights.
+//! - `test`: set-up, rustfmt and clippy checks, then every test (the kernel
+//!   tests need root and run for real).
+//! - `check`: `drainwatch run --check` after set-up and build.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain pieces and packages the build and tests need.
+    Setup {
+        /// Skip Debian packages (only Rust pieces).
+        #[arg(long)]
+        no_apt: bool,
+    },
+    /// Build and run the daemon (as root: via sudo when not root). Extra
+    /// arguments go to `drainwatch run`.
+    Run {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: formatting, clippy, unit and kernel tests.
+    Test {
+        /// Skip rustfmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt and clippy (-D warnings) for every crate, the eBPF one included.
+    Lint,
+}
+
+/// Debian packages the tests drive for real.
+const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "curl", "tcpdump", "haproxy"];
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The rustup proxy, not `$CARGO`: `+nightly` only works through the proxy.
+fn cargo() -> Command {
+    Command::new("cargo")
+}
+
+fn setup(apt: bool) -> anyhow::Result<()> {
+    // rust-src: needed for -Z build-std=core on bpfel-unknown-none.
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false);
+    if !has_src {
+        eprintln!("xtask: installing rust-src for the nightly toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let cargo_bin = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cargo"))
+        .join("bin");
+    if !have("bpf-linker") && !cargo_bin.join("bpf-linker").exists() {
+        install_bpf_linker()?;
+    }
+    if apt {
+        let missing: Vec<&str> = APT_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| {
+                !Command::new("dpkg")
+                    .args(["-s", p])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            })
+            .collect();
+        if !missing.is_empty() {
+            if !is_root() {
+                bail!(
+                    "the tests need these Debian packages: {}; run `sudo apt-get install {}`",
+                    missing.join(" "),
+                    missing.join(" ")
+                );
+            }
+            eprintln!("xtask: installing {}", missing.join(" "));
+            run(Command::new("apt-get").arg("update").arg("-qq"))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+    }
+    Ok(())
+}
+
+/// bpf-linker built against the nightly toolchain's own libLLVM, so the LLVM
+/// version always matches the rustc that emits the bitcode and no system
+/// LLVM is needed.
+fn install_bpf_linker() -> anyhow::Result<()> {
+    eprintln!("xtask: installing bpf-linker (about a minute)");
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("rustc +nightly --print sysroot")?;
+    let sysroot = String::from_utf8(out.stdout)
+        .context("nightly sysroot is not UTF-8")?
+        .trim()
+        .to_string();
+    let lib = Path::new(&sysroot).join("lib");
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so") || n.starts_with("libLLVM-"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let major = llvm_major(&libllvm)?;
+    let rustflags = format!(
+        "-C link-arg=-Wl,-rpath,{} -C link-arg={}",
+        lib.display(),
+        libllvm.display()
+    );
+    run(cargo()
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+        ])
+        .args(["--features", &format!("llvm-{major},no-llvm-linking")])
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+fn llvm_major(libllvm: &Path) -> anyhow::Result<u32> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--version", "--verbose"])
+        .output()
+        .context("rustc +nightly --version --verbose")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("cannot tell the LLVM version of {}", libllvm.display()))
+}
+
+fn build_daemon(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.current_dir(root_dir())
+        .args(["build", "-p", "probe-user"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let target = env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root_dir().join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("drainwatch"))
+}
+
+fn as_root(program: &Path, args: &[String]) -> Command {
+    if is_root() {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(program).args(args);
+        c
+    }
+}
+
+fn lint() -> anyhow::Result<()> {
+    let root = root_dir();
+    run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    run(cargo()
+        .current_dir(root.join("probe-ebpf"))
+        .args(["+nightly", "fmt", "--check"])
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    run(cargo()
+        .current_dir(&root)
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "probe-ebpf",
+            "--all-targets",
+            "--",
+        ])
+        .args(["-D", "warnings"]))?;
+    run(cargo()
+        .current_dir(root.join("probe-ebpf"))
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup { no_apt } => setup(!no_apt),
+        Cmd::Run { release, args } => {
+            setup(false)?;
+            let bin = build_daemon(release)?;
+            let mut full = vec!["run".to_string()];
+            full.extend(args);
+            run(&mut as_root(&bin, &full))
+        }
+        Cmd::Lint => {
+            setup(false)?;
+            lint()
+        }
+        Cmd::Test { no_lint, args } => {
+            setup(true)?;
+            if !no_lint {
+                lint()?;
+            }
+            if !is_root() {
+                eprintln!(
+                    "xtask: not root: the kernel tests will skip (each says why); run `sudo -E cargo xtask test` for the full suite"
+                );
+            }
+            run(cargo()
+                .current_dir(root_dir())
+                .args(["test", "--workspace", "--exclude", "probe-ebpf"])
+                .args(&args))
+        }
+    }
+}
