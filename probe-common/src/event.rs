@@ -28,8 +28,21 @@ pub mod kind {
     pub const RESET_SENT: u8 = 11;
     /// This host received an RST (`tcp:tcp_receive_reset`).
     pub const RESET_RECEIVED: u8 = 12;
+    /// An RST seen on the wire by the TC classifier. `duration_ns` is the
+    /// flow's age; `aux[0]` idle since the flow's previous packet, `aux[1]`
+    /// idle since its previous payload (0 = none seen), `aux[2]` the silence
+    /// before that previous packet, `aux[3]` the flow's last keepalive
+    /// interval (0 = none seen); `ttl`/`peer_ttl`/`origin` say who sent it.
+    pub const WIRE_RESET: u8 = 13;
+    /// A TCP keepalive probe on the wire; `aux[0]` is the interval since the
+    /// flow's previous probe in the same direction (0 = first), `aux32` the
+    /// probe count, `duration_ns` the flow's age.
+    pub const KEEPALIVE: u8 = 14;
+    /// An HTTP/2 GOAWAY frame in cleartext HTTP/2; `aux32` is the
+    /// last-stream-id, `reason` the error code.
+    pub const GOAWAY: u8 = 15;
     /// One past the highest kind; for validation in the decoder.
-    pub const MAX: u8 = 13;
+    pub const MAX: u8 = 16;
 }
 
 /// Bits in [`RawEvent::flags`].
@@ -47,6 +60,15 @@ pub mod flags {
     pub const PASSIVE: u32 = 1 << 4;
     /// The `reason` field is valid (the kernel's tracepoint carries one).
     pub const HAS_REASON: u32 = 1 << 5;
+    /// Wire events: the packet was received (TC ingress); else sent (egress).
+    pub const INGRESS: u32 = 1 << 7;
+    /// Wire events: the flow was seen from its SYN, so its age is exact.
+    pub const FLOW_FROM_SYN: u32 = 1 << 8;
+    /// Wire reset: the flow's previous packet went the other way (so the RST
+    /// answers it, and the silence that matters is `aux[2]`).
+    pub const LAST_OPPOSITE: u32 = 1 << 9;
+    /// Wire reset: keepalive probes were seen on the flow before it.
+    pub const FLOW_KEEPALIVE: u32 = 1 << 10;
     /// The state was taken from the program's own socket table, not the kernel record.
     pub const STATE_TRACKED: u32 = 1 << 6;
 }
@@ -91,6 +113,29 @@ pub struct RawEvent {
     pub daddr: [u8; 16],
     /// Current task's command name, NUL-padded.
     pub comm: [u8; 16],
+    /// Wire events: IP TTL / hop limit of this packet.
+    pub ttl: u8,
+    /// Wire events: the TTL the peer's packets normally arrive with (0 = unknown).
+    pub peer_ttl: u8,
+    /// Wire resets: one of [`origin`].
+    pub origin: u8,
+    pub _pad2: u8,
+    /// Per-kind 32-bit value (see [`kind`]).
+    pub aux32: u32,
+    /// Per-kind values (see [`kind`]).
+    pub aux: [u64; 4],
+}
+
+/// Who sent an RST seen on the wire.
+pub mod origin {
+    /// No history to judge by.
+    pub const UNKNOWN: u8 = 0;
+    /// Its TTL matches the peer's packets: the peer sent it.
+    pub const PEER: u8 = 1;
+    /// Its TTL differs from the peer's packets: something on the path forged it.
+    pub const MIDDLEBOX: u8 = 2;
+    /// This host sent it (egress).
+    pub const LOCAL: u8 = 3;
 }
 
 impl RawEvent {
@@ -119,12 +164,19 @@ impl RawEvent {
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; 16],
+            ttl: 0,
+            peer_ttl: 0,
+            origin: 0,
+            _pad2: 0,
+            aux32: 0,
+            aux: [0; 4],
         }
     }
 }
 
-// The record has no implicit padding: 3 x u64, 4 x u8, 4 x u16, 5 x u32, 3 x 16 bytes.
-const _: () = assert!(RawEvent::SIZE == 24 + 4 + 8 + 20 + 48);
+// The record has no implicit padding: 3 x u64, 4 x u8, 4 x u16, 5 x u32,
+// 3 x 16 bytes, 4 x u8, u32, 4 x u64.
+const _: () = assert!(RawEvent::SIZE == 24 + 4 + 8 + 20 + 48 + 4 + 4 + 32);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RawEvent {}

@@ -6,9 +6,11 @@
 #![no_std]
 
 pub mod event;
+pub mod flow;
 pub mod layout;
 
 pub use event::*;
+pub use flow::*;
 pub use layout::*;
 
 /// Number of `u64` words in the watched-port bitmap (65536 ports / 64).
@@ -24,6 +26,38 @@ pub const LOST_RINGBUF_FULL: u32 = 0;
 pub const LOST_LAYOUT: u32 = 1;
 /// Number of slots in the `LOST` per-CPU array.
 pub const LOST_SLOTS: u32 = 4;
+
+/// Slots of the `WIRE_STATS` per-CPU array: what the TC classifier could
+/// not inspect, and flow-table bookkeeping.
+pub mod wire_stat {
+    /// Flows whose first payload was TLS: HTTP/2 frames not visible.
+    pub const H2_TLS: u32 = 0;
+    /// Flows first seen mid-stream: frame boundaries unknown.
+    pub const H2_MID_STREAM: u32 = 1;
+    /// A frame header split across packets: frame tracking lost.
+    pub const H2_SPLIT_HEADER: u32 = 2;
+    /// A GOAWAY frame split across packets: not decoded.
+    pub const H2_SPLIT_GOAWAY: u32 = 3;
+    /// More frames in one packet than the bounded scan reads.
+    pub const H2_FRAME_LIMIT: u32 = 4;
+    /// A sequence gap: frame tracking lost.
+    pub const H2_SEQ_GAP: u32 = 5;
+    /// Packets on watched ports with impossible headers, ignored.
+    pub const MALFORMED: u32 = 6;
+    /// Flows added to the flow table.
+    pub const FLOWS_INSERTED: u32 = 7;
+    /// Flows removed from the flow table by the program (after an RST).
+    pub const FLOWS_REMOVED: u32 = 8;
+    /// Flows whose first payload was neither HTTP/2 nor TLS.
+    pub const NOT_H2: u32 = 9;
+    /// Packets the classifier looked at (watched ports only).
+    pub const PACKETS: u32 = 10;
+}
+/// Number of slots in `WIRE_STATS`.
+pub const WIRE_STAT_SLOTS: u32 = 12;
+
+/// Default number of flows the wire observer tracks (LRU).
+pub const DEFAULT_FLOW_TABLE: u32 = 65536;
 
 /// Index into the `RUNTIME` config array: a non-zero value means the
 /// `tcp_connect` kprobe is attached and reports connect attempts, so the

@@ -1,6 +1,6 @@
 //! drainwatch's kernel programs. Thin entry points; the work is in one
 //! module per area: `conn` (connection lifecycle), `reset` (RSTs), `kprobe`
-//! (the kprobe path).
+//! (the kprobe path), `wire` (the TC classifier).
 #![no_std]
 #![no_main]
 
@@ -9,10 +9,11 @@ mod event;
 mod kprobe;
 mod maps;
 mod reset;
+mod wire;
 
 use aya_ebpf::{
-    macros::{kprobe, tracepoint},
-    programs::{ProbeContext, TracePointContext},
+    macros::{classifier, kprobe, tracepoint},
+    programs::{ProbeContext, TcContext, TracePointContext},
 };
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -61,6 +62,16 @@ pub fn kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
 pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
     let _ = kprobe::tcp_reset(&ctx);
     0
+}
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    wire::classify(&ctx, true)
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    wire::classify(&ctx, false)
 }
 
 #[cfg(not(test))]

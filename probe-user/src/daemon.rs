@@ -9,7 +9,8 @@ use probe_common::{LOST_LAYOUT, LOST_RINGBUF_FULL};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
 use crate::{
-    event::{DecodeContext, decode, parse_raw},
+    event::{DecodeContext, EventKind, decode, parse_raw},
+    idle::IdleResets,
     loader::{self, HookState, LoadOptions},
     metrics::{self, Metrics},
 };
@@ -87,6 +88,7 @@ pub fn scan_listeners(ports: &[u16]) -> Vec<(u16, i64)> {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = loader::load(&opts.load)?;
     let mut ebpf = loaded.ebpf;
+    let qdiscs = loaded.created_qdiscs;
     let watched = opts.load.ports.clone();
 
     let metrics = Arc::new(Metrics::new(&watched).context("creating metrics")?);
@@ -154,7 +156,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     _ = stop.changed() => true,
                 };
                 for (i, (slot, counter)) in stages.iter().enumerate() {
-                    let total = loader::lost_total(&lost, *slot);
+                    let total = loader::percpu_total(&lost, *slot);
                     if total > seen[i] {
                         counter.inc_by(total - seen[i]);
                         tracing::warn!(
@@ -175,6 +177,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
             Ok(())
         });
+    }
+
+    if opts.load.wire.is_some() {
+        let stats = loader::take_wire_stats(&mut ebpf)?;
+        let flows = loader::take_flows(&mut ebpf)?;
+        if let Some(w) = &opts.load.wire {
+            metrics.flow_table_size.set(i64::from(w.flow_table));
+        }
+        tasks.spawn(wire_stats_task(
+            stats,
+            flows,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     let listener = metrics::bind(opts.metrics_addr).await?;
@@ -233,8 +249,78 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     // Dropping the object detaches every program and frees the maps.
     drop(ebpf);
+    drop(qdiscs);
     tracing::info!("detached all programs");
     result
+}
+
+/// Polls the classifier's counters and the flow table's occupancy.
+async fn wire_stats_task(
+    stats: aya::maps::PerCpuArray<MapData, u64>,
+    flows: aya::maps::HashMap<MapData, probe_common::FlowKey, probe_common::Flow>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use probe_common::wire_stat as ws;
+    let uninspected = [
+        (ws::H2_TLS, "tls"),
+        (ws::H2_MID_STREAM, "mid_stream"),
+        (ws::H2_SPLIT_HEADER, "split_header"),
+        (ws::H2_SPLIT_GOAWAY, "split_goaway"),
+        (ws::H2_FRAME_LIMIT, "frame_limit"),
+        (ws::H2_SEQ_GAP, "seq_gap"),
+        (ws::NOT_H2, "not_http2"),
+    ];
+    for (_, reason) in uninspected {
+        metrics
+            .wire_uninspected
+            .with_label_values(&[reason])
+            .inc_by(0);
+    }
+    let mut seen = [0u64; probe_common::WIRE_STAT_SLOTS as usize];
+    let mut evicted_seen = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut round = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        let mut delta = |slot: u32| {
+            let total = loader::percpu_total(&stats, slot);
+            let d = total.saturating_sub(seen[slot as usize]);
+            seen[slot as usize] = total.max(seen[slot as usize]);
+            d
+        };
+        for (slot, reason) in uninspected {
+            let d = delta(slot);
+            if d > 0 {
+                metrics
+                    .wire_uninspected
+                    .with_label_values(&[reason])
+                    .inc_by(d);
+            }
+        }
+        metrics.wire_packets.inc_by(delta(ws::PACKETS));
+        metrics.wire_malformed.inc_by(delta(ws::MALFORMED));
+        let _ = delta(ws::FLOWS_INSERTED);
+        let _ = delta(ws::FLOWS_REMOVED);
+        // Walking the table costs a syscall per entry: do it every 5 s.
+        round += 1;
+        if round % 5 == 1 {
+            let entries = flows.keys().filter(Result::is_ok).count() as u64;
+            metrics.flow_entries.set(entries as i64);
+            // LRU evictions are silent in the kernel: whatever was inserted
+            // and neither removed by the program nor present was evicted.
+            let inserted = seen[ws::FLOWS_INSERTED as usize];
+            let removed = seen[ws::FLOWS_REMOVED as usize];
+            let evicted = inserted.saturating_sub(removed).saturating_sub(entries);
+            if evicted > evicted_seen {
+                metrics.flow_evictions.inc_by(evicted - evicted_seen);
+                evicted_seen = evicted;
+            }
+        }
+    }
 }
 
 async fn metrics_task(
@@ -257,31 +343,13 @@ async fn reader_task(
     output: Output,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let decode_lost = metrics.lost_counter("decode");
+    let mut idle = IdleResets::default();
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd lives.
     let mut afd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
     let stdout = std::io::stdout();
-    let handle = |buf: &[u8], out: &mut std::io::StdoutLock<'_>| match parse_raw(buf)
-        .and_then(|raw| decode(&raw, &cx))
-    {
-        Ok(ev) => {
-            metrics.observe(&ev, &watched);
-            let line = match output {
-                Output::Text => Some(ev.human()),
-                Output::Json => serde_json::to_string(&ev).ok(),
-                Output::None => None,
-            };
-            if let Some(line) = line
-                && writeln!(out, "{line}").is_err()
-            {
-                tracing::debug!("stdout closed; event not printed");
-            }
-        }
-        Err(e) => {
-            decode_lost.inc();
-            tracing::warn!("undecodable event ({e}); counted as lost");
-        }
+    let mut handle = |buf: &[u8], out: &mut std::io::StdoutLock<'_>| {
+        handle_record(buf, &cx, &metrics, &watched, output, &mut idle, out);
     };
     loop {
         let done = tokio::select! {
@@ -308,6 +376,71 @@ async fn reader_task(
             let _ = out.flush();
             return Ok(());
         }
+    }
+}
+
+/// Decodes one ring-buffer record, counts it, prints it, and reports an
+/// idle-reset cluster when this record completes one.
+fn handle_record(
+    buf: &[u8],
+    cx: &DecodeContext,
+    metrics: &Metrics,
+    watched: &[u16],
+    output: Output,
+    idle: &mut IdleResets,
+    out: &mut impl std::io::Write,
+) {
+    let ev = match parse_raw(buf).and_then(|raw| decode(&raw, cx)) {
+        Ok(ev) => ev,
+        Err(e) => {
+            metrics.lost_counter("decode").inc();
+            tracing::warn!("undecodable event ({e}); counted as lost");
+            return;
+        }
+    };
+    metrics.observe(&ev, watched);
+    let line = match output {
+        Output::Text => Some(ev.human()),
+        Output::Json => serde_json::to_string(&ev).ok(),
+        Output::None => None,
+    };
+    if let Some(line) = line
+        && writeln!(out, "{line}").is_err()
+    {
+        tracing::debug!("stdout closed; event not printed");
+    }
+    let Some(w) = ev.wire.as_ref() else { return };
+    if ev.kind != EventKind::WireReset || w.direction != "received" {
+        return;
+    }
+    let Some(silence) = w.silence_seconds else {
+        return;
+    };
+    let Some(c) = idle.observe(
+        ev.ts_boot_ns,
+        silence,
+        w.origin == Some("middlebox"),
+        w.keepalive.as_deref() != Some("none"),
+    ) else {
+        return;
+    };
+    tracing::warn!("{c}");
+    metrics
+        .inferred_idle_timeout
+        .with_label_values(&[c.origin])
+        .set(c.inferred_timeout_seconds);
+    let line = match output {
+        Output::Text => Some(format!("FINDING idle-reset cluster: {c}")),
+        Output::Json => serde_json::to_string(&serde_json::json!({
+            "finding": "idle_reset_cluster",
+            "summary": c.to_string(),
+            "cluster": c,
+        }))
+        .ok(),
+        Output::None => None,
+    };
+    if let Some(line) = line {
+        let _ = writeln!(out, "{line}");
     }
 }
 

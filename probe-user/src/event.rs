@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::Buf;
-use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, tcp_state};
+use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, origin, tcp_state};
 use serde::Serialize;
 
 /// What happened, one per kernel event kind.
@@ -26,6 +26,9 @@ pub enum EventKind {
     ListenClose,
     ResetSent,
     ResetReceived,
+    WireReset,
+    Keepalive,
+    Goaway,
 }
 
 impl EventKind {
@@ -43,6 +46,9 @@ impl EventKind {
             kind::LISTEN_CLOSE => EventKind::ListenClose,
             kind::RESET_SENT => EventKind::ResetSent,
             kind::RESET_RECEIVED => EventKind::ResetReceived,
+            kind::WIRE_RESET => EventKind::WireReset,
+            kind::KEEPALIVE => EventKind::Keepalive,
+            kind::GOAWAY => EventKind::Goaway,
             _ => return None,
         })
     }
@@ -61,6 +67,9 @@ impl EventKind {
             EventKind::ListenClose => "listen_close",
             EventKind::ResetSent => "reset_sent",
             EventKind::ResetReceived => "reset_received",
+            EventKind::WireReset => "wire_reset",
+            EventKind::Keepalive => "keepalive",
+            EventKind::Goaway => "goaway",
         }
     }
 }
@@ -128,8 +137,140 @@ pub struct Event {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kprobe: bool,
     /// An opaque per-socket id tying events of one connection together
-    /// (the kernel address, keyed so it is not disclosed).
-    pub sock_id: String,
+    /// (the kernel address, keyed so it is not disclosed). Absent for wire
+    /// events, which have no socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock_id: Option<String>,
+    /// What the TC classifier saw, for wire events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<Wire>,
+}
+
+/// Wire details of a `wire_reset`, `keepalive` or `goaway` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Wire {
+    /// "received" (ingress) or "sent" (egress).
+    pub direction: &'static str,
+    pub ttl: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ttl: Option<u8>,
+    /// Resets: "peer", "middlebox", "local" or "unknown".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<&'static str>,
+    /// Seconds since the flow's first packet seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_age_seconds: Option<f64>,
+    /// Resets: seconds since the flow's previous packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<f64>,
+    /// Resets: seconds since the flow's previous payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_payload_seconds: Option<f64>,
+    /// Resets: the silence the reset ended. When the RST answers this
+    /// host's own packet (a middlebox that forgot the flow resets the first
+    /// packet after the silence), it is the gap before that packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silence_seconds: Option<f64>,
+    /// Resets: keepalive on the flow, e.g. "30s", "seen" or "none".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<String>,
+    /// Keepalive probes: seconds since the previous probe (absent for the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_count: Option<u32>,
+    /// GOAWAY: the last stream the sender will process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_stream_id: Option<u32>,
+    /// GOAWAY: the error code's name (RFC 9113 7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+}
+
+/// Names of HTTP/2 error codes; unknown codes map to "UNKNOWN" so labels stay bounded.
+pub fn h2_error_name(code: u32) -> &'static str {
+    match code {
+        0 => "NO_ERROR",
+        1 => "PROTOCOL_ERROR",
+        2 => "INTERNAL_ERROR",
+        3 => "FLOW_CONTROL_ERROR",
+        4 => "SETTINGS_TIMEOUT",
+        5 => "STREAM_CLOSED",
+        6 => "FRAME_SIZE_ERROR",
+        7 => "REFUSED_STREAM",
+        8 => "CANCEL",
+        9 => "COMPRESSION_ERROR",
+        10 => "CONNECT_ERROR",
+        11 => "ENHANCE_YOUR_CALM",
+        12 => "INADEQUATE_SECURITY",
+        13 => "HTTP_1_1_REQUIRED",
+        _ => "UNKNOWN",
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
+    let f = raw.flags;
+    let mut w = Wire {
+        direction: if f & flags::INGRESS != 0 {
+            "received"
+        } else {
+            "sent"
+        },
+        ttl: raw.ttl,
+        peer_ttl: None,
+        origin: None,
+        flow_age_seconds: (f & flags::FLOW_FROM_SYN != 0).then(|| secs(raw.duration_ns)),
+        idle_seconds: None,
+        idle_payload_seconds: None,
+        silence_seconds: None,
+        keepalive: None,
+        keepalive_interval_seconds: None,
+        keepalive_count: None,
+        last_stream_id: None,
+        error_code: None,
+    };
+    match kind {
+        EventKind::WireReset => {
+            w.peer_ttl = (raw.peer_ttl != 0).then_some(raw.peer_ttl);
+            w.origin = Some(match raw.origin {
+                origin::PEER => "peer",
+                origin::MIDDLEBOX => "middlebox",
+                origin::LOCAL => "local",
+                _ => "unknown",
+            });
+            let [idle, idle_payload, gap, ka] = raw.aux;
+            w.idle_seconds = Some(secs(idle));
+            w.idle_payload_seconds = (idle_payload != 0).then(|| secs(idle_payload));
+            let answers_ours = f & flags::LAST_OPPOSITE != 0 && f & flags::INGRESS != 0;
+            w.silence_seconds = Some(if answers_ours {
+                secs(gap + idle)
+            } else {
+                secs(idle)
+            });
+            w.keepalive = Some(if ka != 0 {
+                format!("{:.0}s", secs(ka))
+            } else if f & flags::FLOW_KEEPALIVE != 0 {
+                "seen".into()
+            } else {
+                "none".into()
+            });
+        }
+        EventKind::Keepalive => {
+            w.keepalive_interval_seconds = (raw.aux[0] != 0).then(|| secs(raw.aux[0]));
+            w.keepalive_count = Some(raw.aux32);
+        }
+        EventKind::Goaway => {
+            w.flow_age_seconds = None;
+            w.last_stream_id = Some(raw.aux32);
+            w.error_code = Some(h2_error_name(raw.reason));
+        }
+        _ => return None,
+    }
+    Some(w)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -170,6 +311,14 @@ pub fn parse_raw(mut b: &[u8]) -> Result<RawEvent, DecodeError> {
     b.copy_to_slice(&mut ev.saddr);
     b.copy_to_slice(&mut ev.daddr);
     b.copy_to_slice(&mut ev.comm);
+    ev.ttl = b.get_u8();
+    ev.peer_ttl = b.get_u8();
+    ev.origin = b.get_u8();
+    ev._pad2 = b.get_u8();
+    ev.aux32 = b.get_u32_le();
+    for a in &mut ev.aux {
+        *a = b.get_u64_le();
+    }
     Ok(ev)
 }
 
@@ -254,8 +403,13 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
     let remote = SocketAddr::new(ip(raw.family, &raw.daddr)?, raw.dport);
     let f = raw.flags;
     let duration_known = f & flags::NO_START == 0 && raw.duration_ns != 0;
+    let is_wire = matches!(
+        kind,
+        EventKind::WireReset | EventKind::Keepalive | EventKind::Goaway
+    );
     let duration_seconds = match kind {
         EventKind::ConnectAttempt | EventKind::ListenOpen | EventKind::ListenClose => None,
+        _ if is_wire => None,
         _ if duration_known => Some(raw.duration_ns as f64 / 1e9),
         _ => None,
     };
@@ -302,7 +456,8 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         direction,
         no_socket: f & flags::NO_SOCKET != 0,
         kprobe: f & flags::FROM_KPROBE != 0,
-        sock_id: format!("{:016x}", mix(raw.sock ^ cx.sock_key)),
+        sock_id: (!is_wire).then(|| format!("{:016x}", mix(raw.sock ^ cx.sock_key))),
+        wire: wire_info(raw, kind),
     })
 }
 
@@ -359,6 +514,28 @@ impl Event {
         if let (Some(pid), Some(comm)) = (self.pid, &self.comm) {
             s.push_str(&format!(" pid {pid} ({comm})"));
         }
+        if let Some(w) = &self.wire {
+            s.push_str(&format!(" {}", w.direction));
+            if let Some(o) = w.origin {
+                s.push_str(&format!(" from {o} (ttl {}", w.ttl));
+                if let Some(p) = w.peer_ttl {
+                    s.push_str(&format!(", peer ttl {p}"));
+                }
+                s.push(')');
+            }
+            if let Some(x) = w.silence_seconds {
+                s.push_str(&format!(" after {} idle", human_duration(x)));
+            }
+            if let Some(k) = &w.keepalive {
+                s.push_str(&format!(" keepalive {k}"));
+            }
+            if let Some(i) = w.keepalive_interval_seconds {
+                s.push_str(&format!(" interval {}", human_duration(i)));
+            }
+            if let (Some(id), Some(code)) = (w.last_stream_id, w.error_code) {
+                s.push_str(&format!(" last-stream-id {id} {code}"));
+            }
+        }
         s
     }
 }
@@ -404,6 +581,11 @@ mod tests {
         r.duration_ns = 1_500_000;
         r.flags = flags::ACTIVE;
         r.comm[..4].copy_from_slice(b"curl");
+        r.ttl = 63;
+        r.peer_ttl = 64;
+        r.origin = 2;
+        r.aux32 = 0xdead_beef;
+        r.aux = [1, 2, 3, u64::MAX];
         assert_eq!(parse_raw(&bytes(&r)), Ok(r));
     }
 
@@ -489,6 +671,68 @@ mod tests {
                 .duration_seconds,
             None
         );
+    }
+
+    #[test]
+    fn wire_reset_from_a_middlebox_after_silence() {
+        let mut r = raw(kind::WIRE_RESET);
+        r.flags = flags::INGRESS | flags::FLOW_FROM_SYN | flags::LAST_OPPOSITE;
+        r.ttl = 64;
+        r.peer_ttl = 63;
+        r.origin = origin::MIDDLEBOX;
+        r.duration_ns = 5_000_000_000;
+        r.aux = [200_000, 3_200_000_000, 3_000_000_000, 0];
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        let w = e.wire.clone().expect("wire");
+        assert_eq!((w.direction, w.origin), ("received", Some("middlebox")));
+        assert_eq!(w.peer_ttl, Some(63));
+        assert_eq!(
+            w.silence_seconds,
+            Some(3.0002),
+            "gap before our packet + idle"
+        );
+        assert_eq!(w.idle_seconds, Some(0.0002));
+        assert_eq!(w.keepalive.as_deref(), Some("none"));
+        assert_eq!(e.sock_id, None);
+        assert!(
+            e.human().contains("from middlebox (ttl 64, peer ttl 63)"),
+            "{}",
+            e.human()
+        );
+    }
+
+    #[test]
+    fn goaway_and_keepalive() {
+        let mut r = raw(kind::GOAWAY);
+        r.flags = flags::INGRESS;
+        r.aux32 = 1;
+        r.reason = 0;
+        let w = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .wire
+            .expect("wire");
+        assert_eq!(
+            (w.last_stream_id, w.error_code),
+            (Some(1), Some("NO_ERROR"))
+        );
+        r.reason = 99;
+        let w = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .wire
+            .expect("wire");
+        assert_eq!(w.error_code, Some("UNKNOWN"));
+        let mut k = raw(kind::KEEPALIVE);
+        k.aux = [1_000_000_000, 0, 0, 0];
+        k.aux32 = 3;
+        let w = decode(&k, &DecodeContext::plain())
+            .expect("decode")
+            .wire
+            .expect("wire");
+        assert_eq!(
+            (w.keepalive_interval_seconds, w.keepalive_count),
+            (Some(1.0), Some(3))
+        );
+        assert_eq!(w.direction, "sent");
     }
 
     #[test]

@@ -5,12 +5,15 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        KProbe, SchedClassifier, TcAttachType, TracePoint,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
 };
 use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout};
 
-use crate::{btf, tracefs};
+use crate::{btf, iface::Iface, tracefs};
 
 /// The compiled kernel programs, embedded at build time.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -57,6 +60,14 @@ pub struct LoadOptions {
     pub kernel_log_level: u8,
     /// Try the kprobe path (it is still only used where the kernel allows).
     pub kprobes: bool,
+    /// The wire observer (TC classifier), if wanted.
+    pub wire: Option<WireOptions>,
+}
+
+/// Where and how big the wire observer is.
+pub struct WireOptions {
+    pub ifaces: Vec<Iface>,
+    pub flow_table: u32,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -64,6 +75,31 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<Hook>,
     pub reset_reasons: Vec<(u64, String)>,
+    /// clsact qdiscs this process created (netlink path only); removed on drop.
+    pub created_qdiscs: CreatedQdiscs,
+}
+
+/// clsact qdiscs drainwatch added, deleted again when dropped: the daemon
+/// leaves no trace. (TCX links, used on Linux 6.6+, need no qdisc.)
+#[derive(Default)]
+pub struct CreatedQdiscs(pub Vec<String>);
+
+impl Drop for CreatedQdiscs {
+    fn drop(&mut self) {
+        for dev in &self.0 {
+            let st = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", dev, "clsact"])
+                .status();
+            match st {
+                Ok(s) if s.success() => {
+                    tracing::info!("removed the clsact qdisc drainwatch added on {dev}")
+                }
+                _ => tracing::warn!(
+                    "could not remove the clsact qdisc drainwatch added on {dev}; remove it with `tc qdisc del dev {dev} clsact`"
+                ),
+            }
+        }
+    }
 }
 
 /// Whether the effective capability set allows loading programs.
@@ -131,11 +167,17 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         SockLayout::ABSENT
     };
 
+    let flow_table = opts
+        .wire
+        .as_ref()
+        .map(|w| w.flow_table)
+        .unwrap_or(probe_common::DEFAULT_FLOW_TABLE);
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUTS", &layouts, true)
         .override_global("SOCK_LAYOUT", &sock_layout, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
+        .map_max_entries("FLOWS", flow_table)
         .load(PROBES)?;
 
     {
@@ -306,11 +348,114 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
+    let mut created_qdiscs = CreatedQdiscs::default();
+    match &opts.wire {
+        Some(w) => attach_wire(&mut ebpf, w, &mut hooks, &mut created_qdiscs)?,
+        None => hooks.push(Hook {
+            name: "tc classifier".into(),
+            state: HookState::Standby("disabled by --no-wire".into()),
+            insns: None,
+        }),
+    }
+
     Ok(Loaded {
         ebpf,
         hooks,
         reset_reasons: kl.reset_reasons,
+        created_qdiscs,
     })
+}
+
+fn attach_wire(
+    ebpf: &mut Ebpf,
+    w: &WireOptions,
+    hooks: &mut Vec<Hook>,
+    created: &mut CreatedQdiscs,
+) -> Result<(), LoadError> {
+    {
+        let mut l2: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(ebpf.map_mut("IFACE_L2").ok_or(LoadError::Map(
+                "IFACE_L2",
+                aya::maps::MapError::InvalidName {
+                    name: "IFACE_L2".into(),
+                },
+            ))?)
+            .map_err(|e| LoadError::Map("IFACE_L2", e))?;
+        for i in &w.ifaces {
+            l2.insert(i.index, i.l2_len, 0)
+                .map_err(|e| LoadError::Map("IFACE_L2", e))?;
+        }
+    }
+    for (prog, attach_type, what) in [
+        ("tc_ingress", TcAttachType::Ingress, "ingress"),
+        ("tc_egress", TcAttachType::Egress, "egress"),
+    ] {
+        let loaded = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(prog)
+                .ok_or(aya::programs::ProgramError::NotLoaded)?
+                .try_into()?;
+            p.load()?;
+            Ok(p.info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+                .map(|n| n as usize))
+        })();
+        let insns = match loaded {
+            Ok(n) => n,
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::warn!("tc {what} classifier unavailable: {why}; wire events are off");
+                hooks.push(Hook {
+                    name: format!("tc {what}"),
+                    state: HookState::Unavailable(why),
+                    insns: None,
+                });
+                continue;
+            }
+        };
+        for i in &w.ifaces {
+            let name = format!("tc {what} {}", i.name);
+            let p: &mut SchedClassifier = match ebpf.program_mut(prog).map(TryInto::try_into) {
+                Some(Ok(p)) => p,
+                _ => continue,
+            };
+            // TCX links (Linux 6.6+) first; the clsact qdisc and a netlink
+            // filter otherwise.
+            let result = p.attach(&i.name, attach_type).or_else(|first| {
+                match tc::qdisc_add_clsact(&i.name) {
+                    Ok(()) => created.0.push(i.name.clone()),
+                    Err(e) if e.to_string().contains("exists") => {}
+                    Err(e) => {
+                        tracing::debug!("adding clsact on {}: {e}", i.name);
+                        return Err(first);
+                    }
+                }
+                p.attach_with_options(
+                    &i.name,
+                    attach_type,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+            });
+            match result {
+                Ok(_) => hooks.push(Hook {
+                    name,
+                    state: HookState::Attached,
+                    insns,
+                }),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    tracing::warn!("{name} unavailable: {why}");
+                    hooks.push(Hook {
+                        name,
+                        state: HookState::Unavailable(why),
+                        insns,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An error and its sources on one line.
@@ -354,8 +499,32 @@ pub fn take_lost(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError
     PerCpuArray::try_from(map).map_err(|e| LoadError::Map("LOST", e))
 }
 
-/// Events the programs dropped, summed over CPUs, for one `LOST_*` slot.
-pub fn lost_total(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
+/// The flow table, taken out for the occupancy poller.
+pub fn take_flows(
+    ebpf: &mut Ebpf,
+) -> Result<HashMap<MapData, probe_common::FlowKey, probe_common::Flow>, LoadError> {
+    let map = ebpf.take_map("FLOWS").ok_or(LoadError::Map(
+        "FLOWS",
+        aya::maps::MapError::InvalidName {
+            name: "FLOWS".into(),
+        },
+    ))?;
+    HashMap::try_from(map).map_err(|e| LoadError::Map("FLOWS", e))
+}
+
+/// The wire observer's counters, taken out for the poller.
+pub fn take_wire_stats(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+    let map = ebpf.take_map("WIRE_STATS").ok_or(LoadError::Map(
+        "WIRE_STATS",
+        aya::maps::MapError::InvalidName {
+            name: "WIRE_STATS".into(),
+        },
+    ))?;
+    PerCpuArray::try_from(map).map_err(|e| LoadError::Map("WIRE_STATS", e))
+}
+
+/// One slot of a per-CPU counter array, summed over CPUs.
+pub fn percpu_total(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
     lost.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 

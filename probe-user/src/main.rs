@@ -4,9 +4,13 @@
 mod btf;
 mod daemon;
 mod event;
+mod idle;
+mod iface;
 mod loader;
 mod metrics;
 mod tracefs;
+#[cfg(test)]
+mod wire_test;
 
 use std::{net::SocketAddr, process::ExitCode};
 
@@ -54,6 +58,16 @@ struct RunArgs {
     /// Do not try the kprobe path even where the kernel has kprobes.
     #[arg(long)]
     no_kprobes: bool,
+    /// An interface for the wire observer (repeatable). Default: lo and
+    /// every interface that is up with an address.
+    #[arg(long = "iface", value_name = "NAME")]
+    ifaces: Vec<String>,
+    /// Do not attach the wire observer (TC classifier).
+    #[arg(long)]
+    no_wire: bool,
+    /// Flows the wire observer tracks at once (least recently used evicted).
+    #[arg(long, default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    flow_table: u32,
     /// Print which hooks this host supports and which would be used, then exit.
     #[arg(long)]
     check: bool,
@@ -121,11 +135,29 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     ports.sort_unstable();
     ports.dedup();
+    let wire = if args.no_wire {
+        None
+    } else {
+        let ifaces = if args.ifaces.is_empty() {
+            iface::default_ifaces()
+        } else {
+            args.ifaces
+                .iter()
+                .map(|n| iface::lookup(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!(e))?
+        };
+        Some(loader::WireOptions {
+            ifaces,
+            flow_table: args.flow_table,
+        })
+    };
     let load = LoadOptions {
         ports,
         ringbuf_bytes: args.ringbuf_bytes,
         kernel_log_level: args.kernel_log_level,
         kprobes: !args.no_kprobes,
+        wire,
     };
     if args.check {
         return check(&load);

@@ -9,8 +9,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -37,6 +37,17 @@ pub struct Metrics {
     pub hook_attached: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub ringbuf_bytes: IntGauge,
+    pub wire_resets: IntCounterVec,
+    pub reset_idle_seconds: HistogramVec,
+    pub keepalive_probes: IntCounterVec,
+    pub goaways: IntCounterVec,
+    pub inferred_idle_timeout: GaugeVec,
+    pub wire_uninspected: IntCounterVec,
+    pub wire_packets: IntCounter,
+    pub wire_malformed: IntCounter,
+    pub flow_entries: IntGauge,
+    pub flow_evictions: IntCounter,
+    pub flow_table_size: IntGauge,
 }
 
 fn counter(
@@ -191,6 +202,96 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            wire_resets: counter(
+                &r,
+                "drainwatch_wire_resets_total",
+                "RSTs seen on the wire by the TC classifier, by direction and by who sent them (peer, middlebox, local, unknown).",
+                &["port", "direction", "origin"],
+            )?,
+            reset_idle_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "drainwatch_reset_idle_seconds",
+                        "Silence before an RST received on the wire, by origin.",
+                    )
+                    .buckets(vec![
+                        0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 600.0,
+                        1800.0, 3600.0,
+                    ]),
+                    &["port", "origin"],
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
+            keepalive_probes: counter(
+                &r,
+                "drainwatch_keepalive_probes_total",
+                "TCP keepalive probes seen on the wire.",
+                &["port", "direction"],
+            )?,
+            goaways: counter(
+                &r,
+                "drainwatch_goaway_total",
+                "HTTP/2 GOAWAY frames seen in cleartext HTTP/2, by direction and error code.",
+                &["port", "direction", "error_code"],
+            )?,
+            inferred_idle_timeout: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "drainwatch_inferred_idle_timeout_seconds",
+                        "Idle timeout inferred from resets that cluster at one silence (0 until three agree).",
+                    ),
+                    &["origin"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            wire_uninspected: counter(
+                &r,
+                "drainwatch_wire_uninspected_total",
+                "Flows or frames the classifier could not inspect for HTTP/2, by reason.",
+                &["reason"],
+            )?,
+            wire_packets: {
+                let c = IntCounter::new(
+                    "drainwatch_wire_packets_total",
+                    "Packets on watched ports the classifier looked at.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            wire_malformed: {
+                let c = IntCounter::new(
+                    "drainwatch_wire_malformed_packets_total",
+                    "Packets on watched ports with impossible headers, ignored.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            flow_entries: {
+                let g = IntGauge::new(
+                    "drainwatch_flow_table_entries",
+                    "Flows in the wire observer's table.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            flow_evictions: {
+                let c = IntCounter::new(
+                    "drainwatch_flow_evictions_total",
+                    "Flows the full table evicted (least recently used) to make room.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            flow_table_size: {
+                let g = IntGauge::new(
+                    "drainwatch_flow_table_size",
+                    "Capacity of the wire observer's flow table.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry: r,
         };
         for p in watched {
@@ -245,6 +346,36 @@ impl Metrics {
             }
             EventKind::ListenOpen => self.listener_delta(p, 1),
             EventKind::ListenClose => self.listener_delta(p, -1),
+            EventKind::WireReset => {
+                if let Some(w) = &e.wire {
+                    let origin = w.origin.unwrap_or("unknown");
+                    self.wire_resets
+                        .with_label_values(&[p, w.direction, origin])
+                        .inc();
+                    if w.direction == "received"
+                        && let Some(s) = w.silence_seconds
+                    {
+                        self.reset_idle_seconds
+                            .with_label_values(&[p, origin])
+                            .observe(s);
+                    }
+                }
+            }
+            EventKind::Keepalive => {
+                if let Some(w) = &e.wire {
+                    self.keepalive_probes
+                        .with_label_values(&[p, w.direction])
+                        .inc();
+                }
+            }
+            EventKind::Goaway => {
+                if let Some(w) = &e.wire {
+                    let code = w.error_code.unwrap_or("UNKNOWN");
+                    self.goaways
+                        .with_label_values(&[p, w.direction, code])
+                        .inc();
+                }
+            }
             EventKind::ResetSent | EventKind::ResetReceived => {
                 let dir = if e.kind == EventKind::ResetSent {
                     "sent"
