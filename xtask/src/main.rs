@@ -54,7 +54,7 @@ enum Cmd {
 }
 
 /// Debian packages the tests drive for real.
-const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "curl", "tcpdump", "haproxy"];
+const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "curl", "tcpdump", "haproxy", "nginx"];
 
 fn root_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -156,12 +156,160 @@ impl Drop for Pair {
     }
 }
 
+/// client -- router -- server, each a namespace, two veth links, a /30 on
+/// each side (198.18.0.0/15), routes only between the two subnets.
+pub struct Routed {
+    pub client: String,
+    pub router: String,
+    pub server: String,
+    pub client_ip: String,
+    pub server_ip: String,
+    /// The client's veth (where a client-side observer attaches).
+    pub client_dev: String,
+}
+
+impl Routed {
+    pub fn new() -> Routed {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let id = format!("{pid}-{n}");
+        let base = 2 * ((pid % 60) + n * 7 % 60) as u32;
+        let (a, b) = (base % 250, (base + 1) % 250);
+        let r = Routed {
+            client: format!("dwt-{id}-rc"),
+            router: format!("dwt-{id}-rr"),
+            server: format!("dwt-{id}-rs"),
+            client_ip: format!("198.19.{a}.1"),
+            server_ip: format!("198.19.{b}.2"),
+            client_dev: format!("dwrc{n}x{}", pid % 10000),
+        };
+        for ns in [&r.client, &r.router, &r.server] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let rc = format!("dwrr{n}x{}", pid % 10000);
+        let rs = format!("dwrq{n}x{}", pid % 10000);
+        let sv = format!("dwrs{n}x{}", pid % 10000);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &r.client_dev,
+            "netns",
+            &r.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &rc,
+            "netns",
+            &r.router,
+        ]);
+        sh(&[
+            "ip", "link", "add", &sv, "netns", &r.server, "type", "veth", "peer", "name", &rs,
+            "netns", &r.router,
+        ]);
+        let router_c = format!("198.19.{a}.2");
+        let router_s = format!("198.19.{b}.1");
+        for (ns, dev, addr) in [
+            (&r.client, &r.client_dev, format!("{}/30", r.client_ip)),
+            (&r.router, &rc, format!("{router_c}/30")),
+            (&r.router, &rs, format!("{router_s}/30")),
+            (&r.server, &sv, format!("{}/30", r.server_ip)),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &r.client,
+            "route",
+            "add",
+            &format!("198.19.{b}.0/30"),
+            "via",
+            &router_c,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &r.server,
+            "route",
+            "add",
+            &format!("198.19.{a}.0/30"),
+            "via",
+            &router_s,
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &r.router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        r
+    }
+
+    /// Makes the router a stateful middlebox that forgets flows idle for
+    /// `secs` and answers their next packet with an RST (TOOLCHAIN.md's recipe).
+    pub fn idle_reset_middlebox(&self, secs: u32) {
+        let ns = &self.router;
+        sh(&["ip", "netns", "exec", ns, "nft", "add table inet mb"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "add chain inet mb mbfwd { type filter hook forward priority 0 ; }",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "add rule inet mb mbfwd ct state invalid reject with tcp reset",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("net.netfilter.nf_conntrack_tcp_timeout_established={secs}"),
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_tcp_loose=0",
+        ]);
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.router, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
 /// The real `drainwatch run` binary, with JSON events collected from stdout.
 pub struct Daemon {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
     pub metrics_addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// The namespace it runs in, if not the host's.
+    netns: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -173,8 +321,22 @@ pub fn free_port() -> u16 {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_in(None, extra)
+    }
+
+    /// Starts the daemon inside network namespace `netns` (the wire
+    /// observer attaches to interfaces there).
+    pub fn start_in(netns: Option<&str>, extra: &[&str]) -> Daemon {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_drainwatch")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_drainwatch")),
+        };
+        let mut child = cmd
             .args([
                 "run",
                 "--output",
@@ -217,6 +379,7 @@ impl Daemon {
             events,
             metrics_addr,
             stderr: stderr_text,
+            netns: netns.map(str::to_string),
         };
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = d.child.kill();
@@ -278,10 +441,16 @@ impl Daemon {
 
     /// GET /metrics over HTTP with curl (a real client).
     pub fn metrics(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("http://{}/metrics", self.metrics_addr)])
-            .output()
-            .expect("curl");
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "curl"]);
+                c
+            }
+            None => Command::new("curl"),
+        };
+        let out = cmd.args(["-sf", &url]).output().expect("curl");
         assert!(out.status.success(), "scraping /metrics failed");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
