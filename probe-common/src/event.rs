@@ -126,6 +126,15 @@ pub struct RawEvent {
     pub aux: [u64; 4],
 }
 
+/// `aux32` bits of `RESET_RECEIVED`: the socket's own view, read through
+/// BTF offsets. With [`sock_view::PRESENT`], `aux` holds jiffies since data
+/// was received, since data was sent, since the last ACK, and the keepalive
+/// time in jiffies (0 = the sysctl default, or keepalive off).
+pub mod sock_view {
+    pub const PRESENT: u32 = 1;
+    pub const KEEPALIVE: u32 = 2;
+}
+
 /// Who sent an RST seen on the wire.
 pub mod origin {
     /// No history to judge by.

@@ -140,3 +140,41 @@ impl SockLayout {
 unsafe impl aya::Pod for Layouts {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockLayout {}
+
+/// Offsets for reading a TCP socket's own view of an RST it received
+/// (keepalive setting, last data sent and received), from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSockLayout {
+    /// Non-zero when every offset below was resolved.
+    pub present: u16,
+    /// `sock.sk_flags`.
+    pub sk_flags: u16,
+    /// Bit number of `SOCK_KEEPOPEN` in `sk_flags`.
+    pub keepopen_bit: u16,
+    /// `tcp_sock.keepalive_time` (jiffies; 0 = the sysctl default).
+    pub keepalive_time: u16,
+    /// `tcp_sock.lsndtime`: last data sent (jiffies, 32 bits).
+    pub lsndtime: u16,
+    /// `tcp_sock.rcv_tstamp`: last ACK received (jiffies, 32 bits).
+    pub rcv_tstamp: u16,
+    /// `inet_connection_sock.icsk_ack.lrcvtime`: last data received (jiffies).
+    pub lrcvtime: u16,
+    pub _pad: u16,
+}
+
+impl TcpSockLayout {
+    pub const ABSENT: TcpSockLayout = TcpSockLayout {
+        present: 0,
+        sk_flags: FIELD_ABSENT,
+        keepopen_bit: 0,
+        keepalive_time: FIELD_ABSENT,
+        lsndtime: FIELD_ABSENT,
+        rcv_tstamp: FIELD_ABSENT,
+        lrcvtime: FIELD_ABSENT,
+        _pad: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TcpSockLayout {}

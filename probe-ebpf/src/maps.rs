@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     DEFAULT_RINGBUF_BYTES, LOST_SLOTS, Layouts, PORT_BITMAP_WORDS, RUNTIME_SLOTS, SockLayout,
+    TcpSockLayout,
 };
 
 /// Tracepoint record layouts, filled in by the loader from tracefs.
@@ -16,6 +17,10 @@ pub static LAYOUTS: Global<Layouts> = Global::new(Layouts::ABSENT);
 /// `struct sock` field offsets, filled in by the loader from BTF (kprobes only).
 #[unsafe(no_mangle)]
 pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout::ABSENT);
+
+/// `tcp_sock` offsets for the socket's view of a received RST, from BTF.
+#[unsafe(no_mangle)]
+pub static TCP_SOCK_LAYOUT: Global<TcpSockLayout> = Global::new(TcpSockLayout::ABSENT);
 
 /// Every event goes here; the loader may resize it.
 #[map]

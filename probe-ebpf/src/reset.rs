@@ -1,12 +1,54 @@
 //! RSTs: `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
 
-use aya_ebpf::programs::TracePointContext;
-use probe_common::{flags, kind, tcp_state as st};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_jiffies64},
+    programs::TracePointContext,
+};
+use probe_common::{FIELD_ABSENT, flags, kind, sock_view, tcp_state as st};
 
 use crate::{
     event::{emit, field, now, watched_tuple},
-    maps::{LAYOUTS, SOCKS, sock_flags},
+    maps::{LAYOUTS, SOCKS, TCP_SOCK_LAYOUT, sock_flags},
 };
+
+#[inline(always)]
+fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
+    if off == FIELD_ABSENT {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const T).ok() }
+}
+
+/// The socket's own view: jiffies since data was received and sent, since
+/// the last ACK, and its keepalive time (0 = keepalive off). `None` when the
+/// BTF offsets are unknown.
+#[inline(always)]
+fn socket_view(sk: u64) -> Option<([u64; 4], u32)> {
+    let l = TCP_SOCK_LAYOUT.load();
+    if l.present == 0 || sk == 0 {
+        return None;
+    }
+    let now_j = unsafe { bpf_jiffies64() } as u32;
+    let sk_flags: u64 = sk_read(sk, l.sk_flags)?;
+    let rx: u32 = sk_read(sk, l.lrcvtime)?;
+    let tx: u32 = sk_read(sk, l.lsndtime)?;
+    let ack: u32 = sk_read(sk, l.rcv_tstamp)?;
+    let ka_time: u32 = sk_read(sk, l.keepalive_time)?;
+    let keepalive = sk_flags & (1u64 << (l.keepopen_bit & 63)) != 0;
+    let mut bits = sock_view::PRESENT;
+    if keepalive {
+        bits |= sock_view::KEEPALIVE;
+    }
+    Some((
+        [
+            u64::from(now_j.wrapping_sub(rx)),
+            u64::from(now_j.wrapping_sub(tx)),
+            u64::from(now_j.wrapping_sub(ack)),
+            if keepalive { u64::from(ka_time) } else { 0 },
+        ],
+        bits,
+    ))
+}
 
 /// The state to report and how the connection's age is known, from the
 /// program's own socket table. A socket that an abortive close already moved
@@ -72,8 +114,13 @@ pub fn receive_reset(ctx: &TracePointContext) -> Option<()> {
     if let Some(info) = SOCKS.get_ptr_mut(sk) {
         unsafe { (*info).flags |= sock_flags::RST_SEEN };
     }
+    let view = socket_view(sk);
     emit(kind::RESET_RECEIVED, &tuple, |ev| {
         ev.sock = sk;
+        if let Some((aux, bits)) = view {
+            ev.aux = aux;
+            ev.aux32 = bits;
+        }
         ev.state = kstate.unwrap_or(st::UNKNOWN);
         if let Some((state, est, fl)) = tracked {
             if kstate.is_none() {

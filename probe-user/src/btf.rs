@@ -59,6 +59,8 @@ struct Type {
     /// Referenced type for modifiers and typedefs.
     target: u32,
     members: Vec<Member>,
+    /// Enumerators (name offset, value) for enums.
+    enumerators: Vec<(u32, i64)>,
 }
 
 /// Parsed BTF types and strings.
@@ -109,6 +111,7 @@ impl Btf {
             kind: 0,
             target: 0,
             members: Vec::new(),
+            enumerators: Vec::new(),
         }];
         let mut off = types_start;
         while off < types_end {
@@ -121,6 +124,7 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            let mut enumerators = Vec::new();
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
@@ -136,7 +140,15 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+                KIND_ENUM => {
+                    for i in 0..vlen {
+                        let e = off + i * 8;
+                        let v = u32_at(d, e + 4, source)? as i32;
+                        enumerators.push((u32_at(d, e, source)?, i64::from(v)));
+                    }
+                    vlen * 8
+                }
+                KIND_FUNC_PROTO => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
                 | KIND_TYPE_TAG => 0,
@@ -151,6 +163,7 @@ impl Btf {
                 kind,
                 target: size_or_type,
                 members,
+                enumerators,
             });
         }
         Ok(Btf {
@@ -221,6 +234,95 @@ impl Btf {
                 out.entry(n.to_string()).or_insert(bits / 8);
             }
         }
+    }
+
+    /// The value of enumerator `name` in any enum.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_ENUM)
+            .flat_map(|t| t.enumerators.iter())
+            .find(|(n, _)| self.name(*n) == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Byte offset of `path` (member names, descending through named and
+    /// anonymous nested structs) inside struct `root`.
+    pub fn path_offset(&self, root: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut id = self
+            .types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == root)
+            .ok_or_else(|| BtfError::NoStruct(self.source.clone(), root.to_string()))?
+            as u32;
+        let mut bits = 0u32;
+        for (i, part) in path.iter().enumerate() {
+            let (member_bits, member_type) = self.find_member(id, part, 0).ok_or_else(|| {
+                BtfError::NoMember(self.source.clone(), root.to_string(), path[..=i].join("."))
+            })?;
+            bits += member_bits;
+            id = self.resolve(member_type);
+        }
+        Ok(bits / 8)
+    }
+
+    /// Finds a member by name in struct/union `id`, looking inside anonymous
+    /// members; returns its bit offset and type.
+    fn find_member(&self, id: u32, name: &str, depth: u32) -> Option<(u32, u32)> {
+        let t = self.types.get(id as usize)?;
+        if depth > 8 {
+            return None;
+        }
+        for m in &t.members {
+            let n = self.name(m.name_off);
+            if n == name {
+                return Some((m.bit_offset, m.type_id));
+            }
+            if n.is_empty() {
+                let inner = self.resolve(m.type_id);
+                if let Some((b, ty)) = self.find_member(inner, name, depth + 1) {
+                    return Some((m.bit_offset + b, ty));
+                }
+            }
+        }
+        None
+    }
+
+    /// Offsets for the socket's own view at `tcp:tcp_receive_reset`:
+    /// keepalive setting and last send/receive times.
+    pub fn tcp_sock_layout(&self) -> Result<probe_common::TcpSockLayout, BtfError> {
+        let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
+            let v = self.path_offset(root, path)?;
+            u16::try_from(v).map_err(|_| {
+                BtfError::NoMember(
+                    self.source.clone(),
+                    root.into(),
+                    format!("{} (offset {v} too large)", path.join(".")),
+                )
+            })
+        };
+        let keepopen = self
+            .enum_value("SOCK_KEEPOPEN")
+            .and_then(|v| u16::try_from(v).ok())
+            .ok_or_else(|| {
+                BtfError::NoMember(
+                    self.source.clone(),
+                    "enum sock_flags".into(),
+                    "SOCK_KEEPOPEN".into(),
+                )
+            })?;
+        Ok(probe_common::TcpSockLayout {
+            present: 1,
+            // Linux 6.x moved `sk_flags` into sock_common as `skc_flags`.
+            sk_flags: off("sock", &["sk_flags"])
+                .or_else(|_| off("sock", &["__sk_common", "skc_flags"]))?,
+            keepopen_bit: keepopen,
+            keepalive_time: off("tcp_sock", &["keepalive_time"])?,
+            lsndtime: off("tcp_sock", &["lsndtime"])?,
+            rcv_tstamp: off("tcp_sock", &["rcv_tstamp"])?,
+            lrcvtime: off("tcp_sock", &["inet_conn", "icsk_ack", "lrcvtime"])?,
+            _pad: 0,
+        })
     }
 
     /// The `struct sock_common` offsets the kprobe programs read.
@@ -361,5 +463,13 @@ mod tests {
         assert_eq!((l.daddr, l.rcv_saddr, l.dport, l.num), (0, 4, 12, 14));
         assert_eq!((l.family, l.state), (16, 18));
         assert!(l.v6_daddr > l.state && l.v6_rcv_saddr == l.v6_daddr + 16);
+        let btf = Btf::from_file(path).expect("vmlinux");
+        let t = btf.tcp_sock_layout().expect("tcp_sock");
+        assert_eq!(t.keepopen_bit, 3, "SOCK_KEEPOPEN has been 3 for decades");
+        assert!(t.lrcvtime > 0 && t.lsndtime > 0 && t.keepalive_time > 0 && t.rcv_tstamp > 0);
+        assert!(matches!(
+            btf.path_offset("tcp_sock", &["inet_conn", "nope"]),
+            Err(BtfError::NoMember(_, _, p)) if p == "inet_conn.nope"
+        ));
     }
 }

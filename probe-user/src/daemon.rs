@@ -200,7 +200,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         boot_to_unix_ns: boot_to_unix_ns(),
         sock_key: random_key(),
         reset_reasons: loaded.reset_reasons.clone(),
+        hz: crate::clock::kernel_hz(Duration::from_millis(120)),
+        default_keepalive_secs: crate::clock::default_keepalive_secs(),
     };
+    if cx.hz.is_none() {
+        tracing::info!("kernel HZ unknown: the socket view of received RSTs is off");
+    }
     tasks.spawn(reader_task(
         events,
         cx,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::Buf;
-use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, origin, tcp_state};
+use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, origin, sock_view, tcp_state};
 use serde::Serialize;
 
 /// What happened, one per kernel event kind.
@@ -144,6 +144,47 @@ pub struct Event {
     /// What the TC classifier saw, for wire events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wire: Option<Wire>,
+    /// The receiving socket's own view of an RST (`reset_received`), read
+    /// through BTF: it works where no TC classifier is attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketView>,
+}
+
+/// What the socket knew when an RST arrived.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SocketView {
+    /// e.g. "30s", "7200s (default)" or "none".
+    pub keepalive: String,
+    /// Seconds since the socket last received data.
+    pub idle_rx_seconds: f64,
+    /// Seconds since it last sent data.
+    pub idle_tx_seconds: f64,
+    /// Seconds since it last received an ACK.
+    pub idle_ack_seconds: f64,
+}
+
+fn socket_view(raw: &RawEvent, cx: &DecodeContext) -> Option<SocketView> {
+    if raw.aux32 & sock_view::PRESENT == 0 {
+        return None;
+    }
+    let hz = f64::from(cx.hz?);
+    let [rx, tx, ack, ka] = raw.aux;
+    let keepalive = if raw.aux32 & sock_view::KEEPALIVE == 0 {
+        "none".to_string()
+    } else if ka == 0 {
+        match cx.default_keepalive_secs {
+            Some(s) => format!("{s}s (default)"),
+            None => "on (default time)".to_string(),
+        }
+    } else {
+        format!("{:.0}s", ka as f64 / hz)
+    };
+    Some(SocketView {
+        keepalive,
+        idle_rx_seconds: rx as f64 / hz,
+        idle_tx_seconds: tx as f64 / hz,
+        idle_ack_seconds: ack as f64 / hz,
+    })
 }
 
 /// Wire details of a `wire_reset`, `keepalive` or `goaway` event.
@@ -330,6 +371,10 @@ pub struct DecodeContext {
     pub sock_key: u64,
     /// `tcp_send_reset` reason numbers to names, as this kernel has them.
     pub reset_reasons: Vec<(u64, String)>,
+    /// The kernel's tick rate, for jiffies in the socket view.
+    pub hz: Option<u32>,
+    /// `net.ipv4.tcp_keepalive_time`, for sockets using the default.
+    pub default_keepalive_secs: Option<u64>,
 }
 
 impl DecodeContext {
@@ -340,6 +385,8 @@ impl DecodeContext {
             boot_to_unix_ns: 0,
             sock_key: 0,
             reset_reasons: Vec::new(),
+            hz: Some(250),
+            default_keepalive_secs: Some(7200),
         }
     }
 }
@@ -458,6 +505,9 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         kprobe: f & flags::FROM_KPROBE != 0,
         sock_id: (!is_wire).then(|| format!("{:016x}", mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),
+        socket: (kind == EventKind::ResetReceived)
+            .then(|| socket_view(raw, cx))
+            .flatten(),
     })
 }
 
@@ -513,6 +563,13 @@ impl Event {
         }
         if let (Some(pid), Some(comm)) = (self.pid, &self.comm) {
             s.push_str(&format!(" pid {pid} ({comm})"));
+        }
+        if let Some(v) = &self.socket {
+            s.push_str(&format!(
+                " keepalive {} last-rx {} ago",
+                v.keepalive,
+                human_duration(v.idle_rx_seconds)
+            ));
         }
         if let Some(w) = &self.wire {
             s.push_str(&format!(" {}", w.direction));
@@ -733,6 +790,39 @@ mod tests {
             (Some(1.0), Some(3))
         );
         assert_eq!(w.direction, "sent");
+    }
+
+    #[test]
+    fn socket_view_in_seconds() {
+        let mut r = raw(kind::RESET_RECEIVED);
+        r.aux32 = sock_view::PRESENT | sock_view::KEEPALIVE;
+        r.aux = [750, 250, 500, 0];
+        let v = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .socket
+            .expect("view");
+        assert_eq!(v.keepalive, "7200s (default)");
+        assert_eq!(
+            (v.idle_rx_seconds, v.idle_tx_seconds, v.idle_ack_seconds),
+            (3.0, 1.0, 2.0)
+        );
+        r.aux = [0, 0, 0, 250];
+        let v = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .socket
+            .expect("view");
+        assert_eq!(v.keepalive, "1s");
+        r.aux32 = sock_view::PRESENT;
+        let v = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .socket
+            .expect("view");
+        assert_eq!(v.keepalive, "none");
+        r.aux32 = 0;
+        assert_eq!(
+            decode(&r, &DecodeContext::plain()).expect("decode").socket,
+            None
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use aya::{
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
-use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout};
+use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout, TcpSockLayout};
 
 use crate::{btf, iface::Iface, tracefs};
 
@@ -155,16 +155,27 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .unwrap_or_else(|| "unknown".into());
         return Err(LoadError::NoCore(why));
     }
-    let sock_layout = if opts.kprobes {
-        match btf::Btf::from_file(Path::new(btf::VMLINUX_BTF)).and_then(|b| b.sock_layout()) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::info!("kprobe path off: struct sock offsets unknown ({e})");
-                SockLayout::ABSENT
-            }
+    let vmlinux = btf::Btf::from_file(Path::new(btf::VMLINUX_BTF));
+    let sock_layout = match (&vmlinux, opts.kprobes) {
+        (Ok(b), true) => b.sock_layout().unwrap_or_else(|e| {
+            tracing::info!("kprobe path off: struct sock offsets unknown ({e})");
+            SockLayout::ABSENT
+        }),
+        (Err(e), true) => {
+            tracing::info!("kprobe path off: no kernel BTF ({e})");
+            SockLayout::ABSENT
         }
-    } else {
-        SockLayout::ABSENT
+        _ => SockLayout::ABSENT,
+    };
+    let tcp_sock_layout = match &vmlinux {
+        Ok(b) => b.tcp_sock_layout().unwrap_or_else(|e| {
+            tracing::info!("the socket's view of received RSTs is off: {e}");
+            TcpSockLayout::ABSENT
+        }),
+        Err(e) => {
+            tracing::info!("the socket's view of received RSTs is off: no kernel BTF ({e})");
+            TcpSockLayout::ABSENT
+        }
     };
 
     let flow_table = opts
@@ -175,6 +186,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUTS", &layouts, true)
         .override_global("SOCK_LAYOUT", &sock_layout, true)
+        .override_global("TCP_SOCK_LAYOUT", &tcp_sock_layout, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)

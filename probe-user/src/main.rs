@@ -2,6 +2,7 @@
 //! apiserver (or anything behind a load balancer) rolls out.
 
 mod btf;
+mod clock;
 mod daemon;
 mod event;
 mod idle;
@@ -36,6 +37,11 @@ struct Cli {
 enum Command {
     /// Run the observer: load the kernel programs, print events, serve metrics.
     Run(RunArgs),
+    /// Check an LB's health-check timing against the apiserver's shutdown
+    /// sequence (seed 001: E2 + t < E3).
+    LbCheck(drainwatch_ops::lb_check::LbCheckArgs),
+    /// Audit Kubernetes manifests for graceful-shutdown problems (seeds 001, 003).
+    Audit(drainwatch_ops::audit::AuditArgs),
 }
 
 #[derive(Args)]
@@ -117,6 +123,8 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::LbCheck(args) => drainwatch_ops::lb_check::run(&args),
+        Command::Audit(args) => drainwatch_ops::audit::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -73,8 +73,14 @@ fn idle_flows_reset_by_a_middlebox_are_attributed_and_clustered() {
     // then speak again: the router answers each with an RST.
     let results = t_client(&t, move || {
         let conns: Vec<TcpStream> = (0..3)
-            .map(|_| {
+            .map(|i| {
                 let mut c = TcpStream::connect(server).expect("connect");
+                if i == 0 {
+                    // Keepalive on, but slower than the middlebox: it cannot help.
+                    Socket::from(c.try_clone().expect("clone"))
+                        .set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(60)))
+                        .expect("keepalive");
+                }
                 c.write_all(b"hi").expect("write");
                 let mut b = [0u8; 2];
                 c.read_exact(&mut b).expect("ok");
@@ -117,8 +123,28 @@ fn idle_flows_reset_by_a_middlebox_are_attributed_and_clustered() {
         assert_eq!(w["keepalive"], "none");
         assert_eq!(r["remote"], format!("{}:6443", t.server_ip));
     }
-    // The kernel's view agrees: an RST received in ESTABLISHED on each socket.
-    assert_eq!(of_kind(&evs, "reset_received").len(), 3);
+    // The kernel's view agrees: an RST received in ESTABLISHED on each
+    // socket, and the socket itself says how long it had been quiet and
+    // what keepalive it had.
+    let got = of_kind(&evs, "reset_received");
+    assert_eq!(got.len(), 3);
+    let mut keepalives: Vec<String> = Vec::new();
+    for r in &got {
+        assert_eq!(r["state"], "ESTABLISHED");
+        let v = &r["socket"];
+        let rx = v["idle_rx_seconds"].as_f64().expect("socket view");
+        assert!(
+            (3.0..4.0).contains(&rx),
+            "last data received 3.3 s before: {rx}"
+        );
+        assert!(
+            v["idle_tx_seconds"].as_f64().expect("tx") < 0.5,
+            "we had just sent"
+        );
+        keepalives.push(v["keepalive"].as_str().expect("keepalive").to_string());
+    }
+    keepalives.sort();
+    assert_eq!(keepalives, ["60s", "none", "none"]);
     // Three resets after the same silence: the inferred timeout is reported.
     let finding = d
         .events()
