@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     pub output: Output,
     pub metrics_addr: SocketAddr,
+    /// Enable and export per-program kernel run-time statistics.
+    pub bpf_stats: bool,
 }
 
 /// Offset from the kernel's boot-time clock to Unix time, in ns.
@@ -193,6 +195,31 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
 
+    // Per-program run time: the kernel counts it only while stats are on,
+    // which lasts as long as this fd is open.
+    let _stats_fd = if opts.bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!("--bpf-stats: cannot enable kernel BPF statistics: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if _stats_fd.is_some() {
+        let programs: Vec<(u32, String)> = ebpf
+            .programs()
+            .filter_map(|(name, p)| p.info().ok().map(|i| (i.id(), name.to_string())))
+            .collect();
+        tasks.spawn(program_stats_task(
+            programs,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
     let listener = metrics::bind(opts.metrics_addr).await?;
     tasks.spawn(metrics_task(listener, metrics.clone(), stop_rx.clone()));
 
@@ -257,6 +284,39 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(qdiscs);
     tracing::info!("detached all programs");
     result
+}
+
+/// Exports the kernel's run time and run count for each of our programs.
+async fn program_stats_task(
+    programs: Vec<(u32, String)>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut seen: std::collections::HashMap<u32, (u64, u64)> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+            let Some((_, name)) = programs.iter().find(|(id, _)| *id == info.id()) else {
+                continue;
+            };
+            let ns = info.run_time().as_nanos() as u64;
+            let cnt = info.run_count();
+            let prev = seen.entry(info.id()).or_insert((0, 0));
+            metrics
+                .program_run_seconds
+                .with_label_values(&[name])
+                .inc_by(ns.saturating_sub(prev.0) as f64 / 1e9);
+            metrics
+                .program_runs
+                .with_label_values(&[name])
+                .inc_by(cnt.saturating_sub(prev.1));
+            *prev = (ns, cnt);
+        }
+    }
 }
 
 /// Polls the classifier's counters and the flow table's occupancy.

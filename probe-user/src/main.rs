@@ -3,12 +3,14 @@
 
 mod btf;
 mod clock;
+mod craft;
 mod daemon;
 mod event;
 mod idle;
 mod iface;
 mod loader;
 mod metrics;
+mod microbench;
 mod tracefs;
 #[cfg(test)]
 mod wire_test;
@@ -42,6 +44,12 @@ enum Command {
     LbCheck(drainwatch_ops::lb_check::LbCheckArgs),
     /// Audit Kubernetes manifests for graceful-shutdown problems (seeds 001, 003).
     Audit(drainwatch_ops::audit::AuditArgs),
+    /// Time the TC classifier on crafted packets (used by `cargo xtask bench wire`).
+    #[command(hide = true)]
+    BenchClassifier {
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
 }
 
 #[derive(Args)]
@@ -74,6 +82,10 @@ struct RunArgs {
     /// Flows the wire observer tracks at once (least recently used evicted).
     #[arg(long, default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     flow_table: u32,
+    /// Turn on the kernel's per-program run-time statistics while running and
+    /// export them (drainwatch_program_run_seconds_total); costs ~20 ns per run.
+    #[arg(long)]
+    bpf_stats: bool,
     /// Print which hooks this host supports and which would be used, then exit.
     #[arg(long)]
     check: bool,
@@ -125,6 +137,9 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::LbCheck(args) => drainwatch_ops::lb_check::run(&args),
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
+        Command::BenchClassifier { repeat } => {
+            microbench::run(repeat.max(1)).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -178,6 +193,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         load,
         output: args.output,
         metrics_addr: args.metrics_addr,
+        bpf_stats: args.bpf_stats,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub flow_entries: IntGauge,
     pub flow_evictions: IntCounter,
     pub flow_table_size: IntGauge,
+    pub program_run_seconds: prometheus::CounterVec,
+    pub program_runs: IntCounterVec,
 }
 
 fn counter(
@@ -292,6 +294,23 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            program_run_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "drainwatch_program_run_seconds_total",
+                        "Kernel time spent in each drainwatch program (only with --bpf-stats).",
+                    ),
+                    &["program"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            program_runs: counter(
+                &r,
+                "drainwatch_program_runs_total",
+                "Runs of each drainwatch program (only with --bpf-stats).",
+                &["program"],
+            )?,
             registry: r,
         };
         for p in watched {

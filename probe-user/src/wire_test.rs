@@ -2,26 +2,15 @@
 //! real program in this kernel, fed packets built with pnet, including
 //! malformed ones that must produce no event. Needs root.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use pnet_packet::{
-    MutablePacket,
-    ethernet::{EtherTypes, MutableEthernetPacket},
-    ip::IpNextHeaderProtocols,
-    ipv4::{self, MutableIpv4Packet},
-    ipv6::MutableIpv6Packet,
-    tcp::{MutableTcpPacket, TcpFlags},
-};
+use pnet_packet::tcp::TcpFlags;
 use probe_common::wire_stat as ws;
 
 use crate::{
+    craft::{ext, seg, v4, v6},
     event::{DecodeContext, Event, EventKind, decode, parse_raw},
     loader::{self, LoadOptions, WireOptions},
 };
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);
-const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 2);
 
 struct Rig {
     loaded: loader::Loaded,
@@ -93,110 +82,6 @@ impl Rig {
     fn stat(&self, slot: u32) -> u64 {
         loader::percpu_total(&self.stats, slot)
     }
-}
-
-struct Seg<'a> {
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    flags: u8,
-    payload: &'a [u8],
-    ttl: u8,
-}
-
-fn seg<'a>(sport: u16, dport: u16, seq: u32, flags: u8, payload: &'a [u8]) -> Seg<'a> {
-    Seg {
-        sport,
-        dport,
-        seq,
-        flags,
-        payload,
-        ttl: 64,
-    }
-}
-
-fn tcp_bytes(s: &Seg<'_>, doff_words: u8, options: &[u8]) -> Vec<u8> {
-    let len = 20 + options.len() + s.payload.len();
-    let mut buf = vec![0u8; len];
-    let mut t = MutableTcpPacket::new(&mut buf).expect("tcp");
-    t.set_source(s.sport);
-    t.set_destination(s.dport);
-    t.set_sequence(s.seq);
-    t.set_acknowledgement(1);
-    t.set_data_offset(doff_words);
-    t.set_flags(s.flags);
-    t.set_window(512);
-    let body = t.packet_mut();
-    body[20..20 + options.len()].copy_from_slice(options);
-    body[20 + options.len()..].copy_from_slice(s.payload);
-    buf
-}
-
-/// An Ethernet + IPv4 frame; `ihl_words` > 5 adds NOP options.
-fn v4(s: &Seg<'_>, ihl_words: u8, doff_words: u8) -> Vec<u8> {
-    let tcp = tcp_bytes(s, doff_words, &[]);
-    let ip_hdr = usize::from(ihl_words.max(5)) * 4;
-    let mut frame = vec![0u8; 14 + ip_hdr + tcp.len()];
-    {
-        let mut eth = MutableEthernetPacket::new(&mut frame).expect("eth");
-        eth.set_ethertype(EtherTypes::Ipv4);
-    }
-    {
-        let mut ip = MutableIpv4Packet::new(&mut frame[14..]).expect("ip");
-        ip.set_version(4);
-        ip.set_header_length(ihl_words);
-        ip.set_total_length((ip_hdr + tcp.len()) as u16);
-        ip.set_ttl(s.ttl);
-        ip.set_next_level_protocol(IpNextHeaderProtocols::Tcp);
-        ip.set_source(CLIENT);
-        ip.set_destination(SERVER);
-        if ihl_words > 5 {
-            // NOP options (type 1) fill the extra words.
-            for b in &mut ip.packet_mut()[20..ip_hdr] {
-                *b = 1;
-            }
-        }
-        let sum = ipv4::checksum(&ip.to_immutable());
-        ip.set_checksum(sum);
-    }
-    frame[14 + ip_hdr..].copy_from_slice(&tcp);
-    frame
-}
-
-/// An Ethernet + IPv6 frame with the given extension headers (next-header, bytes).
-fn v6(s: &Seg<'_>, exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    let tcp = tcp_bytes(s, 5, &[]);
-    let ext_len: usize = exts.iter().map(|(_, b)| b.len()).sum();
-    let mut frame = vec![0u8; 14 + 40 + ext_len + tcp.len()];
-    {
-        let mut eth = MutableEthernetPacket::new(&mut frame).expect("eth");
-        eth.set_ethertype(EtherTypes::Ipv6);
-    }
-    {
-        let mut ip = MutableIpv6Packet::new(&mut frame[14..]).expect("ip6");
-        ip.set_version(6);
-        ip.set_payload_length((ext_len + tcp.len()) as u16);
-        ip.set_hop_limit(s.ttl);
-        let first = exts
-            .first()
-            .map(|(nh, _)| *nh)
-            .unwrap_or(IpNextHeaderProtocols::Tcp.0);
-        ip.set_next_header(pnet_packet::ip::IpNextHeaderProtocol(first));
-        ip.set_source("2001:2::1".parse::<Ipv6Addr>().expect("v6"));
-        ip.set_destination("2001:2::2".parse::<Ipv6Addr>().expect("v6"));
-    }
-    let mut off = 54;
-    for (_, bytes) in exts {
-        frame[off..off + bytes.len()].copy_from_slice(bytes);
-        off += bytes.len();
-    }
-    frame[off..].copy_from_slice(&tcp);
-    frame
-}
-
-/// An 8-byte extension header whose own next-header is `next`.
-fn ext(next: u8) -> Vec<u8> {
-    vec![next, 0, 1, 4, 0, 0, 0, 0]
 }
 
 #[test]

@@ -16,6 +16,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -51,10 +53,33 @@ enum Cmd {
     },
     /// rustfmt and clippy (-D warnings) for every crate, the eBPF one included.
     Lint,
+    /// Benchmarks that print figures (needs root): `bench wire`.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The TC classifier's cost per packet (watched and unwatched ports) and
+    /// veth throughput with and without it.
+    Wire {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per iperf3 stream.
+        #[arg(long, default_value_t = 4)]
+        seconds: u32,
+    },
 }
 
 /// Debian packages the tests drive for real.
-const APT_PACKAGES: &[&str] = &["iproute2", "nftables", "curl", "tcpdump", "haproxy", "nginx"];
+const APT_PACKAGES: &[&str] = &[
+    "iproute2", "nftables", "curl", "tcpdump", "haproxy", "nginx",
+];
+/// Extra Debian packages the benchmarks drive.
+const BENCH_PACKAGES: &[&str] = &["iperf3"];
 
 fn root_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,6 +123,10 @@ fn cargo() -> Command {
 }
 
 fn setup(apt: bool) -> anyhow::Result<()> {
+    setup_with(apt, APT_PACKAGES)
+}
+
+fn setup_with(apt: bool, packages: &[&str]) -> anyhow::Result<()> {
     // rust-src: needed for -Z build-std=core on bpfel-unknown-none.
     let has_src = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
@@ -122,7 +151,7 @@ fn setup(apt: bool) -> anyhow::Result<()> {
         install_bpf_linker()?;
     }
     if apt {
-        let missing: Vec<&str> = APT_PACKAGES
+        let missing: Vec<&str> = packages
             .iter()
             .copied()
             .filter(|p| {
@@ -279,6 +308,19 @@ fn main() -> anyhow::Result<()> {
             let mut full = vec!["run".to_string()];
             full.extend(args);
             run(&mut as_root(&bin, &full))
+        }
+        Cmd::Bench {
+            which: BenchCmd::Wire { rounds, seconds },
+        } => {
+            if !is_root() {
+                bail!(
+                    "the benchmarks create network namespaces and load eBPF programs: run as root"
+                );
+            }
+            let all: Vec<&str> = APT_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
+            setup_with(true, &all)?;
+            let bin = build_daemon(true)?;
+            bench::wire(&bin, rounds.max(1), seconds.clamp(1, 30))
         }
         Cmd::Lint => {
             setup(false)?;
