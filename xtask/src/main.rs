@@ -53,6 +53,13 @@ enum Cmd {
     },
     /// rustfmt and clippy (-D warnings) for every crate, the eBPF one included.
     Lint,
+    /// Run a lab scenario as root (`all`, `list` and `clean` too); extra
+    /// arguments go to `drainwatch-lab run`.
+    Lab {
+        what: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks that print figures (needs root): `bench wire`.
     Bench {
         #[command(subcommand)]
@@ -321,6 +328,27 @@ fn main() -> anyhow::Result<()> {
             setup_with(true, &all)?;
             let bin = build_daemon(true)?;
             bench::wire(&bin, rounds.max(1), seconds.clamp(1, 30))
+        }
+        Cmd::Lab { what, args } => {
+            setup(true)?;
+            run(cargo()
+                .current_dir(root_dir())
+                .args(["build", "-p", "drainwatch-lab"]))?;
+            let target = env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root_dir().join("target"));
+            let bin = target.join("debug").join("drainwatch-lab");
+            let mut full: Vec<String> = match what.as_str() {
+                "clean" | "list" => vec![what],
+                _ => vec![
+                    "run".into(),
+                    what,
+                    "--out".into(),
+                    target.join("lab").display().to_string(),
+                ],
+            };
+            full.extend(args);
+            run(&mut as_root(&bin, &full))
         }
         Cmd::Lint => {
             setup(false)?;

@@ -1,0 +1,713 @@
+//! The slice of the Kubernetes API the stand-in serves: discovery, and GET/LIST/WATCH of
+//! configmaps and pods plus POST/PUT/DELETE of configmaps, kept in memory. Enough for
+//! kubectl, client-go style clients and the Python client; no admission, no auth beyond
+//! a bearer token check done by the caller.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::clock::{now_ns, rfc3339_s};
+
+/// The resource kinds served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// v1 ConfigMap.
+    ConfigMap,
+    /// v1 Pod (read-only for clients).
+    Pod,
+}
+
+impl Kind {
+    fn from_plural(p: &str) -> Option<Kind> {
+        match p {
+            "configmaps" => Some(Kind::ConfigMap),
+            "pods" => Some(Kind::Pod),
+            _ => None,
+        }
+    }
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "configmaps",
+            Kind::Pod => "pods",
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Pod => "Pod",
+        }
+    }
+}
+
+/// One change, as sent on a watch stream.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Resource version at which it happened.
+    pub rv: u64,
+    /// ADDED, MODIFIED or DELETED.
+    pub kind_of_change: &'static str,
+    /// Resource kind.
+    pub kind: Kind,
+    /// Namespace of the object.
+    pub ns: String,
+    /// The object after the change.
+    pub object: Value,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rv: u64,
+    uid: u64,
+    objects: BTreeMap<(Kind, String, String), Value>,
+    history: Vec<Event>,
+}
+
+/// The in-memory object store with a change feed for watches.
+#[derive(Debug)]
+pub struct Store {
+    inner: Mutex<Inner>,
+    feed: broadcast::Sender<Event>,
+}
+
+/// A parsed API request.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// The Accept header.
+    pub accept: String,
+    /// Request body.
+    pub body: Vec<u8>,
+}
+
+/// What the API layer answers.
+#[derive(Debug)]
+pub enum Reply {
+    /// A complete JSON response.
+    Json(u16, Value),
+    /// A watch: events to send first, then the live feed filtered to this watch.
+    Watch(Watch),
+}
+
+/// A watch being served.
+#[derive(Debug)]
+pub struct Watch {
+    /// Events to send before live ones (replay from resourceVersion, or ADDED for all).
+    pub initial: Vec<Event>,
+    /// Live change feed (subscribed before the snapshot, so nothing is missed).
+    pub feed: broadcast::Receiver<Event>,
+    /// Only events of this kind,
+    pub kind: Kind,
+    /// in this namespace (None: all),
+    pub ns: Option<String>,
+    /// with this name (from fieldSelector metadata.name=).
+    pub name: Option<String>,
+    /// Only events newer than this.
+    pub after_rv: u64,
+    /// timeoutSeconds asked by the client.
+    pub timeout_secs: Option<u64>,
+    /// Render objects as meta.k8s.io Table rows (kubectl's default printing).
+    pub table: bool,
+}
+
+impl Watch {
+    /// Whether a live event belongs to this watch.
+    pub fn wants(&self, ev: &Event) -> bool {
+        ev.kind == self.kind
+            && ev.rv > self.after_rv
+            && self.ns.as_ref().is_none_or(|n| *n == ev.ns)
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| ev.object["metadata"]["name"] == n.as_str())
+    }
+
+    /// One line of the watch stream for `ev`.
+    pub fn line(&self, ev: &Event) -> Vec<u8> {
+        let object = if self.table {
+            table(self.kind, std::slice::from_ref(&ev.object), ev.rv)
+        } else {
+            ev.object.clone()
+        };
+        let mut l = serde_json::to_vec(&json!({"type": ev.kind_of_change, "object": object}))
+            .unwrap_or_default();
+        l.push(b'\n');
+        l
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        let (feed, _) = broadcast::channel(1024);
+        Store {
+            inner: Mutex::new(Inner::default()),
+            feed,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every update is one
+        // insert), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seeds the objects seed 000's test reads: the apiserver's config configmap and
+    /// its own pod in `openshift-kube-apiserver`.
+    pub fn seed(&self, instance: &str, shutdown_delay_s: f64) {
+        let ns = "openshift-kube-apiserver";
+        let config = json!({"apiServerArguments": {"shutdown-delay-duration": [format!("{shutdown_delay_s}s")]}});
+        let _ = self.upsert(
+            Kind::ConfigMap,
+            ns,
+            json!({"metadata": {"name": "config"}, "data": {"config.yaml": config.to_string()}}),
+            false,
+        );
+        let _ = self.upsert(Kind::Pod, ns, pod(instance, true), false);
+        let _ = self.upsert(
+            Kind::ConfigMap,
+            "default",
+            json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"note": "drainwatch lab"}}),
+            false,
+        );
+    }
+
+    /// Marks the stand-in's own pod Ready or not (visible to `kubectl get pods -w`).
+    pub fn set_pod_ready(&self, instance: &str, ready: bool) {
+        let _ = self.upsert(
+            Kind::Pod,
+            "openshift-kube-apiserver",
+            pod(instance, ready),
+            true,
+        );
+    }
+
+    fn upsert(&self, kind: Kind, ns: &str, mut obj: Value, replace: bool) -> Result<Value, u16> {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() {
+            return Err(422);
+        }
+        let mut inner = self.lock();
+        let key = (kind, ns.to_string(), name);
+        let existing = inner.objects.get(&key).cloned();
+        match (&existing, replace) {
+            (Some(_), false) => return Err(409),
+            (None, true) if kind == Kind::ConfigMap => return Err(404),
+            _ => {}
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        let (uid, created) = match &existing {
+            Some(old) => (
+                old["metadata"]["uid"].clone(),
+                old["metadata"]["creationTimestamp"].clone(),
+            ),
+            None => {
+                inner.uid += 1;
+                (
+                    json!(format!("00000000-0000-4000-8000-{:012x}", inner.uid)),
+                    json!(rfc3339_s(now_ns())),
+                )
+            }
+        };
+        obj["apiVersion"] = json!("v1");
+        obj["kind"] = json!(kind.kind());
+        let md = &mut obj["metadata"];
+        md["namespace"] = json!(ns);
+        md["resourceVersion"] = json!(rv.to_string());
+        md["uid"] = uid;
+        md["creationTimestamp"] = created;
+        inner.objects.insert(key, obj.clone());
+        let ev = Event {
+            rv,
+            kind_of_change: if existing.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
+            kind,
+            ns: ns.to_string(),
+            object: obj.clone(),
+        };
+        inner.history.push(ev.clone());
+        // No receivers is fine: nobody is watching.
+        let _ = self.feed.send(ev);
+        Ok(obj)
+    }
+
+    fn delete(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        let mut inner = self.lock();
+        let mut obj = inner
+            .objects
+            .remove(&(kind, ns.to_string(), name.to_string()))?;
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let ev = Event {
+            rv,
+            kind_of_change: "DELETED",
+            kind,
+            ns: ns.to_string(),
+            object: obj.clone(),
+        };
+        inner.history.push(ev.clone());
+        let _ = self.feed.send(ev);
+        Some(obj)
+    }
+
+    /// Serves one API request.
+    pub fn handle(&self, req: &Request) -> Reply {
+        let q = parse_query(&req.query);
+        let get = req.method == "GET";
+        let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+        match (req.method.as_str(), segs.as_slice()) {
+            ("GET", ["version"]) => Reply::Json(200, version()),
+            ("GET", ["api"]) => Reply::Json(
+                200,
+                json!({"kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "kubernetes:6443"}]}),
+            ),
+            ("GET", ["apis"]) => Reply::Json(
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+            ),
+            ("GET", ["api", "v1"]) => Reply::Json(200, resource_list()),
+            (_, ["api", "v1", plural]) if get => match Kind::from_plural(plural) {
+                Some(kind) => self.list_or_watch(kind, None, &q, &req.accept),
+                None => not_found(plural, ""),
+            },
+            (_, ["api", "v1", "namespaces", ns, plural]) => match Kind::from_plural(plural) {
+                Some(kind) if get => self.list_or_watch(kind, Some(ns), &q, &req.accept),
+                Some(Kind::ConfigMap) if req.method == "POST" => {
+                    match serde_json::from_slice::<Value>(&req.body) {
+                        Ok(obj) => self.write_reply(Kind::ConfigMap, ns, obj, false, None),
+                        Err(e) => bad_request(&e.to_string()),
+                    }
+                }
+                Some(_) => method_not_allowed(),
+                None => not_found(plural, ""),
+            },
+            (m, ["api", "v1", "namespaces", ns, plural, name]) => {
+                let Some(kind) = Kind::from_plural(plural) else {
+                    return not_found(plural, name);
+                };
+                match m {
+                    "GET" => {
+                        let obj = self
+                            .lock()
+                            .objects
+                            .get(&(kind, ns.to_string(), name.to_string()))
+                            .cloned();
+                        match obj {
+                            Some(o) if wants_table(&req.accept) => {
+                                let rv = rv_of(&o);
+                                Reply::Json(200, table(kind, &[o], rv))
+                            }
+                            Some(o) => Reply::Json(200, o),
+                            None => not_found(plural, name),
+                        }
+                    }
+                    "PUT" if kind == Kind::ConfigMap => {
+                        match serde_json::from_slice::<Value>(&req.body) {
+                            Ok(obj) => self.write_reply(kind, ns, obj, true, Some(name)),
+                            Err(e) => bad_request(&e.to_string()),
+                        }
+                    }
+                    "DELETE" if kind == Kind::ConfigMap => match self.delete(kind, ns, name) {
+                        Some(o) => Reply::Json(200, o),
+                        None => not_found(plural, name),
+                    },
+                    _ => method_not_allowed(),
+                }
+            }
+            _ => Reply::Json(
+                404,
+                status(
+                    404,
+                    "NotFound",
+                    &format!(
+                        "the server could not find the requested resource ({})",
+                        req.path
+                    ),
+                ),
+            ),
+        }
+    }
+
+    fn write_reply(
+        &self,
+        kind: Kind,
+        ns: &str,
+        obj: Value,
+        replace: bool,
+        url_name: Option<&str>,
+    ) -> Reply {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(u) = url_name
+            && u != name
+        {
+            return bad_request("the name of the object does not match the name on the URL");
+        }
+        match self.upsert(kind, ns, obj, replace) {
+            Ok(o) => Reply::Json(if replace { 200 } else { 201 }, o),
+            Err(409) => Reply::Json(
+                409,
+                status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{} \"{name}\" already exists", kind.plural()),
+                ),
+            ),
+            Err(404) => not_found(kind.plural(), &name),
+            Err(_) => Reply::Json(422, status(422, "Invalid", "metadata.name: Required value")),
+        }
+    }
+
+    fn list_or_watch(
+        &self,
+        kind: Kind,
+        ns: Option<&str>,
+        q: &BTreeMap<String, String>,
+        accept: &str,
+    ) -> Reply {
+        let name = q
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .map(str::to_string);
+        let matches = |k: &(Kind, String, String)| {
+            k.0 == kind && ns.is_none_or(|n| n == k.1) && name.as_ref().is_none_or(|n| *n == k.2)
+        };
+        let inner = self.lock();
+        let watching = q
+            .get("watch")
+            .is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1");
+        if !watching {
+            let items: Vec<Value> = inner
+                .objects
+                .iter()
+                .filter(|(k, _)| matches(k))
+                .map(|(_, v)| v.clone())
+                .collect();
+            let rv = inner.rv;
+            drop(inner);
+            if wants_table(accept) {
+                return Reply::Json(200, table(kind, &items, rv));
+            }
+            return Reply::Json(
+                200,
+                json!({"kind": format!("{}List", kind.kind()), "apiVersion": "v1",
+                    "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+            );
+        }
+        let since: u64 = q
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut w = Watch {
+            initial: Vec::new(),
+            feed: self.feed.subscribe(),
+            kind,
+            ns: ns.map(str::to_string),
+            name: name.clone(),
+            after_rv: 0,
+            timeout_secs: q.get("timeoutSeconds").and_then(|v| v.parse().ok()),
+            table: wants_table(accept),
+        };
+        if since == 0 {
+            // No resourceVersion: the current state as ADDED events, then changes.
+            w.initial = inner
+                .objects
+                .iter()
+                .filter(|(k, _)| matches(k))
+                .map(|(k, v)| Event {
+                    rv: rv_of(v),
+                    kind_of_change: "ADDED",
+                    kind,
+                    ns: k.1.clone(),
+                    object: v.clone(),
+                })
+                .collect();
+            w.after_rv = inner.rv;
+        } else {
+            w.after_rv = since;
+            w.initial = inner
+                .history
+                .iter()
+                .filter(|e| w.wants(e))
+                .cloned()
+                .collect();
+            w.after_rv = inner.rv.max(since);
+        }
+        Reply::Watch(w)
+    }
+}
+
+fn rv_of(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wants_table(accept: &str) -> bool {
+    accept.contains("as=Table")
+}
+
+fn pod(instance: &str, ready: bool) -> Value {
+    let r = if ready { "True" } else { "False" };
+    json!({
+        "metadata": {"name": format!("kube-apiserver-{instance}"), "labels": {"app": "openshift-kube-apiserver"}},
+        "spec": {"containers": [{"name": "kube-apiserver", "image": "drainwatch-lab"}],
+                 "terminationGracePeriodSeconds": 135},
+        "status": {"phase": "Running",
+                   "conditions": [{"type": "Ready", "status": r}],
+                   "containerStatuses": [{"name": "kube-apiserver", "ready": ready, "restartCount": 0}]}
+    })
+}
+
+/// A meta.k8s.io/v1 Table, the form kubectl asks for when it prints rows.
+fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
+    let col = |name: &str, ty: &str, format: &str| json!({"name": name, "type": ty, "format": format, "description": "", "priority": 0});
+    let columns = match kind {
+        Kind::ConfigMap => vec![col("Name", "string", "name"), col("Data", "integer", "")],
+        Kind::Pod => vec![
+            col("Name", "string", "name"),
+            col("Ready", "string", ""),
+            col("Status", "string", ""),
+        ],
+    };
+    let rows: Vec<Value> = objs
+        .iter()
+        .map(|o| {
+            let name = o["metadata"]["name"].clone();
+            let cells = match kind {
+                Kind::ConfigMap => {
+                    json!([name, o["data"].as_object().map_or(0, |d| d.len())])
+                }
+                Kind::Pod => {
+                    let ready = o["status"]["containerStatuses"][0]["ready"] == true;
+                    json!([
+                        name,
+                        if ready { "1/1" } else { "0/1" },
+                        o["status"]["phase"]
+                    ])
+                }
+            };
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": rv.to_string()},
+        "columnDefinitions": columns, "rows": rows})
+}
+
+/// A metav1.Status body.
+pub fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+fn not_found(plural: &str, name: &str) -> Reply {
+    Reply::Json(
+        404,
+        status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+    )
+}
+
+fn bad_request(msg: &str) -> Reply {
+    Reply::Json(400, status(400, "BadRequest", msg))
+}
+
+fn method_not_allowed() -> Reply {
+    Reply::Json(
+        405,
+        status(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ),
+    )
+}
+
+fn version() -> Value {
+    json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-drainwatch-lab",
+        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc",
+        "platform": "linux/amd64"})
+}
+
+fn resource_list() -> Value {
+    json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+        {"name": "configmaps", "singularName": "configmap", "namespaced": true, "kind": "ConfigMap",
+         "verbs": ["create", "delete", "get", "list", "update", "watch"], "shortNames": ["cm"]},
+        {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+         "verbs": ["get", "list", "watch"], "shortNames": ["po"], "categories": ["all"]},
+        {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+         "verbs": ["get", "list"], "shortNames": ["ns"]}
+    ]})
+}
+
+/// Splits and percent-decodes a query string.
+pub fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| char::from(c).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, query: &str, body: Value) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            accept: "application/json".into(),
+            body: serde_json::to_vec(&body).expect("json"),
+        }
+    }
+
+    fn json_of(r: Reply) -> (u16, Value) {
+        match r {
+            Reply::Json(c, v) => (c, v),
+            Reply::Watch(_) => panic!("unexpected watch"),
+        }
+    }
+
+    #[test]
+    fn create_get_replace_list() {
+        let s = Store::new();
+        let cm = json!({"metadata": {"name": "x"}, "data": {"a": "1"}});
+        let (c, created) = json_of(s.handle(&req(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "",
+            cm.clone(),
+        )));
+        assert_eq!(c, 201);
+        assert_eq!(created["metadata"]["resourceVersion"], "1");
+        let (c, _) = json_of(s.handle(&req(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "",
+            cm,
+        )));
+        assert_eq!(c, 409);
+        let (c, got) = json_of(s.handle(&req(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/x",
+            "",
+            Value::Null,
+        )));
+        assert_eq!(c, 200);
+        assert_eq!(got["data"]["a"], "1");
+        let upd = json!({"metadata": {"name": "x"}, "data": {"a": "2"}});
+        let (c, put) = json_of(s.handle(&req(
+            "PUT",
+            "/api/v1/namespaces/default/configmaps/x",
+            "",
+            upd,
+        )));
+        assert_eq!(c, 200);
+        assert_eq!(put["metadata"]["uid"], got["metadata"]["uid"]);
+        let (c, list) = json_of(s.handle(&req("GET", "/api/v1/configmaps", "", Value::Null)));
+        assert_eq!(c, 200);
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(list["metadata"]["resourceVersion"], "2");
+        let (c, _) = json_of(s.handle(&req(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/nope",
+            "",
+            Value::Null,
+        )));
+        assert_eq!(c, 404);
+    }
+
+    #[test]
+    fn watch_replays_from_resource_version() {
+        let s = Store::new();
+        for n in ["a", "b"] {
+            s.handle(&req(
+                "POST",
+                "/api/v1/namespaces/default/configmaps",
+                "",
+                json!({"metadata": {"name": n}}),
+            ));
+        }
+        let Reply::Watch(w) = s.handle(&req(
+            "GET",
+            "/api/v1/namespaces/default/configmaps",
+            "watch=true&resourceVersion=1",
+            Value::Null,
+        )) else {
+            panic!("expected watch");
+        };
+        assert_eq!(w.initial.len(), 1);
+        assert_eq!(w.initial[0].object["metadata"]["name"], "b");
+        let Reply::Watch(w) = s.handle(&req(
+            "GET",
+            "/api/v1/namespaces/default/configmaps",
+            "watch=1&fieldSelector=metadata.name%3Da",
+            Value::Null,
+        )) else {
+            panic!("expected watch");
+        };
+        assert_eq!(w.initial.len(), 1);
+        assert_eq!(w.initial[0].kind_of_change, "ADDED");
+    }
+
+    #[test]
+    fn decodes_query() {
+        let q = parse_query("fieldSelector=metadata.name%3Dx&watch=true&bad=%zz");
+        assert_eq!(q["fieldSelector"], "metadata.name=x");
+        assert_eq!(q["bad"], "%zz");
+    }
+}

@@ -1,0 +1,271 @@
+//! `drainwatch-lab`: runs the seed scenarios, and is also every process the lab starts
+//! inside its namespaces (apiserver stand-in, load generator, timer server and client).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use drainwatch_lab::apiserver::{self, ShutdownMode};
+use drainwatch_lab::clock::parse_duration;
+use drainwatch_lab::loadgen::{self, LoadConfig};
+use drainwatch_lab::scenario::{self, RunOpts, Scenario};
+use drainwatch_lab::{cmd, timer, topo};
+
+#[derive(Parser)]
+#[command(
+    name = "drainwatch-lab",
+    about = "The seeds' rollout scenarios, reproduced in network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario (or `all`) and print its timeline.
+    Run {
+        /// Scenario name, or `all`.
+        scenario: String,
+        /// Output directory for truth.json, timeline.txt, pcaps and records.
+        #[arg(long, default_value = "target/lab")]
+        out: PathBuf,
+        /// Multiply every real-world duration by this (default per scenario: 0.1, azure 1/60).
+        #[arg(long)]
+        time_scale: Option<f64>,
+        /// Skip tcpdump.
+        #[arg(long)]
+        no_capture: bool,
+        #[command(flatten)]
+        overrides: scenario::Overrides,
+    },
+    /// List the scenarios.
+    List,
+    /// Remove every namespace (and the processes, interfaces and nft tables in it) that
+    /// any lab run left behind.
+    Clean,
+    /// The apiserver stand-in.
+    Apiserver {
+        /// Instance name.
+        #[arg(long, default_value = "m1")]
+        name: String,
+        /// HTTPS listen address.
+        #[arg(long, default_value = "0.0.0.0:6443")]
+        listen: SocketAddr,
+        /// Cleartext HTTP/1.1 + h2c listen address.
+        #[arg(long)]
+        h2c_listen: Option<SocketAddr>,
+        /// Directory of ca.crt / apiserver.crt / apiserver.key (generated if missing).
+        #[arg(long)]
+        tls_dir: PathBuf,
+        /// Extra subject alternative names for a generated certificate.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// shutdown-delay-duration.
+        #[arg(long, value_parser = parse_duration, default_value = "70s")]
+        shutdown_delay: Duration,
+        /// Time in-flight requests get after the listener closed.
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        request_timeout: Duration,
+        /// Time from listening to ready.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        startup_delay: Duration,
+        /// Reaction to SIGTERM.
+        #[arg(long, value_enum, default_value = "graceful")]
+        mode: ShutdownMode,
+        /// Lifecycle record file (JSON lines).
+        #[arg(long)]
+        truth: PathBuf,
+        /// Required bearer token for API calls.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// The bounded load generator.
+    Loadgen(LoadConfig),
+    /// Seed 002's timer server.
+    TimerServer {
+        /// `ADDR=PERIOD`, e.g. `0.0.0.0:8600=600s`; repeatable.
+        #[arg(long = "port", required = true)]
+        ports: Vec<String>,
+        /// Run time.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+        /// Record file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A long-lived client of the timer server.
+    TimerClient {
+        /// Client name.
+        #[arg(long)]
+        name: String,
+        /// Server address.
+        #[arg(long)]
+        connect: SocketAddr,
+        /// TCP keepalive idle/interval (off when absent).
+        #[arg(long, value_parser = parse_duration)]
+        keepalive: Option<Duration>,
+        /// Run time.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+        /// Record file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::List => {
+            for s in Scenario::ALL {
+                println!("{}", s.name());
+            }
+        }
+        Cmd::Clean => {
+            need_root()?;
+            let removed = topo::clean().context("cleaning lab namespaces")?;
+            println!("removed {} lab namespace(s)", removed.len());
+            for n in removed {
+                println!("  {n}");
+            }
+        }
+        Cmd::Run {
+            scenario,
+            out,
+            time_scale,
+            no_capture,
+            overrides,
+        } => {
+            need_root()?;
+            let list: Vec<Scenario> = if scenario == "all" {
+                Scenario::ALL.to_vec()
+            } else {
+                match Scenario::ALL.iter().find(|s| s.name() == scenario) {
+                    Some(s) => vec![*s],
+                    None => bail!(
+                        "unknown scenario {scenario:?}; one of: all, {}",
+                        Scenario::ALL.map(|s| s.name()).join(", ")
+                    ),
+                }
+            };
+            if let Some(ts) = time_scale
+                && !(ts > 0.0 && ts <= 1.0)
+            {
+                bail!("--time-scale {ts}: must be in (0, 1]");
+            }
+            let bin = std::env::current_exe().context("locating this binary")?;
+            for s in list {
+                let dir = out.join(s.name());
+                let started = std::time::Instant::now();
+                let opts = RunOpts {
+                    out: dir.clone(),
+                    time_scale,
+                    bin: bin.clone(),
+                    capture: !no_capture,
+                    overrides: overrides.clone(),
+                };
+                let truth = scenario::run(s, &opts)
+                    .await
+                    .with_context(|| format!("scenario {}", s.name()))?;
+                print!("{}", truth.timeline());
+                println!(
+                    "{} done in {:.1}s; ground truth in {}",
+                    s.name(),
+                    started.elapsed().as_secs_f64(),
+                    dir.join("truth.json").display()
+                );
+            }
+        }
+        Cmd::Apiserver {
+            name,
+            listen,
+            h2c_listen,
+            tls_dir,
+            sans,
+            shutdown_delay,
+            request_timeout,
+            startup_delay,
+            mode,
+            truth,
+            token,
+        } => {
+            let mut all_sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            all_sans.extend(sans);
+            apiserver::serve(apiserver::Config {
+                name,
+                listen,
+                h2c_listen,
+                tls_dir,
+                sans: all_sans,
+                shutdown_delay,
+                request_timeout,
+                startup_delay,
+                mode,
+                truth,
+                token,
+            })
+            .await
+            .context("apiserver stand-in")?;
+        }
+        Cmd::Loadgen(cfg) => loadgen::run(cfg).await.context("load generator")?,
+        Cmd::TimerServer {
+            ports,
+            duration,
+            out,
+        } => {
+            let mut parsed = Vec::new();
+            for p in ports {
+                let (a, d) = p
+                    .split_once('=')
+                    .with_context(|| format!("--port {p:?}: expected ADDR=PERIOD"))?;
+                let addr: SocketAddr = a
+                    .parse()
+                    .with_context(|| format!("--port {p:?}: bad address"))?;
+                let period = parse_duration(d).map_err(anyhow::Error::msg)?;
+                if period.is_zero() {
+                    bail!("--port {p:?}: period must be positive");
+                }
+                parsed.push((addr, period));
+            }
+            timer::serve(parsed, duration, out)
+                .await
+                .context("timer server")?;
+        }
+        Cmd::TimerClient {
+            name,
+            connect,
+            keepalive,
+            duration,
+            out,
+        } => timer::client(name, connect, keepalive, duration, out)
+            .await
+            .context("timer client")?,
+    }
+    Ok(())
+}
+
+fn need_root() -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the lab creates network namespaces and needs root (run with sudo)");
+    }
+    Ok(())
+}
