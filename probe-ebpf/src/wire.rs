@@ -7,6 +7,7 @@
 //! after reading the headers needed to find the ports.
 
 use aya_ebpf::{
+    Global,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -82,16 +83,87 @@ fn load<T>(ctx: &TcContext, off: u32) -> Option<T> {
     ctx.load::<T>(off as usize).ok()
 }
 
+/// Non-zero when some attached interface has no link-layer header, so the
+/// per-interface table must be consulted (set by the loader).
+#[unsafe(no_mangle)]
+static HAS_L3_IFACES: Global<u32> = Global::new(0);
+
+/// Bytes before the IP header on the packet's interface.
+#[inline(always)]
+fn l3_offset(ctx: &TcContext) -> u32 {
+    if HAS_L3_IFACES.load() == 0 {
+        return 14;
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match unsafe { IFACE_L2.get(ifindex) } {
+        Some(v) => *v,
+        None => 14,
+    }
+}
+
+/// The fast exit for most traffic: reads IP protocol and TCP ports with
+/// direct packet access (no helper calls) and answers `true` when the packet
+/// is surely not on a watched port. `false` means "look closer" (watched, or
+/// headers outside the linear area, or IPv6 extension headers).
+#[inline(always)]
+fn surely_unwatched<const L3: usize>(ctx: &TcContext, proto: u32) -> bool {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let l4 = if proto == ETH_P_IP {
+        if data + L3 + 20 > end {
+            return false;
+        }
+        let ip = (data + L3) as *const u8;
+        // SAFETY: bounds checked against data_end above.
+        let (vihl, p) = unsafe { (*ip, *ip.add(9)) };
+        if p != IPPROTO_TCP {
+            return true;
+        }
+        let ihl = usize::from(vihl & 0x0f) * 4;
+        if ihl < 20 {
+            // Malformed: the full parser counts it.
+            return false;
+        }
+        L3 + ihl
+    } else if proto == ETH_P_IPV6 {
+        if data + L3 + 40 > end {
+            return false;
+        }
+        // SAFETY: bounds checked against data_end above.
+        let nh = unsafe { *((data + L3 + 6) as *const u8) };
+        match nh {
+            IPPROTO_TCP => L3 + 40,
+            // UDP and ICMPv6 never carry TCP.
+            17 | 58 => return true,
+            _ => return false,
+        }
+    } else {
+        return true;
+    };
+    if data + l4 + 4 > end {
+        return false;
+    }
+    // SAFETY: bounds checked against data_end above.
+    let ports = unsafe { *((data + l4) as *const [u8; 4]) };
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    !port_watched(sport) && !port_watched(dport)
+}
+
 /// Parses L3/L4 headers; `None` for non-TCP, unwatched or malformed packets.
 #[inline(always)]
 fn parse(ctx: &TcContext, ingress: bool) -> Option<Pkt> {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let l3 = match unsafe { IFACE_L2.get(ifindex) } {
-        Some(v) => *v,
-        None => 14,
-    };
+    let l3 = l3_offset(ctx);
     // skb->protocol holds a big-endian 16-bit value.
     let proto = u32::from(u16::from_be(ctx.skb.protocol() as u16));
+    let quick_exit = match l3 {
+        14 => surely_unwatched::<14>(ctx, proto),
+        0 => surely_unwatched::<0>(ctx, proto),
+        _ => false,
+    };
+    if quick_exit {
+        return None;
+    }
     let skb_len = ctx.len();
     let mut t = Tuple {
         family: 0,

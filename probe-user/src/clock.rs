@@ -45,9 +45,18 @@ pub fn kernel_hz(sample: Duration) -> Option<u32> {
             }
         }
     }
+    // Containers often mask /proc/timer_list: fall back to the kernel
+    // config where distributions keep it (RHCOS: under /usr/lib/modules).
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let text = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
-    hz_from_config(&text)
+    let release = release.trim();
+    [
+        format!("/boot/config-{release}"),
+        format!("/usr/lib/modules/{release}/config"),
+        format!("/lib/modules/{release}/config"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|text| hz_from_config(&text))
 }
 
 /// `net.ipv4.tcp_keepalive_time` in this network namespace, seconds.

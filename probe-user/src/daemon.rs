@@ -220,8 +220,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
 
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listener = metrics::bind(opts.metrics_addr).await?;
-    tasks.spawn(metrics_task(listener, metrics.clone(), stop_rx.clone()));
+    tasks.spawn(metrics_task(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        stop_rx.clone(),
+    ));
 
     let cx = DecodeContext {
         boot_to_unix_ns: boot_to_unix_ns(),
@@ -253,6 +259,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .filter(|h| h.state == HookState::Attached)
         .map(|h| h.name.as_str())
         .collect();
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         "drainwatch ready: watching ports {:?}, metrics on http://{}/metrics, hooks: {}",
         watched,
@@ -391,10 +398,11 @@ async fn wire_stats_task(
 async fn metrics_task(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     tokio::select! {
-        _ = metrics::serve(listener, metrics) => {}
+        _ = metrics::serve(listener, metrics, ready) => {}
         _ = stop.changed() => {}
     }
     Ok(())

@@ -21,12 +21,12 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "drainwatch needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8), to load its kernel programs; this process has neither. Run it with sudo, or as the privileged pod in deploy/."
+        "drainwatch needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8), to load its kernel programs; this process lacks {0}. Run it with sudo, or as the pod in deploy/."
     )]
-    NoPrivilege,
-    #[error("{0}")]
+    NoPrivilege(String),
+    #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
-    #[error("loading the kernel programs failed: {0}")]
+    #[error("loading the kernel programs failed")]
     Load(#[from] aya::EbpfError),
     #[error("kernel map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
@@ -102,23 +102,37 @@ impl Drop for CreatedQdiscs {
     }
 }
 
-/// Whether the effective capability set allows loading programs.
-pub fn has_privilege() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
+/// The capabilities missing for loading programs, by name; empty when the
+/// effective set allows it (or when it cannot be read: the kernel decides).
+pub fn missing_privileges() -> Vec<&'static str> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return true; // cannot tell; let the kernel decide
+        return Vec::new();
     };
     let Some(eff) = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
     else {
-        return true;
+        return Vec::new();
     };
+    missing_from(eff)
+}
+
+/// Which of CAP_BPF and CAP_PERFMON an effective set lacks (none if it has
+/// CAP_SYS_ADMIN, which covers both on every kernel).
+pub fn missing_from(eff: u64) -> Vec<&'static str> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
     let has = |c: u32| eff & (1u64 << c) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(c, _)| !has(*c))
+        .map(|(_, n)| n)
+        .collect()
 }
 
 /// Builds the watched-port bitmap words.
@@ -131,8 +145,9 @@ pub fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    if !has_privilege() {
-        return Err(LoadError::NoPrivilege);
+    let missing = missing_privileges();
+    if !missing.is_empty() {
+        return Err(LoadError::NoPrivilege(missing.join(" and ")));
     }
     // Locking memory for maps is unlimited on cgroup-accounted kernels; raise
     // the rlimit for older ones and ignore failure.
@@ -183,10 +198,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .as_ref()
         .map(|w| w.flow_table)
         .unwrap_or(probe_common::DEFAULT_FLOW_TABLE);
+    let has_l3_ifaces: u32 = opts
+        .wire
+        .as_ref()
+        .map(|w| u32::from(w.ifaces.iter().any(|i| i.l2_len != 14)))
+        .unwrap_or(0);
     let mut ebpf = EbpfLoader::new()
         .override_global("LAYOUTS", &layouts, true)
         .override_global("SOCK_LAYOUT", &sock_layout, true)
         .override_global("TCP_SOCK_LAYOUT", &tcp_sock_layout, true)
+        .override_global("HAS_L3_IFACES", &has_l3_ifaces, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)
@@ -416,7 +437,10 @@ fn attach_wire(
         let insns = match loaded {
             Ok(n) => n,
             Err(e) => {
-                let why = error_chain(&e);
+                let mut why = error_chain(&e);
+                if why.contains("Operation not permitted") {
+                    why = format!("needs CAP_NET_ADMIN ({why})");
+                }
                 tracing::warn!("tc {what} classifier unavailable: {why}; wire events are off");
                 hooks.push(Hook {
                     name: format!("tc {what}"),
@@ -482,9 +506,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         src = inner.source();
     }
-    // Verifier logs are long; the first line says enough for a log line.
+    // Verifier logs are long; the first line says enough for a log line,
+    // and an empty one says nothing.
     if let Some(cut) = s.find("Verifier output:") {
-        s.truncate(cut + 200.min(s.len() - cut));
+        let log = s[cut + "Verifier output:".len()..].trim();
+        if log.is_empty() {
+            s.truncate(cut);
+            s = s.trim_end_matches(['.', ' ']).to_string();
+        } else {
+            s.truncate(cut + 200.min(s.len() - cut));
+        }
     }
     s
 }
@@ -543,6 +574,22 @@ pub fn percpu_total(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let bpf = 1u64 << 39;
+        let perfmon = 1u64 << 38;
+        assert!(
+            missing_from(1 << 21).is_empty(),
+            "CAP_SYS_ADMIN covers both"
+        );
+        assert!(missing_from(bpf | perfmon).is_empty());
+        assert_eq!(missing_from(bpf), ["CAP_PERFMON"]);
+        assert_eq!(missing_from(perfmon), ["CAP_BPF"]);
+        assert_eq!(missing_from(0), ["CAP_BPF", "CAP_PERFMON"]);
+        let e = LoadError::NoPrivilege(missing_from(perfmon).join(" and "));
+        assert!(e.to_string().contains("this process lacks CAP_BPF."), "{e}");
+    }
 
     #[test]
     fn bitmap_sets_one_bit_per_port() {

@@ -60,8 +60,9 @@ struct RunArgs {
     /// How to print events on stdout.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
-    /// Where to serve Prometheus metrics (loopback unless told otherwise).
-    #[arg(long, default_value = "127.0.0.1:9977")]
+    /// Where to serve Prometheus metrics (loopback unless told otherwise):
+    /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP for port 9977.
+    #[arg(long, default_value = "127.0.0.1:9977", value_parser = parse_metrics_addr)]
     metrics_addr: SocketAddr,
     /// Size of the kernel event ring buffer in bytes: a power of two, at least 4096.
     #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_bytes)]
@@ -91,6 +92,22 @@ struct RunArgs {
     check: bool,
 }
 
+/// The default metrics port, used when `--metrics-addr` is a bare IP (e.g. a
+/// pod IP from the downward API, IPv4 or IPv6).
+const METRICS_PORT: u16 = 9977;
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, METRICS_PORT)),
+        Err(_) => Err(format!(
+            "{s:?} is neither IP:PORT, [IPv6]:PORT nor a bare IP address"
+        )),
+    }
+}
+
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -117,6 +134,38 @@ fn parse_kernel_level(s: &str) -> Result<u8, String> {
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_addr_forms() {
+        assert_eq!(
+            parse_metrics_addr("10.0.0.5:9000").map(|a| a.to_string()),
+            Ok("10.0.0.5:9000".into())
+        );
+        assert_eq!(
+            parse_metrics_addr("10.0.0.5").map(|a| a.to_string()),
+            Ok("10.0.0.5:9977".into())
+        );
+        assert_eq!(
+            parse_metrics_addr("fd00::5").map(|a| a.to_string()),
+            Ok("[fd00::5]:9977".into())
+        );
+        assert_eq!(
+            parse_metrics_addr("[fd00::5]:1").map(|a| a.to_string()),
+            Ok("[fd00::5]:1".into())
+        );
+        assert!(
+            parse_metrics_addr("localhost:x")
+                .unwrap_err()
+                .contains("\"localhost:x\"")
+        );
+        assert!(parse_ringbuf_bytes("5000").is_err() && parse_ringbuf_bytes("8192").is_ok());
+        assert!(parse_kernel_level("loud").is_err());
+    }
 }
 
 fn main() -> ExitCode {

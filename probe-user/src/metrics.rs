@@ -441,8 +441,13 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` (and `/healthz`) until the listener is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (200 once every core
+/// hook is attached and the event reader runs, 503 before) until dropped.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -453,10 +458,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             }
         };
         let metrics = metrics.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+                let is_ready = ready.load(std::sync::atomic::Ordering::Relaxed);
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, is_ready)) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -468,10 +475,16 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    ready: bool,
+) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
-        "/healthz" | "/readyz" => (200, "text/plain", b"ok\n".to_vec()),
+        "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+        "/readyz" if ready => (200, "text/plain", b"ok\n".to_vec()),
+        "/readyz" => (503, "text/plain", b"starting\n".to_vec()),
         _ => (404, "text/plain", b"not found; try /metrics\n".to_vec()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

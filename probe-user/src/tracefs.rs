@@ -21,6 +21,8 @@ pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 pub enum TracefsError {
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
     Mount(io::Error),
+    #[error("tracefs at {0} is not readable by this process ({1}); run drainwatch as uid 0")]
+    Unreadable(String, io::Error),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: line {line}: {what}")]
@@ -41,8 +43,12 @@ pub enum TracefsError {
 /// mounted (container images and minimal hosts often lack it).
 pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     for root in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(root).join("events").is_dir() {
-            return Ok(PathBuf::from(root));
+        match fs::read_dir(Path::new(root).join("events")) {
+            Ok(_) => return Ok(PathBuf::from(root)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(TracefsError::Unreadable(root.to_string(), e));
+            }
+            Err(_) => {}
         }
     }
     let target = c"/sys/kernel/tracing";
