@@ -136,38 +136,6 @@ fn parse_kernel_level(s: &str) -> Result<u8, String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_addr_forms() {
-        assert_eq!(
-            parse_metrics_addr("10.0.0.5:9000").map(|a| a.to_string()),
-            Ok("10.0.0.5:9000".into())
-        );
-        assert_eq!(
-            parse_metrics_addr("10.0.0.5").map(|a| a.to_string()),
-            Ok("10.0.0.5:9977".into())
-        );
-        assert_eq!(
-            parse_metrics_addr("fd00::5").map(|a| a.to_string()),
-            Ok("[fd00::5]:9977".into())
-        );
-        assert_eq!(
-            parse_metrics_addr("[fd00::5]:1").map(|a| a.to_string()),
-            Ok("[fd00::5]:1".into())
-        );
-        assert!(
-            parse_metrics_addr("localhost:x")
-                .unwrap_err()
-                .contains("\"localhost:x\"")
-        );
-        assert!(parse_ringbuf_bytes("5000").is_err() && parse_ringbuf_bytes("8192").is_ok());
-        assert!(parse_kernel_level("loud").is_err());
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
@@ -295,4 +263,36 @@ fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_addr_forms() {
+        assert_eq!(
+            parse_metrics_addr("10.0.0.5:9000").map(|a| a.to_string()),
+            Ok("10.0.0.5:9000".into())
+        );
+        assert_eq!(
+            parse_metrics_addr("10.0.0.5").map(|a| a.to_string()),
+            Ok("10.0.0.5:9977".into())
+        );
+        assert_eq!(
+            parse_metrics_addr("fd00::5").map(|a| a.to_string()),
+            Ok("[fd00::5]:9977".into())
+        );
+        assert_eq!(
+            parse_metrics_addr("[fd00::5]:1").map(|a| a.to_string()),
+            Ok("[fd00::5]:1".into())
+        );
+        assert!(
+            parse_metrics_addr("localhost:x")
+                .unwrap_err()
+                .contains("\"localhost:x\"")
+        );
+        assert!(parse_ringbuf_bytes("5000").is_err() && parse_ringbuf_bytes("8192").is_ok());
+        assert!(parse_kernel_level("loud").is_err());
+    }
 }
