@@ -3,6 +3,7 @@
 
 mod btf;
 mod clock;
+mod config;
 mod craft;
 mod daemon;
 mod event;
@@ -55,42 +56,54 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// A TCP port to watch, matched on either end (repeatable). Default: 6443 and 443.
-    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long = "port", value_name = "PORT", env = "DRAINWATCH_PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
     /// How to print events on stdout.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, env = "DRAINWATCH_OUTPUT", default_value = "text")]
     output: Output,
     /// Where to serve Prometheus metrics (loopback unless told otherwise):
     /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP for port 9977.
-    #[arg(long, default_value = "127.0.0.1:9977", value_parser = parse_metrics_addr)]
+    #[arg(long, env = "DRAINWATCH_METRICS_ADDR", default_value = "127.0.0.1:9977", value_parser = parse_metrics_addr)]
     metrics_addr: SocketAddr,
     /// Size of the kernel event ring buffer in bytes: a power of two, at least 4096.
-    #[arg(long, default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_bytes)]
+    #[arg(long, env = "DRAINWATCH_RINGBUF_BYTES", default_value_t = DEFAULT_RINGBUF_BYTES, value_parser = parse_ringbuf_bytes)]
     ringbuf_bytes: u32,
     /// Kernel-side diagnostics level (off, error, warn, info, debug, trace).
-    #[arg(long, default_value = "warn", value_parser = parse_kernel_level)]
+    #[arg(long, env = "DRAINWATCH_KERNEL_LOG_LEVEL", default_value = "warn", value_parser = parse_kernel_level)]
     kernel_log_level: u8,
     /// Do not try the kprobe path even where the kernel has kprobes.
-    #[arg(long)]
+    #[arg(long, env = "DRAINWATCH_NO_KPROBES")]
     no_kprobes: bool,
     /// An interface for the wire observer (repeatable). Default: lo and
     /// every interface that is up with an address.
-    #[arg(long = "iface", value_name = "NAME")]
+    #[arg(
+        long = "iface",
+        value_name = "NAME",
+        env = "DRAINWATCH_IFACE",
+        value_delimiter = ','
+    )]
     ifaces: Vec<String>,
     /// Do not attach the wire observer (TC classifier).
-    #[arg(long)]
+    #[arg(long, env = "DRAINWATCH_NO_WIRE")]
     no_wire: bool,
     /// Flows the wire observer tracks at once (least recently used evicted).
-    #[arg(long, default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    #[arg(long, env = "DRAINWATCH_FLOW_TABLE", default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(FLOW_TABLE_MIN..=FLOW_TABLE_MAX))]
     flow_table: u32,
     /// Turn on the kernel's per-program run-time statistics while running and
     /// export them (drainwatch_program_run_seconds_total); costs ~20 ns per run.
-    #[arg(long)]
+    #[arg(long, env = "DRAINWATCH_BPF_STATS")]
     bpf_stats: bool,
     /// Print which hooks this host supports and which would be used, then exit.
     #[arg(long)]
     check: bool,
+    /// A TOML file whose keys are these flags' names; flags and DRAINWATCH_*
+    /// variables override it.
+    #[arg(long, env = "DRAINWATCH_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
+
+const FLOW_TABLE_MIN: i64 = 16;
+const FLOW_TABLE_MAX: i64 = 4_194_304;
 
 /// The default metrics port, used when `--metrics-addr` is a bare IP (e.g. a
 /// pod IP from the downward API, IPv4 or IPv6).
@@ -137,7 +150,18 @@ fn parse_kernel_level(s: &str) -> Result<u8, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let (Command::Run(args), Some(("run", m))) = (&mut cli.command, matches.subcommand())
+        && let Err(e) = apply_config_file(args, m)
+    {
+        eprintln!("drainwatch: {e}");
+        return ExitCode::from(2);
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
         Ok(f) => f,
         Err(e) => {
@@ -165,6 +189,91 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Fills flags given neither on the command line nor in the environment
+/// from the config file, validating each value with the flag's own parser.
+fn apply_config_file(args: &mut RunArgs, m: &clap::ArgMatches) -> Result<(), config::ConfigError> {
+    let Some(path) = args.config.clone() else {
+        return Ok(());
+    };
+    let file = config::load(&path)?;
+    let shown = path.display().to_string();
+    let bad = |key: &'static str, message: String| config::ConfigError::Value {
+        path: shown.clone(),
+        key,
+        message,
+    };
+    let unset = |id: &str| config::unset(m, id);
+    if let Some(v) = file.port
+        && unset("ports")
+    {
+        if v.contains(&0) {
+            return Err(bad("port", "port 0 cannot be watched".into()));
+        }
+        args.ports = v;
+    }
+    if let Some(v) = file.output
+        && unset("output")
+    {
+        args.output = <Output as clap::ValueEnum>::from_str(&v, false)
+            .map_err(|_| bad("output", format!("{v:?} is not one of text, json, none")))?;
+    }
+    if let Some(v) = file.metrics_addr
+        && unset("metrics_addr")
+    {
+        args.metrics_addr = parse_metrics_addr(&v).map_err(|e| bad("metrics-addr", e))?;
+    }
+    if let Some(v) = file.ringbuf_bytes
+        && unset("ringbuf_bytes")
+    {
+        args.ringbuf_bytes =
+            parse_ringbuf_bytes(&v.to_string()).map_err(|e| bad("ringbuf-bytes", e))?;
+    }
+    if let Some(v) = file.kernel_log_level
+        && unset("kernel_log_level")
+    {
+        args.kernel_log_level = parse_kernel_level(&v).map_err(|e| bad("kernel-log-level", e))?;
+    }
+    if let Some(v) = file.flow_table
+        && unset("flow_table")
+    {
+        if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&i64::from(v)) {
+            return Err(bad(
+                "flow-table",
+                format!("{v} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"),
+            ));
+        }
+        args.flow_table = v;
+    }
+    if let Some(v) = file.iface
+        && unset("ifaces")
+    {
+        args.ifaces = v;
+    }
+    for (key, id, value, slot) in [
+        (
+            "no-kprobes",
+            "no_kprobes",
+            file.no_kprobes,
+            &mut args.no_kprobes,
+        ),
+        ("no-wire", "no_wire", file.no_wire, &mut args.no_wire),
+        (
+            "bpf-stats",
+            "bpf_stats",
+            file.bpf_stats,
+            &mut args.bpf_stats,
+        ),
+    ] {
+        let _ = key;
+        if let Some(v) = value
+            && unset(id)
+        {
+            *slot = v;
+        }
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -268,6 +377,53 @@ fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_run(argv: &[&str]) -> (RunArgs, clap::ArgMatches) {
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Cli::command().try_get_matches_from(argv).expect("parse");
+        let Command::Run(args) = Cli::from_arg_matches(&m).expect("args").command else {
+            panic!("not run")
+        };
+        let (_, sub) = m.subcommand().expect("sub");
+        (args, sub.clone())
+    }
+
+    #[test]
+    fn config_file_fills_only_what_flags_leave() {
+        let dir = std::env::temp_dir().join(format!("dw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("dw.toml");
+        std::fs::write(
+            &file,
+            "port = [8443]\noutput = \"json\"\nflow-table = 2048\nno-wire = true\nmetrics-addr = \"10.1.2.3\"\n",
+        )
+        .expect("write");
+        let f = file.to_str().expect("utf8");
+        let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f, "--output", "text"]);
+        apply_config_file(&mut args, &m).expect("apply");
+        assert_eq!(args.ports, [8443]);
+        assert_eq!(args.output, Output::Text, "the flag wins over the file");
+        assert_eq!(args.flow_table, 2048);
+        assert!(args.no_wire);
+        assert_eq!(args.metrics_addr.to_string(), "10.1.2.3:9977");
+
+        std::fs::write(&file, "ringbuf-bytes = 5000\n").expect("write");
+        let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f]);
+        let e = apply_config_file(&mut args, &m).expect_err("bad value");
+        assert!(
+            e.to_string().contains(f) && e.to_string().contains("key `ringbuf-bytes`"),
+            "{e}"
+        );
+        std::fs::write(&file, "flow-table = 3\n").expect("write");
+        let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f]);
+        assert!(
+            apply_config_file(&mut args, &m)
+                .expect_err("range")
+                .to_string()
+                .contains("flow-table")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn metrics_addr_forms() {
