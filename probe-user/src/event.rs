@@ -76,7 +76,8 @@ impl EventKind {
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // pad, not write_str, so `{:<15}` aligns the human lines.
+        f.pad(self.as_str())
     }
 }
 
@@ -535,9 +536,14 @@ impl Event {
     /// One human-readable line.
     pub fn human(&self) -> String {
         let mut s = format!(
-            "{} {:<15} {} -> {} {}",
-            self.time, self.kind, self.local, self.remote, self.state
+            "{} {:<15} {} -> {}",
+            self.time, self.kind, self.local, self.remote
         );
+        // Wire events come from packets, not from a socket's state machine.
+        if self.wire.is_none() {
+            s.push(' ');
+            s.push_str(self.state);
+        }
         if let Some(old) = self.old_state {
             s.push_str(&format!(" (from {old})"));
         }
