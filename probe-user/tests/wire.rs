@@ -431,3 +431,121 @@ fn nginx_graceful_stop_sends_goaway_and_it_is_decoded() {
     );
     assert!(d.stop().success());
 }
+
+/// The lab's apiserver stand-in, next to this test binary (`cargo test
+/// --workspace` builds it; so does `cargo build -p drainwatch-lab`).
+fn lab_binary() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_drainwatch")).with_file_name("drainwatch-lab");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p drainwatch-lab` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn apiserver_standin_goaways_on_sigterm_are_decoded() {
+    let _g = serial();
+    if !root_or_skip("apiserver_standin_goaways_on_sigterm_are_decoded") {
+        return;
+    }
+    let t = Routed::new();
+    let dir = std::env::temp_dir().join(format!("dwt-standin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut standin = Command::new("ip")
+        .args(["netns", "exec", &t.server])
+        .arg(lab_binary())
+        .args(["apiserver", "--name", "m1", "--mode", "no-delay"])
+        .args(["--listen", &format!("{}:6443", t.server_ip)])
+        .args(["--h2c-listen", &format!("{}:8080", t.server_ip)])
+        .args([
+            "--shutdown-delay",
+            "0s",
+            "--request-timeout",
+            "3s",
+            "--startup-delay",
+            "100ms",
+        ])
+        .arg("--tls-dir")
+        .arg(dir.join("pki"))
+        .arg("--truth")
+        .arg(dir.join("lifecycle.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stand-in");
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(standin.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        while !line.contains("READY") {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).expect("read") > 0,
+                "stand-in exited before READY"
+            );
+        }
+    }
+    let d = Daemon::start_in(
+        Some(&t.client),
+        &["--iface", &t.client_dev, "--port", "8080"],
+    );
+    let server = addr(&t.server_ip, 8080);
+    let pid = standin.id() as i32;
+    let seen_by_client = t_client(&t, move || {
+        let mut c = TcpStream::connect(server).expect("connect h2c");
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(4, 0, 0, &[]));
+        // HPACK: :method GET, :scheme http, :path "/readyz" (literal, indexed name 4).
+        let mut hdr = vec![0x82, 0x86, 0x04, 7];
+        hdr.extend_from_slice(b"/readyz");
+        out.extend(h2_frame(1, 0x5, 1, &hdr));
+        c.write_all(&out).expect("request");
+        let frames = read_frames(&mut c, Duration::from_secs(5), |ty, fl, s| {
+            (ty == 0 || ty == 1) && s == 1 && fl & 1 != 0
+        });
+        assert!(
+            frames.iter().any(|f| f.2 == 1),
+            "a response on stream 1: {frames:?}"
+        );
+        c.write_all(&h2_frame(4, 1, 0, &[])).expect("settings ack");
+        // SAFETY: signalling the stand-in we started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Everything until the server closes: one or two GOAWAYs (graceful
+        // shutdown may announce 2^31-1 first, then the last stream).
+        read_frames(&mut c, Duration::from_secs(8), |_, _, _| false)
+            .into_iter()
+            .filter(|f| f.0 == 7 && f.3.len() >= 8)
+            .map(|f| {
+                (
+                    u64::from(u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]) & 0x7fff_ffff),
+                    u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let _ = standin.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!seen_by_client.is_empty(), "the stand-in sent no GOAWAY");
+    let evs = d.wait_for(&[&t.client_ip], "goaways", |e| {
+        of_kind(e, "goaway").len() >= seen_by_client.len()
+    });
+    let got: Vec<(u64, u32)> = of_kind(&evs, "goaway")
+        .iter()
+        .map(|g| {
+            let w = wire(g);
+            assert_eq!(w["direction"], "received");
+            let code = match w["error_code"].as_str() {
+                Some("NO_ERROR") => 0,
+                other => panic!("unexpected error code {other:?}"),
+            };
+            (w["last_stream_id"].as_u64().expect("id"), code)
+        })
+        .collect();
+    assert_eq!(
+        got, seen_by_client,
+        "the observer decodes exactly what the client received"
+    );
+    assert!(d.stop().success());
+}
