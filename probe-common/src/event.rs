@@ -41,8 +41,17 @@ pub mod kind {
     /// An HTTP/2 GOAWAY frame in cleartext HTTP/2; `aux32` is the
     /// last-stream-id, `reason` the error code.
     pub const GOAWAY: u8 = 15;
+    /// A signal generated for a watched process (the apiserver, or whatever
+    /// owns a watched listener): `reason` is the signal number, `pid`/`comm`
+    /// the target, `aux32` the sender's tgid, `errno` the kernel's result
+    /// code (0 = delivered).
+    pub const SIGNAL: u8 = 16;
+    /// A watched process exited (its thread-group leader): `pid`/`comm`.
+    pub const PROCESS_EXIT: u8 = 17;
+    /// A process with a watched name started (exec): `pid`/`comm`.
+    pub const PROCESS_EXEC: u8 = 18;
     /// One past the highest kind; for validation in the decoder.
-    pub const MAX: u8 = 16;
+    pub const MAX: u8 = 19;
 }
 
 /// Bits in [`RawEvent::flags`].

@@ -178,3 +178,36 @@ impl TcpSockLayout {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TcpSockLayout {}
+
+/// Offsets in the process tracepoints' records (`signal:signal_generate`,
+/// `sched:sched_process_exit`, `sched:sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcLayout {
+    /// Non-zero when `signal:signal_generate` was understood.
+    pub signal_present: u16,
+    pub sig: u16,
+    pub sig_errno: u16,
+    pub sig_comm: u16,
+    pub sig_pid: u16,
+    pub sig_result: u16,
+    /// Non-zero when `sched:sched_process_exit` was understood.
+    pub exit_present: u16,
+    pub exit_pid: u16,
+}
+
+impl ProcLayout {
+    pub const ABSENT: ProcLayout = ProcLayout {
+        signal_present: 0,
+        sig: FIELD_ABSENT,
+        sig_errno: FIELD_ABSENT,
+        sig_comm: FIELD_ABSENT,
+        sig_pid: FIELD_ABSENT,
+        sig_result: FIELD_ABSENT,
+        exit_present: 0,
+        exit_pid: FIELD_ABSENT,
+    };
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProcLayout {}

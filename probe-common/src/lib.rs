@@ -56,6 +56,9 @@ pub mod wire_stat {
 /// Number of slots in `WIRE_STATS`.
 pub const WIRE_STAT_SLOTS: u32 = 12;
 
+/// How many process names the programs watch (`--watch-comm`).
+pub const WATCH_COMMS: usize = 4;
+
 /// Default number of flows the wire observer tracks (LRU).
 pub const DEFAULT_FLOW_TABLE: u32 = 65536;
 

@@ -64,12 +64,15 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
             };
             let _ = SOCKS.insert(sk, info, 0);
         }
-        (_, st::LISTEN) => emit(kind::LISTEN_OPEN, &tuple, |ev| {
-            ev.sock = sk;
-            ev.old_state = old;
-            ev.state = new;
-            set_task(ev);
-        }),
+        (_, st::LISTEN) => {
+            crate::proc::watch_current_listener();
+            emit(kind::LISTEN_OPEN, &tuple, |ev| {
+                ev.sock = sk;
+                ev.old_state = old;
+                ev.state = new;
+                set_task(ev);
+            })
+        }
         (st::LISTEN, st::CLOSE) => emit(kind::LISTEN_CLOSE, &tuple, |ev| {
             ev.sock = sk;
             ev.old_state = old;

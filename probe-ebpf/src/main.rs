@@ -8,6 +8,7 @@ mod conn;
 mod event;
 mod kprobe;
 mod maps;
+mod proc;
 mod reset;
 mod wire;
 
@@ -49,6 +50,24 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let _ = reset::receive_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let _ = proc::signal_generate(&ctx);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = proc::process_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = proc::process_exec(&ctx);
     0
 }
 

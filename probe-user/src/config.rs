@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub no_wire: Option<bool>,
     pub flow_table: Option<u32>,
     pub bpf_stats: Option<bool>,
+    pub watch_comm: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,9 @@ pub enum EventKind {
     WireReset,
     Keepalive,
     Goaway,
+    Signal,
+    ProcessExit,
+    ProcessExec,
 }
 
 impl EventKind {
@@ -49,6 +52,9 @@ impl EventKind {
             kind::WIRE_RESET => EventKind::WireReset,
             kind::KEEPALIVE => EventKind::Keepalive,
             kind::GOAWAY => EventKind::Goaway,
+            kind::SIGNAL => EventKind::Signal,
+            kind::PROCESS_EXIT => EventKind::ProcessExit,
+            kind::PROCESS_EXEC => EventKind::ProcessExec,
             _ => return None,
         })
     }
@@ -70,6 +76,9 @@ impl EventKind {
             EventKind::WireReset => "wire_reset",
             EventKind::Keepalive => "keepalive",
             EventKind::Goaway => "goaway",
+            EventKind::Signal => "signal",
+            EventKind::ProcessExit => "process_exit",
+            EventKind::ProcessExec => "process_exec",
         }
     }
 }
@@ -108,9 +117,11 @@ pub struct Event {
     /// Kernel boot-time clock, nanoseconds (for ordering and intervals).
     pub ts_boot_ns: u64,
     pub kind: EventKind,
-    /// This host's end.
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    /// This host's end (absent for process events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddr>,
     /// The TCP state after the transition, or the one an RST came in.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +160,31 @@ pub struct Event {
     /// through BTF: it works where no TC classifier is attached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<SocketView>,
+    /// Signals to a watched process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalInfo>,
+}
+
+/// A signal generated for a watched process (`pid`/`comm` are the target).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalInfo {
+    /// "SIGTERM", "SIGKILL", "SIGINT" or "SIGQUIT".
+    pub name: &'static str,
+    pub number: u32,
+    /// Thread-group id of the sender.
+    pub sender_pid: u32,
+    /// The kernel's verdict (0 = delivered; see TRACE_SIGNAL_* in the kernel).
+    pub result: i32,
+}
+
+pub fn signal_name(n: u32) -> &'static str {
+    match n {
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        9 => "SIGKILL",
+        15 => "SIGTERM",
+        _ => "OTHER",
+    }
 }
 
 /// What the socket knew when an RST arrived.
@@ -447,8 +483,18 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
     if raw.old_state > tcp_state::NEW_SYN_RECV {
         return Err(DecodeError::State(raw.old_state));
     }
-    let local = SocketAddr::new(ip(raw.family, &raw.saddr)?, raw.sport);
-    let remote = SocketAddr::new(ip(raw.family, &raw.daddr)?, raw.dport);
+    let is_process = matches!(
+        kind,
+        EventKind::Signal | EventKind::ProcessExit | EventKind::ProcessExec
+    );
+    let (local, remote) = if is_process {
+        (None, None)
+    } else {
+        (
+            Some(SocketAddr::new(ip(raw.family, &raw.saddr)?, raw.sport)),
+            Some(SocketAddr::new(ip(raw.family, &raw.daddr)?, raw.dport)),
+        )
+    };
     let f = raw.flags;
     let duration_known = f & flags::NO_START == 0 && raw.duration_ns != 0;
     let is_wire = matches!(
@@ -461,13 +507,14 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         _ if duration_known => Some(raw.duration_ns as f64 / 1e9),
         _ => None,
     };
-    let in_process_context = matches!(
-        kind,
-        EventKind::ConnectAttempt
-            | EventKind::ListenOpen
-            | EventKind::ListenClose
-            | EventKind::ConnectAborted
-    );
+    let in_process_context = is_process
+        || matches!(
+            kind,
+            EventKind::ConnectAttempt
+                | EventKind::ListenOpen
+                | EventKind::ListenClose
+                | EventKind::ConnectAborted
+        );
     let reset_reason = (f & flags::HAS_REASON != 0).then(|| {
         cx.reset_reasons
             .iter()
@@ -504,11 +551,17 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         direction,
         no_socket: f & flags::NO_SOCKET != 0,
         kprobe: f & flags::FROM_KPROBE != 0,
-        sock_id: (!is_wire).then(|| format!("{:016x}", mix(raw.sock ^ cx.sock_key))),
+        sock_id: (!is_wire && !is_process).then(|| format!("{:016x}", mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),
         socket: (kind == EventKind::ResetReceived)
             .then(|| socket_view(raw, cx))
             .flatten(),
+        signal: (kind == EventKind::Signal).then(|| SignalInfo {
+            name: signal_name(raw.reason),
+            number: raw.reason,
+            sender_pid: raw.aux32,
+            result: raw.errno,
+        }),
     })
 }
 
@@ -521,24 +574,46 @@ fn mix(mut x: u64) -> u64 {
 
 impl Event {
     /// The port that makes this connection watched: the remote port for
-    /// connections this host opened, the local one otherwise.
+    /// connections this host opened, the local one otherwise (0 for process
+    /// events).
     pub fn service_port(&self, watched: &[u16]) -> u16 {
+        let (Some(local), Some(remote)) = (self.local, self.remote) else {
+            return 0;
+        };
         match self.kind {
-            EventKind::ListenOpen | EventKind::ListenClose => self.local.port(),
-            _ if watched.contains(&self.remote.port()) && self.direction != Some("passive") => {
-                self.remote.port()
+            EventKind::ListenOpen | EventKind::ListenClose => local.port(),
+            _ if watched.contains(&remote.port()) && self.direction != Some("passive") => {
+                remote.port()
             }
-            _ if watched.contains(&self.local.port()) => self.local.port(),
-            _ => self.remote.port(),
+            _ if watched.contains(&local.port()) => local.port(),
+            _ => remote.port(),
         }
     }
 
     /// One human-readable line.
     pub fn human(&self) -> String {
-        let mut s = format!(
-            "{} {:<15} {} -> {}",
-            self.time, self.kind, self.local, self.remote
-        );
+        let mut s = format!("{} {:<15}", self.time, self.kind);
+        if let (Some(l), Some(r)) = (self.local, self.remote) {
+            s.push_str(&format!(" {l} -> {r}"));
+        }
+        if let Some(sig) = &self.signal {
+            s.push_str(&format!(
+                " {} to pid {} ({}) from pid {}",
+                sig.name,
+                self.pid.unwrap_or(0),
+                self.comm.as_deref().unwrap_or("?"),
+                sig.sender_pid
+            ));
+            return s;
+        }
+        if matches!(self.kind, EventKind::ProcessExit | EventKind::ProcessExec) {
+            s.push_str(&format!(
+                " pid {} ({})",
+                self.pid.unwrap_or(0),
+                self.comm.as_deref().unwrap_or("?")
+            ));
+            return s;
+        }
         // Wire events come from packets, not from a socket's state machine.
         if self.wire.is_none() {
             s.push(' ');
@@ -662,8 +737,14 @@ mod tests {
         r.flags = flags::ACTIVE;
         let e = decode(&r, &DecodeContext::plain()).expect("decode");
         assert_eq!(e.kind, EventKind::Refused);
-        assert_eq!(e.local.to_string(), "198.18.0.1:40000");
-        assert_eq!(e.remote.to_string(), "198.18.0.2:6443");
+        assert_eq!(
+            e.local.map(|a| a.to_string()).as_deref(),
+            Some("198.18.0.1:40000")
+        );
+        assert_eq!(
+            e.remote.map(|a| a.to_string()).as_deref(),
+            Some("198.18.0.2:6443")
+        );
         assert_eq!((e.state, e.old_state), ("CLOSE", Some("SYN_SENT")));
         assert_eq!(e.errno, Some(111));
         assert_eq!(e.duration_seconds, Some(0.00025));
@@ -700,7 +781,10 @@ mod tests {
         r.pid = 42;
         r.comm[..6].copy_from_slice(b"ap\x1bi\0x");
         let e = decode(&r, &DecodeContext::plain()).expect("decode");
-        assert_eq!(e.local.to_string(), "[::1]:40000");
+        assert_eq!(
+            e.local.map(|a| a.to_string()).as_deref(),
+            Some("[::1]:40000")
+        );
         assert_eq!(e.pid, Some(42));
         assert_eq!(e.comm.as_deref(), Some("ap\\x1bi"));
         assert_eq!(e.service_port(&[6443]), 40000);
@@ -828,6 +912,37 @@ mod tests {
         assert_eq!(
             decode(&r, &DecodeContext::plain()).expect("decode").socket,
             None
+        );
+    }
+
+    #[test]
+    fn signals_carry_no_addresses() {
+        let mut r = raw(kind::SIGNAL);
+        r.family = 0;
+        r.reason = 15;
+        r.pid = 321;
+        r.aux32 = 1;
+        r.comm[..14].copy_from_slice(b"kube-apiserver");
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        assert_eq!(
+            (e.local, e.remote, e.sock_id.as_deref()),
+            (None, None, None)
+        );
+        let sig = e.signal.as_ref().expect("signal");
+        assert_eq!((sig.name, sig.sender_pid), ("SIGTERM", 1));
+        assert_eq!(
+            e.human().split_once(' ').map(|x| x.1.trim_start()),
+            Some("signal          SIGTERM to pid 321 (kube-apiserver) from pid 1")
+        );
+        assert_eq!(e.service_port(&[6443]), 0);
+        let j = serde_json::to_value(&e).expect("json");
+        assert!(j.get("local").is_none());
+        // A connection event without an address family is still rejected.
+        let mut c = raw(kind::CLOSED);
+        c.family = 0;
+        assert_eq!(
+            decode(&c, &DecodeContext::plain()),
+            Err(DecodeError::Family(0))
         );
     }
 

@@ -62,6 +62,9 @@ pub struct LoadOptions {
     pub kprobes: bool,
     /// The wire observer (TC classifier), if wanted.
     pub wire: Option<WireOptions>,
+    /// Process names whose signals and exits are reported (besides the
+    /// owners of watched listeners), at most `WATCH_COMMS`.
+    pub watch_comms: Vec<String>,
 }
 
 /// Where and how big the wire observer is.
@@ -198,6 +201,20 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .as_ref()
         .map(|w| w.flow_table)
         .unwrap_or(probe_common::DEFAULT_FLOW_TABLE);
+    let read_fmt = |cat: &str, name: &str| match tracefs::read_format(&root, cat, name) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("tracepoint {cat}:{name} unreadable: {e}");
+            None
+        }
+    };
+    let signal_fmt = read_fmt("signal", "signal_generate");
+    let exit_fmt = read_fmt("sched", "sched_process_exit");
+    let proc_layout =
+        tracefs::proc_layout(signal_fmt.as_ref(), exit_fmt.as_ref()).unwrap_or_else(|e| {
+            tracing::warn!("process lifecycle events are off: {e}");
+            probe_common::ProcLayout::ABSENT
+        });
     let has_l3_ifaces: u32 = opts
         .wire
         .as_ref()
@@ -208,6 +225,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("SOCK_LAYOUT", &sock_layout, true)
         .override_global("TCP_SOCK_LAYOUT", &tcp_sock_layout, true)
         .override_global("HAS_L3_IFACES", &has_l3_ifaces, true)
+        .override_global("PROC_LAYOUT", &proc_layout, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)
@@ -381,6 +399,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
+    attach_proc(&mut ebpf, &root, opts, &proc_layout, &mut hooks)?;
+
     let mut created_qdiscs = CreatedQdiscs::default();
     match &opts.wire {
         Some(w) => attach_wire(&mut ebpf, w, &mut hooks, &mut created_qdiscs)?,
@@ -397,6 +417,114 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         reset_reasons: kl.reset_reasons,
         created_qdiscs,
     })
+}
+
+/// The names as the kernel keeps them: at most 15 bytes, NUL-padded, split
+/// into two native-endian u64 halves for the programs' comparison.
+pub fn comm_words(name: &str) -> [u64; 2] {
+    let mut b = [0u8; 16];
+    let n = name.len().min(15);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&b[..8]);
+    hi.copy_from_slice(&b[8..]);
+    [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
+}
+
+fn attach_proc(
+    ebpf: &mut Ebpf,
+    root: &Path,
+    opts: &LoadOptions,
+    layout: &probe_common::ProcLayout,
+    hooks: &mut Vec<Hook>,
+) -> Result<(), LoadError> {
+    {
+        let mut names: Array<&mut MapData, [u64; 2]> =
+            Array::try_from(ebpf.map_mut("WATCH_COMM_NAMES").ok_or(LoadError::Map(
+                "WATCH_COMM_NAMES",
+                aya::maps::MapError::InvalidName {
+                    name: "WATCH_COMM_NAMES".into(),
+                },
+            ))?)
+            .map_err(|e| LoadError::Map("WATCH_COMM_NAMES", e))?;
+        for (i, n) in opts
+            .watch_comms
+            .iter()
+            .take(probe_common::WATCH_COMMS)
+            .enumerate()
+        {
+            names
+                .set(i as u32, comm_words(n), 0)
+                .map_err(|e| LoadError::Map("WATCH_COMM_NAMES", e))?;
+        }
+    }
+    // Processes already running: by name, and the owners of watched listeners.
+    {
+        let mut watched: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(ebpf.map_mut("WATCHED").ok_or(LoadError::Map(
+                "WATCHED",
+                aya::maps::MapError::InvalidName {
+                    name: "WATCHED".into(),
+                },
+            ))?)
+            .map_err(|e| LoadError::Map("WATCHED", e))?;
+        for (pid, why) in crate::procscan::watched_processes(&opts.watch_comms, &opts.ports) {
+            let _ = watched.insert(pid, why, 0);
+        }
+    }
+    for (category, name, prog) in tracefs::PROC_TRACEPOINTS {
+        let hook_name = format!("tracepoint {category}:{name}");
+        let understood = match name {
+            "signal_generate" => layout.signal_present != 0,
+            "sched_process_exit" => layout.exit_present != 0,
+            _ => root.join("events").join(category).join(name).exists(),
+        };
+        if !understood {
+            let why =
+                "tracepoint not present in this kernel or its record not understood".to_string();
+            tracing::warn!(
+                "{hook_name} unavailable: {why}; process lifecycle events it feeds are off"
+            );
+            hooks.push(Hook {
+                name: hook_name,
+                state: HookState::Unavailable(why),
+                insns: None,
+            });
+            continue;
+        }
+        let result = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(aya::programs::ProgramError::NotLoaded)?
+                .try_into()?;
+            p.load()?;
+            let insns = p
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+                .map(|n| n as usize);
+            p.attach(category, name)?;
+            Ok(insns)
+        })();
+        match result {
+            Ok(insns) => hooks.push(Hook {
+                name: hook_name,
+                state: HookState::Attached,
+                insns,
+            }),
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::warn!("{hook_name} unavailable: {why}");
+                hooks.push(Hook {
+                    name: hook_name,
+                    state: HookState::Unavailable(why),
+                    insns: None,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn attach_wire(

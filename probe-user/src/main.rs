@@ -12,6 +12,7 @@ mod iface;
 mod loader;
 mod metrics;
 mod microbench;
+mod procscan;
 mod tracefs;
 #[cfg(test)]
 mod wire_test;
@@ -89,6 +90,10 @@ struct RunArgs {
     /// Flows the wire observer tracks at once (least recently used evicted).
     #[arg(long, env = "DRAINWATCH_FLOW_TABLE", default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(FLOW_TABLE_MIN..=FLOW_TABLE_MAX))]
     flow_table: u32,
+    /// A process name whose signals and exit are reported, besides the owners
+    /// of watched listeners (repeatable, at most 4, 15 characters each).
+    #[arg(long = "watch-comm", value_name = "NAME", env = "DRAINWATCH_WATCH_COMM", value_delimiter = ',', default_value = "kube-apiserver", value_parser = parse_comm)]
+    watch_comms: Vec<String>,
     /// Turn on the kernel's per-program run-time statistics while running and
     /// export them (drainwatch_program_run_seconds_total); costs ~20 ns per run.
     #[arg(long, env = "DRAINWATCH_BPF_STATS")]
@@ -119,6 +124,15 @@ fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
             "{s:?} is neither IP:PORT, [IPv6]:PORT nor a bare IP address"
         )),
     }
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{s:?}: a process name as the kernel keeps it (1 to 15 printable characters)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -251,6 +265,21 @@ fn apply_config_file(args: &mut RunArgs, m: &clap::ArgMatches) -> Result<(), con
     {
         args.ifaces = v;
     }
+    if let Some(v) = file.watch_comm
+        && unset("watch_comms")
+    {
+        if v.len() > probe_common::WATCH_COMMS {
+            return Err(bad(
+                "watch-comm",
+                format!("at most {} names", probe_common::WATCH_COMMS),
+            ));
+        }
+        args.watch_comms = v
+            .iter()
+            .map(|n| parse_comm(n))
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad("watch-comm", e))?;
+    }
     for (key, id, value, slot) in [
         (
             "no-kprobes",
@@ -307,6 +336,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         kernel_log_level: args.kernel_log_level,
         kprobes: !args.no_kprobes,
         wire,
+        watch_comms: args.watch_comms,
     };
     if args.check {
         return check(&load);

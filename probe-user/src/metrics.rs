@@ -48,6 +48,8 @@ pub struct Metrics {
     pub flow_entries: IntGauge,
     pub flow_evictions: IntCounter,
     pub flow_table_size: IntGauge,
+    pub process_signals: IntCounterVec,
+    pub process_exits: IntCounter,
     pub program_run_seconds: prometheus::CounterVec,
     pub program_runs: IntCounterVec,
 }
@@ -294,6 +296,20 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            process_signals: counter(
+                &r,
+                "drainwatch_process_signals_total",
+                "Signals generated for watched processes (the apiserver, or a watched listener's owner).",
+                &["signal"],
+            )?,
+            process_exits: {
+                let c = IntCounter::new(
+                    "drainwatch_process_exits_total",
+                    "Watched processes that exited.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             program_run_seconds: {
                 let c = prometheus::CounterVec::new(
                     Opts::new(
@@ -328,6 +344,9 @@ impl Metrics {
             }
             m.listeners.with_label_values(&l).set(0);
             m.listener_up.with_label_values(&l).set(0);
+        }
+        for sig in ["SIGTERM", "SIGKILL"] {
+            m.process_signals.with_label_values(&[sig]).inc_by(0);
         }
         for stage in ["kernel_ringbuf_full", "kernel_layout", "decode"] {
             m.events_lost.with_label_values(&[stage]).inc_by(0);
@@ -395,6 +414,13 @@ impl Metrics {
                         .inc();
                 }
             }
+            EventKind::Signal => {
+                if let Some(sig) = &e.signal {
+                    self.process_signals.with_label_values(&[sig.name]).inc();
+                }
+            }
+            EventKind::ProcessExit => self.process_exits.inc(),
+            EventKind::ProcessExec => {}
             EventKind::ResetSent | EventKind::ResetReceived => {
                 let dir = if e.kind == EventKind::ResetSent {
                     "sent"

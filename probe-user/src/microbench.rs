@@ -21,6 +21,7 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
             ifaces: Vec::new(),
             flow_table: 1024,
         }),
+        watch_comms: Vec::new(),
     })?;
     // Events are not read here; a full ring buffer only counts losses.
     let ack = TcpFlags::ACK;

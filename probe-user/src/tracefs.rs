@@ -324,6 +324,34 @@ pub fn tp_layout(f: &TraceFormat) -> Result<TpLayout, TracefsError> {
     Ok(l)
 }
 
+/// The process-lifecycle tracepoints: (category, name, program name).
+pub const PROC_TRACEPOINTS: [(&str, &str, &str); 3] = [
+    ("signal", "signal_generate", "signal_generate"),
+    ("sched", "sched_process_exit", "sched_process_exit"),
+    ("sched", "sched_process_exec", "sched_process_exec"),
+];
+
+/// Offsets of `signal:signal_generate` and `sched:sched_process_exit`.
+pub fn proc_layout(
+    signal: Option<&TraceFormat>,
+    exit: Option<&TraceFormat>,
+) -> Result<probe_common::ProcLayout, TracefsError> {
+    let mut l = probe_common::ProcLayout::ABSENT;
+    if let Some(f) = signal {
+        l.sig = offset_of(f, "sig", &[4], true)?;
+        l.sig_errno = offset_of(f, "errno", &[4], false)?;
+        l.sig_comm = offset_of(f, "comm", &[16], true)?;
+        l.sig_pid = offset_of(f, "pid", &[4], true)?;
+        l.sig_result = offset_of(f, "result", &[4], false)?;
+        l.signal_present = 1;
+    }
+    if let Some(f) = exit {
+        l.exit_pid = offset_of(f, "pid", &[4], true)?;
+        l.exit_present = 1;
+    }
+    Ok(l)
+}
+
 /// The layouts of every tracepoint, with what was found for each.
 #[derive(Debug, Default)]
 pub struct KernelLayouts {
@@ -454,6 +482,19 @@ mod tests {
                 assert_eq!(l.present, 1);
             }
         }
+    }
+
+    #[test]
+    fn process_tracepoint_layouts() {
+        let sig = fixture("linux-6.18", "signal", "signal_generate");
+        let exit = fixture("linux-6.18", "sched", "sched_process_exit");
+        let l = proc_layout(Some(&sig), Some(&exit)).expect("layout");
+        assert_eq!(
+            (l.sig, l.sig_comm, l.sig_pid, l.sig_result),
+            (8, 20, 36, 44)
+        );
+        assert_eq!((l.signal_present, l.exit_present, l.exit_pid), (1, 1, 24));
+        assert_eq!(proc_layout(None, None).expect("absent").signal_present, 0);
     }
 
     #[test]

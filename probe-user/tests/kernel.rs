@@ -547,3 +547,112 @@ fn without_privileges_the_error_says_what_is_missing() {
         "{err}"
     );
 }
+
+/// Waits until an event matching `pred` is among the daemon's events.
+fn wait_event(
+    d: &Daemon,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = d.events().into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:#?}",
+            d.events()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn signals_and_exits_of_watched_processes() {
+    let _g = serial();
+    if !root_or_skip("signals_and_exits_of_watched_processes") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let me = std::process::id();
+
+    // Watched by name: a process called kube-apiserver (the default name).
+    let dir = std::env::temp_dir().join(format!("dwt-proc-{me}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fake = dir.join("kube-apiserver");
+    std::fs::copy("/bin/sleep", &fake).expect("copy sleep");
+    let mut api = std::process::Command::new(&fake)
+        .arg("30")
+        .spawn()
+        .expect("start");
+    let api_pid = api.id();
+    wait_event(&d, "exec of kube-apiserver", |e| {
+        e["kind"] == "process_exec" && e["pid"] == api_pid
+    });
+    // A process nobody watches: its signals are not reported.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    // SAFETY: signalling our own children.
+    unsafe {
+        libc::kill(other.id() as i32, libc::SIGTERM);
+        libc::kill(api_pid as i32, libc::SIGTERM);
+    }
+    let _ = other.wait();
+    let _ = api.wait();
+    let sig = wait_event(&d, "SIGTERM", |e| {
+        e["kind"] == "signal" && e["pid"] == api_pid
+    });
+    assert_eq!(sig["signal"]["name"], "SIGTERM");
+    assert_eq!(sig["signal"]["sender_pid"], me);
+    assert_eq!(sig["comm"], "kube-apiserver");
+    wait_event(&d, "exit", |e| {
+        e["kind"] == "process_exit" && e["pid"] == api_pid
+    });
+
+    // Watched as the owner of a listener on a watched port, then SIGKILLed.
+    let pair = Pair::new();
+    let script = format!(
+        "import socket,time\ns=socket.socket()\ns.bind(('{}',6443))\ns.listen()\ntime.sleep(30)",
+        pair.server_v4
+    );
+    let mut owner = std::process::Command::new("ip")
+        .args(["netns", "exec", &pair.server, "python3", "-c", &script])
+        .spawn()
+        .expect("python3");
+    let owner_pid = owner.id();
+    wait_event(&d, "listen", |e| {
+        e["kind"] == "listen_open" && e["pid"] == owner_pid
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(owner_pid as i32, libc::SIGKILL) };
+    let _ = owner.wait();
+    let sig = wait_event(&d, "SIGKILL", |e| {
+        e["kind"] == "signal" && e["pid"] == owner_pid
+    });
+    assert_eq!(sig["signal"]["name"], "SIGKILL");
+    wait_event(&d, "owner exit", |e| {
+        e["kind"] == "process_exit" && e["pid"] == owner_pid
+    });
+
+    std::thread::sleep(Duration::from_millis(300));
+    let other_pid = other.id();
+    assert!(
+        !d.events().iter().any(|e| e["pid"] == other_pid),
+        "an unwatched process was reported"
+    );
+    let m = d.metrics();
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_process_signals_total{signal=\"SIGTERM\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_process_signals_total{signal=\"SIGKILL\"}"),
+        1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(d.stop().success());
+}
