@@ -530,3 +530,94 @@ fn hard_close_and_ignore_term_modes() {
     assert!(!s.wait_exit(Duration::from_millis(200)));
     assert!(s.lifecycle().iter().any(|l| l.event == "sigterm_ignored"));
 }
+
+#[test]
+fn kube_rs_lists_creates_replaces_and_watches() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::{
+        Api, Client, Config,
+        api::{ListParams, PostParams, WatchEvent, WatchParams},
+        config::{KubeConfigOptions, Kubeconfig},
+    };
+
+    if skip_unless_root() {
+        return;
+    }
+    let s = Standin::start("kube-rs", "graceful", "1s", "1s");
+    let kubeconfig = s.dir.join("kubeconfig");
+    let netns = format!("/run/netns/{}", s.ns);
+    // The client must live in the stand-in's namespace: a thread joins it,
+    // then builds its own runtime there.
+    let seen = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&netns).expect("netns");
+        // SAFETY: a valid netns fd; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let kc = Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+            let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .expect("config");
+            let client = Client::try_from(config).expect("client");
+            let all: Api<ConfigMap> = Api::all(client.clone());
+            let names: Vec<String> = all
+                .list(&ListParams::default())
+                .await
+                .expect("list")
+                .items
+                .into_iter()
+                .filter_map(|c| c.metadata.name)
+                .collect();
+            assert!(names.contains(&"config".to_string()), "{names:?}");
+            let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+            let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "rs"}, "data": {"n": "0"}
+            }))
+            .expect("cm");
+            cms.create(&PostParams::default(), &cm)
+                .await
+                .expect("create");
+            let updater = {
+                let cms = cms.clone();
+                cm.data = Some([("n".to_string(), "1".to_string())].into());
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    cms.replace("rs", &PostParams::default(), &cm)
+                        .await
+                        .expect("replace");
+                })
+            };
+            let wp = WatchParams::default().fields("metadata.name=rs").timeout(3);
+            let mut stream = cms.watch(&wp, "0").await.expect("watch").boxed();
+            let mut seen = Vec::new();
+            while let Some(ev) = stream.next().await {
+                match ev.expect("event") {
+                    WatchEvent::Added(c) => {
+                        seen.push(("ADDED", c.data.unwrap_or_default()["n"].clone()))
+                    }
+                    WatchEvent::Modified(c) => {
+                        seen.push(("MODIFIED", c.data.unwrap_or_default()["n"].clone()))
+                    }
+                    _ => {}
+                }
+                if seen.len() == 2 {
+                    break;
+                }
+            }
+            updater.await.expect("updater");
+            seen
+        })
+    })
+    .join()
+    .expect("kube-rs thread");
+    assert_eq!(
+        seen,
+        [("ADDED", "0".to_string()), ("MODIFIED", "1".to_string())]
+    );
+}

@@ -1,0 +1,142 @@
+//! drainwatch correlation engine: observations of an apiserver rollout in,
+//! per-instance timelines and verdicts with evidence out.
+//!
+//! Pure and deterministic: no I/O, no clocks, no randomness. Time is what
+//! the input says (`t_ns` on one monotonic axis, plus an optional wall-clock
+//! string carried through). The same code runs live ([`Engine::push`] as
+//! events arrive) and offline ([`analyze`] on a recording), with identical
+//! results for the same set of observations.
+//!
+//! # Timelines
+//! Per instance, each rollout is SIGTERM (E1) -> /readyz red (E2) ->
+//! listener closed (E3) -> drained or requests cut (E4) -> exit (E5) ->
+//! listening again -> ready. Input may be reordered (it is sorted by
+//! `(t_ns, id)`), duplicated (deduplicated by id) or incomplete: a phase
+//! that was not observed is inferred only from evidence that implies it,
+//! and marked `inferred` with a note (SIGTERM from /readyz turning red or an
+//! exit on signal 15; /readyz red at SIGTERM when there is no poller; the
+//! listener close from the first refused SYN or the exit; SIGKILL from an
+//! exit on signal 9).
+//!
+//! # Attribution
+//! Observations without an instance take [`Config::default_instance`] when
+//! they come from a node-local source (kernel, poller, Kubernetes API) and
+//! are about this node's apiserver (for client-side refusals: the dialled
+//! address is local, see [`Config::is_local_server`]). Others (prober,
+//! wire, remote servers) go to the one instance whose rollout explains them
+//! at that time: for refusals, an instance that was not listening; for
+//! other failures, one that was shutting down. When none or several fit,
+//! they stay unattributed (failed probes counted in
+//! [`InputStats::unattributed`]).
+//!
+//! # Paths
+//! The engine classifies each connection itself ([`Config::classify`])
+//! unless the adapter set a path: a VIP this node holds ([`Config::local_vips`])
+//! dialled from this node is the local hairpin (seed 000); another VIP, or
+//! a source in [`Config::lb_addrs`] (a proxying LB), is via the LB; this
+//! node's own address is direct. LBs that preserve the client address and
+//! dial the node address directly (AWS NLB instance targets) look direct
+//! unless the adapter sets the path.
+//!
+//! # LB health checks
+//! An LB's own health-check connections are not client traffic and are
+//! neither refusals to report nor arrivals for t: connections from
+//! [`Config::health_check_sources`], and, when [`Config::health_check`] is
+//! known, the trailing run of arrivals via the LB at least half an interval
+//! apart once the LB took the instance out (plus the check one interval
+//! before that run). Client traffic sparser than one connection per half
+//! check interval cannot be told from checks.
+//!
+//! # Causes and thresholds
+//! `tol` is [`Config::tolerance_s`] (default 1 s).
+//! - [`Cause::RefusedWhileNotListening`]: every refused SYN (kernel
+//!   `refused`, server `NO_SOCKET` RST, client RST in SYN_SENT, prober
+//!   `refused`), one attempt per client address within `tol` (the kernel
+//!   and the prober, or both ends of a local connection, count once),
+//!   grouped by instance, rollout and path. Window: listener close (E3) to
+//!   the last refusal.
+//! - [`Cause::LbDetectionSlow`]: t = last new connection (accepted or
+//!   refused) arriving via the LB after E2, minus E2 (a lower bound on the
+//!   LB's detection time). E3 is the observed listener close, else E2 +
+//!   the configured shutdown delay. The verdict is given when `E2 + t < E3`
+//!   fails, i.e. something arrived via the LB at or after E3; otherwise t
+//!   is recorded in the timeline. No arrival after E2, or the listener
+//!   closed before E2 (killed): "not measurable", said in the timeline.
+//!   A /readyz flap without a shutdown is not measured.
+//! - Cuts (server RSTs with `TCP_ABORT_ON_*` reasons, a server close with a
+//!   request outstanding, an RST received by a local client in an
+//!   established state, failed prober requests other than refused and
+//!   GOAWAY, 5xx included) are classified in order:
+//!   at or after SIGKILL (within `tol`) and before exit ->
+//!   [`Cause::SigkillAfterGrace`]; within max(`tol`, 5 %) of E3 + request
+//!   timeout -> [`Cause::InflightCutAtTimeout`]; a prober failure after a
+//!   GOAWAY -> [`Cause::GoawayThenFailed`]; an abortive RST alone after a
+//!   GOAWAY (a graceful close meeting a late client frame) -> ignored;
+//!   within `tol` of E3 ->
+//!   [`Cause::HardClose`]; with no configured timeout, within `tol` of a
+//!   clean exit after a drain -> InflightCutAtTimeout; any later cut in the
+//!   shutdown -> HardClose. Kernel cuts before E3 or outside rollouts are
+//!   ordinary client aborts and ignored; prober failures nothing explains
+//!   -> [`Cause::Unexplained`].
+//! - [`Cause::SigkillAfterGrace`]: one per rollout with a SIGKILL (observed
+//!   or inferred), grace = SIGKILL - SIGTERM, count = what it cut.
+//! - [`Cause::GoawayThenFailed`]: also every prober request that failed
+//!   with a GOAWAY error. A GOAWAY alone is graceful: a timeline phase.
+//! - [`Cause::IdleResetByMiddlebox`]: wire resets with origin middlebox,
+//!   per instance; the inferred idle timeout is the shortest silence ended
+//!   by a reset sent at the timeout (resets answering a later packet only
+//!   bound it from above and are used only when there is nothing else);
+//!   the cluster is the silences within 10 % (+`tol`) of it; flows without
+//!   keepalive, and keepalives slower than the timeout, are named.
+//!
+//! # Memory
+//! [`Engine`] keeps the observations since its horizon and recomputes on
+//! demand; [`Engine::compact`] freezes finished rollouts into an archive
+//! (never splitting one) so a daemon's memory stays bounded.
+
+mod config;
+mod engine;
+mod model;
+mod output;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Cidr, Config, ConfigError, HealthCheck};
+pub use engine::{Engine, analyze};
+pub use model::{
+    Direction, Keepalive, Obs, Observation, Path, ProbeMode, ProbeOutcome, ResetOrigin, Signal,
+    Source,
+};
+pub use output::{
+    Cause, CauseTotals, InputStats, LbDetection, Measured, Phase, PhaseGauge, PhaseKind, Report,
+    Summary, Timeline, Verdict,
+};
+
+/// A line of a recording that is not an observation.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: not an observation: {source}")]
+pub struct InputError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What serde said.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Parses a recording: one JSON [`Observation`] per line, blank lines
+/// ignored. Stops at the first bad line, naming it: never a partial
+/// silent result.
+pub fn parse_jsonl(text: &str) -> Result<Vec<Observation>, InputError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l).map_err(|source| InputError {
+                line: n + 1,
+                source,
+            })
+        })
+        .collect()
+}

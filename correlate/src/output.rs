@@ -1,0 +1,327 @@
+//! The engine's output: per-instance rollout timelines, verdicts with
+//! evidence, and Prometheus-friendly summaries. All serde-serializable.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Path;
+
+/// Why connections or requests were disrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum Cause {
+    /// SYNs refused because the instance was not listening, by path
+    /// (seed 000 is `LocalHairpin`).
+    RefusedWhileNotListening {
+        /// How the refused connections were routed.
+        path: Path,
+    },
+    /// The LB still sent new connections at or after the listener closed:
+    /// `E2 + t < E3` does not hold (seed 001).
+    LbDetectionSlow,
+    /// Requests still in flight were cut at the request timeout (E4).
+    InflightCutAtTimeout,
+    /// Connections cut without draining while shutting down (seed 003's
+    /// `httpServer.Close()`).
+    HardClose,
+    /// A GOAWAY was sent, and requests still failed after it.
+    GoawayThenFailed,
+    /// Idle connections reset by a middlebox (seed 002).
+    IdleResetByMiddlebox,
+    /// SIGKILL before a clean exit (seed 003's grace period).
+    SigkillAfterGrace,
+    /// Failed probe requests that no instance's lifecycle explains.
+    Unexplained,
+}
+
+impl Cause {
+    /// A bounded label value for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::RefusedWhileNotListening { path } => match path {
+                Path::LocalHairpin => "refused_local_hairpin",
+                Path::ViaLb => "refused_via_lb",
+                Path::Direct => "refused_direct",
+                Path::Unknown => "refused_unknown_path",
+            },
+            Cause::LbDetectionSlow => "lb_detection_slow",
+            Cause::InflightCutAtTimeout => "inflight_cut_at_timeout",
+            Cause::HardClose => "hard_close",
+            Cause::GoawayThenFailed => "goaway_then_failed",
+            Cause::IdleResetByMiddlebox => "idle_reset_by_middlebox",
+            Cause::SigkillAfterGrace => "sigkill_after_grace",
+            Cause::Unexplained => "unexplained",
+        }
+    }
+}
+
+/// A number the verdict measured, with what it is checked against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Measured {
+    /// Seconds the instance refused connections after its listener closed.
+    NotListening {
+        /// Last refusal minus listener close (or first refusal).
+        seconds: f64,
+    },
+    /// The LB's detection time t (seed 001).
+    LbDetection(LbDetection),
+    /// Seconds from listener close to the cut.
+    RequestTimeout {
+        /// Observed E4 - E3.
+        seconds: f64,
+        /// The configured request timeout, when known.
+        configured_s: Option<f64>,
+    },
+    /// Middlebox idle timeout inferred from the silences the resets ended.
+    IdleTimeout {
+        /// The shortest silence a middlebox reset ended: the timeout is at
+        /// most this (a reset answering a later packet ends a longer one).
+        inferred_s: f64,
+        /// The longest silence in the cluster.
+        max_silence_s: f64,
+        /// Resets on flows without keepalive.
+        without_keepalive: u64,
+        /// Resets on flows whose keepalive is known to be on.
+        with_keepalive: u64,
+    },
+    /// The grace period actually given (SIGKILL - SIGTERM).
+    Grace {
+        /// Seconds, when SIGTERM was seen.
+        seconds: Option<f64>,
+        /// The configured grace period.
+        configured_s: Option<f64>,
+    },
+}
+
+/// The LB's detection time, seed 001's `t` in `E2 + t < E3`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LbDetection {
+    /// Seconds from /readyz red (E2) to the last new connection or refusal
+    /// through the LB, `None` when not measurable.
+    pub t_s: Option<f64>,
+    /// `t` is a lower bound: the LB was still sending at `E2 + t`.
+    pub lower_bound: bool,
+    /// E3 - E2: observed, or the configured shutdown delay.
+    pub shutdown_delay_s: Option<f64>,
+    /// `E2 + t < E3`, when both sides are known.
+    pub holds: Option<bool>,
+    /// The health check's worst case (interval x threshold + timeout), when configured.
+    pub hc_worst_case_s: Option<f64>,
+    /// Why `t` could not be measured, or how it was.
+    pub note: String,
+    /// The observations `t` was measured from.
+    pub evidence: Vec<u64>,
+}
+
+/// One classified disruption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Why.
+    #[serde(flatten)]
+    pub cause: Cause,
+    /// The instance, when it could be attributed.
+    pub instance: Option<String>,
+    /// Which of the instance's timelines (index into its cycles), if any.
+    pub cycle: Option<usize>,
+    /// First and last evidence time, ns.
+    pub window: (u64, u64),
+    /// Wall-clock of the window's ends, when the input had it.
+    pub window_wall: (Option<String>, Option<String>),
+    /// Connections or requests disrupted (distinct attempts; the same
+    /// attempt seen by the kernel and by the prober counts once).
+    pub count: u64,
+    /// Evidence ids, ascending.
+    pub evidence: Vec<u64>,
+    /// What happened, in one sentence, pointing at the fix.
+    pub sentence: String,
+    /// The fix on its own.
+    pub fix: String,
+    /// What was measured.
+    pub measured: Option<Measured>,
+}
+
+impl Verdict {
+    /// Seconds the disruption lasted (window length).
+    pub fn seconds(&self) -> f64 {
+        (self.window.1.saturating_sub(self.window.0)) as f64 / 1e9
+    }
+
+    /// One readable line.
+    pub fn line(&self) -> String {
+        let when = self
+            .window_wall
+            .0
+            .clone()
+            .unwrap_or_else(|| format!("t={:.3}s", self.window.0 as f64 / 1e9));
+        format!(
+            "{when} {} [{}] {}",
+            self.cause.label(),
+            self.instance.as_deref().unwrap_or("-"),
+            self.sentence
+        )
+    }
+}
+
+/// A lifecycle phase of one instance's rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseKind {
+    /// E1.
+    Sigterm,
+    /// E2.
+    ReadyzRed,
+    /// /healthz red.
+    HealthzRed,
+    /// Pod left Running.
+    PodNotRunning,
+    /// E3.
+    ListenerClosed,
+    /// GOAWAY sent (graceful).
+    GoawaySent,
+    /// In-flight requests finished before exit.
+    Drained,
+    /// E4: in-flight requests cut.
+    RequestsCut,
+    /// SIGKILL.
+    Sigkill,
+    /// E5.
+    Exit,
+    /// A new listener.
+    ListeningAgain,
+    /// Pod Running again.
+    PodRunning,
+    /// /readyz green again.
+    Ready,
+}
+
+impl PhaseKind {
+    /// Bounded label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            PhaseKind::Sigterm => "sigterm",
+            PhaseKind::ReadyzRed => "readyz_red",
+            PhaseKind::HealthzRed => "healthz_red",
+            PhaseKind::PodNotRunning => "pod_not_running",
+            PhaseKind::ListenerClosed => "listener_closed",
+            PhaseKind::GoawaySent => "goaway_sent",
+            PhaseKind::Drained => "drained",
+            PhaseKind::RequestsCut => "requests_cut",
+            PhaseKind::Sigkill => "sigkill",
+            PhaseKind::Exit => "exit",
+            PhaseKind::ListeningAgain => "listening_again",
+            PhaseKind::PodRunning => "pod_running",
+            PhaseKind::Ready => "ready",
+        }
+    }
+}
+
+/// When a phase happened and how we know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    /// Which phase.
+    pub kind: PhaseKind,
+    /// When, ns.
+    pub t_ns: u64,
+    /// Wall clock, when known.
+    pub wall: Option<String>,
+    /// Not observed but inferred from other evidence (see `note`).
+    pub inferred: bool,
+    /// The observations behind it.
+    pub evidence: Vec<u64>,
+    /// How it was inferred.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One rollout of one instance: SIGTERM -> /readyz red -> listener closed ->
+/// drained or cut -> exit -> listening again -> ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    /// The instance.
+    pub instance: String,
+    /// Index of this rollout among the instance's rollouts.
+    pub cycle: usize,
+    /// Phases in time order.
+    pub phases: Vec<Phase>,
+    /// Ended with the instance ready (or listening, without a poller) again.
+    pub complete: bool,
+    /// The LB's detection time for this rollout.
+    pub lb_detection: Option<LbDetection>,
+    /// GOAWAY frames sent during the rollout (graceful ones included).
+    pub goaways: Vec<u64>,
+}
+
+impl Timeline {
+    /// The phase, if present.
+    pub fn phase(&self, kind: PhaseKind) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.kind == kind)
+    }
+}
+
+/// Totals for one cause, for `drainwatch_disruptions_total{cause}` and
+/// `drainwatch_disruption_seconds_total{cause}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CauseTotals {
+    /// Verdicts with this cause.
+    pub verdicts: u64,
+    /// Sum of their counts (disrupted connections or requests).
+    pub disruptions: u64,
+    /// Sum of their window lengths, seconds.
+    pub seconds: f64,
+}
+
+/// A gauge sample with instance and phase labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseGauge {
+    /// Instance label.
+    pub instance: String,
+    /// Phase label ([`PhaseKind::label`]).
+    pub phase: String,
+    /// When, ns on the input's axis.
+    pub t_ns: u64,
+    /// Wall clock, when known.
+    pub wall: Option<String>,
+    /// Inferred rather than observed.
+    pub inferred: bool,
+}
+
+/// Prometheus-friendly view of a report. The totals are recomputed from all
+/// input, so they only grow as observations arrive in order; a late
+/// observation can reclassify (export them as gauges or take the max).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Per cause label.
+    pub by_cause: BTreeMap<String, CauseTotals>,
+    /// Latest measured LB detection time per instance, seconds.
+    pub lb_detection_seconds: BTreeMap<String, f64>,
+    /// Phases of each instance's latest rollout.
+    pub phases: Vec<PhaseGauge>,
+}
+
+/// Counts about the input itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputStats {
+    /// Distinct observations.
+    pub observations: u64,
+    /// Dropped as duplicates (same id).
+    pub duplicates: u64,
+    /// Failed probe requests no instance could be found for.
+    pub unattributed: u64,
+    /// Arrived older than the engine's compaction horizon, ignored.
+    pub late: u64,
+}
+
+/// Everything the engine concluded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Rollouts, by instance then time.
+    pub timelines: Vec<Timeline>,
+    /// Verdicts, by time.
+    pub verdicts: Vec<Verdict>,
+    /// Metric-friendly totals.
+    pub summary: Summary,
+    /// About the input.
+    pub stats: InputStats,
+}
