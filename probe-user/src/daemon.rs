@@ -13,6 +13,7 @@ use crate::{
     idle::IdleResets,
     loader::{self, HookState, LoadOptions},
     metrics::{self, Metrics},
+    observe,
 };
 
 /// How events are printed on stdout.
@@ -32,6 +33,10 @@ pub struct RunOptions {
     pub metrics_addr: SocketAddr,
     /// Enable and export per-program kernel run-time statistics.
     pub bpf_stats: bool,
+    /// How observations are correlated into verdicts.
+    pub correlate: observe::CorrelateArgs,
+    /// Where to record the engine's input (JSON lines), for `analyze`.
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Offset from the kernel's boot-time clock to Unix time, in ns.
@@ -239,12 +244,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if cx.hz.is_none() {
         tracing::info!("kernel HZ unknown: the socket view of received RSTs is off");
     }
+    let corr = Correlation {
+        engine: drainwatch_correlate::Engine::new(opts.correlate.config(observe::local_addrs()))
+            .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?,
+        recorder: opts
+            .record
+            .clone()
+            .map(observe::Recorder::create)
+            .transpose()?,
+        next_id: 0,
+        reported: Default::default(),
+        exported: Default::default(),
+    };
     tasks.spawn(reader_task(
         events,
         cx,
         metrics.clone(),
         watched.clone(),
         opts.output,
+        corr,
         stop_rx.clone(),
     ));
 
@@ -408,12 +426,107 @@ async fn metrics_task(
     Ok(())
 }
 
+/// What the reader feeds besides stdout and metrics: the correlation
+/// engine, the recording, and which verdicts were already reported.
+struct Correlation {
+    engine: drainwatch_correlate::Engine,
+    recorder: Option<observe::Recorder>,
+    next_id: u64,
+    reported: std::collections::HashSet<String>,
+    /// Totals already exported (counters never go down even if a late
+    /// observation reclassifies a verdict).
+    exported: std::collections::HashMap<String, (u64, f64)>,
+}
+
+impl Correlation {
+    fn push(&mut self, ev: &crate::event::Event) {
+        let Some(o) = observe::observation(ev, self.next_id) else {
+            return;
+        };
+        self.next_id += 1;
+        if let Some(r) = &mut self.recorder
+            && let Err(e) = r.write(&o)
+        {
+            tracing::warn!(
+                "--record {}: write failed ({e}); recording stopped",
+                r.path.display()
+            );
+            self.recorder = None;
+        }
+        self.engine.push(o);
+    }
+
+    /// Prints verdicts not reported yet and exports the engine's totals.
+    fn report(&mut self, metrics: &Metrics, output: Output, out: &mut impl std::io::Write) {
+        if let Some(r) = &mut self.recorder {
+            let _ = r.flush();
+        }
+        let report = self.engine.report().clone();
+        for v in &report.verdicts {
+            let key = format!(
+                "{}/{:?}/{:?}/{}",
+                v.cause.label(),
+                v.instance,
+                v.cycle,
+                v.window.0
+            );
+            if !self.reported.insert(key) {
+                continue;
+            }
+            tracing::warn!("{}", v.line());
+            let line = match output {
+                Output::Text => Some(format!("VERDICT {}", v.line())),
+                Output::Json => serde_json::to_string(&serde_json::json!({ "verdict": v })).ok(),
+                Output::None => None,
+            };
+            if let Some(line) = line {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        for (cause, t) in &report.summary.by_cause {
+            let prev = self.exported.entry(cause.clone()).or_insert((0, 0.0));
+            if t.disruptions > prev.0 {
+                metrics
+                    .disruptions
+                    .with_label_values(&[cause])
+                    .inc_by(t.disruptions - prev.0);
+                prev.0 = t.disruptions;
+            }
+            if t.seconds > prev.1 {
+                metrics
+                    .disruption_seconds
+                    .with_label_values(&[cause])
+                    .inc_by(t.seconds - prev.1);
+                prev.1 = t.seconds;
+            }
+        }
+        for (instance, t) in &report.summary.lb_detection_seconds {
+            metrics
+                .lb_detection_seconds
+                .with_label_values(&[instance])
+                .set(*t);
+        }
+        for p in &report.summary.phases {
+            metrics
+                .phase_timestamp
+                .with_label_values(&[&p.instance, &p.phase])
+                .set(p.t_ns as f64 / 1e9);
+        }
+        // Keep memory bounded: finished rollouts older than an hour are archived.
+        let horizon = self.engine.horizon_ns();
+        self.engine
+            .compact(horizon.saturating_sub(3_600_000_000_000));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn reader_task(
     events: RingBuf<MapData>,
     cx: DecodeContext,
     metrics: Arc<Metrics>,
     watched: Vec<u16>,
     output: Output,
+    mut corr: Correlation,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut idle = IdleResets::default();
@@ -421,9 +534,7 @@ async fn reader_task(
     let mut afd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
     let stdout = std::io::stdout();
-    let mut handle = |buf: &[u8], out: &mut std::io::StdoutLock<'_>| {
-        handle_record(buf, &cx, &metrics, &watched, output, &mut idle, out);
-    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let done = tokio::select! {
             r = afd.readable_mut() => {
@@ -431,10 +542,16 @@ async fn reader_task(
                 let rb = guard.get_inner_mut();
                 let mut out = stdout.lock();
                 while let Some(item) = rb.next() {
-                    handle(&item, &mut out);
+                    handle_record(&item, &cx, &metrics, &watched, output, &mut idle, &mut corr, &mut out);
                 }
                 let _ = out.flush();
                 guard.clear_ready();
+                false
+            }
+            _ = tick.tick() => {
+                let mut out = stdout.lock();
+                corr.report(&metrics, output, &mut out);
+                let _ = out.flush();
                 false
             }
             _ = stop.changed() => true,
@@ -444,8 +561,11 @@ async fn reader_task(
             let rb = afd.get_mut();
             let mut out = stdout.lock();
             while let Some(item) = rb.next() {
-                handle(&item, &mut out);
+                handle_record(
+                    &item, &cx, &metrics, &watched, output, &mut idle, &mut corr, &mut out,
+                );
             }
+            corr.report(&metrics, output, &mut out);
             let _ = out.flush();
             return Ok(());
         }
@@ -454,6 +574,7 @@ async fn reader_task(
 
 /// Decodes one ring-buffer record, counts it, prints it, and reports an
 /// idle-reset cluster when this record completes one.
+#[allow(clippy::too_many_arguments)]
 fn handle_record(
     buf: &[u8],
     cx: &DecodeContext,
@@ -461,6 +582,7 @@ fn handle_record(
     watched: &[u16],
     output: Output,
     idle: &mut IdleResets,
+    corr: &mut Correlation,
     out: &mut impl std::io::Write,
 ) {
     let ev = match parse_raw(buf).and_then(|raw| decode(&raw, cx)) {
@@ -472,6 +594,7 @@ fn handle_record(
         }
     };
     metrics.observe(&ev, watched);
+    corr.push(&ev);
     let line = match output {
         Output::Text => Some(ev.human()),
         Output::Json => serde_json::to_string(&ev).ok(),

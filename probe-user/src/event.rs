@@ -249,6 +249,10 @@ pub struct Wire {
     /// packet after the silence), it is the gap before that packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub silence_seconds: Option<f64>,
+    /// Resets: the RST answered this host's own packet (so the silence is the
+    /// gap before that packet).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub answered_packet: bool,
     /// Resets: keepalive on the flow, e.g. "30s", "seen" or "none".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<String>,
@@ -305,6 +309,7 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
         idle_seconds: None,
         idle_payload_seconds: None,
         silence_seconds: None,
+        answered_packet: false,
         keepalive: None,
         keepalive_interval_seconds: None,
         keepalive_count: None,
@@ -324,6 +329,7 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
             w.idle_seconds = Some(secs(idle));
             w.idle_payload_seconds = (idle_payload != 0).then(|| secs(idle_payload));
             let answers_ours = f & flags::LAST_OPPOSITE != 0 && f & flags::INGRESS != 0;
+            w.answered_packet = answers_ours;
             w.silence_seconds = Some(if answers_ours {
                 secs(gap + idle)
             } else {

@@ -12,6 +12,7 @@ mod iface;
 mod loader;
 mod metrics;
 mod microbench;
+mod observe;
 mod procscan;
 mod tracefs;
 #[cfg(test)]
@@ -46,12 +47,30 @@ enum Command {
     LbCheck(drainwatch_ops::lb_check::LbCheckArgs),
     /// Audit Kubernetes manifests for graceful-shutdown problems (seeds 001, 003).
     Audit(drainwatch_ops::audit::AuditArgs),
+    /// Correlate a recording (`run --record FILE`) offline: the same verdicts
+    /// as live.
+    Analyze(AnalyzeArgs),
     /// Time the TC classifier on crafted packets (used by `cargo xtask bench wire`).
     #[command(hide = true)]
     BenchClassifier {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
     },
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    /// A recording made with `drainwatch run --record FILE`.
+    file: std::path::PathBuf,
+    #[command(flatten)]
+    correlate: observe::CorrelateArgs,
+    /// This node's addresses when the recording was made (repeatable);
+    /// default: this machine's.
+    #[arg(long = "local-addr", value_name = "IP")]
+    local_addrs: Vec<std::net::IpAddr>,
+    /// Print JSON instead of text.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -101,6 +120,11 @@ struct RunArgs {
     /// Print which hooks this host supports and which would be used, then exit.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    correlate: observe::CorrelateArgs,
+    /// Record what the correlation engine sees (JSON lines) for `drainwatch analyze`.
+    #[arg(long, value_name = "FILE", env = "DRAINWATCH_RECORD")]
+    record: Option<std::path::PathBuf>,
     /// A TOML file whose keys are these flags' names; flags and DRAINWATCH_*
     /// variables override it.
     #[arg(long, env = "DRAINWATCH_CONFIG", value_name = "FILE")]
@@ -192,6 +216,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::LbCheck(args) => drainwatch_ops::lb_check::run(&args),
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
+        Command::Analyze(args) => analyze(&args),
         Command::BenchClassifier { repeat } => {
             microbench::run(repeat.max(1)).map(|()| ExitCode::SUCCESS)
         }
@@ -350,8 +375,45 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         output: args.output,
         metrics_addr: args.metrics_addr,
         bpf_stats: args.bpf_stats,
+        correlate: args.correlate,
+        record: args.record,
     }))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `analyze FILE`: the verdicts and timelines of a recording.
+fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let obs = drainwatch_correlate::parse_jsonl(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let local = if args.local_addrs.is_empty() {
+        observe::local_addrs()
+    } else {
+        args.local_addrs.clone()
+    };
+    let report = drainwatch_correlate::analyze(&args.correlate.config(local), obs)
+        .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        _ => {
+            for v in &report.verdicts {
+                println!("VERDICT {}", v.line());
+            }
+            println!(
+                "{} verdict(s) from {} observation(s) in {}",
+                report.verdicts.len(),
+                report.stats.observations,
+                args.file.display()
+            );
+        }
+    }
+    Ok(if report.verdicts.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `run --check`: what this host supports and what would be used.

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub flow_entries: IntGauge,
     pub flow_evictions: IntCounter,
     pub flow_table_size: IntGauge,
+    pub disruptions: IntCounterVec,
+    pub disruption_seconds: prometheus::CounterVec,
+    pub lb_detection_seconds: GaugeVec,
+    pub phase_timestamp: GaugeVec,
     pub process_signals: IntCounterVec,
     pub process_exits: IntCounter,
     pub program_run_seconds: prometheus::CounterVec,
@@ -296,6 +300,45 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            disruptions: counter(
+                &r,
+                "drainwatch_disruptions_total",
+                "Disruptions (failed connections or requests) the correlation engine attributed to a cause.",
+                &["cause"],
+            )?,
+            disruption_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "drainwatch_disruption_seconds_total",
+                        "Length of the disruption windows, by cause.",
+                    ),
+                    &["cause"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            lb_detection_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "drainwatch_lb_detection_seconds",
+                        "Measured time t from /readyz red to the last new connection through the LB (seed 001: must stay below shutdown-delay).",
+                    ),
+                    &["instance"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            phase_timestamp: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "drainwatch_lifecycle_phase_timestamp_seconds",
+                        "Boot-clock time of the latest rollout phase per instance (sigterm, readyz_red, listener_closed, ...).",
+                    ),
+                    &["instance", "phase"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             process_signals: counter(
                 &r,
                 "drainwatch_process_signals_total",
@@ -344,6 +387,23 @@ impl Metrics {
             }
             m.listeners.with_label_values(&l).set(0);
             m.listener_up.with_label_values(&l).set(0);
+        }
+        // Every cause the correlation engine can give, so alerts see zeros.
+        for cause in [
+            "refused_local_hairpin",
+            "refused_via_lb",
+            "refused_direct",
+            "refused_unknown_path",
+            "lb_detection_slow",
+            "inflight_cut_at_timeout",
+            "hard_close",
+            "goaway_then_failed",
+            "idle_reset_by_middlebox",
+            "sigkill_after_grace",
+            "unexplained",
+        ] {
+            m.disruptions.with_label_values(&[cause]).inc_by(0);
+            m.disruption_seconds.with_label_values(&[cause]).inc_by(0.0);
         }
         for sig in ["SIGTERM", "SIGKILL"] {
             m.process_signals.with_label_values(&[sig]).inc_by(0);

@@ -1038,6 +1038,10 @@ fn alert_rules_parse_and_cover_the_seeds() {
             "DrainwatchMiddleboxIdleResets",
             "drainwatch_wire_resets_total{origin=\"middlebox\"}",
         ),
+        (
+            "DrainwatchLbDetectionSlowerThanShutdownDelay",
+            "drainwatch_disruptions_total{cause=\"lb_detection_slow\"}",
+        ),
     ] {
         let expr = alerts
             .get(alert)

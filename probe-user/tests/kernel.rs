@@ -656,3 +656,84 @@ fn signals_and_exits_of_watched_processes() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(d.stop().success());
 }
+
+#[test]
+fn refusals_after_the_listener_closed_become_a_verdict_live_and_offline() {
+    let _g = serial();
+    if !root_or_skip("refusals_after_the_listener_closed_become_a_verdict_live_and_offline") {
+        return;
+    }
+    let pair = Pair::new();
+    let dir = std::env::temp_dir().join(format!("dwt-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rec = dir.join("observations.jsonl");
+    let rec_s = rec.to_str().expect("utf8").to_string();
+    // The daemon sits on the "master": the server namespace.
+    let d = Daemon::start_in(
+        Some(&pair.server),
+        &["--instance", "m1", "--record", &rec_s, "--no-wire"],
+    );
+    let server = addr(&pair.server_v4, 6443);
+    // The apiserver listens, serves one connection, stops listening...
+    let l = pair.in_server(move || TcpListener::bind(server).expect("bind"));
+    pair.in_client(move || drop(TcpStream::connect(server).expect("connect")));
+    drop(l.accept().expect("accept"));
+    drop(l);
+    std::thread::sleep(Duration::from_millis(200));
+    // ...and clients keep coming: three refused connections.
+    pair.in_client(move || {
+        for _ in 0..3 {
+            assert_eq!(connect_err(server), std::io::ErrorKind::ConnectionRefused);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let v: Vec<serde_json::Value> = d
+            .events()
+            .into_iter()
+            .filter(|e| e.get("verdict").is_some())
+            .map(|e| e["verdict"].clone())
+            .collect();
+        if !v.is_empty() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(d.stop().success());
+    assert_eq!(live.len(), 1, "{live:#?}");
+    let v = &live[0];
+    assert!(
+        v["cause"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("refused")),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["count"], 3,
+        "three refused SYNs, each seen at both ends, counted once"
+    );
+    assert_eq!(v["instance"], "m1");
+    assert!(v["sentence"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // Offline: the recording gives the same verdict.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.server,
+            env!("CARGO_BIN_EXE_drainwatch"),
+        ])
+        .args(["analyze", &rec_s, "--instance", "m1", "--output", "json"])
+        .output()
+        .expect("analyze");
+    assert_eq!(out.status.code(), Some(1), "exit 1: verdicts found");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let offline = report["verdicts"].as_array().expect("verdicts");
+    assert_eq!(offline.len(), 1, "{report:#}");
+    for k in [
+        "cause", "count", "instance", "window", "evidence", "sentence",
+    ] {
+        assert_eq!(offline[0][k], v[k], "{k} differs between live and offline");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
