@@ -37,6 +37,17 @@ pub struct RunOptions {
     pub correlate: observe::CorrelateArgs,
     /// Where to record the engine's input (JSON lines), for `analyze`.
     pub record: Option<std::path::PathBuf>,
+    /// HTTP checks of the apiserver: the local /readyz poller and the prober.
+    pub http: HttpChecks,
+}
+
+/// What the HTTP side watches.
+pub struct HttpChecks {
+    pub tls: crate::httpcheck::Tls,
+    pub apiserver: Option<hyper::Uri>,
+    pub readyz_interval: Duration,
+    pub probes: Vec<(hyper::Uri, drainwatch_correlate::ProbeMode)>,
+    pub probe_interval: Duration,
 }
 
 /// Offset from the kernel's boot-time clock to Unix time, in ns.
@@ -244,6 +255,30 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if cx.hz.is_none() {
         tracing::info!("kernel HZ unknown: the socket view of received RSTs is off");
     }
+    // Observations from the HTTP side join the kernel's in the reader task.
+    let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(4096);
+    if let Some(base) = opts.http.apiserver.clone() {
+        tasks.spawn(crate::httpcheck::poll_health(
+            base,
+            opts.http.tls.clone(),
+            opts.http.readyz_interval,
+            metrics.clone(),
+            obs_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    for (target, mode) in opts.http.probes.clone() {
+        tasks.spawn(crate::httpcheck::probe(
+            target,
+            mode,
+            opts.http.tls.clone(),
+            opts.http.probe_interval,
+            metrics.clone(),
+            obs_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    drop(obs_tx);
     let corr = Correlation {
         engine: drainwatch_correlate::Engine::new(opts.correlate.config(observe::local_addrs()))
             .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?,
@@ -263,6 +298,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         watched.clone(),
         opts.output,
         corr,
+        obs_rx,
         stop_rx.clone(),
     ));
 
@@ -440,9 +476,14 @@ struct Correlation {
 
 impl Correlation {
     fn push(&mut self, ev: &crate::event::Event) {
-        let Some(o) = observe::observation(ev, self.next_id) else {
-            return;
-        };
+        if let Some(o) = observe::observation(ev, 0) {
+            self.push_observation(o);
+        }
+    }
+
+    /// Numbers, records and feeds one observation.
+    fn push_observation(&mut self, mut o: drainwatch_correlate::Observation) {
+        o.id = self.next_id;
         self.next_id += 1;
         if let Some(r) = &mut self.recorder
             && let Err(e) = r.write(&o)
@@ -527,6 +568,7 @@ async fn reader_task(
     watched: Vec<u16>,
     output: Output,
     mut corr: Correlation,
+    mut obs_rx: tokio::sync::mpsc::Receiver<drainwatch_correlate::Observation>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut idle = IdleResets::default();
@@ -546,6 +588,10 @@ async fn reader_task(
                 }
                 let _ = out.flush();
                 guard.clear_ready();
+                false
+            }
+            Some(o) = obs_rx.recv() => {
+                corr.push_observation(o);
                 false
             }
             _ = tick.tick() => {

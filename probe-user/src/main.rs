@@ -7,6 +7,7 @@ mod config;
 mod craft;
 mod daemon;
 mod event;
+mod httpcheck;
 mod idle;
 mod iface;
 mod loader;
@@ -41,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the observer: load the kernel programs, print events, serve metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check an LB's health-check timing against the apiserver's shutdown
     /// sequence (seed 001: E2 + t < E3).
     LbCheck(drainwatch_ops::lb_check::LbCheckArgs),
@@ -122,6 +123,29 @@ struct RunArgs {
     check: bool,
     #[command(flatten)]
     correlate: observe::CorrelateArgs,
+    /// The local apiserver instance to poll directly for /readyz and /healthz
+    /// (e.g. https://127.0.0.1:6443/).
+    #[arg(long, value_name = "URL", env = "DRAINWATCH_APISERVER_URL", value_parser = parse_http_url)]
+    apiserver_url: Option<hyper::Uri>,
+    /// CA certificate(s) (PEM) to verify the apiserver and probe targets with.
+    #[arg(long, value_name = "FILE", env = "DRAINWATCH_APISERVER_CA")]
+    apiserver_ca: Option<std::path::PathBuf>,
+    /// Do not verify TLS certificates of the apiserver and probe targets.
+    #[arg(long, env = "DRAINWATCH_INSECURE_SKIP_TLS_VERIFY")]
+    insecure_skip_tls_verify: bool,
+    /// How often /readyz and /healthz are polled.
+    #[arg(long, default_value = "1s", value_parser = parse_interval, env = "DRAINWATCH_READYZ_INTERVAL")]
+    readyz_interval: std::time::Duration,
+    /// A URL to probe continuously through the load balancer, as clients do
+    /// (e.g. https://api-int.example:6443/readyz) (repeatable).
+    #[arg(long = "probe-url", value_name = "URL", env = "DRAINWATCH_PROBE_URL", value_delimiter = ',', value_parser = parse_http_url)]
+    probe_urls: Vec<hyper::Uri>,
+    /// Probe on a new connection per request, on one reused connection, or both.
+    #[arg(long, default_value = "both", value_parser = ["new", "reused", "both"], env = "DRAINWATCH_PROBE_MODE")]
+    probe_mode: String,
+    /// Time between probe requests, per target and mode (at least 50ms).
+    #[arg(long, default_value = "500ms", value_parser = parse_interval, env = "DRAINWATCH_PROBE_INTERVAL")]
+    probe_interval: std::time::Duration,
     /// Record what the correlation engine sees (JSON lines) for `drainwatch analyze`.
     #[arg(long, value_name = "FILE", env = "DRAINWATCH_RECORD")]
     record: Option<std::path::PathBuf>,
@@ -148,6 +172,24 @@ fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
             "{s:?} is neither IP:PORT, [IPv6]:PORT nor a bare IP address"
         )),
     }
+}
+
+fn parse_http_url(s: &str) -> Result<hyper::Uri, String> {
+    let u: hyper::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(u.scheme_str(), Some("http" | "https")) || u.host().is_none() {
+        return Err(format!("{s:?}: expected http(s)://host[:port]/path"));
+    }
+    Ok(u)
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = drainwatch_ops::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(50) {
+        return Err(format!(
+            "{s:?} is shorter than 50ms: the probes are bounded in rate"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {
@@ -213,7 +255,7 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::LbCheck(args) => drainwatch_ops::lb_check::run(&args),
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
         Command::Analyze(args) => analyze(&args),
@@ -370,6 +412,42 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let tls = match (&args.apiserver_ca, args.insecure_skip_tls_verify) {
+        (Some(ca), _) => httpcheck::Tls::from_ca_file(ca)?,
+        (None, true) => httpcheck::Tls::insecure(),
+        (None, false) => {
+            let https = args
+                .apiserver_url
+                .iter()
+                .chain(&args.probe_urls)
+                .any(|u| u.scheme_str() == Some("https"));
+            if https {
+                anyhow::bail!(
+                    "https targets need --apiserver-ca FILE (e.g. the kubeconfig's CA) or --insecure-skip-tls-verify"
+                );
+            }
+            httpcheck::Tls::insecure()
+        }
+    };
+    let modes: Vec<drainwatch_correlate::ProbeMode> = match args.probe_mode.as_str() {
+        "new" => vec![drainwatch_correlate::ProbeMode::NewConn],
+        "reused" => vec![drainwatch_correlate::ProbeMode::Reused],
+        _ => vec![
+            drainwatch_correlate::ProbeMode::NewConn,
+            drainwatch_correlate::ProbeMode::Reused,
+        ],
+    };
+    let http = daemon::HttpChecks {
+        tls,
+        apiserver: args.apiserver_url.clone(),
+        readyz_interval: args.readyz_interval,
+        probes: args
+            .probe_urls
+            .iter()
+            .flat_map(|u| modes.iter().map(move |m| (u.clone(), *m)))
+            .collect(),
+        probe_interval: args.probe_interval,
+    };
     rt.block_on(daemon::run(RunOptions {
         load,
         output: args.output,
@@ -377,6 +455,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bpf_stats: args.bpf_stats,
         correlate: args.correlate,
         record: args.record,
+        http,
     }))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -477,7 +556,7 @@ mod tests {
             panic!("not run")
         };
         let (_, sub) = m.subcommand().expect("sub");
-        (args, sub.clone())
+        (*args, sub.clone())
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub flow_entries: IntGauge,
     pub flow_evictions: IntCounter,
     pub flow_table_size: IntGauge,
+    pub apiserver_health: IntGaugeVec,
+    pub probe_requests: IntCounterVec,
     pub disruptions: IntCounterVec,
     pub disruption_seconds: prometheus::CounterVec,
     pub lb_detection_seconds: GaugeVec,
@@ -300,6 +302,18 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            apiserver_health: gauge(
+                &r,
+                "drainwatch_apiserver_health",
+                "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).",
+                &["instance", "check"],
+            )?,
+            probe_requests: counter(
+                &r,
+                "drainwatch_probe_requests_total",
+                "Active probe requests through the LB, by target, mode, method and HTTP status or error class (refused, reset, timeout, goaway, tls, eof).",
+                &["target", "mode", "method", "code"],
+            )?,
             disruptions: counter(
                 &r,
                 "drainwatch_disruptions_total",

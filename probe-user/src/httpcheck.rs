@@ -1,0 +1,406 @@
+//! The apiserver seen from HTTP: the `/readyz` and `/healthz` poller (on the
+//! local instance, directly) and the active prober (through the LB URL, as
+//! seed 000's test pod did, but classifying every failure). Both feed the
+//! correlation engine with boot-clock timestamps, the kernel's clock.
+
+use std::{sync::Arc, time::Duration};
+
+use drainwatch_correlate::{Obs, Observation, ProbeMode, ProbeOutcome, Source};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, Uri, body::Bytes};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::{net::TcpStream, sync::mpsc, sync::watch};
+
+use crate::metrics::Metrics;
+
+/// How TLS servers are checked.
+#[derive(Clone)]
+pub enum Tls {
+    /// Verify against these CA certificates (e.g. the kubeconfig's CA).
+    Verify(Arc<rustls::ClientConfig>),
+    /// `--insecure-skip-tls-verify`: encrypt, do not verify.
+    Insecure(Arc<rustls::ClientConfig>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read CA file {0}: {1}")]
+    Read(String, String),
+    #[error("CA file {0} holds no certificate")]
+    Empty(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    pub fn from_ca_file(path: &std::path::Path) -> Result<Tls, TlsError> {
+        let shown = path.display().to_string();
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| TlsError::Read(shown.clone(), e.to_string()))?;
+        for c in certs {
+            let c = c.map_err(|e| TlsError::Read(shown.clone(), e.to_string()))?;
+            roots
+                .add(c)
+                .map_err(|e| TlsError::Read(shown.clone(), e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Empty(shown));
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Read(shown, e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Verify(Arc::new(cfg)))
+    }
+
+    pub fn insecure() -> Tls {
+        #[derive(Debug)]
+        struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+        impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+            fn verify_server_cert(
+                &self,
+                _: &CertificateDer<'_>,
+                _: &[CertificateDer<'_>],
+                _: &ServerName<'_>,
+                _: &[u8],
+                _: rustls::pki_types::UnixTime,
+            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                m: &[u8],
+                c: &CertificateDer<'_>,
+                d: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                rustls::crypto::verify_tls12_signature(
+                    m,
+                    c,
+                    d,
+                    &self.0.signature_verification_algorithms,
+                )
+            }
+            fn verify_tls13_signature(
+                &self,
+                m: &[u8],
+                c: &CertificateDer<'_>,
+                d: &rustls::DigitallySignedStruct,
+            ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>
+            {
+                rustls::crypto::verify_tls13_signature(
+                    m,
+                    c,
+                    d,
+                    &self.0.signature_verification_algorithms,
+                )
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                self.0.signature_verification_algorithms.supported_schemes()
+            }
+        }
+        let p = provider();
+        let cfg = rustls::ClientConfig::builder_with_provider(p.clone())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAny(p)))
+                    .with_no_client_auth()
+            });
+        match cfg {
+            Ok(c) => Tls::Insecure(Arc::new(c)),
+            // The ring provider always supports the default versions.
+            Err(_) => Tls::Insecure(Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )),
+        }
+    }
+
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        match self {
+            Tls::Verify(c) | Tls::Insecure(c) => c.clone(),
+        }
+    }
+}
+
+/// Boot-clock nanoseconds: the clock the kernel programs stamp events with.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// One HTTP/1.1 connection (TLS when the URL is https).
+async fn connect(uri: &Uri, tls: &Tls, timeout: Duration) -> Result<Sender, ProbeOutcome> {
+    let host = uri
+        .host()
+        .ok_or(ProbeOutcome::Eof)?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
+        Err(_) => return Err(ProbeOutcome::Timeout),
+        Ok(Err(e)) => return Err(classify_io(&e)),
+        Ok(Ok(s)) => s,
+    };
+    if https {
+        let name = ServerName::try_from(host.clone()).map_err(|_| ProbeOutcome::Tls)?;
+        let tls = tokio_rustls::TlsConnector::from(tls.config());
+        let stream = match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
+            Err(_) => return Err(ProbeOutcome::Timeout),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(ProbeOutcome::Tls);
+            }
+            Ok(Err(e)) => return Err(classify_io(&e)),
+            Ok(Ok(s)) => s,
+        };
+        handshake(TokioIo::new(stream)).await
+    } else {
+        handshake(TokioIo::new(tcp)).await
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<Sender, ProbeOutcome>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|_| ProbeOutcome::Eof)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn classify_io(e: &std::io::Error) -> ProbeOutcome {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => ProbeOutcome::Refused,
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+            ProbeOutcome::Reset
+        }
+        std::io::ErrorKind::TimedOut => ProbeOutcome::Timeout,
+        _ => ProbeOutcome::Eof,
+    }
+}
+
+fn classify_hyper(e: &hyper::Error) -> ProbeOutcome {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return classify_io(io);
+        }
+        src = s.source();
+    }
+    ProbeOutcome::Eof
+}
+
+/// One GET on `sender`; the status code or how it failed.
+async fn get(sender: &mut Sender, uri: &Uri, timeout: Duration) -> ProbeOutcome {
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let Ok(req) = Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "drainwatch-prober")
+        .body(Empty::<Bytes>::new())
+    else {
+        return ProbeOutcome::Eof;
+    };
+    if sender.ready().await.is_err() {
+        return ProbeOutcome::Eof;
+    }
+    match tokio::time::timeout(timeout, sender.send_request(req)).await {
+        Err(_) => ProbeOutcome::Timeout,
+        Ok(Err(e)) => classify_hyper(&e),
+        Ok(Ok(resp)) => {
+            let code = resp.status().as_u16();
+            // Drain the body so the connection can be reused.
+            let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
+            ProbeOutcome::Ok(code)
+        }
+    }
+}
+
+/// A one-shot GET on a fresh connection.
+pub async fn get_once(uri: &Uri, tls: &Tls, timeout: Duration) -> ProbeOutcome {
+    match connect(uri, tls, timeout).await {
+        Ok(mut s) => get(&mut s, uri, timeout).await,
+        Err(o) => o,
+    }
+}
+
+/// The label for an outcome: the HTTP status, or the failure class.
+pub fn outcome_label(o: &ProbeOutcome) -> String {
+    match o {
+        ProbeOutcome::Ok(code) => code.to_string(),
+        ProbeOutcome::Refused => "refused".into(),
+        ProbeOutcome::Reset => "reset".into(),
+        ProbeOutcome::Timeout => "timeout".into(),
+        ProbeOutcome::Goaway => "goaway".into(),
+        ProbeOutcome::Tls => "tls".into(),
+        ProbeOutcome::Eof => "eof".into(),
+    }
+}
+
+/// Polls `/readyz` and `/healthz` on the local instance and reports changes.
+pub async fn poll_health(
+    base: Uri,
+    tls: Tls,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    obs: mpsc::Sender<Observation>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut last: [Option<bool>; 2] = [None, None];
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let instance = base.authority().map(|a| a.to_string()).unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        for (i, path) in ["/readyz", "/healthz"].iter().enumerate() {
+            let uri: Uri = match format!("{base}{}", path.trim_start_matches('/')).parse() {
+                Ok(u) => u,
+                Err(_) => continue,
+            };
+            let outcome = get_once(&uri, &tls, interval.max(Duration::from_secs(1))).await;
+            let ok = matches!(outcome, ProbeOutcome::Ok(200));
+            metrics
+                .apiserver_health
+                .with_label_values(&[&instance, path.trim_start_matches('/')])
+                .set(i64::from(ok));
+            if last[i] != Some(ok) {
+                last[i] = Some(ok);
+                let kind = if i == 0 {
+                    Obs::ReadyzChanged { ready: ok }
+                } else {
+                    Obs::HealthzChanged { healthy: ok }
+                };
+                tracing::info!(
+                    "{path} on {instance}: {}",
+                    if ok { "ok" } else { "failing" }
+                );
+                let _ = obs
+                    .send(Observation {
+                        id: 0,
+                        t_ns: boot_ns(),
+                        wall: None,
+                        instance: None,
+                        source: Source::Poller,
+                        kind,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+/// Sends GETs to `target` at `interval`, on a new connection each time or
+/// on one reused connection, counting and reporting every outcome.
+pub async fn probe(
+    target: Uri,
+    mode: ProbeMode,
+    tls: Tls,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    obs: mpsc::Sender<Observation>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let label = target
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mode_label = match mode {
+        ProbeMode::NewConn => "new_connection",
+        ProbeMode::Reused => "reused_connection",
+    };
+    let timeout = Duration::from_secs(5).max(interval);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<Sender> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        let outcome = match mode {
+            ProbeMode::NewConn => get_once(&target, &tls, timeout).await,
+            ProbeMode::Reused => {
+                let sender = match conn.take() {
+                    Some(s) if !s.is_closed() => Ok(s),
+                    _ => connect(&target, &tls, timeout).await,
+                };
+                match sender {
+                    Ok(mut s) => {
+                        let o = get(&mut s, &target, timeout).await;
+                        if matches!(o, ProbeOutcome::Ok(_)) {
+                            conn = Some(s);
+                        }
+                        o
+                    }
+                    Err(o) => o,
+                }
+            }
+        };
+        metrics
+            .probe_requests
+            .with_label_values(&[&label, mode_label, "GET", &outcome_label(&outcome)])
+            .inc();
+        let _ = obs
+            .send(Observation {
+                id: 0,
+                t_ns: boot_ns(),
+                wall: None,
+                instance: None,
+                source: Source::Prober,
+                kind: Obs::ProbeResult {
+                    target: label.clone(),
+                    mode,
+                    method: "GET".into(),
+                    client: None,
+                    server: None,
+                    outcome,
+                },
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_io_classes() {
+        assert_eq!(outcome_label(&ProbeOutcome::Ok(503)), "503");
+        assert_eq!(outcome_label(&ProbeOutcome::Refused), "refused");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify_io(&refused), ProbeOutcome::Refused);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(classify_io(&reset), ProbeOutcome::Reset);
+        let e = Tls::from_ca_file(std::path::Path::new("/nonexistent/ca.crt"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("/nonexistent/ca.crt"), "{e}");
+    }
+}

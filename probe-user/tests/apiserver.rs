@@ -1,0 +1,202 @@
+//! The apiserver lifecycle end to end: the lab's apiserver stand-in (which
+//! shuts down like kube-apiserver) rolled with SIGTERM while drainwatch
+//! polls its /readyz directly, probes it over TLS, watches its process and
+//! listener in the kernel, and correlates it all into a timeline and verdicts.
+
+mod common;
+
+use std::{
+    io::BufRead,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, Pair, parse_metric, root_or_skip, serial};
+
+fn lab_binary() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_drainwatch")).with_file_name("drainwatch-lab");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p drainwatch-lab` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
+    let _g = serial();
+    if !root_or_skip("a_graceful_rollout_is_seen_from_http_kernel_and_correlation") {
+        return;
+    }
+    let pair = Pair::new();
+    let dir = std::env::temp_dir().join(format!("dwt-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut standin = Command::new("ip")
+        .args(["netns", "exec", &pair.server])
+        .arg(lab_binary())
+        .args(["apiserver", "--name", "m1", "--mode", "graceful"])
+        .args(["--listen", &format!("{}:6443", pair.server_v4)])
+        .args([
+            "--shutdown-delay",
+            "2s",
+            "--request-timeout",
+            "2s",
+            "--startup-delay",
+            "100ms",
+        ])
+        .args(["--san", &pair.server_v4])
+        .arg("--tls-dir")
+        .arg(dir.join("pki"))
+        .arg("--truth")
+        .arg(dir.join("lifecycle.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stand-in");
+    let mut out = std::io::BufReader::new(standin.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "stand-in exited before READY"
+        );
+    }
+    let ca = dir.join("pki/ca.crt");
+    let rec = dir.join("rec.jsonl");
+    let url = format!("https://{}:6443/", pair.server_v4);
+    let probe = format!("https://{}:6443/readyz", pair.server_v4);
+    let d = Daemon::start_in(
+        Some(&pair.server),
+        &[
+            "--no-wire",
+            "--instance",
+            "m1",
+            "--apiserver-url",
+            &url,
+            "--apiserver-ca",
+            ca.to_str().expect("utf8"),
+            "--readyz-interval",
+            "200ms",
+            "--probe-url",
+            &probe,
+            "--probe-mode",
+            "new",
+            "--probe-interval",
+            "100ms",
+            "--shutdown-delay",
+            "2s",
+            "--request-timeout",
+            "2s",
+            "--record",
+            rec.to_str().expect("utf8"),
+        ],
+    );
+    let ready = |d: &Daemon| {
+        parse_metric(
+            &d.metrics(),
+            &format!(
+                "drainwatch_apiserver_health{{check=\"readyz\",instance=\"{}:6443\"}}",
+                pair.server_v4
+            ),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(&d) != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never polled green: {}",
+            d.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Roll it: SIGTERM, as the kubelet does.
+    // SAFETY: signalling the stand-in we started.
+    unsafe { libc::kill(standin.id() as i32, libc::SIGTERM) };
+    let _ = standin.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = d.metrics();
+    assert_eq!(ready(&d), 0.0, "{m}");
+    let target = format!("{}:6443", pair.server_v4);
+    let code = |c: &str| {
+        parse_metric(
+            &m,
+            &format!(
+                "drainwatch_probe_requests_total{{code=\"{c}\",method=\"GET\",mode=\"new_connection\",target=\"{target}\"}}"
+            ),
+        )
+    };
+    assert!(code("200") >= 3.0, "probes while ready: {m}");
+    // kube-apiserver answers a failing /readyz with 500.
+    assert!(
+        code("500") >= 3.0,
+        "probes during the shutdown delay see /readyz fail: {m}"
+    );
+    assert!(
+        code("refused") >= 3.0,
+        "probes after the listener closed are refused: {m}"
+    );
+
+    let evs = d.events();
+    let sigterm = evs
+        .iter()
+        .find(|e| e["kind"] == "signal" && e["signal"]["name"] == "SIGTERM")
+        .unwrap_or_else(|| panic!("no SIGTERM to the listener's owner: {evs:#?}"));
+    assert_eq!(sigterm["comm"], "drainwatch-lab");
+    assert!(evs.iter().any(|e| e["kind"] == "listen_close"));
+    assert!(evs.iter().any(|e| e["kind"] == "process_exit"));
+    let verdicts: Vec<&serde_json::Value> = evs.iter().filter_map(|e| e.get("verdict")).collect();
+    assert!(
+        verdicts.iter().any(|v| v["cause"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("refused"))),
+        "the refused probes after the listener closed are a verdict: {verdicts:#?}"
+    );
+    assert!(d.stop().success());
+
+    // The timeline, from the recording: SIGTERM, /readyz red, listener closed, exit, in order.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.server,
+            env!("CARGO_BIN_EXE_drainwatch"),
+        ])
+        .args(["analyze", rec.to_str().expect("utf8"), "--instance", "m1"])
+        .args([
+            "--shutdown-delay",
+            "2s",
+            "--request-timeout",
+            "2s",
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("analyze");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let tl = report["timelines"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["instance"] == "m1"))
+        .unwrap_or_else(|| panic!("no timeline for m1: {report:#}"));
+    let phase_t = |name: &str| {
+        tl["phases"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["kind"] == name))
+            .and_then(|p| p["t_ns"].as_u64())
+            .unwrap_or_else(|| panic!("no {name} phase: {tl:#}"))
+    };
+    let (term, red, closed) = (
+        phase_t("sigterm"),
+        phase_t("readyz_red"),
+        phase_t("listener_closed"),
+    );
+    assert!(term <= red && red < closed, "{tl:#}");
+    let delay = (closed - term) as f64 / 1e9;
+    assert!(
+        (1.5..3.0).contains(&delay),
+        "the 2 s shutdown delay, measured {delay}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
