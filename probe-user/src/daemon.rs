@@ -48,6 +48,8 @@ pub struct HttpChecks {
     pub readyz_interval: Duration,
     pub probes: Vec<(hyper::Uri, drainwatch_correlate::ProbeMode)>,
     pub probe_interval: Duration,
+    /// The apiserver pods to watch through the Kubernetes API.
+    pub pods: Option<crate::kubewatch::PodWatch>,
 }
 
 /// Offset from the kernel's boot-time clock to Unix time, in ns.
@@ -273,6 +275,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             mode,
             opts.http.tls.clone(),
             opts.http.probe_interval,
+            metrics.clone(),
+            obs_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(w) = opts.http.pods.clone() {
+        tasks.spawn(crate::kubewatch::watch_pods(
+            w,
             metrics.clone(),
             obs_tx.clone(),
             stop_rx.clone(),

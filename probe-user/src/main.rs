@@ -10,6 +10,7 @@ mod event;
 mod httpcheck;
 mod idle;
 mod iface;
+mod kubewatch;
 mod loader;
 mod metrics;
 mod microbench;
@@ -146,6 +147,26 @@ struct RunArgs {
     /// Time between probe requests, per target and mode (at least 50ms).
     #[arg(long, default_value = "500ms", value_parser = parse_interval, env = "DRAINWATCH_PROBE_INTERVAL")]
     probe_interval: std::time::Duration,
+    /// Kubeconfig for watching the apiserver pods (e.g. the kubelet's);
+    /// default: the in-cluster service account when running in a pod.
+    #[arg(long, value_name = "FILE", env = "DRAINWATCH_KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the apiserver pods (OpenShift: openshift-kube-apiserver).
+    #[arg(long, default_value = "kube-system", env = "DRAINWATCH_POD_NAMESPACE")]
+    pod_namespace: String,
+    /// Label selector of the apiserver pods (OpenShift: app=openshift-kube-apiserver).
+    #[arg(
+        long,
+        default_value = "component=kube-apiserver",
+        env = "DRAINWATCH_POD_SELECTOR"
+    )]
+    pod_selector: String,
+    /// Only this node's pods (the DaemonSet sets it from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Do not watch pods through the Kubernetes API.
+    #[arg(long, env = "DRAINWATCH_NO_KUBE")]
+    no_kube: bool,
     /// Record what the correlation engine sees (JSON lines) for `drainwatch analyze`.
     #[arg(long, value_name = "FILE", env = "DRAINWATCH_RECORD")]
     record: Option<std::path::PathBuf>,
@@ -373,6 +394,7 @@ fn apply_config_file(args: &mut RunArgs, m: &clap::ArgMatches) -> Result<(), con
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let pods = pod_watch(&args);
     let mut ports = if args.ports.is_empty() {
         DEFAULT_PORTS.to_vec()
     } else {
@@ -403,7 +425,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         kernel_log_level: args.kernel_log_level,
         kprobes: !args.no_kprobes,
         wire,
-        watch_comms: args.watch_comms,
+        watch_comms: args.watch_comms.clone(),
     };
     if args.check {
         return check(&load);
@@ -447,6 +469,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .flat_map(|u| modes.iter().map(move |m| (u.clone(), *m)))
             .collect(),
         probe_interval: args.probe_interval,
+        pods,
     };
     rt.block_on(daemon::run(RunOptions {
         load,
@@ -458,6 +481,27 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         http,
     }))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pod watcher, if it has credentials: a kubeconfig, or the in-cluster
+/// service account.
+fn pod_watch(args: &RunArgs) -> Option<kubewatch::PodWatch> {
+    if args.no_kube {
+        return None;
+    }
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if args.kubeconfig.is_none() && !in_cluster {
+        tracing::info!(
+            "pod watcher off: no --kubeconfig and not running in a pod (apiserver pod phase not watched)"
+        );
+        return None;
+    }
+    Some(kubewatch::PodWatch {
+        kubeconfig: args.kubeconfig.clone(),
+        namespace: args.pod_namespace.clone(),
+        selector: args.pod_selector.clone(),
+        node: args.node_name.clone(),
+    })
 }
 
 /// `analyze FILE`: the verdicts and timelines of a recording.

@@ -65,6 +65,16 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     }
     let ca = dir.join("pki/ca.crt");
     let rec = dir.join("rec.jsonl");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{}:6443\n    certificate-authority: {}\nusers:\n- name: lab\n  user:\n    token: not-logged\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n",
+            pair.server_v4,
+            ca.display()
+        ),
+    )
+    .expect("kubeconfig");
     let url = format!("https://{}:6443/", pair.server_v4);
     let probe = format!("https://{}:6443/readyz", pair.server_v4);
     let d = Daemon::start_in(
@@ -91,6 +101,12 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
             "2s",
             "--record",
             rec.to_str().expect("utf8"),
+            "--kubeconfig",
+            kubeconfig.to_str().expect("utf8"),
+            "--pod-namespace",
+            "openshift-kube-apiserver",
+            "--pod-selector",
+            "app=openshift-kube-apiserver",
         ],
     );
     let ready = |d: &Daemon| {
@@ -112,6 +128,27 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
+    // Seed 000's gauge: the pod is Running (and Ready), from the Kubernetes API.
+    let pod = |d: &Daemon, what: &str| {
+        parse_metric(
+            &d.metrics(),
+            &format!("drainwatch_apiserver_pod_{what}{{pod=\"kube-apiserver-m1\"}}"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pod(&d, "ready") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "pod never seen Ready: {}",
+            d.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pod(&d, "running"), 1.0);
+    assert_eq!(
+        parse_metric(&d.metrics(), "drainwatch_source_up{source=\"kube\"}"),
+        1.0
+    );
     // Roll it: SIGTERM, as the kubelet does.
     // SAFETY: signalling the stand-in we started.
     unsafe { libc::kill(standin.id() as i32, libc::SIGTERM) };
@@ -119,6 +156,16 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     std::thread::sleep(Duration::from_millis(1500));
     let m = d.metrics();
     assert_eq!(ready(&d), 0.0, "{m}");
+    assert_eq!(
+        pod(&d, "ready"),
+        0.0,
+        "the watch saw the pod turn unready: {m}"
+    );
+    assert!(!m.contains("not-logged"), "credentials never reach metrics");
+    assert!(
+        !d.stderr().contains("not-logged"),
+        "credentials never reach logs"
+    );
     let target = format!("{}:6443", pair.server_v4);
     let code = |c: &str| {
         parse_metric(
