@@ -232,13 +232,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .load(PROBES)?;
 
     {
-        let mut ports: Array<&mut MapData, u64> =
-            Array::try_from(ebpf.map_mut("PORTS").ok_or(LoadError::Map(
-                "PORTS",
-                aya::maps::MapError::InvalidName {
-                    name: "PORTS".into(),
-                },
-            ))?)
+        let mut ports: Array<&mut MapData, u64> = Array::try_from(map_mut(&mut ebpf, "PORTS")?)
             .map_err(|e| LoadError::Map("PORTS", e))?;
         for (idx, word) in port_bitmap(&opts.ports) {
             debug_assert!(idx < PORT_BITMAP_WORDS);
@@ -261,20 +255,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             });
             continue;
         }
-        let result = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(aya::programs::ProgramError::NotLoaded)?
-                .try_into()?;
-            p.load()?;
-            let insns = p
-                .info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count())
-                .map(|n| n as usize);
-            p.attach(category, name)?;
-            Ok(insns)
-        })();
+        let result = load_attach_tracepoint(&mut ebpf, prog, category, name);
         match result {
             Ok(insns) => {
                 if name == "tcp_receive_reset" {
@@ -368,13 +349,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             Ok(()) => {
                 if func == "tcp_connect" {
                     let mut rt: Array<&mut MapData, u32> =
-                        Array::try_from(ebpf.map_mut("RUNTIME").ok_or(LoadError::Map(
-                            "RUNTIME",
-                            aya::maps::MapError::InvalidName {
-                                name: "RUNTIME".into(),
-                            },
-                        ))?)
-                        .map_err(|e| LoadError::Map("RUNTIME", e))?;
+                        Array::try_from(map_mut(&mut ebpf, "RUNTIME")?)
+                            .map_err(|e| LoadError::Map("RUNTIME", e))?;
                     rt.set(RUNTIME_KPROBE_CONNECT, 1, 0)
                         .map_err(|e| LoadError::Map("RUNTIME", e))?;
                 }
@@ -441,13 +417,8 @@ fn attach_proc(
 ) -> Result<(), LoadError> {
     {
         let mut names: Array<&mut MapData, [u64; 2]> =
-            Array::try_from(ebpf.map_mut("WATCH_COMM_NAMES").ok_or(LoadError::Map(
-                "WATCH_COMM_NAMES",
-                aya::maps::MapError::InvalidName {
-                    name: "WATCH_COMM_NAMES".into(),
-                },
-            ))?)
-            .map_err(|e| LoadError::Map("WATCH_COMM_NAMES", e))?;
+            Array::try_from(map_mut(ebpf, "WATCH_COMM_NAMES")?)
+                .map_err(|e| LoadError::Map("WATCH_COMM_NAMES", e))?;
         for (i, n) in opts
             .watch_comms
             .iter()
@@ -462,13 +433,8 @@ fn attach_proc(
     // Processes already running: by name, and the owners of watched listeners.
     {
         let mut watched: HashMap<&mut MapData, u32, u8> =
-            HashMap::try_from(ebpf.map_mut("WATCHED").ok_or(LoadError::Map(
-                "WATCHED",
-                aya::maps::MapError::InvalidName {
-                    name: "WATCHED".into(),
-                },
-            ))?)
-            .map_err(|e| LoadError::Map("WATCHED", e))?;
+            HashMap::try_from(map_mut(ebpf, "WATCHED")?)
+                .map_err(|e| LoadError::Map("WATCHED", e))?;
         for (pid, why) in crate::procscan::watched_processes(&opts.watch_comms, &opts.ports) {
             let _ = watched.insert(pid, why, 0);
         }
@@ -493,20 +459,7 @@ fn attach_proc(
             });
             continue;
         }
-        let result = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(aya::programs::ProgramError::NotLoaded)?
-                .try_into()?;
-            p.load()?;
-            let insns = p
-                .info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count())
-                .map(|n| n as usize);
-            p.attach(category, name)?;
-            Ok(insns)
-        })();
+        let result = load_attach_tracepoint(ebpf, prog, category, name);
         match result {
             Ok(insns) => hooks.push(Hook {
                 name: hook_name,
@@ -534,13 +487,7 @@ fn attach_wire(
     created: &mut CreatedQdiscs,
 ) -> Result<(), LoadError> {
     {
-        let mut l2: HashMap<&mut MapData, u32, u32> =
-            HashMap::try_from(ebpf.map_mut("IFACE_L2").ok_or(LoadError::Map(
-                "IFACE_L2",
-                aya::maps::MapError::InvalidName {
-                    name: "IFACE_L2".into(),
-                },
-            ))?)
+        let mut l2: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map_mut(ebpf, "IFACE_L2")?)
             .map_err(|e| LoadError::Map("IFACE_L2", e))?;
         for i in &w.ifaces {
             l2.insert(i.index, i.l2_len, 0)
@@ -622,6 +569,47 @@ fn attach_wire(
     Ok(())
 }
 
+/// A map of the object by name; missing means the object and this code disagree.
+fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, LoadError> {
+    ebpf.map_mut(name).ok_or(LoadError::Map(
+        name,
+        aya::maps::MapError::InvalidName { name: name.into() },
+    ))
+}
+
+/// Takes a map out of the object, for a task that owns it.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::Map(
+        name,
+        aya::maps::MapError::InvalidName { name: name.into() },
+    ))
+}
+
+/// Loads tracepoint program `prog` and attaches it to `category:name`;
+/// returns the instructions the verifier accepted.
+fn load_attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<Option<usize>, aya::programs::ProgramError> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or(aya::programs::ProgramError::NotLoaded)?
+        .try_into()?;
+    p.load()?;
+    let insns = p
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+        .map(|n| n as usize);
+    p.attach(category, name)?;
+    Ok(insns)
+}
+
 /// An error and its sources on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -650,23 +638,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The event ring buffer, taken out of the object for the reader task.
 pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
-    let map = ebpf.take_map("EVENTS").ok_or(LoadError::Map(
-        "EVENTS",
-        aya::maps::MapError::InvalidName {
-            name: "EVENTS".into(),
-        },
-    ))?;
+    let map = take_map(ebpf, "EVENTS")?;
     RingBuf::try_from(map).map_err(|e| LoadError::Map("EVENTS", e))
 }
 
 /// Kernel-side loss counters, taken out for the poller.
 pub fn take_lost(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
-    let map = ebpf.take_map("LOST").ok_or(LoadError::Map(
-        "LOST",
-        aya::maps::MapError::InvalidName {
-            name: "LOST".into(),
-        },
-    ))?;
+    let map = take_map(ebpf, "LOST")?;
     PerCpuArray::try_from(map).map_err(|e| LoadError::Map("LOST", e))
 }
 
@@ -674,23 +652,13 @@ pub fn take_lost(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError
 pub fn take_flows(
     ebpf: &mut Ebpf,
 ) -> Result<HashMap<MapData, probe_common::FlowKey, probe_common::Flow>, LoadError> {
-    let map = ebpf.take_map("FLOWS").ok_or(LoadError::Map(
-        "FLOWS",
-        aya::maps::MapError::InvalidName {
-            name: "FLOWS".into(),
-        },
-    ))?;
+    let map = take_map(ebpf, "FLOWS")?;
     HashMap::try_from(map).map_err(|e| LoadError::Map("FLOWS", e))
 }
 
 /// The wire observer's counters, taken out for the poller.
 pub fn take_wire_stats(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
-    let map = ebpf.take_map("WIRE_STATS").ok_or(LoadError::Map(
-        "WIRE_STATS",
-        aya::maps::MapError::InvalidName {
-            name: "WIRE_STATS".into(),
-        },
-    ))?;
+    let map = take_map(ebpf, "WIRE_STATS")?;
     PerCpuArray::try_from(map).map_err(|e| LoadError::Map("WIRE_STATS", e))
 }
 

@@ -6,22 +6,11 @@
 mod common;
 
 use std::{
-    io::BufRead,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use common::{Daemon, Pair, parse_metric, root_or_skip, serial};
-
-fn lab_binary() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_BIN_EXE_drainwatch")).with_file_name("drainwatch-lab");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build -p drainwatch-lab` (cargo xtask test does)",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
@@ -32,37 +21,27 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(format!("dwt-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut standin = Command::new("ip")
-        .args(["netns", "exec", &pair.server])
-        .arg(lab_binary())
-        .args(["apiserver", "--name", "m1", "--mode", "graceful"])
-        .args(["--listen", &format!("{}:6443", pair.server_v4)])
-        .args([
+    let listen = format!("{}:6443", pair.server_v4);
+    let mut standin = common::start_standin(
+        &pair.server,
+        &dir,
+        &[
+            "--name",
+            "m1",
+            "--mode",
+            "graceful",
+            "--listen",
+            &listen,
             "--shutdown-delay",
             "2s",
             "--request-timeout",
             "2s",
             "--startup-delay",
             "100ms",
-        ])
-        .args(["--san", &pair.server_v4])
-        .arg("--tls-dir")
-        .arg(dir.join("pki"))
-        .arg("--truth")
-        .arg(dir.join("lifecycle.jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stand-in");
-    let mut out = std::io::BufReader::new(standin.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while !line.contains("READY") {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).expect("read") > 0,
-            "stand-in exited before READY"
-        );
-    }
+            "--san",
+            &pair.server_v4,
+        ],
+    );
     let ca = dir.join("pki/ca.crt");
     let rec = dir.join("rec.jsonl");
     let kubeconfig = dir.join("kubeconfig");

@@ -432,18 +432,6 @@ fn nginx_graceful_stop_sends_goaway_and_it_is_decoded() {
     assert!(d.stop().success());
 }
 
-/// The lab's apiserver stand-in, next to this test binary (`cargo test
-/// --workspace` builds it; so does `cargo build -p drainwatch-lab`).
-fn lab_binary() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_BIN_EXE_drainwatch")).with_file_name("drainwatch-lab");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build -p drainwatch-lab` (cargo xtask test does)",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn apiserver_standin_goaways_on_sigterm_are_decoded() {
     let _g = serial();
@@ -453,40 +441,28 @@ fn apiserver_standin_goaways_on_sigterm_are_decoded() {
     let t = Routed::new();
     let dir = std::env::temp_dir().join(format!("dwt-standin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let mut standin = Command::new("ip")
-        .args(["netns", "exec", &t.server])
-        .arg(lab_binary())
-        .args(["apiserver", "--name", "m1", "--mode", "no-delay"])
-        .args(["--listen", &format!("{}:6443", t.server_ip)])
-        .args(["--h2c-listen", &format!("{}:8080", t.server_ip)])
-        .args([
+    let listen = format!("{}:6443", t.server_ip);
+    let h2c = format!("{}:8080", t.server_ip);
+    let mut standin = common::start_standin(
+        &t.server,
+        &dir,
+        &[
+            "--name",
+            "m1",
+            "--mode",
+            "no-delay",
+            "--listen",
+            &listen,
+            "--h2c-listen",
+            &h2c,
             "--shutdown-delay",
             "0s",
             "--request-timeout",
             "3s",
             "--startup-delay",
             "100ms",
-        ])
-        .arg("--tls-dir")
-        .arg(dir.join("pki"))
-        .arg("--truth")
-        .arg(dir.join("lifecycle.jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stand-in");
-    {
-        use std::io::BufRead;
-        let mut out = std::io::BufReader::new(standin.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        while !line.contains("READY") {
-            line.clear();
-            assert!(
-                out.read_line(&mut line).expect("read") > 0,
-                "stand-in exited before READY"
-            );
-        }
-    }
+        ],
+    );
     let d = Daemon::start_in(
         Some(&t.client),
         &["--iface", &t.client_dev, "--port", "8080"],

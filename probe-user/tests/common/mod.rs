@@ -566,3 +566,43 @@ impl Drop for Tcpdump {
         let _ = self.child.wait();
     }
 }
+
+/// The lab's binary (apiserver stand-in), built next to this test binary
+/// (`cargo test --workspace` and `cargo build -p drainwatch-lab` build it).
+pub fn lab_binary() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_drainwatch")).with_file_name("drainwatch-lab");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p drainwatch-lab` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+/// Starts the lab's apiserver stand-in in namespace `ns` with `args`
+/// (after `apiserver`), keeping its files in `dir`; returns once it is READY.
+pub fn start_standin(ns: &str, dir: &std::path::Path, args: &[&str]) -> Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(lab_binary())
+        .arg("apiserver")
+        .args(args)
+        .arg("--tls-dir")
+        .arg(dir.join("pki"))
+        .arg("--truth")
+        .arg(dir.join("lifecycle.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stand-in");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "stand-in exited before READY"
+        );
+    }
+    child
+}
