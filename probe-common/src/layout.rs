@@ -61,6 +61,9 @@ pub struct TpLayout {
     pub reason: u16,
     pub error: u16,
     pub tuple: TupleLayout,
+    /// The packet's address (`tcp:tcp_send_reset`), for RSTs with no socket.
+    pub skbaddr: u16,
+    pub _pad: [u16; 3],
 }
 
 impl TpLayout {
@@ -74,6 +77,8 @@ impl TpLayout {
         reason: FIELD_ABSENT,
         error: FIELD_ABSENT,
         tuple: TupleLayout::ABSENT,
+        skbaddr: FIELD_ABSENT,
+        _pad: [0; 3],
     };
 }
 
@@ -211,3 +216,35 @@ impl ProcLayout {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ProcLayout {}
+
+/// Offsets for the network-namespace filter (`--netns`), from BTF: socket ->
+/// `struct net`, packet -> device -> `struct net`, task -> nsproxy -> net,
+/// and the namespace's inode number in `struct net`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsLayout {
+    pub present: u16,
+    pub skc_net: u16,
+    pub net_inum: u16,
+    pub task_nsproxy: u16,
+    pub nsproxy_net_ns: u16,
+    pub skb_dev: u16,
+    pub dev_nd_net: u16,
+    pub _pad: u16,
+}
+
+impl NetnsLayout {
+    pub const ABSENT: NetnsLayout = NetnsLayout {
+        present: 0,
+        skc_net: FIELD_ABSENT,
+        net_inum: FIELD_ABSENT,
+        task_nsproxy: FIELD_ABSENT,
+        nsproxy_net_ns: FIELD_ABSENT,
+        skb_dev: FIELD_ABSENT,
+        dev_nd_net: FIELD_ABSENT,
+        _pad: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NetnsLayout {}

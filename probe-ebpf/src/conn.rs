@@ -27,6 +27,9 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
     let new = field::<i32>(ctx, l.newstate)? as u8;
     let sk = field::<u64>(ctx, l.skaddr)?;
     let tuple = watched_tuple(ctx, &l.tuple)?;
+    if !crate::netns::sk_ok(sk) {
+        return None;
+    }
     let ts = now();
 
     match (old, new) {

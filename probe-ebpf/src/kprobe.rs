@@ -58,6 +58,9 @@ fn sock_tuple(sk: u64) -> Option<Tuple> {
 pub fn tcp_connect(ctx: &ProbeContext) -> Option<()> {
     let sk: u64 = ctx.arg::<*const u8>(0)? as u64;
     let tuple = sock_tuple(sk)?;
+    if !crate::netns::sk_ok(sk) {
+        return None;
+    }
     emit(kind::CONNECT_ATTEMPT, &tuple, |ev| {
         ev.sock = sk;
         ev.old_state = st::CLOSE;
@@ -71,6 +74,9 @@ pub fn tcp_connect(ctx: &ProbeContext) -> Option<()> {
 pub fn tcp_reset(ctx: &ProbeContext) -> Option<()> {
     let sk: u64 = ctx.arg::<*const u8>(0)? as u64;
     let tuple = sock_tuple(sk)?;
+    if !crate::netns::sk_ok(sk) {
+        return None;
+    }
     let state = read::<u8>(sk, SOCK_LAYOUT.load().state).unwrap_or(st::UNKNOWN);
     let ts = now();
     let mut est = 0;

@@ -8,6 +8,7 @@ mod conn;
 mod event;
 mod kprobe;
 mod maps;
+mod netns;
 mod proc;
 mod reset;
 mod wire;

@@ -85,7 +85,9 @@ pub fn signal_generate(ctx: &TracePointContext) -> Option<()> {
     let pid = field::<i32>(ctx, l.sig_pid)? as u32;
     let comm: [u8; 16] = field(ctx, l.sig_comm)?;
     let known = unsafe { WATCHED.get(pid) }.is_some();
-    if !known && !comm_watched(&comm) {
+    // With a namespace filter only known processes count: the target's
+    // namespace cannot be read here, but WATCHED is filled per namespace.
+    if !known && (crate::netns::filtering() || !comm_watched(&comm)) {
         return None;
     }
     let result = field::<i32>(ctx, l.sig_result).unwrap_or(0);
@@ -110,7 +112,7 @@ pub fn process_exit(ctx: &TracePointContext) -> Option<()> {
     }
     let comm = bpf_get_current_comm().ok()?;
     let known = unsafe { WATCHED.get(tgid) }.is_some();
-    if !known && !comm_watched(&comm) {
+    if !known && !(comm_watched(&comm) && crate::netns::current_ok()) {
         return None;
     }
     let _ = WATCHED.remove(tgid);
@@ -125,7 +127,7 @@ pub fn process_exit(ctx: &TracePointContext) -> Option<()> {
 pub fn process_exec(_ctx: &TracePointContext) -> Option<()> {
     // After exec the task already carries the new name.
     let comm = bpf_get_current_comm().ok()?;
-    if !comm_watched(&comm) {
+    if !comm_watched(&comm) || !crate::netns::current_ok() {
         return None;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

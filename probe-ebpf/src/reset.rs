@@ -71,6 +71,15 @@ pub fn send_reset(ctx: &TracePointContext) -> Option<()> {
     let l = LAYOUTS.load().send_reset;
     let tuple = watched_tuple(ctx, &l.tuple)?;
     let sk = field::<u64>(ctx, l.skaddr).unwrap_or(0);
+    let in_ns = if sk != 0 {
+        crate::netns::sk_ok(sk)
+    } else {
+        // No socket (a SYN to a closed port): the packet's device tells.
+        crate::netns::skb_ok(field::<u64>(ctx, l.skbaddr).unwrap_or(0))
+    };
+    if !in_ns {
+        return None;
+    }
     let kstate = field::<i32>(ctx, l.state).map(|s| s as u8);
     let reason = field::<u32>(ctx, l.reason);
     let ts = now();
@@ -108,6 +117,9 @@ pub fn receive_reset(ctx: &TracePointContext) -> Option<()> {
     let l = LAYOUTS.load().receive_reset;
     let tuple = watched_tuple(ctx, &l.tuple)?;
     let sk = field::<u64>(ctx, l.skaddr)?;
+    if !crate::netns::sk_ok(sk) {
+        return None;
+    }
     let kstate = field::<i32>(ctx, l.state).map(|s| s as u8);
     let ts = now();
     let tracked = tracked(sk);

@@ -325,6 +325,32 @@ impl Btf {
         })
     }
 
+    /// Offsets for telling which network namespace a socket, packet or task
+    /// belongs to (`--netns`).
+    pub fn netns_layout(&self) -> Result<probe_common::NetnsLayout, BtfError> {
+        let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
+            let v = self.path_offset(root, path)?;
+            u16::try_from(v).map_err(|_| {
+                BtfError::NoMember(
+                    self.source.clone(),
+                    root.into(),
+                    format!("{} (offset {v} too large)", path.join(".")),
+                )
+            })
+        };
+        Ok(probe_common::NetnsLayout {
+            present: 1,
+            // possible_net_t holds the `struct net *` as its only member.
+            skc_net: off("sock", &["__sk_common", "skc_net"])?,
+            net_inum: off("net", &["ns", "inum"])?,
+            task_nsproxy: off("task_struct", &["nsproxy"])?,
+            nsproxy_net_ns: off("nsproxy", &["net_ns"])?,
+            skb_dev: off("sk_buff", &["dev"])?,
+            dev_nd_net: off("net_device", &["nd_net"])?,
+            _pad: 0,
+        })
+    }
+
     /// The `struct sock_common` offsets the kprobe programs read.
     pub fn sock_layout(&self) -> Result<SockLayout, BtfError> {
         let m = self.member_offsets("sock_common")?;
@@ -466,6 +492,8 @@ mod tests {
         let btf = Btf::from_file(path).expect("vmlinux");
         let t = btf.tcp_sock_layout().expect("tcp_sock");
         assert_eq!(t.keepopen_bit, 3, "SOCK_KEEPOPEN has been 3 for decades");
+        let n = btf.netns_layout().expect("netns");
+        assert!(n.skc_net > 0 && n.net_inum > 0 && n.task_nsproxy > 0 && n.nsproxy_net_ns > 0);
         assert!(t.lrcvtime > 0 && t.lsndtime > 0 && t.keepalive_time > 0 && t.rcv_tstamp > 0);
         assert!(matches!(
             btf.path_offset("tcp_sock", &["inet_conn", "nope"]),

@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub flow_table: Option<u32>,
     pub bpf_stats: Option<bool>,
     pub watch_comm: Option<Vec<String>>,
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -65,6 +65,8 @@ pub struct LoadOptions {
     /// Process names whose signals and exits are reported (besides the
     /// owners of watched listeners), at most `WATCH_COMMS`.
     pub watch_comms: Vec<String>,
+    /// Report only this network namespace (its inode number); `None`: all.
+    pub netns: Option<u32>,
 }
 
 /// Where and how big the wire observer is.
@@ -215,6 +217,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             tracing::warn!("process lifecycle events are off: {e}");
             probe_common::ProcLayout::ABSENT
         });
+    let netns_layout = match &vmlinux {
+        Ok(b) => b
+            .netns_layout()
+            .unwrap_or(probe_common::NetnsLayout::ABSENT),
+        Err(_) => probe_common::NetnsLayout::ABSENT,
+    };
+    if opts.netns.is_some() && netns_layout.present == 0 {
+        return Err(LoadError::NoCore(
+            "--netns needs the kernel's BTF (/sys/kernel/btf/vmlinux) to read a socket's namespace"
+                .into(),
+        ));
+    }
+    let netns_filter: u32 = opts.netns.unwrap_or(0);
     let has_l3_ifaces: u32 = opts
         .wire
         .as_ref()
@@ -226,6 +241,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("TCP_SOCK_LAYOUT", &tcp_sock_layout, true)
         .override_global("HAS_L3_IFACES", &has_l3_ifaces, true)
         .override_global("PROC_LAYOUT", &proc_layout, true)
+        .override_global("NETNS_LAYOUT", &netns_layout, true)
+        .override_global("NETNS_FILTER", &netns_filter, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)
@@ -435,7 +452,9 @@ fn attach_proc(
         let mut watched: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(map_mut(ebpf, "WATCHED")?)
                 .map_err(|e| LoadError::Map("WATCHED", e))?;
-        for (pid, why) in crate::procscan::watched_processes(&opts.watch_comms, &opts.ports) {
+        for (pid, why) in
+            crate::procscan::watched_processes(&opts.watch_comms, &opts.ports, opts.netns)
+        {
             let _ = watched.insert(pid, why, 0);
         }
     }

@@ -115,6 +115,11 @@ struct RunArgs {
     /// of watched listeners (repeatable, at most 4, 15 characters each).
     #[arg(long = "watch-comm", value_name = "NAME", env = "DRAINWATCH_WATCH_COMM", value_delimiter = ',', default_value = "kube-apiserver", value_parser = parse_comm)]
     watch_comms: Vec<String>,
+    /// Report only one network namespace: `self` (the daemon's, e.g. the host
+    /// network of a hostNetwork pod), a path such as /run/netns/NAME or
+    /// /proc/PID/ns/net, or `all`.
+    #[arg(long, default_value = "all", env = "DRAINWATCH_NETNS")]
+    netns: String,
     /// Turn on the kernel's per-program run-time statistics while running and
     /// export them (drainwatch_program_run_seconds_total); costs ~20 ns per run.
     #[arg(long, env = "DRAINWATCH_BPF_STATS")]
@@ -353,6 +358,11 @@ fn apply_config_file(args: &mut RunArgs, m: &clap::ArgMatches) -> Result<(), con
     {
         args.ifaces = v;
     }
+    if let Some(v) = file.netns
+        && unset("netns")
+    {
+        args.netns = v;
+    }
     if let Some(v) = file.watch_comm
         && unset("watch_comms")
     {
@@ -419,6 +429,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             flow_table: args.flow_table,
         })
     };
+    let netns = match args.netns.as_str() {
+        "all" => None,
+        other => {
+            let path = if other == "self" {
+                "/proc/self/ns/net"
+            } else {
+                other
+            };
+            Some(
+                procscan::netns_inode(std::path::Path::new(path))
+                    .map_err(|e| anyhow::anyhow!("--netns {other}: {e}"))?,
+            )
+        }
+    };
     let load = LoadOptions {
         ports,
         ringbuf_bytes: args.ringbuf_bytes,
@@ -426,6 +450,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         kprobes: !args.no_kprobes,
         wire,
         watch_comms: args.watch_comms.clone(),
+        netns,
     };
     if args.check {
         return check(&load);

@@ -22,6 +22,7 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
             flow_table: 1024,
         }),
         watch_comms: Vec::new(),
+        netns: None,
     })?;
     // Events are not read here; a full ring buffer only counts losses.
     let ack = TcpFlags::ACK;

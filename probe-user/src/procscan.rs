@@ -38,8 +38,18 @@ pub fn parse_listener_inodes(text: &str, ports: &[u16]) -> Vec<u64> {
         .collect()
 }
 
-/// (tgid, why) for every running process to watch.
-pub fn watched_processes(names: &[String], ports: &[u16]) -> Vec<(u32, u8)> {
+/// The inode number of a network namespace file (`/proc/self/ns/net`,
+/// `/run/netns/NAME`, `/proc/PID/ns/net`).
+pub fn netns_inode(path: &std::path::Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = fs::metadata(path)?.ino();
+    u32::try_from(ino)
+        .map_err(|_| std::io::Error::other(format!("inode {ino} does not fit 32 bits")))
+}
+
+/// (tgid, why) for every running process to watch (in namespace `netns`
+/// when given).
+pub fn watched_processes(names: &[String], ports: &[u16], netns: Option<u32>) -> Vec<(u32, u8)> {
     let inodes = listener_inodes(ports);
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -53,6 +63,11 @@ pub fn watched_processes(names: &[String], ports: &[u16]) -> Vec<(u32, u8)> {
         else {
             continue;
         };
+        if let Some(want) = netns
+            && netns_inode(std::path::Path::new(&format!("/proc/{pid}/ns/net"))).ok() != Some(want)
+        {
+            continue;
+        }
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if names
             .iter()
@@ -102,10 +117,18 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         let me = std::process::id();
-        let found = watched_processes(&[], &[port]);
+        let found = watched_processes(&[], &[port], None);
         assert!(found.contains(&(me, BY_LISTENER)), "{found:?}");
         let comm = fs::read_to_string("/proc/self/comm").expect("comm");
-        let found = watched_processes(&[comm.trim().to_string()], &[]);
+        let found = watched_processes(&[comm.trim().to_string()], &[], None);
         assert!(found.contains(&(me, BY_NAME)), "{found:?}");
+        let own = netns_inode(std::path::Path::new("/proc/self/ns/net")).expect("netns");
+        let found = watched_processes(&[comm.trim().to_string()], &[], Some(own));
+        assert!(found.contains(&(me, BY_NAME)), "same namespace: {found:?}");
+        let found = watched_processes(&[comm.trim().to_string()], &[], Some(own.wrapping_add(1)));
+        assert!(
+            !found.contains(&(me, BY_NAME)),
+            "another namespace: {found:?}"
+        );
     }
 }

@@ -307,6 +307,7 @@ pub fn tp_layout(f: &TraceFormat) -> Result<TpLayout, TracefsError> {
         }
         "tcp_send_reset" | "tcp_receive_reset" => {
             l.skaddr = need("skaddr", &[8])?;
+            l.skbaddr = may("skbaddr", &[8])?;
             l.state = may("state", &[4])?;
             l.reason = may("reason", &[4])?;
         }

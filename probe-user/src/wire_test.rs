@@ -35,6 +35,7 @@ fn rig() -> Option<Rig> {
             flow_table: 1024,
         }),
         watch_comms: Vec::new(),
+        netns: None,
     })
     .expect("load");
     let events = loader::take_events(&mut loaded.ebpf).expect("events");

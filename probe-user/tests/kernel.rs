@@ -737,3 +737,49 @@ fn refusals_after_the_listener_closed_become_a_verdict_live_and_offline() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn netns_filter_reports_only_the_chosen_namespace() {
+    let _g = serial();
+    if !root_or_skip("netns_filter_reports_only_the_chosen_namespace") {
+        return;
+    }
+    let pair = Pair::new();
+    let client_ns = format!("/run/netns/{}", pair.client);
+    let d = Daemon::start(&["--netns", &client_ns, "--no-wire"]);
+    // A refusal between the two namespaces: only the client's half is ours.
+    let to = addr(&pair.server_v4, 6443);
+    pair.in_client(move || assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused));
+    // And a listener in the server namespace: not ours either.
+    let server = addr(&pair.server_v4, 6443);
+    pair.in_server(move || drop(TcpListener::bind(server).expect("bind")));
+    d.wait_for(&[&pair.client_v4, &pair.server_v4], "refused", |e| {
+        !of_kind(e, "refused").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let evs = d.events_for(&[&pair.client_v4, &pair.server_v4]);
+    assert_eq!(
+        kinds(&evs),
+        ["connect_attempt", "reset_received", "refused"],
+        "the server's RST and listener are in another namespace: {evs:#?}"
+    );
+    assert!(d.stop().success());
+
+    // Without the filter the same traffic shows both ends.
+    let d = Daemon::start(&["--no-wire"]);
+    pair.in_client(move || assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused));
+    let evs = d.wait_for(&[&pair.client_v4], "refused", |e| {
+        !of_kind(e, "refused").is_empty()
+    });
+    assert_eq!(of_kind(&evs, "reset_sent").len(), 1, "{evs:#?}");
+    assert!(d.stop().success());
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        .args(["run", "--netns", "/nonexistent/ns"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("--netns /nonexistent/ns"),
+        "{err}"
+    );
+}
