@@ -16,11 +16,22 @@ pub struct Capture {
 /// Starts tcpdump on `iface` in namespace `ns`, writing `file`; returns once tcpdump
 /// reports it is listening, so no packet of the scenario is missed.
 pub async fn start(ns: &str, iface: &str, file: &Path) -> Result<Capture, ProcError> {
-    let args: Vec<String> = ["-i", iface, "-n", "-U", "-s", "256", "-Z", "root", "-w"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([file.display().to_string(), "tcp".to_string()])
-        .collect();
+    let args: Vec<String> = [
+        "-i",
+        iface,
+        "-n",
+        "-U",
+        "--immediate-mode",
+        "-s",
+        "256",
+        "-Z",
+        "root",
+        "-w",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([file.display().to_string(), "tcp".to_string()])
+    .collect();
     let mut proc = procs::spawn("tcpdump", ns, Path::new("tcpdump"), &args)?;
     proc.wait_for("listening on", Duration::from_secs(10))
         .await?;

@@ -10,6 +10,8 @@
 pub mod audit;
 pub mod duration;
 pub mod lb_check;
+pub mod pcap;
+pub mod report;
 
 /// Report format shared by the tools.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

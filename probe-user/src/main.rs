@@ -49,9 +49,11 @@ enum Command {
     LbCheck(drainwatch_ops::lb_check::LbCheckArgs),
     /// Audit Kubernetes manifests for graceful-shutdown problems (seeds 001, 003).
     Audit(drainwatch_ops::audit::AuditArgs),
-    /// Correlate a recording (`run --record FILE`) offline: the same verdicts
-    /// as live.
+    /// Correlate a recording (`run --record FILE`) or a tcpdump capture
+    /// (`--pcap FILE`) offline: the same engine as live.
     Analyze(AnalyzeArgs),
+    /// One self-contained HTML report (SVG timeline) from a recording or a capture.
+    Report(drainwatch_ops::report::ReportArgs),
     /// Time the TC classifier on crafted packets (used by `cargo xtask bench wire`).
     #[command(hide = true)]
     BenchClassifier {
@@ -63,13 +65,16 @@ enum Command {
 #[derive(Args)]
 struct AnalyzeArgs {
     /// A recording made with `drainwatch run --record FILE`.
-    file: std::path::PathBuf,
+    #[arg(required_unless_present = "pcap", conflicts_with = "pcap")]
+    file: Option<std::path::PathBuf>,
+    /// A tcpdump capture (pcap or pcapng) instead: decoded into the same
+    /// events as the kernel side, then correlated the same way.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<std::path::PathBuf>,
     #[command(flatten)]
-    correlate: observe::CorrelateArgs,
-    /// This node's addresses when the recording was made (repeatable);
-    /// default: this machine's.
-    #[arg(long = "local-addr", value_name = "IP")]
-    local_addrs: Vec<std::net::IpAddr>,
+    capture: drainwatch_ops::pcap::CaptureFlags,
+    #[command(flatten)]
+    correlate: drainwatch_ops::pcap::CorrelateFlags,
     /// Print JSON instead of text.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
@@ -285,6 +290,7 @@ fn main() -> ExitCode {
         Command::LbCheck(args) => drainwatch_ops::lb_check::run(&args),
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
         Command::Analyze(args) => analyze(&args),
+        Command::Report(args) => drainwatch_ops::report::run(&args),
         Command::BenchClassifier { repeat } => {
             microbench::run(repeat.max(1)).map(|()| ExitCode::SUCCESS)
         }
@@ -529,19 +535,35 @@ fn pod_watch(args: &RunArgs) -> Option<kubewatch::PodWatch> {
     })
 }
 
-/// `analyze FILE`: the verdicts and timelines of a recording.
+/// `analyze FILE` / `analyze --pcap FILE`: verdicts and timelines offline.
 fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let format = match args.output {
+        Output::Json => drainwatch_ops::OutputFormat::Json,
+        _ => drainwatch_ops::OutputFormat::Text,
+    };
+    if let Some(pcap) = &args.pcap {
+        return drainwatch_ops::pcap::run(&drainwatch_ops::pcap::AnalyzePcapArgs {
+            file: pcap.clone(),
+            capture: args.capture.clone(),
+            correlate: args.correlate.clone(),
+            output: format,
+        });
+    }
+    let Some(file) = &args.file else {
+        anyhow::bail!("give a recording FILE or --pcap FILE");
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let obs = drainwatch_correlate::parse_jsonl(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    let local = if args.local_addrs.is_empty() {
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // This host's addresses when the recording was made: --local, else ours.
+    let local = if args.capture.locals.is_empty() {
         observe::local_addrs()
     } else {
-        args.local_addrs.clone()
+        args.capture.locals.clone()
     };
-    let report = drainwatch_correlate::analyze(&args.correlate.config(local), obs)
+    let report = drainwatch_correlate::analyze(&args.correlate.config(&local), obs)
         .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -553,7 +575,7 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
                 "{} verdict(s) from {} observation(s) in {}",
                 report.verdicts.len(),
                 report.stats.observations,
-                args.file.display()
+                file.display()
             );
         }
     }
