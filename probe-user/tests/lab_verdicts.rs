@@ -112,9 +112,9 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     let out_json = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
         .args(["analyze", &rec_s, "--instance", "m1", "--output", "json"])
         .args([
-            "--local-addr",
+            "--local",
             m1,
-            "--local-addr",
+            "--local",
             vip,
             "--local-vip",
             vip,
@@ -124,7 +124,12 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
         .args(["--shutdown-delay", "7s", "--request-timeout", "6s"])
         .output()
         .expect("analyze");
-    let report: serde_json::Value = serde_json::from_slice(&out_json.stdout).expect("report");
+    let report: serde_json::Value = serde_json::from_slice(&out_json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "analyze gave no report ({e}): {}",
+            String::from_utf8_lossy(&out_json.stderr)
+        )
+    });
     let verdicts = report["verdicts"].as_array().expect("verdicts");
     let hairpin = verdicts
         .iter()
