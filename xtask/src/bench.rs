@@ -4,7 +4,8 @@
 //! interleaved between "no observer" and "drainwatch with the classifier on
 //! the client's veth". Per-packet cost comes from the kernel's own program
 //! statistics (`--bpf-stats`, i.e. BPF_ENABLE_STATS), watched and unwatched
-//! phases separately. Every run is bounded (iperf3 -t) and everything it
+//! phases separately, and per packet on crafted packets with
+//! BPF_PROG_TEST_RUN (`drainwatch bench-classifier`). Every run is bounded (iperf3 -t) and everything it
 //! creates is removed at the end.
 
 use std::{
@@ -267,5 +268,15 @@ pub fn wire(bin: &Path, rounds: u32, secs: u32) -> anyhow::Result<()> {
     println!();
     println!("ns/skb: kernel run time per classifier run (BPF_ENABLE_STATS); veth hands TC");
     println!("GSO super-packets, so one run covers up to 64 KiB of a bulk stream.");
+    println!();
+    // The same program on single crafted packets: no traffic noise.
+    let status = Command::new(bin)
+        .arg("bench-classifier")
+        .env("DRAINWATCH_LOG", "warn")
+        .status()
+        .context("drainwatch bench-classifier")?;
+    if !status.success() {
+        bail!("drainwatch bench-classifier failed: {status}");
+    }
     Ok(())
 }
