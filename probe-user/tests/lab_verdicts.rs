@@ -33,7 +33,7 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     }
     let mut lab = Guard(
         Command::new(lab_binary())
-            .args(["run", "gcp-ilb-rollout", "--no-capture", "--out"])
+            .args(["run", "gcp-ilb-rollout", "--out"])
             .arg(&out)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -144,6 +144,48 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     assert!(
         !verdicts.iter().any(|v| v["cause"] == "lb_detection_slow"),
         "truth: the LB took m1 out in time (E2 + t < E3): {report:#}"
+    );
+
+    // The same run from real tcpdump's capture on m1: the same verdict count.
+    let pcap = out.join("gcp-ilb-rollout/m1.pcap");
+    let pcap_json = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        .args([
+            "analyze",
+            "--pcap",
+            pcap.to_str().expect("utf8"),
+            "--instance",
+            "m1",
+        ])
+        .args([
+            "--local",
+            m1,
+            "--local",
+            vip,
+            "--local-vip",
+            vip,
+            "--vip",
+            vip,
+        ])
+        .args(["--output", "json"])
+        .output()
+        .expect("analyze --pcap");
+    let pcap_report: serde_json::Value =
+        serde_json::from_slice(&pcap_json.stdout).unwrap_or_else(|e| {
+            panic!(
+                "analyze --pcap gave no report ({e}): {}",
+                String::from_utf8_lossy(&pcap_json.stderr)
+            )
+        });
+    let from_pcap = pcap_report["report"]["verdicts"]
+        .as_array()
+        .or_else(|| pcap_report["verdicts"].as_array())
+        .expect("pcap verdicts")
+        .iter()
+        .find(|v| v["cause"] == "refused_while_not_listening" && v["path"] == "local_hairpin")
+        .unwrap_or_else(|| panic!("no hairpin verdict from the capture: {pcap_report:#}"));
+    assert_eq!(
+        from_pcap["count"], hairpin["count"],
+        "live (kernel) and capture give the same hairpin count"
     );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(&rec);
