@@ -99,6 +99,7 @@ mod engine;
 mod model;
 mod output;
 mod text;
+mod time;
 
 #[cfg(test)]
 mod tests;
@@ -113,6 +114,7 @@ pub use output::{
     Cause, CauseTotals, InputStats, LbDetection, Measured, Phase, PhaseGauge, PhaseKind, Report,
     Summary, Timeline, Verdict,
 };
+pub use time::rfc3339;
 
 /// A line of a recording that is not an observation.
 #[derive(Debug, thiserror::Error)]

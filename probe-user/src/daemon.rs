@@ -34,7 +34,7 @@ pub struct RunOptions {
     /// Enable and export per-program kernel run-time statistics.
     pub bpf_stats: bool,
     /// How observations are correlated into verdicts.
-    pub correlate: observe::CorrelateArgs,
+    pub correlate: drainwatch_ops::pcap::CorrelateFlags,
     /// Where to record the engine's input (JSON lines), for `analyze`.
     pub record: Option<std::path::PathBuf>,
     /// HTTP checks of the apiserver: the local /readyz poller and the prober.
@@ -290,8 +290,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     drop(obs_tx);
     let corr = Correlation {
-        engine: drainwatch_correlate::Engine::new(opts.correlate.config(observe::local_addrs()))
-            .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?,
+        engine: drainwatch_correlate::Engine::new({
+            let mut config = opts.correlate.config(&observe::local_addrs());
+            config.default_instance = config.default_instance.or_else(observe::hostname);
+            config
+        })
+        .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?,
         recorder: opts
             .record
             .clone()

@@ -456,28 +456,10 @@ pub fn sanitize_comm(raw: &[u8]) -> String {
     s
 }
 
-/// Formats Unix nanoseconds as RFC 3339 UTC with microseconds.
+/// Formats Unix nanoseconds as RFC 3339 UTC with microseconds (times
+/// before the epoch, which boot-clock arithmetic cannot produce, clamp to it).
 pub fn rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    drainwatch_correlate::rfc3339(u64::try_from(unix_ns).unwrap_or(0))
 }
 
 /// Turns a raw record into a typed event, rejecting what cannot be right.

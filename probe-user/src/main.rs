@@ -133,7 +133,7 @@ struct RunArgs {
     #[arg(long)]
     check: bool,
     #[command(flatten)]
-    correlate: observe::CorrelateArgs,
+    correlate: drainwatch_ops::pcap::CorrelateFlags,
     /// The local apiserver instance to poll directly for /readyz and /healthz
     /// (e.g. https://127.0.0.1:6443/).
     #[arg(long, value_name = "URL", env = "DRAINWATCH_APISERVER_URL", value_parser = parse_http_url)]

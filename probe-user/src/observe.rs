@@ -1,87 +1,20 @@
 //! From the daemon's events to the correlation engine's observations, and
-//! the engine's configuration from the command line. One mapping, used live
+//! this host's addresses and name. One mapping, used live
 //! and for recordings, so `drainwatch analyze` of a recording gives the
 //! verdicts the live daemon gave.
 
 use std::{net::IpAddr, path::PathBuf};
 
-use drainwatch_correlate::{
-    Config, Direction, Keepalive, Obs, Observation, ResetOrigin, Signal, Source,
-};
+use drainwatch_correlate::{Direction, Keepalive, Obs, Observation, ResetOrigin, Signal, Source};
 
 use crate::event::{Event, EventKind};
 
-/// The correlation flags shared by `run` and `analyze`.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct CorrelateArgs {
-    /// Name of the apiserver instance on this node (default: the hostname).
-    #[arg(long, env = "DRAINWATCH_INSTANCE")]
-    pub instance: Option<String>,
-    /// A load-balancer VIP for the apiserver (repeatable).
-    #[arg(
-        long = "vip",
-        value_name = "IP",
-        env = "DRAINWATCH_VIP",
-        value_delimiter = ','
-    )]
-    pub vips: Vec<IpAddr>,
-    /// A VIP this node itself holds (GCP's internal LB: traffic from this node
-    /// to it never leaves the node) (repeatable).
-    #[arg(
-        long = "local-vip",
-        value_name = "IP",
-        env = "DRAINWATCH_LOCAL_VIP",
-        value_delimiter = ','
-    )]
-    pub local_vips: Vec<IpAddr>,
-    /// A proxying load balancer's own address, as the apiserver sees its
-    /// connections (repeatable).
-    #[arg(
-        long = "lb-addr",
-        value_name = "IP",
-        env = "DRAINWATCH_LB_ADDR",
-        value_delimiter = ','
-    )]
-    pub lb_addrs: Vec<IpAddr>,
-    /// The apiserver's shutdown-delay-duration (e.g. 70s).
-    #[arg(long, value_parser = parse_secs, env = "DRAINWATCH_SHUTDOWN_DELAY")]
-    pub shutdown_delay: Option<f64>,
-    /// The apiserver's request timeout (e.g. 60s).
-    #[arg(long, value_parser = parse_secs, env = "DRAINWATCH_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<f64>,
-    /// The pod's terminationGracePeriodSeconds (e.g. 135s).
-    #[arg(long, value_parser = parse_secs, env = "DRAINWATCH_GRACE_PERIOD")]
-    pub grace_period: Option<f64>,
-}
-
-fn parse_secs(s: &str) -> Result<f64, String> {
-    drainwatch_ops::duration::parse_duration(s)
-        .map(|d| d.as_secs_f64())
-        .map_err(|e| e.to_string())
-}
-
-fn hostname() -> Option<String> {
+/// This host's name: the instance a verdict names when `--instance` is not given.
+pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-}
-
-impl CorrelateArgs {
-    /// The engine's configuration; `local_addrs` are this node's addresses.
-    pub fn config(&self, local_addrs: Vec<IpAddr>) -> Config {
-        Config {
-            default_instance: self.instance.clone().or_else(hostname),
-            local_addrs,
-            vips: self.vips.clone(),
-            local_vips: self.local_vips.clone(),
-            lb_addrs: self.lb_addrs.clone(),
-            shutdown_delay_s: self.shutdown_delay,
-            request_timeout_s: self.request_timeout,
-            grace_period_s: self.grace_period,
-            ..Config::default()
-        }
-    }
 }
 
 /// This node's addresses (every interface, this network namespace).

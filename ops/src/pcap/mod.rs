@@ -48,36 +48,52 @@ impl CaptureFlags {
     }
 }
 
-/// What the correlation engine is told besides the observations.
+/// What the correlation engine is told besides the observations: shared by
+/// `drainwatch run`, `analyze` and `report`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CorrelateFlags {
     /// Name of the apiserver instance the capture host runs (verdicts name it).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "DRAINWATCH_INSTANCE")]
     pub instance: Option<String>,
 
     /// A load-balancer VIP clients dial (repeatable).
-    #[arg(long = "vip", value_name = "IP")]
+    #[arg(
+        long = "vip",
+        value_name = "IP",
+        env = "DRAINWATCH_VIP",
+        value_delimiter = ','
+    )]
     pub vips: Vec<IpAddr>,
 
     /// A VIP the capture host itself holds (GCP ILB on `lo`, repeatable): its own
     /// connections to it hairpin locally (seed 000).
-    #[arg(long = "local-vip", value_name = "IP")]
+    #[arg(
+        long = "local-vip",
+        value_name = "IP",
+        env = "DRAINWATCH_LOCAL_VIP",
+        value_delimiter = ','
+    )]
     pub local_vips: Vec<IpAddr>,
 
     /// Source address of a proxying LB (HAProxy, ELB; repeatable).
-    #[arg(long = "lb-addr", value_name = "IP")]
+    #[arg(
+        long = "lb-addr",
+        value_name = "IP",
+        env = "DRAINWATCH_LB_ADDR",
+        value_delimiter = ','
+    )]
     pub lb_addrs: Vec<IpAddr>,
 
     /// kube-apiserver --shutdown-delay-duration (E3 - E2), e.g. 70s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DRAINWATCH_SHUTDOWN_DELAY")]
     pub shutdown_delay: Option<std::time::Duration>,
 
     /// The apiserver's request timeout (E4 - E3), e.g. 60s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DRAINWATCH_REQUEST_TIMEOUT")]
     pub request_timeout: Option<std::time::Duration>,
 
     /// terminationGracePeriodSeconds, e.g. 135s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DRAINWATCH_GRACE_PERIOD")]
     pub grace_period: Option<std::time::Duration>,
 }
 
@@ -152,30 +168,7 @@ pub struct Decoded {
     pub observations: Vec<Observation>,
 }
 
-/// Formats nanoseconds since the epoch as RFC 3339 UTC with microseconds
-/// (tcpdump's precision), without a date-time dependency.
-pub fn rfc3339(ts_ns: u64) -> String {
-    let secs = ts_ns / 1_000_000_000;
-    let micros = (ts_ns % 1_000_000_000) / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
+pub use drainwatch_correlate::rfc3339;
 
 /// Decodes a capture already in memory; `file` names it in errors.
 pub fn decode_bytes(file: &str, data: &[u8], opts: &FlowOptions) -> Result<Decoded, CaptureError> {
