@@ -890,6 +890,10 @@ enum CutClass {
     Unexplained,
 }
 
+/// How far kernel-timed close evidence may precede the listener's close,
+/// or follow the process's exit, and still be that close (ns).
+const HARD_CLOSE_LEAD_NS: u64 = 50_000_000;
+
 fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> CutClass {
     let tol = cfg.tolerance_ns();
     let e3 = c.t(PhaseKind::ListenerClosed);
@@ -920,8 +924,10 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
     let Some(e3) = e3 else {
         return CutClass::Unexplained;
     };
-    if t.abs_diff(e3) <= tol {
-        return CutClass::Hard;
+    // Once the instance listens again, resets are the new process's
+    // ordinary traffic, not this shutdown's.
+    if c.t(PhaseKind::ListeningAgain).is_some_and(|l| t >= l) {
+        return CutClass::Unexplained;
     }
     if cfg.request_timeout_s.is_none()
         && !c.has(PhaseKind::Sigkill)
@@ -931,6 +937,27 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
         // No configured timeout: a cut right before exit, after a drain
         // period, is the request timeout firing.
         return CutClass::Timeout;
+    }
+    if !probe && !strong {
+        // A server RST or a client's RST alone happens in ordinary traffic
+        // too (a close meeting unread data): it is a hard close only at the
+        // instant the server closed everything, which the kernel times
+        // exactly: from just before the listener closed (the same close
+        // call) until the process exits.
+        let from = e3.saturating_sub(HARD_CLOSE_LEAD_NS);
+        let until = c
+            .t(PhaseKind::Exit)
+            .map_or(e3.saturating_add(tol), |x| {
+                x.saturating_add(HARD_CLOSE_LEAD_NS).min(e3.saturating_add(tol))
+            });
+        return if t >= from && t <= until {
+            CutClass::Hard
+        } else {
+            CutClass::Unexplained
+        };
+    }
+    if t.abs_diff(e3) <= tol {
+        return CutClass::Hard;
     }
     if t.saturating_add(tol) >= e3 {
         CutClass::Hard

@@ -127,18 +127,57 @@ pub struct InputError {
     pub source: serde_json::Error,
 }
 
-/// Parses a recording: one JSON [`Observation`] per line, blank lines
-/// ignored. Stops at the first bad line, naming it: never a partial
-/// silent result.
-pub fn parse_jsonl(text: &str) -> Result<Vec<Observation>, InputError> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| {
-            serde_json::from_str(l).map_err(|source| InputError {
+/// The first line of a recording `drainwatch run --record` writes: the
+/// engine configuration the live verdicts came from, so `analyze` of the
+/// file reproduces them without repeating every flag.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecordingHeader {
+    /// Format version of the recording (1).
+    pub drainwatch_recording: u32,
+    /// The live engine's configuration.
+    pub config: Config,
+}
+
+/// A parsed recording: its header, if it has one, and its observations.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    /// The live configuration, from the header line.
+    pub header: Option<RecordingHeader>,
+    /// Observations, in file order.
+    pub observations: Vec<Observation>,
+}
+
+/// Parses a recording: an optional [`RecordingHeader`] line, then one JSON
+/// [`Observation`] per line, blank lines ignored. Stops at the first bad
+/// line, naming it: never a partial silent result.
+pub fn parse_recording(text: &str) -> Result<Recording, InputError> {
+    let mut rec = Recording::default();
+    for (n, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        if rec.header.is_none()
+            && rec.observations.is_empty()
+            && l.trim_start().starts_with("{\"drainwatch_recording\"")
+        {
+            let h: RecordingHeader = serde_json::from_str(l).map_err(|source| InputError {
                 line: n + 1,
                 source,
-            })
-        })
-        .collect()
+            })?;
+            rec.header = Some(h);
+            continue;
+        }
+        let o = serde_json::from_str(l).map_err(|source| InputError {
+            line: n + 1,
+            source,
+        })?;
+        rec.observations.push(o);
+    }
+    Ok(rec)
+}
+
+/// Parses a recording's observations (see [`parse_recording`]; a header
+/// line is accepted and skipped).
+pub fn parse_jsonl(text: &str) -> Result<Vec<Observation>, InputError> {
+    parse_recording(text).map(|r| r.observations)
 }

@@ -40,6 +40,12 @@ enum Cmd {
         no_capture: bool,
         #[command(flatten)]
         overrides: scenario::Overrides,
+        /// Hold for an observer: write OUT/<scenario>/topology.json once the hosts
+        /// exist, then wait until FILE exists before starting any server; at the
+        /// end, write OUT/<scenario>/scenario-done and wait until FILE is removed
+        /// (the observer stopped) before tearing down.
+        #[arg(long, value_name = "FILE")]
+        hold_for: Option<PathBuf>,
     },
     /// List the scenarios.
     List,
@@ -154,6 +160,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             time_scale,
             no_capture,
             overrides,
+            hold_for,
         } => {
             need_root()?;
             let list: Vec<Scenario> = if scenario == "all" {
@@ -182,6 +189,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     bin: bin.clone(),
                     capture: !no_capture,
                     overrides: overrides.clone(),
+                    hold_for: hold_for.clone(),
                 };
                 let truth = scenario::run(s, &opts)
                     .await

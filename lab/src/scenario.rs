@@ -117,6 +117,11 @@ pub struct RunOpts {
     pub capture: bool,
     /// Real-world timing overrides (applied before scaling).
     pub overrides: Overrides,
+    /// Hold for an observer: once the topology exists, write `topology.json` (hosts,
+    /// their namespaces and addresses) to the output directory and wait until this
+    /// file exists before starting any server, so an observer such as drainwatch
+    /// sees the whole scenario from its first listener.
+    pub hold_for: Option<PathBuf>,
 }
 
 /// Real-world (unscaled) settings that replace a scenario's defaults, to try other
@@ -224,6 +229,7 @@ struct Run {
     haproxies: Vec<Haproxy>,
     started_ns: u64,
     params: Value,
+    hold_for: Option<PathBuf>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ScenarioError + '_ {
@@ -264,7 +270,89 @@ impl Run {
             haproxies: Vec::new(),
             started_ns: now_ns(),
             params: json!({}),
+            hold_for: opts.hold_for.clone(),
         })
+    }
+
+    /// With [`RunOpts::hold_for`]: writes `scenario-done` and waits (at most 60 s)
+    /// until the observer has stopped and removed the go-ahead file, so it sees
+    /// the scenario and none of the teardown (clients and servers killed).
+    async fn release_observer(&mut self) {
+        let Some(go) = self.hold_for.clone() else {
+            return;
+        };
+        let done = self.out.join("scenario-done");
+        if let Err(e) = std::fs::write(&done, b"") {
+            tracing::warn!("{}: {e}; not waiting for the observer", done.display());
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while go.exists() {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "the observer did not remove {} within 60 s; tearing down",
+                    go.display()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes `topology.json` and, with [`RunOpts::hold_for`], waits (at most 120 s)
+    /// for the observer's go-ahead file.
+    async fn offer_observer(&mut self) -> Result<(), ScenarioError> {
+        let hosts: BTreeMap<String, Value> = self
+            .lab
+            .hosts()
+            .map(|(name, h)| (name.clone(), json!({"ns": h.ns, "addrs": h.addrs})))
+            .collect();
+        // The CA exists before any server starts, so an observer can verify them.
+        let ca = if self.master_addrs.is_empty() {
+            None
+        } else {
+            Some(self.pki()?.ca)
+        };
+        let t = self.timing;
+        // The lab's timings as the observer sees them (scaled), seconds.
+        let timing_s = json!({
+            "shutdown_delay": self.s(t.shutdown_delay).as_secs_f64(),
+            "request_timeout": self.s(t.request_timeout).as_secs_f64(),
+            "grace": self.s(t.grace).as_secs_f64(),
+            "hc_interval": self.s(t.hc_interval).as_secs_f64(),
+            "hc_timeout": self.s(t.hc_timeout).as_secs_f64(),
+            "hc_fall": t.hc_fall,
+            "idle_timeout": self.s(t.idle_timeout).as_secs_f64(),
+        });
+        let topo = json!({
+            "lab_id": self.lab.id(),
+            "hosts": hosts,
+            "params": self.params,
+            "ca": ca,
+            "timing_s": timing_s,
+        });
+        let path = self.out.join("topology.json");
+        let tmp = self.out.join("topology.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&topo)?).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        let Some(go) = self.hold_for.clone() else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !go.exists() {
+            if std::time::Instant::now() > deadline {
+                return Err(ScenarioError::Io {
+                    path: go,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no observer created this file within 120 s of topology.json",
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.note("lab", 0, "observer_ready", Value::Null);
+        Ok(())
     }
 
     fn s(&self, real: f64) -> Duration {
@@ -578,6 +666,8 @@ impl Run {
 
     /// Stops clients, captures, LBs and apiservers, then reads every record.
     async fn finish(mut self, scenario: Scenario) -> Result<Truth, ScenarioError> {
+        // An observer stops before the teardown, which is not part of the scenario.
+        self.release_observer().await;
         // Everything after this marker is the lab tearing down, not the scenario.
         self.note("lab", 0, "teardown", Value::Null);
         for c in &mut self.clients {
@@ -697,8 +787,10 @@ async fn lan_scenario(
     let mut run = Run::new(opts, scale, t)?;
     let hairpin = scenario == Scenario::GcpIlbRollout;
     run.lan_topology(3, hairpin)?;
+    run.params["hairpin"] = json!(hairpin);
     run.params["rolled"] = json!(roll);
     run.params["mode"] = json!(mode);
+    run.offer_observer().await?;
     let names: Vec<String> = run.master_addrs.keys().cloned().collect();
     for m in &names {
         let md = if roll.contains(&m.as_str()) {
@@ -857,6 +949,7 @@ async fn azure(opts: &RunOpts, scale: f64) -> Result<Truth, ScenarioError> {
     run.params["idle_timeout_s"] = json!(idle.as_secs_f64().round().max(1.0));
     run.params["timer_periods_s"] = json!({"8005": fast.as_secs_f64(), "8600": slow.as_secs_f64()});
     run.params["addrs"] = json!({"client": client, "slb_client_side": slb_c, "slb_server_side": slb_s, "server": server});
+    run.offer_observer().await?;
     if opts.capture {
         run.capture("slb", "any", "slb.pcap").await?;
     }

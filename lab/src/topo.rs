@@ -232,6 +232,11 @@ impl Lab {
         self.pids.push(pid);
     }
 
+    /// The hosts by name.
+    pub fn hosts(&self) -> impl Iterator<Item = (&String, &Host)> {
+        self.hosts.iter()
+    }
+
     /// Namespaces of this lab.
     pub fn namespaces(&self) -> Vec<String> {
         self.hosts.values().map(|h| h.ns.clone()).collect()

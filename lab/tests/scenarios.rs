@@ -27,6 +27,7 @@ async fn run(s: Scenario) -> Truth {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_drainwatch-lab")),
         capture: true,
         overrides: Default::default(),
+        hold_for: None,
     };
     let truth = scenario::run(s, &opts).await.expect("scenario runs");
     println!("{}", truth.timeline());

@@ -80,6 +80,13 @@ pub mod flags {
     pub const FLOW_KEEPALIVE: u32 = 1 << 10;
     /// The state was taken from the program's own socket table, not the kernel record.
     pub const STATE_TRACKED: u32 = 1 << 6;
+    /// Closed: this (accepting) end closed first, and whether a request was
+    /// outstanding then is known (see `REQUEST_PENDING`).
+    pub const CLOSE_CHECKED: u32 = 1 << 11;
+    /// Closed: when this end closed first, the last data on the connection
+    /// had come from the client (`lrcvtime` after `lsndtime`): a request it
+    /// was still owed an answer to.
+    pub const REQUEST_PENDING: u32 = 1 << 12;
 }
 
 /// One event, written by the kernel programs and decoded by the daemon.

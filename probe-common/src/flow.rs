@@ -37,8 +37,19 @@ pub struct Flow {
     pub h2: [u8; 2],
     pub seq_known: u8,
     pub from_syn: u8,
-    pub _pad: [u8; 6],
+    /// Which way the most recent payload bigger than [`SMALL_PAYLOAD`] went:
+    /// 0 none yet, 1 ingress, 2 egress. A server closing a connection whose
+    /// last such payload came in still owed the client an answer; the TLS
+    /// close_notify it sends as it closes, HTTP/2 PINGs and WINDOW_UPDATEs
+    /// are smaller and do not count.
+    pub big_dir: u8,
+    pub _pad: [u8; 5],
 }
+
+/// Payloads up to this many bytes are control traffic for [`Flow::big_dir`]:
+/// a TLS 1.3 close_notify is 24 bytes, TLS 1.2's 31; an HTTP/2 PING or
+/// WINDOW_UPDATE inside TLS 1.3 is 39 or 35. A request is bigger.
+pub const SMALL_PAYLOAD: u32 = 40;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowKey {}

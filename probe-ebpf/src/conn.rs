@@ -13,7 +13,9 @@ use probe_common::{IPPROTO_TCP, RUNTIME_KPROBE_CONNECT, flags, kind, tcp_state a
 
 use crate::{
     event::{Tuple, emit, field, now, read_addrs, read_ports, set_task, watched_tuple},
-    maps::{LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, sock_flags},
+    maps::{
+        LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, TCP_SOCK_LAYOUT, sock_flags,
+    },
 };
 
 const ETIMEDOUT: i32 = 110;
@@ -41,7 +43,7 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
                 state: st::SYN_SENT,
                 prev_state: old,
                 flags: sock_flags::ACTIVE,
-                _pad: 0,
+                close_bits: 0,
             };
             let _ = SOCKS.insert(sk, info, 0);
             let kprobe_reports = RUNTIME.get(RUNTIME_KPROBE_CONNECT).copied().unwrap_or(0) != 0;
@@ -63,7 +65,7 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
                 state: st::SYN_RECV,
                 prev_state: old,
                 flags: sock_flags::PASSIVE,
-                _pad: 0,
+                close_bits: 0,
             };
             let _ = SOCKS.insert(sk, info, 0);
         }
@@ -92,6 +94,12 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
                 unsafe {
                     (*info).prev_state = (*info).state;
                     (*info).state = new;
+                    if old == st::ESTABLISHED
+                        && new == st::FIN_WAIT1
+                        && (*info).flags & sock_flags::PASSIVE != 0
+                    {
+                        (*info).close_bits = request_pending(sk, &tuple);
+                    }
                 }
             }
         }
@@ -122,7 +130,7 @@ fn established(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
             } else {
                 sock_flags::PASSIVE
             },
-            _pad: 0,
+            close_bits: 0,
         };
         let _ = SOCKS.insert(sk, info, 0);
     }
@@ -194,14 +202,68 @@ fn connect_failed(sk: u64, tuple: &Tuple, ts: u64) {
     let _ = PENDING.insert(key, pending, 0);
 }
 
+/// An accepting socket closing first: was the client still owed an answer?
+/// Read at the ESTABLISHED -> FIN_WAIT1 transition, before the FIN is sent.
+/// With the wire observer on, yes when the flow's last payload bigger than
+/// control traffic came from the client (the close_notify TLS sends as it
+/// closes does not count). Without it, yes when the socket's last data
+/// received (`icsk_ack.lrcvtime`) is later than its last data sent
+/// (`lsndtime`), both in 32-bit jiffies (a TLS close_notify hides this).
+#[inline(always)]
+fn request_pending(sk: u64, tuple: &Tuple) -> u8 {
+    let mut key = probe_common::FlowKey {
+        laddr: tuple.saddr,
+        raddr: tuple.daddr,
+        lport: tuple.sport,
+        rport: tuple.dport,
+        family: tuple.family,
+        _pad: 0,
+    };
+    // A dual-stack listener ([::]:6443) sees IPv4 clients as ::ffff:a.b.c.d;
+    // the wire sees IPv4.
+    let mapped = |a: &[u8; 16]| a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff;
+    if key.family == probe_common::AF_INET6 && mapped(&key.laddr) && mapped(&key.raddr) {
+        let (mut l, mut r) = ([0u8; 16], [0u8; 16]);
+        l[..4].copy_from_slice(&key.laddr[12..]);
+        r[..4].copy_from_slice(&key.raddr[12..]);
+        key.laddr = l;
+        key.raddr = r;
+        key.family = probe_common::AF_INET;
+    }
+    if let Some(f) = unsafe { crate::wire::FLOWS.get(&key) }
+        && f.big_dir != 0
+    {
+        return if f.big_dir == 1 {
+            sock_flags::CLOSE_CHECKED | sock_flags::REQUEST_PENDING
+        } else {
+            sock_flags::CLOSE_CHECKED
+        };
+    }
+    let l = TCP_SOCK_LAYOUT.load();
+    if l.present == 0 {
+        return 0;
+    }
+    let (Some(rx), Some(tx)) = (
+        crate::event::sk_read::<u32>(sk, l.lrcvtime),
+        crate::event::sk_read::<u32>(sk, l.lsndtime),
+    ) else {
+        return 0;
+    };
+    let mut bits = sock_flags::CLOSE_CHECKED;
+    if (rx.wrapping_sub(tx) as i32) > 0 {
+        bits |= sock_flags::REQUEST_PENDING;
+    }
+    bits
+}
+
 fn closed(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
-    let (est, fl) = match SOCKS.get_ptr_mut(sk) {
+    let (est, fl, close_bits) = match SOCKS.get_ptr_mut(sk) {
         Some(info) => unsafe {
             (*info).prev_state = old;
             (*info).state = st::CLOSE;
-            ((*info).est_ns, (*info).flags)
+            ((*info).est_ns, (*info).flags, (*info).close_bits)
         },
-        None => (0, 0),
+        None => (0, 0, 0),
     };
     emit(kind::CLOSED, tuple, |ev| {
         ev.sock = sk;
@@ -212,6 +274,12 @@ fn closed(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
         }
         if fl & sock_flags::PASSIVE != 0 {
             ev.flags |= flags::PASSIVE;
+        }
+        if close_bits & sock_flags::CLOSE_CHECKED != 0 {
+            ev.flags |= flags::CLOSE_CHECKED;
+        }
+        if close_bits & sock_flags::REQUEST_PENDING != 0 {
+            ev.flags |= flags::REQUEST_PENDING;
         }
         if est != 0 {
             ev.duration_ns = ts.saturating_sub(est);

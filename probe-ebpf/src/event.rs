@@ -169,3 +169,15 @@ pub fn count_lost(slot: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// Reads a `T` at `off` bytes into the kernel socket `sk` (an offset from
+/// BTF); `None` when the offset is unknown or the read fails.
+#[inline(always)]
+pub fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
+    if off == probe_common::FIELD_ABSENT {
+        return None;
+    }
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((sk + u64::from(off)) as *const T).ok()
+    }
+}

@@ -52,7 +52,9 @@ pub struct SockInfo {
     /// reported with the state the connection was really in.
     pub prev_state: u8,
     pub flags: u8,
-    pub _pad: u8,
+    /// `flags::CLOSE_CHECKED` / `REQUEST_PENDING` (as bits 0/1), set when this
+    /// end leaves ESTABLISHED for FIN_WAIT1 (it closed first).
+    pub close_bits: u8,
 }
 
 pub mod sock_flags {
@@ -60,6 +62,9 @@ pub mod sock_flags {
     pub const ACTIVE: u8 = 2;
     pub const PASSIVE: u8 = 4;
     pub const PENDING: u8 = 8;
+    /// `SockInfo::close_bits`.
+    pub const CLOSE_CHECKED: u8 = 1;
+    pub const REQUEST_PENDING: u8 = 2;
 }
 
 #[map]

@@ -1,23 +1,13 @@
 //! RSTs: `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_jiffies64},
-    programs::TracePointContext,
-};
-use probe_common::{FIELD_ABSENT, flags, kind, sock_view, tcp_state as st};
+use aya_ebpf::{helpers::generated::bpf_jiffies64, programs::TracePointContext};
+use probe_common::{flags, kind, sock_view, tcp_state as st};
 
 use crate::{
-    event::{emit, field, now, watched_tuple},
+    event::{emit, field, now, sk_read, watched_tuple},
     maps::{LAYOUTS, SOCKS, TCP_SOCK_LAYOUT, sock_flags},
 };
 
-#[inline(always)]
-fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
-    if off == FIELD_ABSENT {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const T).ok() }
-}
 
 /// The socket's own view: jiffies since data was received and sent, since
 /// the last ACK, and its keepalive time (0 = keepalive off). `None` when the

@@ -325,7 +325,8 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
                 },
                 seq_known: 0,
                 from_syn: u8::from(syn),
-                _pad: [0; 6],
+                big_dir: 0,
+                _pad: [0; 5],
             };
             if FLOWS.insert(key, fresh, 0).is_err() {
                 return None;
@@ -403,6 +404,9 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
     f.bytes[dir] += u64::from(p.payload_len);
     if p.payload_len > 0 && !is_keepalive {
         f.last_payload_ns = ts;
+        if p.payload_len > probe_common::SMALL_PAYLOAD {
+            f.big_dir = dir as u8 + 1;
+        }
         h2_scan(ctx, &p, f, dir);
     } else if syn && f.h2[dir] == h2::START {
         // The SYN itself occupies one sequence number.

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub bpf_stats: bool,
     /// How observations are correlated into verdicts.
     pub correlate: drainwatch_ops::pcap::CorrelateFlags,
+    /// The observed host's addresses (of the --netns namespace).
+    pub local_addrs: Vec<std::net::IpAddr>,
     /// Where to record the engine's input (JSON lines), for `analyze`.
     pub record: Option<std::path::PathBuf>,
     /// HTTP checks of the apiserver: the local /readyz poller and the prober.
@@ -289,18 +291,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
     drop(obs_tx);
+    let config = {
+        let mut config = opts.correlate.config(&opts.local_addrs);
+        config.default_instance = config.default_instance.or_else(observe::hostname);
+        config
+    };
     let corr = Correlation {
-        engine: drainwatch_correlate::Engine::new({
-            let mut config = opts.correlate.config(&observe::local_addrs());
-            config.default_instance = config.default_instance.or_else(observe::hostname);
-            config
-        })
-        .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?,
+        engine: drainwatch_correlate::Engine::new(config.clone())
+            .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?,
         recorder: opts
             .record
             .clone()
-            .map(observe::Recorder::create)
+            .map(|p| observe::Recorder::create(p, &config))
             .transpose()?,
+        own: Default::default(),
         next_id: 0,
         reported: Default::default(),
         exported: Default::default(),
@@ -481,15 +485,27 @@ async fn metrics_task(
 struct Correlation {
     engine: drainwatch_correlate::Engine,
     recorder: Option<observe::Recorder>,
+    /// drainwatch's own connections (poller, prober), kept out.
+    own: observe::OwnConnections,
     next_id: u64,
-    reported: std::collections::HashSet<String>,
+    /// Verdicts printed so far, by identity, with what was printed: a verdict
+    /// that grows (more failed connections, a longer window) is printed again
+    /// as an update.
+    reported: std::collections::HashMap<String, String>,
     /// Totals already exported (counters never go down even if a late
     /// observation reclassifies a verdict).
     exported: std::collections::HashMap<String, (u64, f64)>,
 }
 
 impl Correlation {
-    fn push(&mut self, ev: &crate::event::Event) {
+    fn push(&mut self, ev: &crate::event::Event, metrics: &Metrics) {
+        if self.own.is_own(ev) {
+            metrics
+                .correlation_ignored
+                .with_label_values(&["own_connection"])
+                .inc();
+            return;
+        }
         if let Some(o) = observe::observation(ev, 0) {
             self.push_observation(o);
         }
@@ -511,27 +527,62 @@ impl Correlation {
         self.engine.push(o);
     }
 
-    /// Prints verdicts not reported yet and exports the engine's totals.
-    fn report(&mut self, metrics: &Metrics, output: Output, out: &mut impl std::io::Write) {
+    /// Prints verdicts not reported yet (or changed since) and exports the
+    /// engine's totals; with `last`, also the whole final report (JSON) or a
+    /// count (text), as the daemon exits.
+    fn report(
+        &mut self,
+        metrics: &Metrics,
+        output: Output,
+        out: &mut impl std::io::Write,
+        last: bool,
+    ) {
         if let Some(r) = &mut self.recorder {
             let _ = r.flush();
         }
         let report = self.engine.report().clone();
         for v in &report.verdicts {
+            // Identity: cause (with its path), instance, rollout and the first
+            // evidence, which later evidence does not change.
             let key = format!(
-                "{}/{:?}/{:?}/{}",
+                "{}/{:?}/{:?}/{:?}/{:?}",
                 v.cause.label(),
+                serde_json::to_string(&v.cause).unwrap_or_default(),
                 v.instance,
                 v.cycle,
-                v.window.0
+                v.evidence.first()
             );
-            if !self.reported.insert(key) {
-                continue;
-            }
-            tracing::warn!("{}", v.line());
+            let seen = serde_json::to_string(v).unwrap_or_default();
+            let update = match self.reported.get(&key) {
+                Some(prev) if *prev == seen => continue,
+                Some(_) => true,
+                None => false,
+            };
+            self.reported.insert(key, seen);
+            tracing::warn!("{}{}", if update { "(update) " } else { "" }, v.line());
             let line = match output {
+                Output::Text if update => Some(format!("VERDICT (update) {}", v.line())),
                 Output::Text => Some(format!("VERDICT {}", v.line())),
+                Output::Json if update => {
+                    serde_json::to_string(&serde_json::json!({ "verdict": v, "update": true }))
+                        .ok()
+                }
                 Output::Json => serde_json::to_string(&serde_json::json!({ "verdict": v })).ok(),
+                Output::None => None,
+            };
+            if let Some(line) = line {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        if last {
+            let line = match output {
+                Output::Json => serde_json::to_string(&serde_json::json!({ "report": report })).ok(),
+                Output::Text => Some(format!(
+                    "SUMMARY {} verdict(s), {} rollout(s), from {} observation(s)",
+                    report.verdicts.len(),
+                    report.timelines.len(),
+                    report.stats.observations
+                )),
                 Output::None => None,
             };
             if let Some(line) = line {
@@ -610,7 +661,7 @@ async fn reader_task(
             }
             _ = tick.tick() => {
                 let mut out = stdout.lock();
-                corr.report(&metrics, output, &mut out);
+                corr.report(&metrics, output, &mut out, false);
                 let _ = out.flush();
                 false
             }
@@ -625,7 +676,7 @@ async fn reader_task(
                     &item, &cx, &metrics, &watched, output, &mut idle, &mut corr, &mut out,
                 );
             }
-            corr.report(&metrics, output, &mut out);
+            corr.report(&metrics, output, &mut out, true);
             let _ = out.flush();
             return Ok(());
         }
@@ -654,7 +705,7 @@ fn handle_record(
         }
     };
     metrics.observe(&ev, watched);
-    corr.push(&ev);
+    corr.push(&ev, metrics);
     let line = match output {
         Output::Text => Some(ev.human()),
         Output::Json => serde_json::to_string(&ev).ok(),

@@ -145,6 +145,10 @@ pub struct Event {
     /// The RST was sent with no socket behind it (nothing listening).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_socket: bool,
+    /// Closed, accepted connections this end closed first: whether the
+    /// client was still owed an answer then (its data came last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_pending: Option<bool>,
     /// Reported by the kprobe path.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kprobe: bool,
@@ -538,6 +542,8 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         comm: (in_process_context && raw.comm[0] != 0).then(|| sanitize_comm(&raw.comm)),
         direction,
         no_socket: f & flags::NO_SOCKET != 0,
+        request_pending: (kind == EventKind::Closed && f & flags::CLOSE_CHECKED != 0)
+            .then_some(f & flags::REQUEST_PENDING != 0),
         kprobe: f & flags::FROM_KPROBE != 0,
         sock_id: (!is_wire && !is_process).then(|| format!("{:016x}", mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),

@@ -152,7 +152,7 @@ async fn connect(uri: &Uri, tls: &Tls, timeout: Duration) -> Result<Sender, Prob
         .to_string();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
+    let tcp = match tokio::time::timeout(timeout, dial(&host, port)).await {
         Err(_) => return Err(ProbeOutcome::Timeout),
         Ok(Err(e)) => return Err(classify_io(&e)),
         Ok(Ok(s)) => s,
@@ -172,6 +172,38 @@ async fn connect(uri: &Uri, tls: &Tls, timeout: Duration) -> Result<Sender, Prob
     } else {
         handshake(TokioIo::new(tcp)).await
     }
+}
+
+/// Connects from a port bound before the SYN, so the kernel's connect
+/// attempt already carries the whole 4-tuple and the daemon can tell this
+/// connection (and the server side of it, when the apiserver is local) from
+/// its clients' (see `observe::OwnConnections`).
+async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let (sock, any) = if addr.is_ipv4() {
+            (
+                tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::from(([0u8; 4], 0)),
+            )
+        } else {
+            (
+                tokio::net::TcpSocket::new_v6()?,
+                std::net::SocketAddr::from(([0u16; 8], 0)),
+            )
+        };
+        sock.bind(any)?;
+        match sock.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host}: no address"),
+        )
+    }))
 }
 
 async fn handshake<T>(io: T) -> Result<Sender, ProbeOutcome>

@@ -435,6 +435,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             flow_table: args.flow_table,
         })
     };
+    // The addresses of the host drainwatch observes: those of the --netns
+    // namespace when it names one, else of the namespace it runs in.
+    let local_addrs = match args.netns.as_str() {
+        "all" | "self" => observe::local_addrs(),
+        path => observe::local_addrs_in(std::path::Path::new(path))
+            .map_err(|e| anyhow::anyhow!("--netns {path}: cannot read its addresses: {e}"))?,
+    };
     let netns = match args.netns.as_str() {
         "all" => None,
         other => {
@@ -508,6 +515,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         metrics_addr: args.metrics_addr,
         bpf_stats: args.bpf_stats,
         correlate: args.correlate,
+        local_addrs,
         record: args.record,
         http,
     }))?;
@@ -555,15 +563,10 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     };
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let obs = drainwatch_correlate::parse_jsonl(&text)
+    let rec = drainwatch_correlate::parse_recording(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    // This host's addresses when the recording was made: --local, else ours.
-    let local = if args.capture.locals.is_empty() {
-        observe::local_addrs()
-    } else {
-        args.capture.locals.clone()
-    };
-    let report = drainwatch_correlate::analyze(&args.correlate.config(&local), obs)
+    let config = recording_config(rec.header.map(|h| h.config), args);
+    let report = drainwatch_correlate::analyze(&config, rec.observations)
         .map_err(|e| anyhow::anyhow!("correlation settings: {e}"))?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -584,6 +587,24 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The configuration `analyze FILE` correlates with: the one the recording
+/// was made with (its header line), refined by any flag given; for a
+/// recording without a header, the flags alone. This host's addresses at
+/// recording time: --local, else the header's, else ours.
+fn recording_config(
+    recorded: Option<drainwatch_correlate::Config>,
+    args: &AnalyzeArgs,
+) -> drainwatch_correlate::Config {
+    let mut base = recorded.unwrap_or_else(|| drainwatch_correlate::Config {
+        local_addrs: observe::local_addrs(),
+        ..Default::default()
+    });
+    if !args.capture.locals.is_empty() {
+        base.local_addrs = args.capture.locals.clone();
+    }
+    args.correlate.apply(base)
 }
 
 /// `run --check`: what this host supports and what would be used.

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub listener_up: IntGaugeVec,
     pub events: IntCounterVec,
     pub events_lost: IntCounterVec,
+    pub correlation_ignored: IntCounterVec,
     pub hook_attached: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub ringbuf_bytes: IntGauge,
@@ -194,6 +195,12 @@ impl Metrics {
                 "drainwatch_events_lost_total",
                 "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).",
                 &["stage"],
+            )?,
+            correlation_ignored: counter(
+                &r,
+                "drainwatch_correlation_ignored_total",
+                "Events kept out of the correlation on purpose: `own_connection` (drainwatch's own /readyz poller and prober connections, which would otherwise look like clients).",
+                &["reason"],
             )?,
             hook_attached: gauge(
                 &r,
@@ -446,6 +453,9 @@ impl Metrics {
         for stage in ["kernel_ringbuf_full", "kernel_layout", "decode"] {
             m.events_lost.with_label_values(&[stage]).inc_by(0);
         }
+        m.correlation_ignored
+            .with_label_values(&["own_connection"])
+            .inc_by(0);
         Ok(m)
     }
 

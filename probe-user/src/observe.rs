@@ -54,6 +54,92 @@ pub fn local_addrs() -> Vec<IpAddr> {
     out
 }
 
+/// The addresses of the network namespace at `path` (such as
+/// /run/netns/NAME or /proc/PID/ns/net), read on a short-lived thread that
+/// joins it, so the daemon's own threads stay where they are.
+pub fn local_addrs_in(path: &std::path::Path) -> std::io::Result<Vec<IpAddr>> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(local_addrs())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("address reader thread failed")))
+    })
+}
+
+/// Tells drainwatch's own connections (the /readyz poller, the prober) from
+/// its clients': the kernel sees them like any other, and a poller refused
+/// while the apiserver restarts is not a disruption. They connect from a
+/// port bound before the SYN, so the connect attempt this process makes
+/// carries the whole 4-tuple; every later event of that 4-tuple, on either
+/// side (the apiserver may be local), kernel or wire, is drainwatch's own.
+/// A flow is forgotten 10 s after its client side ends.
+#[derive(Debug, Default)]
+pub struct OwnConnections {
+    /// (our side, the server) -> when our side ended (boot-clock ns).
+    flows: std::collections::HashMap<(std::net::SocketAddr, std::net::SocketAddr), Option<u64>>,
+}
+
+impl OwnConnections {
+    /// How long after its end a flow's stragglers (the server's close, a
+    /// late RST) still count as ours.
+    const LINGER_NS: u64 = 10_000_000_000;
+    /// More flows than the poller and prober ever hold: past this, old ones go.
+    const MAX: usize = 4096;
+
+    /// Whether `ev` belongs to one of this process's own connections.
+    pub fn is_own(&mut self, ev: &Event) -> bool {
+        use crate::event::EventKind as K;
+        let Some((l, r)) = ev.local.zip(ev.remote) else {
+            return false;
+        };
+        if ev.kind == K::ConnectAttempt {
+            if ev.pid == Some(std::process::id()) && l.port() != 0 {
+                self.flows.insert((l, r), None);
+                self.expire(ev.ts_boot_ns);
+                return true;
+            }
+            // Someone else's connection on a reused port.
+            self.flows.remove(&(l, r));
+            return false;
+        }
+        let key = if self.flows.contains_key(&(l, r)) {
+            (l, r)
+        } else if self.flows.contains_key(&(r, l)) {
+            (r, l)
+        } else {
+            return false;
+        };
+        let client_side_end = key == (l, r)
+            && ev.wire.is_none()
+            && matches!(
+                ev.kind,
+                K::Refused | K::TimedOut | K::ConnectError | K::ConnectAborted | K::Closed
+            );
+        if client_side_end && let Some(end) = self.flows.get_mut(&key) {
+            *end = Some(ev.ts_boot_ns);
+        }
+        true
+    }
+
+    fn expire(&mut self, now: u64) {
+        if self.flows.len() < 64 {
+            return;
+        }
+        self.flows
+            .retain(|_, end| end.is_none_or(|t| now.saturating_sub(t) < Self::LINGER_NS));
+        if self.flows.len() > Self::MAX {
+            self.flows.clear();
+        }
+    }
+}
+
 /// The observation an event is for the engine, if any.
 pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
     let (l, r) = (ev.local, ev.remote);
@@ -68,12 +154,17 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
             server: l?,
             path: None,
         },
+        // A local client's own RST (it aborted its connection) is the
+        // client's doing, not the apiserver's.
+        EventKind::ResetSent if ev.direction == Some("active") => return None,
         EventKind::ResetSent => Obs::ResetSent {
             client: r?,
             server: l?,
             reason: ev.reset_reason.clone(),
             state: Some(ev.state.to_string()),
         },
+        // The apiserver's socket got an RST from its client: the client aborted.
+        EventKind::ResetReceived if ev.direction == Some("passive") => return None,
         EventKind::ResetReceived => Obs::ResetReceived {
             client: l?,
             server: r?,
@@ -87,7 +178,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
                 server,
                 // This end closed first when it left ESTABLISHED for FIN_WAIT.
                 by_server: passive && matches!(ev.old_state, Some("FIN_WAIT1" | "FIN_WAIT2")),
-                pending_request: None,
+                pending_request: if passive { ev.request_pending } else { None },
             }
         }
         EventKind::ListenOpen => Obs::ListenerOpened {
@@ -184,14 +275,21 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn create(path: PathBuf) -> anyhow::Result<Recorder> {
+    /// Creates the file and writes its header: the engine configuration, so
+    /// `analyze FILE` reproduces the live verdicts with no flags.
+    pub fn create(path: PathBuf, config: &drainwatch_correlate::Config) -> anyhow::Result<Recorder> {
         use anyhow::Context as _;
+        use std::io::Write as _;
         let f = std::fs::File::create(&path)
             .with_context(|| format!("cannot create --record file {}", path.display()))?;
-        Ok(Recorder {
-            out: std::io::BufWriter::new(f),
-            path,
-        })
+        let mut out = std::io::BufWriter::new(f);
+        let header = drainwatch_correlate::RecordingHeader {
+            drainwatch_recording: 1,
+            config: config.clone(),
+        };
+        serde_json::to_writer(&mut out, &header)?;
+        writeln!(out).with_context(|| format!("writing --record file {}", path.display()))?;
+        Ok(Recorder { out, path })
     }
 
     pub fn write(&mut self, o: &Observation) -> std::io::Result<()> {

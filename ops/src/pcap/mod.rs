@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use drainwatch_correlate::{Config, Obs, Observation, Report};
+use drainwatch_correlate::{Cidr, Config, HealthCheck, Obs, Observation, Report};
 use serde::Serialize;
 
 use crate::OutputFormat;
@@ -95,21 +95,95 @@ pub struct CorrelateFlags {
     /// terminationGracePeriodSeconds, e.g. 135s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DRAINWATCH_GRACE_PERIOD")]
     pub grace_period: Option<std::time::Duration>,
+
+    /// Where the LB's health checks come from (address or prefix, repeatable):
+    /// their refusals and resets are the check doing its job, not a disruption.
+    /// GCP: 35.191.0.0/16,130.211.0.0/22; AWS NLB/ELB: the LB's own subnet addresses.
+    #[arg(
+        long = "health-check-source",
+        value_name = "CIDR",
+        env = "DRAINWATCH_HEALTH_CHECK_SOURCE",
+        value_delimiter = ',',
+        value_parser = parse_cidr
+    )]
+    pub health_check_sources: Vec<Cidr>,
+
+    /// The LB's health check as INTERVAL/TIMEOUT/UNHEALTHY-THRESHOLD, e.g.
+    /// `10s/5s/2` (seed 001's table): verdicts compare the measured detection time
+    /// with its worst case.
+    #[arg(
+        long = "lb-health-check",
+        value_name = "I/T/N",
+        env = "DRAINWATCH_LB_HEALTH_CHECK",
+        value_parser = parse_health_check
+    )]
+    pub lb_health_check: Option<HealthCheck>,
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::try_from(s.to_string()).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `10s/5s/2`: interval, timeout, unhealthy threshold.
+pub fn parse_health_check(s: &str) -> Result<HealthCheck, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [i, t, n] = parts[..] else {
+        return Err(format!(
+            "{s:?}: expected INTERVAL/TIMEOUT/UNHEALTHY-THRESHOLD, e.g. 10s/5s/2"
+        ));
+    };
+    let interval = parse_duration(i).map_err(|e| format!("{s:?}: interval: {e}"))?;
+    let timeout = parse_duration(t).map_err(|e| format!("{s:?}: timeout: {e}"))?;
+    let threshold: u32 = n
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: threshold {n:?} is not a whole number above 0"))?;
+    if interval.is_zero() {
+        return Err(format!("{s:?}: the interval must be above 0"));
+    }
+    Ok(HealthCheck {
+        interval_s: interval.as_secs_f64(),
+        timeout_s: timeout.as_secs_f64(),
+        unhealthy_threshold: threshold,
+    })
 }
 
 impl CorrelateFlags {
     /// The engine configuration; `local_addrs` are this host's addresses.
     pub fn config(&self, local_addrs: &[IpAddr]) -> Config {
-        Config {
-            default_instance: self.instance.clone(),
+        self.apply(Config {
             local_addrs: local_addrs.to_vec(),
-            vips: self.vips.clone(),
-            local_vips: self.local_vips.clone(),
-            lb_addrs: self.lb_addrs.clone(),
-            shutdown_delay_s: self.shutdown_delay.map(|d| d.as_secs_f64()),
-            request_timeout_s: self.request_timeout.map(|d| d.as_secs_f64()),
-            grace_period_s: self.grace_period.map(|d| d.as_secs_f64()),
             ..Config::default()
+        })
+    }
+
+    /// `base` with every setting given here replacing its own (a recording's
+    /// configuration, refined on the command line).
+    pub fn apply(&self, base: Config) -> Config {
+        fn or<T: Clone>(given: &[T], base: Vec<T>) -> Vec<T> {
+            if given.is_empty() { base } else { given.to_vec() }
+        }
+        Config {
+            default_instance: self.instance.clone().or(base.default_instance),
+            vips: or(&self.vips, base.vips),
+            local_vips: or(&self.local_vips, base.local_vips),
+            lb_addrs: or(&self.lb_addrs, base.lb_addrs),
+            health_check_sources: or(&self.health_check_sources, base.health_check_sources),
+            shutdown_delay_s: self
+                .shutdown_delay
+                .map(|d| d.as_secs_f64())
+                .or(base.shutdown_delay_s),
+            request_timeout_s: self
+                .request_timeout
+                .map(|d| d.as_secs_f64())
+                .or(base.request_timeout_s),
+            grace_period_s: self
+                .grace_period
+                .map(|d| d.as_secs_f64())
+                .or(base.grace_period_s),
+            health_check: self.lb_health_check.or(base.health_check),
+            ..base
         }
     }
 }

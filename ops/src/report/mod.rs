@@ -96,9 +96,15 @@ pub fn load(args: &ReportArgs) -> anyhow::Result<Input> {
             e.valid_up_to()
         )
     })?;
-    let observations = drainwatch_correlate::parse_jsonl(text)
+    let rec = drainwatch_correlate::parse_recording(text)
         .with_context(|| format!("{name}: not a recording of observations"))?;
-    let config = args.correlate.config(&args.capture.locals);
+    let observations = rec.observations;
+    // The live configuration from the recording's header, refined by flags.
+    let mut base = rec.header.map(|h| h.config).unwrap_or_default();
+    if !args.capture.locals.is_empty() {
+        base.local_addrs = args.capture.locals.clone();
+    }
+    let config = args.correlate.apply(base);
     let report = drainwatch_correlate::analyze(&config, observations.clone())
         .with_context(|| format!("{name}: correlation configuration"))?;
     let summary = vec![format!(

@@ -310,6 +310,8 @@ pub struct Daemon {
     stderr: Arc<Mutex<String>>,
     /// The namespace it runs in, if not the host's.
     netns: Option<String>,
+    /// Reads stdout until the daemon closes it.
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn free_port() -> u16 {
@@ -353,7 +355,7 @@ impl Daemon {
         let events = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout");
         let ev = events.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("daemon printed non-JSON {line:?}: {e}"));
@@ -380,6 +382,7 @@ impl Daemon {
             metrics_addr,
             stderr: stderr_text,
             netns: netns.map(str::to_string),
+            stdout_reader: Some(stdout_reader),
         };
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = d.child.kill();
@@ -463,6 +466,19 @@ impl Daemon {
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then the exit status and everything it printed on stdout
+    /// up to its exit (the final report included).
+    pub fn stop_collect(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+        let reader = self.stdout_reader.take();
+        let events = self.events.clone();
+        let st = self.stop();
+        if let Some(r) = reader {
+            let _ = r.join();
+        }
+        let evs = events.lock().expect("events").clone();
+        (st, evs)
     }
 
     /// SIGTERM, then the exit status.
