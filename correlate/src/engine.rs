@@ -18,6 +18,10 @@ use crate::text;
 
 /// Kernel reset reasons that mean the server aborted a connection (data
 /// left unread, `SO_LINGER 0`, memory): a cut, not a refusal.
+/// Shortest silence after which an unprovoked RST from a proxying LB counts
+/// as its idle timeout (LB idle timeouts are seconds to hours).
+const LB_IDLE_MIN_S: f64 = 1.0;
+
 const ABORT_REASONS: &[&str] = &[
     "TCP_ABORT_ON_CLOSE",
     "TCP_ABORT_ON_DATA",
@@ -440,7 +444,11 @@ fn item_of(cfg: &Config, o: &Observation) -> Option<(Item, bool)> {
                         .map(|s| format!(" in {s}"))
                         .unwrap_or_default()
                 ),
-                strong: false,
+                // A deliberate abort of an open connection (SO_LINGER 0) cuts
+                // whatever was on it; an RST because of unread data, or in a
+                // close already under way, is also what ordinary closes do.
+                strong: r == "TCP_ABORT_ON_CLOSE"
+                    && matches!(state.as_deref(), Some("ESTABLISHED" | "CLOSE_WAIT")),
             },
             _ => return None,
         },
@@ -483,6 +491,28 @@ fn item_of(cfg: &Config, o: &Observation) -> Option<(Item, bool)> {
             keepalive: *keepalive,
             answered: *answered_packet == Some(true),
         },
+        // A proxying LB (HAProxy, Azure's SLB with TCP reset) is the TCP peer
+        // of the server's connection: an RST it sends on its own after a
+        // silence, answering nothing, is its idle timeout firing.
+        Obs::WireReset {
+            client,
+            server,
+            origin: ResetOrigin::Peer,
+            silence_s,
+            keepalive,
+            answered_packet: Some(false),
+        } if *silence_s >= LB_IDLE_MIN_S
+            && [client, server]
+                .into_iter()
+                .flatten()
+                .any(|a| cfg.lb_addrs.contains(&a.ip())) =>
+        {
+            Item::IdleReset {
+                silence_s: *silence_s,
+                keepalive: *keepalive,
+                answered: false,
+            }
+        }
         Obs::ProbeResult {
             mode,
             method,
@@ -898,10 +928,14 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
     let tol = cfg.tolerance_ns();
     let e3 = c.t(PhaseKind::ListenerClosed);
     if let Some(k) = c.t(PhaseKind::Sigkill) {
+        // Kernel evidence is timed exactly: the kill's cuts are the sockets
+        // the dying process's exit closes. An RST alone over unread data is
+        // not a cut (see below).
+        let lead = if probe { tol } else { HARD_CLOSE_LEAD_NS };
         let before_exit = c
             .t(PhaseKind::Exit)
-            .is_none_or(|x| t <= x.saturating_add(tol));
-        if t.saturating_add(tol) >= k && before_exit {
+            .is_none_or(|x| t <= x.saturating_add(lead));
+        if t.saturating_add(lead) >= k && before_exit && (probe || strong) {
             return CutClass::Sigkill;
         }
     }
@@ -939,17 +973,21 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
         return CutClass::Timeout;
     }
     if !probe && !strong {
-        // A server RST or a client's RST alone happens in ordinary traffic
-        // too (a close meeting unread data): it is a hard close only at the
-        // instant the server closed everything, which the kernel times
-        // exactly: from just before the listener closed (the same close
-        // call) until the process exits.
+        // An RST because of unread data, or one a client got, happens in
+        // ordinary closes too, graceful shutdowns included (an idle
+        // connection closed while the client's TLS close_notify or PING was
+        // unread): alone it proves no cut.
+        return CutClass::Unexplained;
+    }
+    if !probe {
+        // Kernel evidence is timed exactly: the server cut a request while
+        // shutting down if it did so from the listener's close (the same
+        // close call may come just before) until the process exited; before
+        // that it was serving as usual, after it a new process is.
         let from = e3.saturating_sub(HARD_CLOSE_LEAD_NS);
-        let until = c
-            .t(PhaseKind::Exit)
-            .map_or(e3.saturating_add(tol), |x| {
-                x.saturating_add(HARD_CLOSE_LEAD_NS).min(e3.saturating_add(tol))
-            });
+        let until = c.t(PhaseKind::Exit).map_or(e3.saturating_add(tol), |x| {
+            x.saturating_add(HARD_CLOSE_LEAD_NS)
+        });
         return if t >= from && t <= until {
             CutClass::Hard
         } else {

@@ -63,27 +63,33 @@
 //!   is recorded in the timeline. No arrival after E2, or the listener
 //!   closed before E2 (killed): "not measurable", said in the timeline.
 //!   A /readyz flap without a shutdown is not measured.
-//! - Cuts (server RSTs with `TCP_ABORT_ON_*` reasons, a server close with a
-//!   request outstanding, an RST received by a local client in an
-//!   established state, failed prober requests other than refused and
-//!   GOAWAY, 5xx included) are classified in order:
-//!   at or after SIGKILL (within `tol`) and before exit ->
-//!   [`Cause::SigkillAfterGrace`]; within max(`tol`, 5 %) of E3 + request
-//!   timeout -> [`Cause::InflightCutAtTimeout`]; a prober failure after a
-//!   GOAWAY -> [`Cause::GoawayThenFailed`]; an abortive RST alone after a
-//!   GOAWAY (a graceful close meeting a late client frame) -> ignored;
-//!   within `tol` of E3 ->
-//!   [`Cause::HardClose`]; with no configured timeout, within `tol` of a
-//!   clean exit after a drain -> InflightCutAtTimeout; any later cut in the
-//!   shutdown -> HardClose. Kernel cuts before E3 or outside rollouts are
-//!   ordinary client aborts and ignored; prober failures nothing explains
-//!   -> [`Cause::Unexplained`].
+//! - Cuts are strong or weak. Strong: a server close with a request
+//!   outstanding (the kernel saw the client's data last), a deliberate
+//!   abort (`TCP_ABORT_ON_CLOSE`) of an open connection, a failed prober
+//!   request other than refused and GOAWAY (5xx included). Weak: an RST
+//!   over unread data (`TCP_ABORT_ON_DATA`), an abort in a close already
+//!   under way, an RST a local client got: graceful closes do these too
+//!   (an idle connection closed while the client's TLS close_notify was
+//!   unread), so weak cuts alone are never a disruption. In order:
+//!   at SIGKILL (kernel evidence from 50 ms before it until 50 ms after
+//!   the exit; prober evidence within `tol`) -> [`Cause::SigkillAfterGrace`];
+//!   within max(`tol`, 5 %) of E3 + request timeout ->
+//!   [`Cause::InflightCutAtTimeout`]; a prober failure after a GOAWAY ->
+//!   [`Cause::GoawayThenFailed`]; once the instance listens again -> the
+//!   new process's traffic, ignored; with no configured timeout, within
+//!   `tol` of a clean exit after a drain -> InflightCutAtTimeout; strong
+//!   kernel evidence from 50 ms before E3 until 50 ms after the exit ->
+//!   [`Cause::HardClose`] (before: the server was serving as usual);
+//!   prober failures within `tol` of E3 or later in the shutdown ->
+//!   HardClose. Kernel cuts outside these are ordinary client aborts and
+//!   ignored; prober failures nothing explains -> [`Cause::Unexplained`].
 //! - [`Cause::SigkillAfterGrace`]: one per rollout with a SIGKILL (observed
 //!   or inferred), grace = SIGKILL - SIGTERM, count = what it cut.
 //! - [`Cause::GoawayThenFailed`]: also every prober request that failed
 //!   with a GOAWAY error. A GOAWAY alone is graceful: a timeline phase.
 //! - [`Cause::IdleResetByMiddlebox`]: wire resets with origin middlebox,
-//!   per instance; the inferred idle timeout is the shortest silence ended
+//!   and unprovoked peer resets from a proxying LB (`lb_addrs`: HAProxy,
+//!   Azure SLB with TCP reset; after at least 1 s of silence), per instance; the inferred idle timeout is the shortest silence ended
 //!   by a reset sent at the timeout (resets answering a later packet only
 //!   bound it from above and are used only when there is nothing else);
 //!   the cluster is the silences within 10 % (+`tol`) of it; flows without

@@ -361,6 +361,56 @@ fn idle_reset(b: &mut B, t: f64, port: u16, silence_s: f64, keepalive: Keepalive
     )
 }
 
+/// The lab's Azure SLB: as a proxy (HAProxy) it resets the server's side of
+/// idle connections on its own at the timeout (peer RSTs from the LB's
+/// address, answering nothing); as a NAT it forgets flows and answers the
+/// next packet (middlebox RSTs, silence only an upper bound). The timeout
+/// inferred is the proxy's exact one; a peer RST from anyone else is not an
+/// idle reset.
+#[test]
+fn lb_proxy_idle_reset_gives_the_exact_timeout() {
+    let mut b = B::default();
+    let peer = |b: &mut B, t: f64, from: &str, port: u16, answered: bool| {
+        b.add(
+            t,
+            None,
+            Source::Wire,
+            Obs::WireReset {
+                client: Some(sa(from, port)),
+                server: Some(sa("198.18.3.10", 8600)),
+                origin: ResetOrigin::Peer,
+                silence_s: 4.0,
+                keepalive: Keepalive::None,
+                answered_packet: Some(answered),
+            },
+        )
+    };
+    peer(&mut b, 10.0, LB, 54314, false);
+    peer(&mut b, 10.1, LB, 54320, false);
+    peer(&mut b, 10.2, LB, 54321, true); // answered a write: an abort, not a timer
+    peer(&mut b, 10.3, "198.18.2.77", 40000, false); // not an LB
+    b.add(
+        16.0,
+        None,
+        Source::Wire,
+        Obs::WireReset {
+            client: Some(sa("198.18.2.10", 57626)),
+            server: Some(sa("198.18.3.10", 8600)),
+            origin: ResetOrigin::Middlebox,
+            silence_s: 10.0,
+            keepalive: Keepalive::None,
+            answered_packet: Some(true),
+        },
+    );
+    let r = run(&base(), &b);
+    let v = only(&r, Cause::IdleResetByMiddlebox);
+    assert_eq!(v.count, 3, "{:#?}", r.verdicts);
+    match v.measured {
+        Some(Measured::IdleTimeout { inferred_s, .. }) => assert_eq!(inferred_s, 4.0),
+        ref m => panic!("{m:?}"),
+    }
+}
+
 #[test]
 fn seed002_idle_resets_without_keepalive() {
     let mut b = B::default();
@@ -566,7 +616,8 @@ fn seed003_sigkill_after_30s_grace() {
     b.readyz(45.0, true);
     let r = run(&cfg, &b);
     let v = only(&r, Cause::SigkillAfterGrace);
-    assert_eq!(v.count, 2);
+    // The abort counts; the RST over unread data alone proves no cut.
+    assert_eq!(v.count, 1);
     match v.measured {
         Some(Measured::Grace {
             seconds,

@@ -14,7 +14,8 @@ use probe_common::{IPPROTO_TCP, RUNTIME_KPROBE_CONNECT, flags, kind, tcp_state a
 use crate::{
     event::{Tuple, emit, field, now, read_addrs, read_ports, set_task, watched_tuple},
     maps::{
-        LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, TCP_SOCK_LAYOUT, sock_flags,
+        LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, TCP_SOCK_LAYOUT,
+        sock_flags,
     },
 };
 
@@ -230,7 +231,7 @@ fn request_pending(sk: u64, tuple: &Tuple) -> u8 {
         key.raddr = r;
         key.family = probe_common::AF_INET;
     }
-    if let Some(f) = unsafe { crate::wire::FLOWS.get(&key) }
+    if let Some(f) = unsafe { crate::wire::FLOWS.get(key) }
         && f.big_dir != 0
     {
         return if f.big_dir == 1 {

@@ -177,7 +177,5 @@ pub fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
     if off == probe_common::FIELD_ABSENT {
         return None;
     }
-    unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel((sk + u64::from(off)) as *const T).ok()
-    }
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((sk + u64::from(off)) as *const T).ok() }
 }

@@ -8,7 +8,6 @@ use crate::{
     maps::{LAYOUTS, SOCKS, TCP_SOCK_LAYOUT, sock_flags},
 };
 
-
 /// The socket's own view: jiffies since data was received and sent, since
 /// the last ACK, and its keepalive time (0 = keepalive off). `None` when the
 /// BTF offsets are unknown.

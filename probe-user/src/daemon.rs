@@ -498,7 +498,10 @@ struct Correlation {
 }
 
 impl Correlation {
-    fn push(&mut self, ev: &crate::event::Event, metrics: &Metrics) {
+    fn push(&mut self, ev: &crate::event::Event, metrics: &Metrics, watched: &[u16]) {
+        if observe::stray_client_reset(ev, watched) {
+            return;
+        }
         if self.own.is_own(ev) {
             metrics
                 .correlation_ignored
@@ -564,8 +567,7 @@ impl Correlation {
                 Output::Text if update => Some(format!("VERDICT (update) {}", v.line())),
                 Output::Text => Some(format!("VERDICT {}", v.line())),
                 Output::Json if update => {
-                    serde_json::to_string(&serde_json::json!({ "verdict": v, "update": true }))
-                        .ok()
+                    serde_json::to_string(&serde_json::json!({ "verdict": v, "update": true })).ok()
                 }
                 Output::Json => serde_json::to_string(&serde_json::json!({ "verdict": v })).ok(),
                 Output::None => None,
@@ -576,7 +578,9 @@ impl Correlation {
         }
         if last {
             let line = match output {
-                Output::Json => serde_json::to_string(&serde_json::json!({ "report": report })).ok(),
+                Output::Json => {
+                    serde_json::to_string(&serde_json::json!({ "report": report })).ok()
+                }
                 Output::Text => Some(format!(
                     "SUMMARY {} verdict(s), {} rollout(s), from {} observation(s)",
                     report.verdicts.len(),
@@ -705,7 +709,7 @@ fn handle_record(
         }
     };
     metrics.observe(&ev, watched);
-    corr.push(&ev, metrics);
+    corr.push(&ev, metrics, watched);
     let line = match output {
         Output::Text => Some(ev.human()),
         Output::Json => serde_json::to_string(&ev).ok(),

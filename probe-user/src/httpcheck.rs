@@ -199,10 +199,7 @@ async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
         }
     }
     Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{host}: no address"),
-        )
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address"))
     }))
 }
 

@@ -140,6 +140,16 @@ impl OwnConnections {
     }
 }
 
+/// An RST with no socket behind it sent *from* a client's port (a late
+/// packet of the apiserver reached a client socket already gone) says
+/// nothing about the apiserver: only one sent from a watched (server) port
+/// is a refused connection.
+pub fn stray_client_reset(ev: &Event, watched: &[u16]) -> bool {
+    ev.kind == crate::event::EventKind::ResetSent
+        && ev.no_socket
+        && ev.local.is_some_and(|l| !watched.contains(&l.port()))
+}
+
 /// The observation an event is for the engine, if any.
 pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
     let (l, r) = (ev.local, ev.remote);
@@ -277,7 +287,10 @@ pub struct Recorder {
 impl Recorder {
     /// Creates the file and writes its header: the engine configuration, so
     /// `analyze FILE` reproduces the live verdicts with no flags.
-    pub fn create(path: PathBuf, config: &drainwatch_correlate::Config) -> anyhow::Result<Recorder> {
+    pub fn create(
+        path: PathBuf,
+        config: &drainwatch_correlate::Config,
+    ) -> anyhow::Result<Recorder> {
         use anyhow::Context as _;
         use std::io::Write as _;
         let f = std::fs::File::create(&path)

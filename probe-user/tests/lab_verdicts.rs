@@ -175,7 +175,10 @@ fn observe(scenario: &str, host: &str, flags: impl Fn(&Value) -> Vec<String>) ->
         if let Some(st) = lab.0.try_wait().expect("wait") {
             break st;
         }
-        assert!(Instant::now() < deadline, "the lab did not tear down in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the lab did not tear down in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
@@ -192,8 +195,9 @@ fn observe(scenario: &str, host: &str, flags: impl Fn(&Value) -> Vec<String>) ->
         .iter()
         .filter_map(|e| e.get("verdict").cloned())
         .collect();
-    let truth: Value = serde_json::from_slice(&std::fs::read(out.join("truth.json")).expect("truth"))
-        .expect("truth.json");
+    let truth: Value =
+        serde_json::from_slice(&std::fs::read(out.join("truth.json")).expect("truth"))
+            .expect("truth.json");
     let a = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
         .args(["analyze", rec.to_str().expect("utf8"), "--output", "json"])
         .output()
@@ -215,7 +219,8 @@ fn observe(scenario: &str, host: &str, flags: impl Fn(&Value) -> Vec<String>) ->
     // The same engine over the same observations with the recorded settings:
     // the recording reproduces the live verdicts and timelines exactly.
     assert_eq!(
-        o.analyzed["verdicts"], o.live["verdicts"],
+        o.analyzed["verdicts"],
+        o.live["verdicts"],
         "analyze of the recording differs from live; {}",
         o.dump()
     );
@@ -271,22 +276,308 @@ fn master_flags(topo: &Value, host: &str) -> Vec<String> {
     f
 }
 
+/// The failed requests of the clients whose name starts with `prefix`.
+fn failed<'a>(o: &'a Observed, prefix: &str) -> Vec<&'a Value> {
+    o.requests()
+        .iter()
+        .filter(|r| {
+            r["client"].as_str().is_some_and(|c| c.starts_with(prefix)) && r["outcome"] != "ok"
+        })
+        .collect()
+}
+
+/// Asserts that the refusals through the LB are the clients' failed
+/// requests, give or take the LB's own health checks: HAProxy checks from
+/// the address it proxies from, and while clients are still being refused
+/// its checks cannot be told apart by their rhythm (with a distinct checker
+/// source, `--health-check-source` removes them exactly). At most one check
+/// per interval over the window, plus one.
+fn assert_via_lb_counts(o: &Observed, via_lb: &[&Value], clients_failed: u64) {
+    let n = sum_counts(via_lb);
+    let window_s: f64 = via_lb
+        .iter()
+        .map(|v| {
+            (v["window"][1].as_u64().unwrap_or(0) - v["window"][0].as_u64().unwrap_or(0)) as f64
+                / 1e9
+        })
+        .sum();
+    let checks = (window_s / o.timing("hc_interval")).ceil() as u64 + 1;
+    assert!(
+        n >= clients_failed && n <= clients_failed + checks,
+        "{n} refused through the LB; the clients lost {clients_failed} requests \
+         (and at most {checks} health checks fit the {window_s:.2}s window); {}",
+        o.dump()
+    );
+}
+
+fn sum_counts(vs: &[&Value]) -> u64 {
+    vs.iter().map(|v| v["count"].as_u64().expect("count")).sum()
+}
+
+/// Seed 000: GCP's ILB hairpins a master's own traffic to the VIP back to
+/// itself, whatever the health check says.
 #[test]
-fn explore() {
+fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     let _g = serial();
-    if !root_or_skip("explore") {
+    if !root_or_skip("gcp_hairpin_verdict_counts_every_refused_client_request") {
         return;
     }
-    let s = std::env::var("SCEN").unwrap_or("gcp-ilb-rollout".into());
-    let o = if s == "azure-idle-reset" {
-        observe(&s, "server", |_| vec!["--port".into(), "8600".into(), "--port".into(), "8005".into()])
-    } else {
-        observe(&s, "m1", |t| master_flags(t, "m1"))
-    };
-    let _ = o.requests();
-    let _ = o.lifecycle("m1", "x");
-    let _ = o.timing("grace");
-    let _ = o.addr("m1");
-    let _ = o.of_cause("x");
-    panic!("explore");
+    let o = observe("gcp-ilb-rollout", "m1", |t| master_flags(t, "m1"));
+    let refused_by_m1_clients = o
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["client"].as_str().is_some_and(|c| c.starts_with("m1-")) && r["outcome"] == "refused"
+        })
+        .count() as u64;
+    assert!(
+        refused_by_m1_clients > 0,
+        "the scenario reproduces seed 000"
+    );
+    // Every refusal of m1's own clients through the VIP is a hairpin verdict.
+    let hairpin: Vec<&Value> = o
+        .verdicts()
+        .iter()
+        .filter(|v| v["cause"] == "refused_while_not_listening" && v["path"] == "local_hairpin")
+        .collect();
+    assert_eq!(
+        sum_counts(&hairpin),
+        refused_by_m1_clients,
+        "refused count equals the clients' refused count; {}",
+        o.dump()
+    );
+    assert!(hairpin.iter().all(|v| v["instance"] == "m1"));
+    // Nothing else went wrong: the LB took m1 out in time (E2 + t < E3),
+    // the shutdown was graceful, drainwatch's own poller is not a client.
+    assert_eq!(
+        o.verdicts().len(),
+        hairpin.len(),
+        "only hairpin verdicts; {}",
+        o.dump()
+    );
+    let lb = o.live["timelines"]
+        .as_array()
+        .expect("timelines")
+        .iter()
+        .find_map(|t| t["lb_detection"]["holds"].as_bool());
+    assert_eq!(
+        lb,
+        Some(true),
+        "E2 + t < E3 measured as holding; {}",
+        o.dump()
+    );
+
+    // The same run from real tcpdump's capture on m1: the same hairpin count.
+    let m1 = o.addr("m1");
+    let vip = o.topo["params"]["vip"].as_str().expect("vip").to_string();
+    let pcap = o.out.join("gcp-ilb-rollout/m1.pcap");
+    let pcap_json = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        .args(["analyze", "--pcap", pcap.to_str().expect("utf8")])
+        .args(["--instance", "m1", "--local", &m1, "--local", &vip])
+        .args(["--local-vip", &vip, "--vip", &vip, "--output", "json"])
+        .output()
+        .expect("analyze --pcap");
+    let pcap_report: Value = serde_json::from_slice(&pcap_json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "analyze --pcap gave no report ({e}): {}",
+            String::from_utf8_lossy(&pcap_json.stderr)
+        )
+    });
+    let pcap_hairpin: u64 = pcap_report["report"]["verdicts"]
+        .as_array()
+        .or_else(|| pcap_report["verdicts"].as_array())
+        .expect("pcap verdicts")
+        .iter()
+        .filter(|v| v["cause"] == "refused_while_not_listening" && v["path"] == "local_hairpin")
+        .map(|v| v["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(
+        pcap_hairpin, refused_by_m1_clients,
+        "live (kernel) and capture give the same hairpin count"
+    );
+}
+
+/// Seed 001 done right: an NLB whose check takes the master out well within
+/// the shutdown delay, all three masters rolled: no disruption at all.
+#[test]
+fn aws_nlb_rollout_gives_no_verdicts() {
+    let _g = serial();
+    if !root_or_skip("aws_nlb_rollout_gives_no_verdicts") {
+        return;
+    }
+    let o = observe("aws-nlb-rollout", "m1", |t| master_flags(t, "m1"));
+    assert!(
+        o.requests().iter().all(|r| r["outcome"] == "ok"),
+        "truth: no client saw an error"
+    );
+    assert!(o.verdicts().is_empty(), "{}", o.dump());
+    // m1's rollout was seen whole.
+    let phases: Vec<&str> = o.live["timelines"]
+        .as_array()
+        .expect("timelines")
+        .iter()
+        .flat_map(|t| t["phases"].as_array().into_iter().flatten())
+        .filter_map(|p| p["kind"].as_str())
+        .collect();
+    for p in [
+        "sigterm",
+        "readyz_red",
+        "listener_closed",
+        "exit",
+        "listening_again",
+        "ready",
+    ] {
+        assert!(phases.contains(&p), "phase {p} missing: {phases:?}");
+    }
+}
+
+/// Seed 001's slow check: the LB keeps sending new connections after the
+/// listener closed. The verdict measures the LB's detection time t; the
+/// truth is when HAProxy marked m1 DOWN.
+#[test]
+fn aws_nlb_slow_health_check_measures_lb_detection() {
+    let _g = serial();
+    if !root_or_skip("aws_nlb_slow_health_check_measures_lb_detection") {
+        return;
+    }
+    let o = observe("aws-nlb-slow-healthcheck", "m1", |t| master_flags(t, "m1"));
+    let red = o.lifecycle("m1", "readyz_red").expect("readyz red");
+    let down = o.truth["lb"]
+        .as_array()
+        .expect("lb")
+        .iter()
+        .find(|e| e["server"] == "m1" && e["state"] == "DOWN" && e["t_ns"].as_u64() > Some(red))
+        .and_then(|e| e["t_ns"].as_u64())
+        .expect("the LB took m1 out");
+    let truth_t = (down - red) as f64 / 1e9;
+    let slow = o.of_cause("lb_detection_slow");
+    assert_eq!(slow.len(), 1, "{}", o.dump());
+    let m = &slow[0]["measured"];
+    assert_eq!(m["holds"], false);
+    let t = m["t_s"].as_f64().expect("t measured");
+    let interval = o.timing("hc_interval");
+    assert!(
+        (t - truth_t).abs() <= interval,
+        "measured t {t:.2}s vs the LB's {truth_t:.2}s: more than one check interval ({interval}s) apart"
+    );
+    // The refusals through the LB are the clients' failed requests
+    // (HAProxy does not retry), give or take its health checks.
+    let via_lb = o
+        .verdicts()
+        .iter()
+        .filter(|v| v["cause"] == "refused_while_not_listening" && v["path"] == "via_lb")
+        .collect::<Vec<_>>();
+    assert_via_lb_counts(&o, &via_lb, failed(&o, "worker-").len() as u64);
+    assert_eq!(
+        o.verdicts().len(),
+        1 + via_lb.len(),
+        "nothing else: {}",
+        o.dump()
+    );
+}
+
+/// Seed 003: `Close()` instead of `Shutdown()`: the requests in flight at
+/// the listener's close are cut, and the verdict counts exactly those.
+#[test]
+fn hard_close_verdict_counts_the_cut_requests() {
+    let _g = serial();
+    if !root_or_skip("hard_close_verdict_counts_the_cut_requests") {
+        return;
+    }
+    let o = observe("hard-close", "m1", |t| master_flags(t, "m1"));
+    let cut = o.truth["lifecycle"]
+        .as_array()
+        .expect("lifecycle")
+        .iter()
+        .find(|l| l["instance"] == "m1" && l["event"] == "connections_closed")
+        .and_then(|l| l["detail"]["inflight_cut"].as_u64())
+        .expect("truth: requests cut");
+    assert!(cut > 0, "the scenario cut something");
+    let hard = o.of_cause("hard_close");
+    assert_eq!(hard.len(), 1, "{}", o.dump());
+    assert_eq!(hard[0]["count"], cut, "{}", o.dump());
+    assert_eq!(o.verdicts().len(), 1, "nothing else: {}", o.dump());
+}
+
+/// Seed 001's grace period too short: SIGKILL cuts what was in flight; the
+/// LB, which had not noticed yet, sends new connections to the dead master.
+#[test]
+fn sigkill_after_grace_verdict_measures_the_grace_period() {
+    let _g = serial();
+    if !root_or_skip("sigkill_after_grace_verdict_measures_the_grace_period") {
+        return;
+    }
+    let o = observe("sigkill-after-grace", "m1", |t| master_flags(t, "m1"));
+    let kill = o.of_cause("sigkill_after_grace");
+    assert_eq!(kill.len(), 1, "{}", o.dump());
+    let grace = o.timing("grace");
+    let m = &kill[0]["measured"];
+    let waited = m["seconds"].as_f64().expect("seconds");
+    assert!(
+        (waited - grace).abs() < 0.5,
+        "SIGKILL {waited:.2}s after SIGTERM, grace {grace}s"
+    );
+    let slow_failed = failed(&o, "worker-slow").len() as u64;
+    let n = kill[0]["count"].as_u64().expect("count");
+    assert!(
+        n >= 1 && n <= slow_failed,
+        "{n} cut, the slow clients lost {slow_failed}; {}",
+        o.dump()
+    );
+    // Every other verdict is the LB sending new connections to the dead
+    // master, each one a client's failed request.
+    let via_lb: Vec<&Value> = o
+        .verdicts()
+        .iter()
+        .filter(|v| v["cause"] == "refused_while_not_listening" && v["path"] == "via_lb")
+        .collect();
+    assert_eq!(o.verdicts().len(), 1 + via_lb.len(), "{}", o.dump());
+    let new_failed = failed(&o, "worker-").len() as u64 - slow_failed;
+    assert_via_lb_counts(&o, &via_lb, new_failed);
+}
+
+/// Seed 002: the SLB's idle timeout resets idle connections; drainwatch on
+/// the server infers the timeout from the resets.
+#[test]
+fn azure_idle_reset_infers_the_idle_timeout() {
+    let _g = serial();
+    if !root_or_skip("azure_idle_reset_infers_the_idle_timeout") {
+        return;
+    }
+    let o = observe("azure-idle-reset", "server", |t| {
+        let slb = t["params"]["addrs"]["slb_server_side"]
+            .as_str()
+            .expect("slb")
+            .to_string();
+        [
+            "--port",
+            "8600",
+            "--port",
+            "8005",
+            "--lb-addr",
+            &slb,
+            "--instance",
+            "server",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let truth = o.truth["params"]["idle_timeout_s"]
+        .as_f64()
+        .expect("idle timeout");
+    let idle = o.of_cause("idle_reset_by_middlebox");
+    assert_eq!(idle.len(), 1, "{}", o.dump());
+    let inferred = idle[0]["measured"]["inferred_s"]
+        .as_f64()
+        .expect("inferred");
+    assert!(
+        (inferred - truth).abs() <= truth * 0.1,
+        "inferred {inferred:.2}s, the SLB's timeout is {truth}s; {}",
+        o.dump()
+    );
+    assert_eq!(
+        idle[0]["measured"]["without_keepalive"].as_u64(),
+        idle[0]["count"].as_u64(),
+        "none of the reset connections had keepalive"
+    );
 }

@@ -162,7 +162,11 @@ impl CorrelateFlags {
     /// configuration, refined on the command line).
     pub fn apply(&self, base: Config) -> Config {
         fn or<T: Clone>(given: &[T], base: Vec<T>) -> Vec<T> {
-            if given.is_empty() { base } else { given.to_vec() }
+            if given.is_empty() {
+                base
+            } else {
+                given.to_vec()
+            }
         }
         Config {
             default_instance: self.instance.clone().or(base.default_instance),
