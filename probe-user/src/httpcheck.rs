@@ -36,26 +36,30 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Tls {
-    pub fn from_ca_file(path: &std::path::Path) -> Result<Tls, TlsError> {
-        let shown = path.display().to_string();
+    /// Trusts every certificate in the PEM texts (name, text): a CA file
+    /// and a kubeconfig's CA, say.
+    pub fn from_ca_pems(pems: &[(String, Vec<u8>)]) -> Result<Tls, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| TlsError::Read(shown.clone(), e.to_string()))?;
-        for c in certs {
-            let c = c.map_err(|e| TlsError::Read(shown.clone(), e.to_string()))?;
-            roots
-                .add(c)
-                .map_err(|e| TlsError::Read(shown.clone(), e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Empty(shown));
+        let mut shown = Vec::new();
+        for (name, pem) in pems {
+            shown.push(name.clone());
+            let before = roots.len();
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| TlsError::Read(name.clone(), e.to_string()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::Read(name.clone(), e.to_string()))?;
+            }
+            if roots.len() == before {
+                return Err(TlsError::Empty(name.clone()));
+            }
         }
         let cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Read(shown, e.to_string()))?
+            .map_err(|e| TlsError::Read(shown.join(", "), e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Tls::Verify(Arc::new(cfg)))
+        Ok(Tls::Verify(Arc::new(with_alpn(cfg))))
     }
 
     pub fn insecure() -> Tls {
@@ -113,7 +117,7 @@ impl Tls {
                     .with_no_client_auth()
             });
         match cfg {
-            Ok(c) => Tls::Insecure(Arc::new(c)),
+            Ok(c) => Tls::Insecure(Arc::new(with_alpn(c))),
             // The ring provider always supports the default versions.
             Err(_) => Tls::Insecure(Arc::new(
                 rustls::ClientConfig::builder()
@@ -130,6 +134,83 @@ impl Tls {
     }
 }
 
+/// What a kubeconfig says about reaching its current cluster: the
+/// `server` URL and its CA (PEM), from `certificate-authority-data` or the
+/// `certificate-authority` file (relative to the kubeconfig).
+#[derive(Debug)]
+pub struct KubeconfigTarget {
+    pub server: Uri,
+    pub ca: Option<(String, Vec<u8>)>,
+    pub insecure: bool,
+}
+
+/// Reads the current context's cluster of the kubeconfig at `path` (the
+/// kubelet's, say: the URL clients on this node use, usually the LB's).
+pub fn kubeconfig_target(path: &std::path::Path) -> anyhow::Result<KubeconfigTarget> {
+    use anyhow::Context as _;
+    use base64::Engine as _;
+    let shown = path.display();
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("--probe-kubeconfig {shown}"))?;
+    let ctx_name = kc
+        .current_context
+        .clone()
+        .with_context(|| format!("--probe-kubeconfig {shown}: no current-context"))?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .and_then(|c| c.context.as_ref())
+        .with_context(|| format!("--probe-kubeconfig {shown}: no context {ctx_name:?}"))?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .with_context(|| format!("--probe-kubeconfig {shown}: no cluster {:?}", ctx.cluster))?;
+    let server: Uri = cluster
+        .server
+        .as_deref()
+        .with_context(|| {
+            format!(
+                "--probe-kubeconfig {shown}: cluster {:?} has no server",
+                ctx.cluster
+            )
+        })?
+        .parse()
+        .with_context(|| format!("--probe-kubeconfig {shown}: server is not a URL"))?;
+    let ca = if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .with_context(|| {
+                format!("--probe-kubeconfig {shown}: certificate-authority-data is not base64")
+            })?;
+        Some((format!("{shown} (certificate-authority-data)"), pem))
+    } else if let Some(file) = &cluster.certificate_authority {
+        let f = path.parent().map_or_else(|| file.into(), |d| d.join(file));
+        let pem = std::fs::read(&f).with_context(|| {
+            format!(
+                "--probe-kubeconfig {shown}: certificate-authority {}",
+                f.display()
+            )
+        })?;
+        Some((f.display().to_string(), pem))
+    } else {
+        None
+    };
+    Ok(KubeconfigTarget {
+        server,
+        ca,
+        insecure: cluster.insecure_skip_tls_verify == Some(true),
+    })
+}
+
+/// Offers HTTP/2 first, as client-go does: a GOAWAY is only visible on it.
+fn with_alpn(mut cfg: rustls::ClientConfig) -> rustls::ClientConfig {
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg
+}
+
 /// Boot-clock nanoseconds: the clock the kernel programs stamp events with.
 pub fn boot_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -141,7 +222,21 @@ pub fn boot_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// A connection to send requests on: HTTP/2 when the server chose it by
+/// ALPN, else HTTP/1.1.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+}
 
 /// One HTTP/1.1 connection (TLS when the URL is https).
 async fn connect(uri: &Uri, tls: &Tls, timeout: Duration) -> Result<Sender, ProbeOutcome> {
@@ -168,7 +263,11 @@ async fn connect(uri: &Uri, tls: &Tls, timeout: Duration) -> Result<Sender, Prob
             Ok(Err(e)) => return Err(classify_io(&e)),
             Ok(Ok(s)) => s,
         };
-        handshake(TokioIo::new(stream)).await
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            handshake_h2(TokioIo::new(stream)).await
+        } else {
+            handshake(TokioIo::new(stream)).await
+        }
     } else {
         handshake(TokioIo::new(tcp)).await
     }
@@ -213,7 +312,21 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
+}
+
+async fn handshake_h2<T>(io: T) -> Result<Sender, ProbeOutcome>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| classify_hyper(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Sender::H2(sender))
 }
 
 fn classify_io(e: &std::io::Error) -> ProbeOutcome {
@@ -227,9 +340,23 @@ fn classify_io(e: &std::io::Error) -> ProbeOutcome {
     }
 }
 
+/// A hyper error's class. HTTP/2: a stream the server refused by GOAWAY
+/// (beyond its last stream id, or REFUSED_STREAM) is `goaway`, what
+/// client-go retries; a stream reset otherwise is `reset`.
 fn classify_hyper(e: &hyper::Error) -> ProbeOutcome {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            if h2e.is_go_away() || h2e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return ProbeOutcome::Goaway;
+            }
+            if let Some(io) = h2e.get_io() {
+                return classify_io(io);
+            }
+            if h2e.is_reset() {
+                return ProbeOutcome::Reset;
+            }
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return classify_io(io);
         }
@@ -245,17 +372,30 @@ async fn get(sender: &mut Sender, uri: &Uri, timeout: Duration) -> ProbeOutcome 
         .map(|a| a.as_str().to_string())
         .unwrap_or_default();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let Ok(req) = Request::get(path)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "drainwatch-prober")
-        .body(Empty::<Bytes>::new())
-    else {
+    // HTTP/1.1 sends the path and a Host header; HTTP/2 the whole URI
+    // (:scheme and :authority come from it).
+    let req = match sender {
+        Sender::H1(_) => Request::get(path).header(hyper::header::HOST, host),
+        Sender::H2(_) => Request::get(uri.clone()),
+    }
+    .header(hyper::header::USER_AGENT, "drainwatch-prober")
+    .body(Empty::<Bytes>::new());
+    let Ok(req) = req else {
         return ProbeOutcome::Eof;
     };
-    if sender.ready().await.is_err() {
-        return ProbeOutcome::Eof;
-    }
-    match tokio::time::timeout(timeout, sender.send_request(req)).await {
+    let sent = async {
+        match sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, sent).await {
         Err(_) => ProbeOutcome::Timeout,
         Ok(Err(e)) => classify_hyper(&e),
         Ok(Ok(resp)) => {
@@ -376,7 +516,19 @@ pub async fn probe(
             ProbeMode::Reused => {
                 let sender = match conn.take() {
                     Some(s) if !s.is_closed() => Ok(s),
-                    _ => connect(&target, &tls, timeout).await,
+                    _ => {
+                        let c = connect(&target, &tls, timeout).await;
+                        if let Ok(s) = &c {
+                            tracing::info!(
+                                "prober: new reused connection to {label} speaks {}",
+                                match s {
+                                    Sender::H1(_) => "HTTP/1.1",
+                                    Sender::H2(_) => "HTTP/2",
+                                }
+                            );
+                        }
+                        c
+                    }
                 };
                 match sender {
                     Ok(mut s) => {
@@ -426,10 +578,48 @@ mod tests {
         assert_eq!(classify_io(&refused), ProbeOutcome::Refused);
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(classify_io(&reset), ProbeOutcome::Reset);
-        let e = Tls::from_ca_file(std::path::Path::new("/nonexistent/ca.crt"))
+        let e = Tls::from_ca_pems(&[("ca.crt".into(), b"not a certificate".to_vec())])
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("/nonexistent/ca.crt"), "{e}");
+        assert!(e.contains("ca.crt"), "{e}");
+    }
+
+    #[test]
+    fn kubeconfig_target_reads_the_current_cluster() {
+        use base64::Engine as _;
+        let dir = std::env::temp_dir().join(format!("dw-kc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let kc = dir.join("kubelet.conf");
+        let data = base64::engine::general_purpose::STANDARD.encode("PEM TEXT");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster:\n    server: https://10.0.0.9:6443\n- name: lb\n  cluster:\n    server: https://api-int.example:6443\n    certificate-authority-data: {data}\ncontexts:\n- name: node\n  context:\n    cluster: lb\n    user: node\ncurrent-context: node\nusers:\n- name: node\n  user: {{}}\n"
+            ),
+        )
+        .expect("write");
+        let t = kubeconfig_target(&kc).expect("target");
+        assert_eq!(t.server.to_string(), "https://api-int.example:6443/");
+        assert_eq!(t.ca.expect("ca").1, b"PEM TEXT");
+        assert!(!t.insecure);
+        // A relative certificate-authority is next to the kubeconfig.
+        std::fs::write(dir.join("ca.crt"), "FILE PEM").expect("ca");
+        std::fs::write(
+            &kc,
+            "clusters:\n- name: lb\n  cluster:\n    server: https://lb:6443\n    certificate-authority: ca.crt\ncontexts:\n- name: n\n  context:\n    cluster: lb\n    user: u\ncurrent-context: n\n",
+        )
+        .expect("write");
+        assert_eq!(
+            kubeconfig_target(&kc).expect("target").ca.expect("ca").1,
+            b"FILE PEM"
+        );
+        std::fs::write(&kc, "clusters: []\n").expect("write");
+        let e = kubeconfig_target(&kc).expect_err("no context").to_string();
+        assert!(
+            e.contains("kubelet.conf") && e.contains("current-context"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -151,6 +151,11 @@ struct RunArgs {
     /// (e.g. https://api-int.example:6443/readyz) (repeatable).
     #[arg(long = "probe-url", value_name = "URL", env = "DRAINWATCH_PROBE_URL", value_delimiter = ',', value_parser = parse_http_url)]
     probe_urls: Vec<hyper::Uri>,
+    /// Probe the current cluster of this kubeconfig (e.g. the kubelet's,
+    /// /etc/kubernetes/kubelet.conf): its server URL + /readyz, the way this
+    /// node's clients reach the apiservers, trusted with its CA.
+    #[arg(long, value_name = "FILE", env = "DRAINWATCH_PROBE_KUBECONFIG")]
+    probe_kubeconfig: Option<std::path::PathBuf>,
     /// Probe on a new connection per request, on one reused connection, or both.
     #[arg(long, default_value = "both", value_parser = ["new", "reused", "both"], env = "DRAINWATCH_PROBE_MODE")]
     probe_mode: String,
@@ -472,14 +477,32 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let tls = match (&args.apiserver_ca, args.insecure_skip_tls_verify) {
-        (Some(ca), _) => httpcheck::Tls::from_ca_file(ca)?,
-        (None, true) => httpcheck::Tls::insecure(),
-        (None, false) => {
+    let mut probe_urls = args.probe_urls.clone();
+    let mut cas: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut insecure = args.insecure_skip_tls_verify;
+    if let Some(k) = &args.probe_kubeconfig {
+        let t = httpcheck::kubeconfig_target(k)?;
+        let url = format!("{}/readyz", t.server.to_string().trim_end_matches('/'));
+        probe_urls.push(
+            parse_http_url(&url)
+                .map_err(|e| anyhow::anyhow!("--probe-kubeconfig {}: {e}", k.display()))?,
+        );
+        cas.extend(t.ca);
+        insecure |= t.insecure;
+    }
+    if let Some(ca) = &args.apiserver_ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| anyhow::anyhow!("--apiserver-ca {}: {e}", ca.display()))?;
+        cas.push((ca.display().to_string(), pem));
+    }
+    let tls = match (cas.is_empty(), insecure) {
+        (false, false) => httpcheck::Tls::from_ca_pems(&cas)?,
+        (_, true) => httpcheck::Tls::insecure(),
+        (true, false) => {
             let https = args
                 .apiserver_url
                 .iter()
-                .chain(&args.probe_urls)
+                .chain(&probe_urls)
                 .any(|u| u.scheme_str() == Some("https"));
             if https {
                 anyhow::bail!(
@@ -501,8 +524,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tls,
         apiserver: args.apiserver_url.clone(),
         readyz_interval: args.readyz_interval,
-        probes: args
-            .probe_urls
+        probes: probe_urls
             .iter()
             .flat_map(|u| modes.iter().map(move |m| (u.clone(), *m)))
             .collect(),

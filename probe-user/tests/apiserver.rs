@@ -55,7 +55,6 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     )
     .expect("kubeconfig");
     let url = format!("https://{}:6443/", pair.server_v4);
-    let probe = format!("https://{}:6443/readyz", pair.server_v4);
     let d = Daemon::start_in(
         Some(&pair.server),
         &[
@@ -68,10 +67,12 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
             ca.to_str().expect("utf8"),
             "--readyz-interval",
             "200ms",
-            "--probe-url",
-            &probe,
+            // The prober's target and CA come from the kubeconfig, as from
+            // the kubelet's on a real node.
+            "--probe-kubeconfig",
+            kubeconfig.to_str().expect("utf8"),
             "--probe-mode",
-            "new",
+            "both",
             "--probe-interval",
             "100ms",
             "--shutdown-delay",
@@ -146,15 +147,28 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
         "credentials never reach logs"
     );
     let target = format!("{}:6443", pair.server_v4);
-    let code = |c: &str| {
+    let code_in = |mode: &str, c: &str| {
         parse_metric(
             &m,
             &format!(
-                "drainwatch_probe_requests_total{{code=\"{c}\",method=\"GET\",mode=\"new_connection\",target=\"{target}\"}}"
+                "drainwatch_probe_requests_total{{code=\"{c}\",method=\"GET\",mode=\"{mode}\",target=\"{target}\"}}"
             ),
         )
     };
+    let code = |c: &str| code_in("new_connection", c);
     assert!(code("200") >= 3.0, "probes while ready: {m}");
+    assert!(
+        code_in("reused_connection", "200") >= 3.0,
+        "probes on the kept connection while ready: {m}"
+    );
+    // Like client-go, the prober speaks HTTP/2 where the server offers it:
+    // the only protocol a GOAWAY can reach it on.
+    assert!(
+        d.stderr()
+            .contains(&format!("new reused connection to {target} speaks HTTP/2")),
+        "{}",
+        d.stderr()
+    );
     // kube-apiserver answers a failing /readyz with 500.
     assert!(
         code("500") >= 3.0,
