@@ -7,6 +7,7 @@
 //! runner gathers into one `truth.json` per run.
 
 pub mod apiserver;
+pub mod benchload;
 pub mod capture;
 pub mod clock;
 pub mod cmd;

@@ -90,6 +90,13 @@ enum Cmd {
     },
     /// The bounded load generator.
     Loadgen(LoadConfig),
+    /// The benchmarks' server (churn, request/response, bulk) until killed.
+    BenchServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// The benchmarks' bounded load generator: one JSON result line.
+    BenchLoad(drainwatch_lab::benchload::LoadArgs),
     /// Seed 002's timer server.
     TimerServer {
         /// `ADDR=PERIOD`, e.g. `0.0.0.0:8600=600s`; repeatable.
@@ -235,6 +242,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             .context("apiserver stand-in")?;
         }
         Cmd::Loadgen(cfg) => loadgen::run(cfg).await.context("load generator")?,
+        Cmd::BenchServer { listen } => drainwatch_lab::benchload::serve(listen)
+            .await
+            .with_context(|| format!("bench server on {listen}"))?,
+        Cmd::BenchLoad(a) => {
+            let r = drainwatch_lab::benchload::run(a).await?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
         Cmd::TimerServer {
             ports,
             duration,

@@ -480,6 +480,10 @@ async fn metrics_task(
     Ok(())
 }
 
+/// How often the reader drains the ring buffer without being woken: the
+/// most a lone event waits before it is printed and correlated.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// What the reader feeds besides stdout and metrics: the correlation
 /// engine, the recording, and which verdicts were already reported.
 struct Correlation {
@@ -646,6 +650,10 @@ async fn reader_task(
         .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
     let stdout = std::io::stdout();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The programs wake the reader only once a batch is pending (a wakeup
+    // per event costs more than the event); this bounds a lone event's wait.
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let done = tokio::select! {
             r = afd.readable_mut() => {
@@ -657,6 +665,15 @@ async fn reader_task(
                 }
                 let _ = out.flush();
                 guard.clear_ready();
+                false
+            }
+            _ = drain.tick() => {
+                let rb = afd.get_mut();
+                let mut out = stdout.lock();
+                while let Some(item) = rb.next() {
+                    handle_record(&item, &cx, &metrics, &watched, output, &mut idle, &mut corr, &mut out);
+                }
+                let _ = out.flush();
                 false
             }
             Some(o) = obs_rx.recv() => {

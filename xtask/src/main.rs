@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -79,6 +80,18 @@ enum BenchCmd {
         #[arg(long, default_value_t = 4)]
         seconds: u32,
     },
+    /// drainwatch against tcpdump, bpftrace and bcc's tcpstates/tcplife on
+    /// the same bounded load (churn, 1-byte rr, bulk; veth and loopback):
+    /// rate, p99, CPU and BPF time per connection, events delivered and lost,
+    /// RSS and map memory. Markdown and JSON in target/bench/.
+    Compare {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per workload and configuration.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 /// Debian packages the tests drive for real.
@@ -86,7 +99,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2", "nftables", "curl", "tcpdump", "haproxy", "nginx",
 ];
 /// Extra Debian packages the benchmarks drive.
-const BENCH_PACKAGES: &[&str] = &["iperf3"];
+const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace", "bpfcc-tools"];
 
 fn root_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -328,6 +341,35 @@ fn main() -> anyhow::Result<()> {
             setup_with(true, &all)?;
             let bin = build_daemon(true)?;
             bench::wire(&bin, rounds.max(1), seconds.clamp(1, 30))
+        }
+        Cmd::Bench {
+            which: BenchCmd::Compare { rounds, seconds },
+        } => {
+            if !is_root() {
+                bail!(
+                    "the benchmarks create network namespaces and load eBPF programs: run as root"
+                );
+            }
+            let all: Vec<&str> = APT_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
+            setup_with(true, &all)?;
+            let bin = build_daemon(true)?;
+            run(cargo().current_dir(root_dir()).args([
+                "build",
+                "--release",
+                "-p",
+                "drainwatch-lab",
+            ]))?;
+            let target = env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root_dir().join("target"));
+            let lab = target.join("release").join("drainwatch-lab");
+            compare::compare(
+                &bin,
+                &lab,
+                rounds.max(1),
+                seconds.clamp(0.5, 30.0),
+                &target.join("bench"),
+            )
         }
         Cmd::Lab { what, args } => {
             setup(true)?;
