@@ -92,6 +92,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Loss accounting and recovery under stress: a burst of connections,
+    /// the daemon SIGSTOPped for 5 s under load, daemon and load on one CPU.
+    Stress {
+        /// Connections in the burst (and per case).
+        #[arg(long, default_value_t = 200_000)]
+        burst: u64,
+    },
 }
 
 /// Debian packages the tests drive for real.
@@ -370,6 +377,25 @@ fn main() -> anyhow::Result<()> {
                 seconds.clamp(0.5, 30.0),
                 &target.join("bench"),
             )
+        }
+        Cmd::Bench {
+            which: BenchCmd::Stress { burst },
+        } => {
+            if !is_root() {
+                bail!(
+                    "the benchmarks create network namespaces and load eBPF programs: run as root"
+                );
+            }
+            setup_with(true, APT_PACKAGES)?;
+            let bin = build_daemon(true)?;
+            run(cargo()
+                .current_dir(root_dir())
+                .args(["build", "--release", "-p", "drainwatch-lab"]))?;
+            let target = env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root_dir().join("target"));
+            let lab = target.join("release").join("drainwatch-lab");
+            compare::stress(&bin, &lab, burst.clamp(1, 1_000_000), &target.join("bench"))
         }
         Cmd::Lab { what, args } => {
             setup(true)?;
