@@ -299,13 +299,13 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
                 problems.push(format!("connect_attempt pid {:?}, expected {me}", a.pid));
             }
         }
-        if let Some(r) = of(&evs, EventKind::Refused).first() {
-            if r.errno != Some(111) || r.remote != Some(server) {
-                problems.push(format!(
-                    "refused: errno {:?} remote {:?}, expected 111 and {server}",
-                    r.errno, r.remote
-                ));
-            }
+        if let Some(r) = of(&evs, EventKind::Refused).first()
+            && (r.errno != Some(111) || r.remote != Some(server))
+        {
+            problems.push(format!(
+                "refused: errno {:?} remote {:?}, expected 111 and {server}",
+                r.errno, r.remote
+            ));
         }
         if let Some(s) = of(&evs, EventKind::ResetSent).first()
             && !s.no_socket
