@@ -55,7 +55,7 @@ pub struct HttpChecks {
 }
 
 /// Offset from the kernel's boot-time clock to Unix time, in ns.
-fn boot_to_unix_ns() -> i128 {
+pub(crate) fn boot_to_unix_ns() -> i128 {
     let read = |clock| {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -68,7 +68,7 @@ fn boot_to_unix_ns() -> i128 {
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME)
 }
 
-fn random_key() -> u64 {
+pub(crate) fn random_key() -> u64 {
     let mut buf = [0u8; 8];
     // SAFETY: buf is valid for 8 bytes.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };

@@ -16,6 +16,7 @@ mod metrics;
 mod microbench;
 mod observe;
 mod procscan;
+mod selftest;
 mod tracefs;
 #[cfg(test)]
 mod wire_test;
@@ -54,6 +55,11 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// One self-contained HTML report (SVG timeline) from a recording or a capture.
     Report(drainwatch_ops::report::ReportArgs),
+    /// Load every kernel program as `run` does, drive loopback TCP on a
+    /// watched port and check the exact events (as root; used by `cargo
+    /// xtask vm-test`). Prints one JSON line per check, `INSNS` lines and
+    /// `SELFTEST PASS` or `SELFTEST FAIL <reason>`; exits 0 only on pass.
+    Selftest(selftest::SelftestArgs),
     /// Time the TC classifier on crafted packets (used by `cargo xtask bench wire`).
     #[command(hide = true)]
     BenchClassifier {
@@ -296,6 +302,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
         Command::Analyze(args) => analyze(&args),
         Command::Report(args) => drainwatch_ops::report::run(&args),
+        Command::Selftest(args) => Ok(selftest::run(&args)),
         Command::BenchClassifier { repeat } => {
             microbench::run(repeat.max(1)).map(|()| ExitCode::SUCCESS)
         }

@@ -6,6 +6,8 @@
 //! - `test`: set-up, rustfmt and clippy checks, then every test (the kernel
 //!   tests need root and run for real).
 //! - `check`: `drainwatch run --check` after set-up and build.
+//! - `vm-test`: `drainwatch selftest` on Debian's 6.1 and 6.12 kernels under
+//!   QEMU and natively, with an instruction budget per program.
 
 use std::{
     env,
@@ -18,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compare;
+mod vmtest;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -61,6 +64,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// `drainwatch selftest` on Debian's newest 6.1 and 6.12 cloud kernels
+    /// under QEMU, and natively when nothing else uses BPF here; checks each
+    /// program's verified instruction count against a budget.
+    VmTest,
     /// Benchmarks that print figures (needs root): `bench wire`.
     Bench {
         #[command(subcommand)]
@@ -418,6 +425,7 @@ fn main() -> anyhow::Result<()> {
             full.extend(args);
             run(&mut as_root(&bin, &full))
         }
+        Cmd::VmTest => vmtest::vm_test(),
         Cmd::Lint => {
             setup(false)?;
             lint()
