@@ -754,12 +754,7 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
         eprintln!("stress: {name}");
         let obs = Observer::start(Cfg::DrainwatchTp, dw, out_dir)?;
         let pid = obs.pid().context("daemon pid")?;
-        let mut gen_cmd = vec![
-            "ip".to_string(),
-            "netns".into(),
-            "exec".into(),
-            C.into(),
-        ];
+        let mut gen_cmd = vec!["ip".to_string(), "netns".into(), "exec".into(), C.into()];
         if pin {
             sh(&["taskset", "-a", "-p", "-c", "0", &pid.to_string()])?;
             gen_cmd.extend(["taskset".into(), "-c".into(), "0".into()]);
@@ -778,12 +773,7 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
             "--seconds".into(),
             "120".into(),
         ]);
-        let kinds = [
-            "connect_attempt",
-            "established",
-            "accepted",
-            "closed",
-        ];
+        let kinds = ["connect_attempt", "established", "accepted", "closed"];
         let counts = |o: &Observer| -> (f64, f64, f64) {
             let Some(url) = &o.metrics else {
                 return (0.0, 0.0, 0.0);
@@ -794,7 +784,11 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
                 .iter()
                 .map(|k| metric_sum(&text, &format!("drainwatch_events_total{{kind=\"{k}\"}}")))
                 .sum();
-            (ours, all - ours, metric_sum(&text, "drainwatch_events_lost_total{"))
+            (
+                ours,
+                all - ours,
+                metric_sum(&text, "drainwatch_events_lost_total{"),
+            )
         };
         let attempts_seen = |o: &Observer| -> f64 {
             let Some(url) = &o.metrics else { return 0.0 };
@@ -828,9 +822,22 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
         let a1 = attempts_seen(&obs);
         // Recovered: one more connection is seen.
         let _ = sh(&[
-            "ip", "netns", "exec", C, lab.to_str().unwrap_or_default(), "bench-load",
-            "--target", &format!("127.0.0.1:{PORT}"), "--mode", "churn", "--concurrency", "1",
-            "--count", "1", "--seconds", "5",
+            "ip",
+            "netns",
+            "exec",
+            C,
+            lab.to_str().unwrap_or_default(),
+            "bench-load",
+            "--target",
+            &format!("127.0.0.1:{PORT}"),
+            "--mode",
+            "churn",
+            "--concurrency",
+            "1",
+            "--count",
+            "1",
+            "--seconds",
+            "5",
         ]);
         std::thread::sleep(Duration::from_millis(500));
         let (r2, _, _) = counts(&obs);
@@ -874,7 +881,10 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
     }
     md.push_str("\nWith nothing lost, connect_attempt events equal the generator's connect() calls exactly. Connections that did not close normally (an RST after the accept queue overflowed, say) give other kinds instead of some of the five, so \"5 x connections\" is only approximate; lost events are counted in total, not per kind.\n");
     std::fs::write(out_dir.join("stress.md"), &md)?;
-    std::fs::write(out_dir.join("stress.json"), serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(
+        out_dir.join("stress.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
     println!("{md}");
     if cases.iter().any(|c| !c.recovered) {
         bail!("the daemon did not recover in every case");

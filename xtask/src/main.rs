@@ -395,9 +395,12 @@ fn main() -> anyhow::Result<()> {
             }
             setup_with(true, APT_PACKAGES)?;
             let bin = build_daemon(true)?;
-            run(cargo()
-                .current_dir(root_dir())
-                .args(["build", "--release", "-p", "drainwatch-lab"]))?;
+            run(cargo().current_dir(root_dir()).args([
+                "build",
+                "--release",
+                "-p",
+                "drainwatch-lab",
+            ]))?;
             let target = env::var("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| root_dir().join("target"));

@@ -2,7 +2,7 @@
 //!
 //! Debian's newest 6.1 and 6.12 cloud kernels are fetched with `apt-get
 //! download` and booted under QEMU (TCG: KVM does not work on these
-//! machines) with an initramfs of busybox-static, the release `drainwatch`
+//! machines) with an initramfs of busybox-static, the (debug-stripped) `drainwatch`
 //! binary and the shared libraries it links. `/init` mounts what the
 //! loader needs, brings up lo, runs the selftest and prints
 //! `VMTEST EXIT <status>` on the serial console before `poweroff -f`.
@@ -81,7 +81,9 @@ pub fn vm_test() -> anyhow::Result<()> {
     install_packages()?;
     let kernels = pick_kernels()?;
     setup(false)?;
-    let bin = build_daemon(true)?;
+    // The debug build `cargo xtask test` just made (CI runs this right after
+    // it): no second, release build; debug info is stripped for the initramfs.
+    let bin = build_daemon(false)?;
     let initrd = build_initramfs(&bin, &work)?;
 
     let mut outcomes = Vec::new();
@@ -284,8 +286,17 @@ fn build_initramfs(bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
         .find(|p| p.exists())
         .context("busybox not found (package busybox-static)")?;
     fs::copy(busybox, root.join("bin/busybox")).context("copying busybox")?;
-    fs::copy(bin, root.join("bin/drainwatch"))
-        .with_context(|| format!("copying {}", bin.display()))?;
+    let dest = root.join("bin/drainwatch");
+    // Without debug info the binary is a tenth of the size: a faster boot.
+    let stripped = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(bin)
+        .arg(&dest)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        fs::copy(bin, &dest).with_context(|| format!("copying {}", bin.display()))?;
+    }
     let ldd = Command::new("ldd")
         .arg(bin)
         .output()
