@@ -480,6 +480,10 @@ async fn metrics_task(
     Ok(())
 }
 
+/// How long the engine keeps raw observations (a rollout in progress is
+/// always kept whole), ns.
+const KEEP_NS: u64 = 600_000_000_000;
+
 /// How often the reader drains the ring buffer without being woken: the
 /// most a lone event waits before it is printed and correlated.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -626,10 +630,11 @@ impl Correlation {
                 .with_label_values(&[&p.instance, &p.phase])
                 .set(p.t_ns as f64 / 1e9);
         }
-        // Keep memory bounded: finished rollouts older than an hour are archived.
+        // Keep memory and the per-second recomputation bounded: what is older
+        // than ten minutes is archived (its verdicts and totals kept), never
+        // splitting a rollout still in progress.
         let horizon = self.engine.horizon_ns();
-        self.engine
-            .compact(horizon.saturating_sub(3_600_000_000_000));
+        self.engine.compact(horizon.saturating_sub(KEEP_NS));
     }
 }
 

@@ -180,6 +180,14 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
             server: r?,
             state: Some(ev.state.to_string()),
         },
+        // A close is evidence only when the server closed first with a
+        // request still owed (a cut); every other close, two per connection,
+        // would only fill the engine's memory.
+        EventKind::Closed
+            if !(ev.direction == Some("passive") && ev.request_pending == Some(true)) =>
+        {
+            return None;
+        }
         EventKind::Closed => {
             let passive = ev.direction == Some("passive");
             let (client, server) = if passive { (r?, l?) } else { (l?, r?) };
