@@ -347,12 +347,33 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
         o.dump()
     );
     assert!(hairpin.iter().all(|v| v["instance"] == "m1"));
-    // Nothing else went wrong: the LB took m1 out in time (E2 + t < E3),
-    // the shutdown was graceful, drainwatch's own poller is not a client.
-    assert_eq!(
-        o.verdicts().len(),
-        hairpin.len(),
-        "only hairpin verdicts; {}",
+    // Nothing else went wrong, except what the clients saw: the LB took m1
+    // out in time (E2 + t < E3), drainwatch's own poller is not a client.
+    // A connection accepted just before the listener closed and aborted by
+    // the stand-in as it shut down is a cut a client saw (reset, EOF): a
+    // hard-close verdict may name those, never more of them than there were.
+    let cut_seen = o
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["client"].as_str().is_some_and(|c| c.starts_with("m1-"))
+                && !matches!(r["outcome"].as_str(), Some("ok" | "refused"))
+        })
+        .count() as u64;
+    let others: Vec<&Value> = o
+        .verdicts()
+        .iter()
+        .filter(|v| !(v["cause"] == "refused_while_not_listening" && v["path"] == "local_hairpin"))
+        .collect();
+    assert!(
+        others.iter().all(|v| v["cause"] == "hard_close"),
+        "only hairpin verdicts and cuts; {}",
+        o.dump()
+    );
+    assert!(
+        sum_counts(&others) <= cut_seen,
+        "{} cut, m1's clients saw {cut_seen} cut; {}",
+        sum_counts(&others),
         o.dump()
     );
     let lb = o.live["timelines"]

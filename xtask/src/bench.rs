@@ -23,7 +23,8 @@ const S_IP: &str = "198.18.250.2";
 const C_DEV: &str = "dwbc0";
 const S_DEV: &str = "dwbs0";
 
-fn sh(args: &[&str]) -> anyhow::Result<String> {
+/// Runs a command, its stdout or an error with its stderr.
+pub fn sh(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -192,7 +193,7 @@ impl Drop for Observer {
 }
 
 unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
+    pub fn kill(pid: i32, sig: i32) -> i32;
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -201,12 +202,12 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-fn spread(v: &[f64]) -> f64 {
+pub fn spread(v: &[f64]) -> f64 {
     let (lo, hi) = v
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));

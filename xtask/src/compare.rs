@@ -29,22 +29,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+use crate::bench::{kill, median, sh, spread};
+
 const C: &str = "dwcmp-c";
 const S: &str = "dwcmp-s";
 const C_IP: &str = "198.18.251.1";
 const S_IP: &str = "198.18.251.2";
 const PORT: &str = "6443";
-
-fn sh(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("cannot run {args:?}"))?;
-    if !out.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn cleanup() {
     for ns in [C, S] {
@@ -59,10 +50,6 @@ fn cleanup() {
         }
         let _ = sh(&["ip", "netns", "del", ns]);
     }
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 /// Two namespaces, a veth, bench servers on the veth and on the client's
@@ -121,7 +108,34 @@ impl Topology {
                     .context("drainwatch-lab bench-server")?,
             );
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // HTTP/2 cleartext requests: the lab's apiserver stand-in (hyper), on
+        // 443 (also watched), for h2load.
+        let pki = std::env::temp_dir().join("dwcmp-pki");
+        servers.push(
+            Command::new("ip")
+                .args(["netns", "exec", S])
+                .arg(lab)
+                .args([
+                    "apiserver",
+                    "--name",
+                    "bench",
+                    "--listen",
+                    &format!("{S_IP}:8443"),
+                    "--h2c-listen",
+                    &format!("{S_IP}:443"),
+                    "--startup-delay",
+                    "0s",
+                    "--tls-dir",
+                ])
+                .arg(&pki)
+                .arg("--truth")
+                .arg(pki.join("lifecycle.jsonl"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("drainwatch-lab apiserver")?,
+        );
+        std::thread::sleep(Duration::from_millis(1500));
         Ok(Topology { servers })
     }
 }
@@ -410,12 +424,13 @@ struct Usage {
 #[derive(Clone, Copy)]
 struct Work {
     name: &'static str,
+    /// `churn`, `rr`, `bulk` (drainwatch-lab bench-load) or `h2c` (h2load).
     mode: &'static str,
     target: &'static str,
     concurrency: u32,
 }
 
-const WORKS: [Work; 4] = [
+const WORKS: [Work; 5] = [
     Work {
         name: "churn veth",
         mode: "churn",
@@ -440,9 +455,77 @@ const WORKS: [Work; 4] = [
         target: "198.18.251.2:6443",
         concurrency: 2,
     },
+    Work {
+        name: "h2c requests veth",
+        mode: "h2c",
+        target: "http://198.18.251.2:443/readyz",
+        concurrency: 4,
+    },
 ];
 
+/// h2load's summary as the generator's result: requests per second; its
+/// mean request time stands in for the latency (it prints no percentile).
+fn h2load(w: Work, secs: f64) -> anyhow::Result<Value> {
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        C,
+        "h2load",
+        "-c",
+        &w.concurrency.to_string(),
+        "-m",
+        "8",
+        "-D",
+        &format!("{}", secs.ceil().max(1.0)),
+        w.target,
+    ])?;
+    let num = |line: &str, after: &str| -> Option<f64> {
+        line.split(after)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .trim_end_matches(',')
+            .parse()
+            .ok()
+    };
+    let rate = out
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| num(l, "s, "))
+        .with_context(|| format!("h2load printed no rate: {out}"))?;
+    let done = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| num(l, "started, "))
+        .unwrap_or(0.0);
+    let mean_us = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("time for request:"))
+        .and_then(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            // time for request: MIN MAX MEAN SD +/-SD
+            let t = v.get(5)?;
+            let (n, unit) = t.split_at(t.find(|c: char| c.is_alphabetic())?);
+            let n: f64 = n.parse().ok()?;
+            Some(match unit {
+                "us" => n,
+                "ms" => n * 1e3,
+                "s" => n * 1e6,
+                _ => return None,
+            })
+        })
+        .unwrap_or(0.0);
+    Ok(json!({
+        "rate": rate, "requests": done, "connections": w.concurrency,
+        "bits_per_s": 0.0, "p99_us": mean_us,
+    }))
+}
+
 fn load(lab: &Path, w: Work, secs: f64, count: u64) -> anyhow::Result<Value> {
+    if w.mode == "h2c" {
+        return h2load(w, secs);
+    }
     let out = sh(&[
         "ip",
         "netns",
@@ -462,21 +545,6 @@ fn load(lab: &Path, w: Work, secs: f64, count: u64) -> anyhow::Result<Value> {
         &count.to_string(),
     ])?;
     serde_json::from_str(out.trim()).with_context(|| format!("bench-load printed {out:?}"))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn spread(v: &[f64]) -> f64 {
-    let max = v.iter().copied().fold(f64::MIN, f64::max);
-    let min = v.iter().copied().fold(f64::MAX, f64::min);
-    if v.is_empty() { 0.0 } else { max - min }
 }
 
 fn have(tool: &str) -> bool {
@@ -555,7 +623,7 @@ pub fn compare(
                 let (d1, l1) = obs.delivered();
                 let units = match w.mode {
                     "churn" => r["connections"].as_f64().unwrap_or(0.0),
-                    "rr" => r["requests"].as_f64().unwrap_or(0.0),
+                    "rr" | "h2c" => r["requests"].as_f64().unwrap_or(0.0),
                     _ => r["bytes"].as_f64().unwrap_or(0.0) / 65536.0,
                 };
                 samples.entry((wi, ci)).or_default().push(json!({
@@ -689,7 +757,8 @@ fn report(
             Cfg::ALL[*ci].name()
         ));
     }
-    md.push_str("Units: a connection (churn), a request (rr), 64 KiB sent (bulk). CPU per unit counts the observer process only; BPF per unit is the kernel time of its programs (`kernel.bpf_stats_enabled`). Events per unit: what the observer delivered (drainwatch: events decoded; others: output lines).\n");
+    md.push_str("h2c: h2load (4 connections, 8 streams each) against the lab's apiserver stand-in; its \"p99\" is h2load's mean request time (it prints no percentile).\n\n");
+    md.push_str("Units: a connection (churn), a request (rr, h2c), 64 KiB sent (bulk). CPU per unit counts the observer process only; BPF per unit is the kernel time of its programs (`kernel.bpf_stats_enabled`). Events per unit: what the observer delivered (drainwatch: events decoded; others: output lines).\n");
     let mdp = out_dir.join("compare.md");
     let jp = out_dir.join("compare.json");
     std::fs::write(&mdp, &md)?;

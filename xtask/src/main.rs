@@ -113,7 +113,59 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2", "nftables", "curl", "tcpdump", "haproxy", "nginx",
 ];
 /// Extra Debian packages the benchmarks drive.
-const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace", "bpfcc-tools"];
+const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace", "bpfcc-tools", "nghttp2-client"];
+
+/// Installs the Debian packages of `packages` that are missing (as root;
+/// otherwise says what `what` needs and how to get it).
+fn apt_install(packages: &[&str], what: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f", "${Status}", p])
+                .output()
+                .map(|o| {
+                    o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with(" installed")
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "{what} need these Debian packages: {}; run `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// For the benchmarks: root, the packages they drive, and the release
+/// daemon and lab binaries (daemon, lab, target dir).
+fn bench_binaries(packages: &[&str]) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    if !is_root() {
+        bail!("the benchmarks create network namespaces and load eBPF programs: run as root");
+    }
+    setup_with(true, packages)?;
+    let bin = build_daemon(true)?;
+    run(cargo()
+        .current_dir(root_dir())
+        .args(["build", "--release", "-p", "drainwatch-lab"]))?;
+    let target = env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root_dir().join("target"));
+    let lab = target.join("release").join("drainwatch-lab");
+    Ok((bin, lab, target))
+}
 
 fn root_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -185,32 +237,7 @@ fn setup_with(apt: bool, packages: &[&str]) -> anyhow::Result<()> {
         install_bpf_linker()?;
     }
     if apt {
-        let missing: Vec<&str> = packages
-            .iter()
-            .copied()
-            .filter(|p| {
-                !Command::new("dpkg")
-                    .args(["-s", p])
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false)
-            })
-            .collect();
-        if !missing.is_empty() {
-            if !is_root() {
-                bail!(
-                    "the tests need these Debian packages: {}; run `sudo apt-get install {}`",
-                    missing.join(" "),
-                    missing.join(" ")
-                );
-            }
-            eprintln!("xtask: installing {}", missing.join(" "));
-            run(Command::new("apt-get").arg("update").arg("-qq"))?;
-            run(Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"))?;
-        }
+        apt_install(packages, "the tests")?;
     }
     Ok(())
 }
@@ -359,24 +386,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             which: BenchCmd::Compare { rounds, seconds },
         } => {
-            if !is_root() {
-                bail!(
-                    "the benchmarks create network namespaces and load eBPF programs: run as root"
-                );
-            }
             let all: Vec<&str> = APT_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
-            setup_with(true, &all)?;
-            let bin = build_daemon(true)?;
-            run(cargo().current_dir(root_dir()).args([
-                "build",
-                "--release",
-                "-p",
-                "drainwatch-lab",
-            ]))?;
-            let target = env::var("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| root_dir().join("target"));
-            let lab = target.join("release").join("drainwatch-lab");
+            let (bin, lab, target) = bench_binaries(&all)?;
             compare::compare(
                 &bin,
                 &lab,
@@ -388,23 +399,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench {
             which: BenchCmd::Stress { burst },
         } => {
-            if !is_root() {
-                bail!(
-                    "the benchmarks create network namespaces and load eBPF programs: run as root"
-                );
-            }
-            setup_with(true, APT_PACKAGES)?;
-            let bin = build_daemon(true)?;
-            run(cargo().current_dir(root_dir()).args([
-                "build",
-                "--release",
-                "-p",
-                "drainwatch-lab",
-            ]))?;
-            let target = env::var("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| root_dir().join("target"));
-            let lab = target.join("release").join("drainwatch-lab");
+            let (bin, lab, target) = bench_binaries(APT_PACKAGES)?;
             compare::stress(&bin, &lab, burst.clamp(1, 1_000_000), &target.join("bench"))
         }
         Cmd::Lab { what, args } => {

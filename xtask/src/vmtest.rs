@@ -120,36 +120,8 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|_| root_dir().join("target"))
 }
 
-fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${Status}", package])
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with(" installed"))
-        .unwrap_or(false)
-}
-
 fn install_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = VM_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !is_root() {
-        bail!(
-            "vm-test needs these Debian packages: {}; run `sudo apt-get install {}` or run vm-test as root",
-            missing.join(" "),
-            missing.join(" ")
-        );
-    }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::apt_install(VM_PACKAGES, "vm-test")
 }
 
 /// Digit runs of a version as numbers, for ordering `6.1.0-9` before `6.1.0-56`.
