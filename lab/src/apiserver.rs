@@ -325,6 +325,7 @@ async fn conn_task(
     mut phase: watch::Receiver<Phase>,
 ) {
     let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
     let svc_state = Arc::clone(&state);
     let svc = hyper::service::service_fn(move |req| handle(req, Arc::clone(&svc_state)));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -336,11 +337,11 @@ async fn conn_task(
                 return;
             };
             let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
-            drive(conn, &mut phase).await
+            drive(conn, &mut phase, accepted).await
         }
         None => {
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            drive(conn, &mut phase).await
+            drive(conn, &mut phase, accepted).await
         }
     };
     if let Err(e) = result {
@@ -366,14 +367,28 @@ fn conn_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     Some(msg)
 }
 
+/// A connection accepted this recently when draining starts gets its first
+/// request served before it is asked to shut down, as Go's `Shutdown` leaves
+/// a `StateNew` connection alone until it has been idle for 5 s (scaled down
+/// with the lab's time). Without it, a client that connected just before the
+/// listener closed is cut, which kube-apiserver does not do.
+const NEW_CONN_GRACE: Duration = Duration::from_millis(500);
+
 /// Serves one connection; when draining starts, asks it to shut down gracefully
 /// (GOAWAY for HTTP/2, close-after-response for HTTP/1).
-async fn drive<C>(conn: C, phase: &mut watch::Receiver<Phase>) -> Result<(), String>
+async fn drive<C>(
+    conn: C,
+    phase: &mut watch::Receiver<Phase>,
+    accepted: Instant,
+) -> Result<(), String>
 where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConn,
 {
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
+    let graceful_at = tokio::time::sleep(Duration::ZERO);
+    let mut graceful_at = std::pin::pin!(graceful_at);
+    let mut pending_graceful = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => return match r {
@@ -383,8 +398,15 @@ where
             c = phase.changed(), if !draining => {
                 draining = true;
                 if c.is_ok() && *phase.borrow() == Phase::Draining {
-                    conn.as_mut().start_graceful();
+                    graceful_at
+                        .as_mut()
+                        .reset((accepted + NEW_CONN_GRACE).into());
+                    pending_graceful = true;
                 }
+            }
+            _ = graceful_at.as_mut(), if pending_graceful => {
+                pending_graceful = false;
+                conn.as_mut().start_graceful();
             }
         }
     }
