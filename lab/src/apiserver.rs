@@ -400,7 +400,7 @@ where
                 if c.is_ok() && *phase.borrow() == Phase::Draining {
                     graceful_at
                         .as_mut()
-                        .reset((accepted + NEW_CONN_GRACE).into());
+                        .reset(accepted + NEW_CONN_GRACE);
                     pending_graceful = true;
                 }
             }
