@@ -41,67 +41,92 @@ fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     sh(&full)
 }
 
-/// Namespaces, veth and iperf3 servers; removed on drop.
-struct Topology {
-    servers: Vec<Child>,
+/// Two namespaces joined by a veth (`/30` addresses, lo up), and the
+/// servers started in them; servers, leftover processes and namespaces are
+/// removed on drop. Shared by `bench wire`, `compare` and `stress`.
+pub struct NsPair {
+    pub ns: [&'static str; 2],
+    pub servers: Vec<Child>,
 }
 
-impl Topology {
-    fn new() -> anyhow::Result<Topology> {
-        cleanup();
-        sh(&["ip", "netns", "add", C])?;
-        sh(&["ip", "netns", "add", S])?;
+impl NsPair {
+    /// `(namespace, device, address)` for each end.
+    pub fn new(ends: [(&'static str, &str, &str); 2]) -> anyhow::Result<NsPair> {
+        let ns = [ends[0].0, ends[1].0];
+        remove_namespaces(&ns);
+        let pair = NsPair {
+            ns,
+            servers: Vec::new(),
+        };
+        for n in ns {
+            sh(&["ip", "netns", "add", n])?;
+        }
         sh(&[
-            "ip", "link", "add", C_DEV, "netns", C, "type", "veth", "peer", "name", S_DEV, "netns",
-            S,
+            "ip", "link", "add", ends[0].1, "netns", ns[0], "type", "veth", "peer", "name",
+            ends[1].1, "netns", ns[1],
         ])?;
-        for (ns, dev, ip) in [(C, C_DEV, C_IP), (S, S_DEV, S_IP)] {
+        for (n, dev, ip) in ends {
             sh(&[
                 "ip",
                 "-n",
-                ns,
+                n,
                 "addr",
                 "add",
                 &format!("{ip}/30"),
                 "dev",
                 dev,
             ])?;
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            sh(&["ip", "-n", n, "link", "set", dev, "up"])?;
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
         }
-        let mut servers = Vec::new();
-        for port in ["6443", "5201"] {
-            servers.push(
-                Command::new("ip")
-                    .args(["netns", "exec", S, "iperf3", "-s", "-B", S_IP, "-p", port])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("iperf3 (apt-get install iperf3)")?,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Topology { servers })
+        Ok(pair)
     }
 }
 
-impl Drop for Topology {
+impl Drop for NsPair {
     fn drop(&mut self) {
         for s in &mut self.servers {
             let _ = s.kill();
             let _ = s.wait();
         }
-        cleanup();
+        remove_namespaces(&self.ns);
     }
 }
 
-fn cleanup() {
-    for ns in [C, S] {
+/// Kills what is left in the namespaces (by pid) and deletes them.
+fn remove_namespaces(ns: &[&str]) {
+    for n in ns {
+        if let Ok(pids) = sh(&["ip", "netns", "pids", n]) {
+            for p in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: killing processes left in our own bench namespaces.
+                unsafe { kill(p, 9) };
+            }
+        }
         let _ = Command::new("ip")
-            .args(["netns", "del", ns])
+            .args(["netns", "del", n])
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The wire bench's namespaces with iperf3 servers on 6443 and 5201.
+fn topology() -> anyhow::Result<NsPair> {
+    let mut t = NsPair::new([(C, C_DEV, C_IP), (S, S_DEV, S_IP)])?;
+    for port in ["6443", "5201"] {
+        t.servers.push(
+            Command::new("ip")
+                .args(["netns", "exec", S, "iperf3", "-s", "-B", S_IP, "-p", port])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("iperf3 (apt-get install iperf3)")?,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(t)
 }
 
 /// One bounded bulk stream; returns Gbit/s.
@@ -215,7 +240,7 @@ pub fn spread(v: &[f64]) -> f64 {
 }
 
 pub fn wire(bin: &Path, rounds: u32, secs: u32) -> anyhow::Result<()> {
-    let _topo = Topology::new()?;
+    let _topo = topology()?;
     let (mut base, mut unw, mut wat, mut ns_unw, mut ns_wat) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
