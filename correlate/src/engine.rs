@@ -805,6 +805,9 @@ fn infer_phases(c: &mut Cycle, cfg: &Config, has_readyz: bool, first_refusal: Op
 
 /// Merges items that are one attempt seen twice (kernel and prober, or
 /// both ends of a local connection): same client address within the tolerance.
+/// How far apart kernel sightings of one connection attempt can be (ns).
+const SAME_ATTEMPT_NS: u64 = 10_000_000;
+
 fn dedupe(items: Vec<&It>, tol: u64) -> Vec<Vec<&It>> {
     let mut groups: Vec<Vec<&It>> = Vec::new();
     let mut last_by_key: BTreeMap<SocketAddr, usize> = BTreeMap::new();
@@ -814,10 +817,20 @@ fn dedupe(items: Vec<&It>, tol: u64) -> Vec<Vec<&It>> {
             _ => None,
         };
         if let Some(k) = key {
+            // The same attempt seen twice: by the prober and the kernel
+            // (within `tol`), or by several kernel hooks (the RST sent, the
+            // RST received, the refused connect: microseconds apart). Two
+            // kernel sightings further apart are two attempts that reused a
+            // source port.
             if let Some(&g) = last_by_key.get(&k)
-                && groups[g]
-                    .last()
-                    .is_some_and(|p| it.t.saturating_sub(p.t) <= tol)
+                && groups[g].last().is_some_and(|p| {
+                    let window = if p.probe || it.probe {
+                        tol
+                    } else {
+                        tol.min(SAME_ATTEMPT_NS)
+                    };
+                    it.t.saturating_sub(p.t) <= window
+                })
             {
                 groups[g].push(it);
                 continue;

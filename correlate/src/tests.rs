@@ -565,6 +565,30 @@ fn hard_close_counts_only_the_close_instant() {
     assert_eq!(r.verdicts[0].count, 2, "{:#?}", r.verdicts);
 }
 
+/// Two refused connects that happen to reuse a source port are two
+/// attempts; the kernel's RST sent and refused connect of one attempt are one.
+#[test]
+fn reused_source_port_refusals_are_two_attempts() {
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.readyz(0.0, false);
+    b.listen(7.0, false, 100);
+    let c = sa(LB, 36548);
+    b.rst(7.1, c, "NO_SOCKET");
+    b.refused(7.100_01, c, sa(M1, 6443));
+    b.rst(7.15, c, "NO_SOCKET");
+    b.refused(7.150_01, c, sa(M1, 6443));
+    b.exit(7.2, None);
+    let r = run(&base(), &b);
+    let n: u64 = r
+        .verdicts
+        .iter()
+        .filter(|v| matches!(v.cause, Cause::RefusedWhileNotListening { .. }))
+        .map(|v| v.count)
+        .sum();
+    assert_eq!(n, 2, "{:#?}", r.verdicts);
+}
+
 #[test]
 fn seed003_shutdown_is_graceful() {
     let mut b = B::default();
