@@ -52,6 +52,9 @@ pub struct HttpChecks {
     pub probe_interval: Duration,
     /// The apiserver pods to watch through the Kubernetes API.
     pub pods: Option<crate::kubewatch::PodWatch>,
+    /// Sources asked for but unusable from the start (source, why): their
+    /// health reads 0 while the rest runs.
+    pub off: Vec<(&'static str, String)>,
 }
 
 /// Offset from the kernel's boot-time clock to Unix time, in ns.
@@ -110,7 +113,7 @@ pub fn scan_listeners(ports: &[u16]) -> Vec<(u16, i64)> {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = loader::load(&opts.load)?;
     let mut ebpf = loaded.ebpf;
-    let qdiscs = loaded.created_qdiscs;
+    let tc = loaded.tc;
     let watched = opts.load.ports.clone();
 
     let metrics = Arc::new(Metrics::new(&watched).context("creating metrics")?);
@@ -127,6 +130,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     for (port, n) in scan_listeners(&watched) {
         metrics.set_listeners(port, n);
+    }
+    metrics.source_up.with_label_values(&["kernel"]).set(1);
+    if opts.load.wire.is_some() {
+        let tc = loaded
+            .hooks
+            .iter()
+            .any(|h| h.name.starts_with("tc ") && h.state == HookState::Attached);
+        metrics
+            .source_up
+            .with_label_values(&["wire"])
+            .set(i64::from(tc));
+    }
+    for (source, why) in &opts.http.off {
+        metrics.source_up.with_label_values(&[source]).set(0);
+        tracing::warn!("{source} source off: {why}");
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -360,7 +378,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     // Dropping the object detaches every program and frees the maps.
     drop(ebpf);
-    drop(qdiscs);
+    drop(tc);
     tracing::info!("detached all programs");
     result
 }

@@ -150,8 +150,9 @@ pub fn kubeconfig_target(path: &std::path::Path) -> anyhow::Result<KubeconfigTar
     use anyhow::Context as _;
     use base64::Engine as _;
     let shown = path.display();
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("--probe-kubeconfig {shown}"))?;
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+        crate::kubewatch::kubeconfig_error(&format!("--probe-kubeconfig {shown}"), &e)
+    })?;
     let ctx_name = kc
         .current_context
         .clone()
@@ -453,6 +454,12 @@ pub async fn poll_health(
             };
             let outcome = get_once(&uri, &tls, interval.max(Duration::from_secs(1))).await;
             let ok = matches!(outcome, ProbeOutcome::Ok(200));
+            // The source works when the apiserver answers at all; a refused
+            // or timed-out poll is "apiserver down", also worth alerting on.
+            metrics
+                .source_up
+                .with_label_values(&["readyz"])
+                .set(i64::from(matches!(outcome, ProbeOutcome::Ok(_))));
             metrics
                 .apiserver_health
                 .with_label_values(&[&instance, path.trim_start_matches('/')])
@@ -546,6 +553,10 @@ pub async fn probe(
             .probe_requests
             .with_label_values(&[&label, mode_label, "GET", &outcome_label(&outcome)])
             .inc();
+        metrics
+            .source_up
+            .with_label_values(&["probe"])
+            .set(i64::from(matches!(outcome, ProbeOutcome::Ok(_))));
         let _ = obs
             .send(Observation {
                 id: 0,

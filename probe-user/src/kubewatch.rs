@@ -29,19 +29,37 @@ pub struct PodWatch {
     pub node: Option<String>,
 }
 
+/// A kubeconfig error fit for the log: `what`, then the first line of each
+/// cause. YAML parse errors quote the lines around the fault, and those may
+/// hold a token or a client key.
+pub fn kubeconfig_error(what: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let mut text = what.to_string();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        let first = msg.lines().next().unwrap_or("").trim();
+        if !first.is_empty() && !text.contains(first) {
+            text.push_str(": ");
+            text.push_str(first);
+        }
+        cur = err.source();
+    }
+    anyhow::anyhow!(text)
+}
+
 async fn client(w: &PodWatch) -> anyhow::Result<Client> {
     use anyhow::Context as _;
     let config = match &w.kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("kubeconfig {}", path.display()))?;
+            let what = format!("kubeconfig {}", path.display());
+            let kc = Kubeconfig::read_from(path).map_err(|e| kubeconfig_error(&what, &e))?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
+                .map_err(|e| kubeconfig_error(&what, &e))?
         }
         None => Config::incluster().context("in-cluster Kubernetes configuration")?,
     };
-    Client::try_from(config).context("Kubernetes client")
+    Client::try_from(config).map_err(|e| kubeconfig_error("Kubernetes client", &e))
 }
 
 fn running(p: &Pod) -> bool {

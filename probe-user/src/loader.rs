@@ -7,13 +7,18 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        KProbe, SchedClassifier, TcAttachType, TracePoint,
+        KProbe, LinkOrder, SchedClassifier, TcAttachType, TracePoint,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
 use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout, TcpSockLayout};
 
-use crate::{btf, iface::Iface, tracefs};
+use crate::{
+    btf,
+    iface::Iface,
+    leftovers::{self, Ledger, TcFilter},
+    tracefs,
+};
 
 /// The compiled kernel programs, embedded at build time.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -32,6 +37,8 @@ pub enum LoadError {
     Map(&'static str, aya::maps::MapError),
     #[error("the core tracepoint sock:inet_sock_set_state is unusable: {0}")]
     NoCore(String),
+    #[error(transparent)]
+    Ledger(#[from] leftovers::LedgerError),
 }
 
 /// How one hook fared on this host.
@@ -73,6 +80,21 @@ pub struct LoadOptions {
 pub struct WireOptions {
     pub ifaces: Vec<Iface>,
     pub flow_table: u32,
+    pub attach: TcAttach,
+    /// Where the ledger of added filters and qdiscs is kept (see
+    /// [`leftovers`](crate::leftovers)); `None`: in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// How the TC classifier is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    /// TCX links where the kernel has them (6.6+), else clsact + netlink.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// A clsact qdisc (created if missing) and a netlink filter.
+    Netlink,
 }
 
 /// Loaded and attached programs; dropping it detaches everything.
@@ -80,31 +102,9 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<Hook>,
     pub reset_reasons: Vec<(u64, String)>,
-    /// clsact qdiscs this process created (netlink path only); removed on drop.
-    pub created_qdiscs: CreatedQdiscs,
-}
-
-/// clsact qdiscs drainwatch added, deleted again when dropped: the daemon
-/// leaves no trace. (TCX links, used on Linux 6.6+, need no qdisc.)
-#[derive(Default)]
-pub struct CreatedQdiscs(pub Vec<String>);
-
-impl Drop for CreatedQdiscs {
-    fn drop(&mut self) {
-        for dev in &self.0 {
-            let st = std::process::Command::new("tc")
-                .args(["qdisc", "del", "dev", dev, "clsact"])
-                .status();
-            match st {
-                Ok(s) if s.success() => {
-                    tracing::info!("removed the clsact qdisc drainwatch added on {dev}")
-                }
-                _ => tracing::warn!(
-                    "could not remove the clsact qdisc drainwatch added on {dev}; remove it with `tc qdisc del dev {dev} clsact`"
-                ),
-            }
-        }
-    }
+    /// Netlink filters and clsact qdiscs this process added (TCX links
+    /// need neither); dropping it removes them: the daemon leaves no trace.
+    pub tc: Ledger,
 }
 
 /// The capabilities missing for loading programs, by name; empty when the
@@ -394,9 +394,28 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
     attach_proc(&mut ebpf, &root, opts, &proc_layout, &mut hooks)?;
 
-    let mut created_qdiscs = CreatedQdiscs::default();
+    let mut tc = Ledger::new(None)?;
     match &opts.wire {
-        Some(w) => attach_wire(&mut ebpf, w, &mut hooks, &mut created_qdiscs)?,
+        Some(w) => {
+            if let Some(dir) = &w.state_dir {
+                let c = leftovers::clean_dead(dir);
+                if c.filters + c.qdiscs > 0 {
+                    tracing::info!(
+                        "cleaned up after {} instance(s) that did not exit cleanly: {} tc filter(s), {} qdisc(s)",
+                        c.ledgers,
+                        c.filters,
+                        c.qdiscs
+                    );
+                }
+            }
+            tc = Ledger::new(w.state_dir.as_deref()).or_else(|e| {
+                tracing::warn!(
+                    "{e}; a TC filter left by a kill -9 will not be cleaned up at the next start"
+                );
+                Ledger::new(None)
+            })?;
+            attach_wire(&mut ebpf, w, &mut hooks, &mut tc)?
+        }
         None => hooks.push(Hook {
             name: "tc classifier".into(),
             state: HookState::Standby("disabled by --no-wire".into()),
@@ -408,7 +427,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         hooks,
         reset_reasons: kl.reset_reasons,
-        created_qdiscs,
+        tc,
     })
 }
 
@@ -503,7 +522,7 @@ fn attach_wire(
     ebpf: &mut Ebpf,
     w: &WireOptions,
     hooks: &mut Vec<Hook>,
-    created: &mut CreatedQdiscs,
+    ledger: &mut Ledger,
 ) -> Result<(), LoadError> {
     {
         let mut l2: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map_mut(ebpf, "IFACE_L2")?)
@@ -552,29 +571,26 @@ fn attach_wire(
             };
             // TCX links (Linux 6.6+) first; the clsact qdisc and a netlink
             // filter otherwise.
-            let result = p.attach(&i.name, attach_type).or_else(|first| {
-                match tc::qdisc_add_clsact(&i.name) {
-                    Ok(()) => created.0.push(i.name.clone()),
-                    Err(e) if e.to_string().contains("exists") => {}
-                    Err(e) => {
-                        tracing::debug!("adding clsact on {}: {e}", i.name);
-                        return Err(first);
-                    }
-                }
-                p.attach_with_options(
+            let tcx = match w.attach {
+                TcAttach::Netlink => None,
+                TcAttach::Auto | TcAttach::Tcx => Some(p.attach_with_options(
                     &i.name,
                     attach_type,
-                    TcAttachOptions::Netlink(NlOptions::default()),
-                )
-            });
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )),
+            };
+            let result = match tcx {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) if w.attach == TcAttach::Tcx => Err(error_chain(&e)),
+                Some(Err(_)) | None => attach_netlink(p, i, attach_type, what, ledger),
+            };
             match result {
-                Ok(_) => hooks.push(Hook {
+                Ok(()) => hooks.push(Hook {
                     name,
                     state: HookState::Attached,
                     insns,
                 }),
-                Err(e) => {
-                    let why = error_chain(&e);
+                Err(why) => {
                     tracing::warn!("{name} unavailable: {why}");
                     hooks.push(Hook {
                         name,
@@ -586,6 +602,48 @@ fn attach_wire(
         }
     }
     Ok(())
+}
+
+/// Attaches `p` as a netlink filter on `dev`, creating the clsact qdisc if
+/// needed; both are written to the ledger before the next step can fail.
+fn attach_netlink(
+    p: &mut SchedClassifier,
+    iface: &Iface,
+    attach_type: TcAttachType,
+    direction: &str,
+    ledger: &mut Ledger,
+) -> Result<(), String> {
+    let dev = iface.name.as_str();
+    if !ledger.qdiscs().iter().any(|q| q == dev) {
+        ledger.adding_qdisc(dev).map_err(|e| e.to_string())?;
+        match tc::qdisc_add_clsact(dev) {
+            Ok(()) => {}
+            Err(e) => {
+                ledger.qdisc_not_added(dev).map_err(|e| e.to_string())?;
+                if !e.to_string().contains("exists") {
+                    return Err(format!("adding the clsact qdisc: {}", error_chain(&e)));
+                }
+            }
+        }
+    }
+    let id = p
+        .attach_with_options(
+            dev,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|e| error_chain(&e))?;
+    let link = p.take_link(id).map_err(|e| error_chain(&e))?;
+    let filter = TcFilter {
+        iface: dev.to_string(),
+        ifindex: iface.index,
+        direction: direction.to_string(),
+        priority: link.priority().map_err(|e| error_chain(&e))?,
+        handle: u32::from(link.handle().map_err(|e| error_chain(&e))?),
+    };
+    ledger
+        .added_filter(filter, Some(link))
+        .map_err(|e| e.to_string())
 }
 
 /// A map of the object by name; missing means the object and this code disagree.

@@ -11,6 +11,7 @@ mod httpcheck;
 mod idle;
 mod iface;
 mod kubewatch;
+mod leftovers;
 mod loader;
 mod metrics;
 mod microbench;
@@ -119,6 +120,15 @@ struct RunArgs {
     /// Do not attach the wire observer (TC classifier).
     #[arg(long, env = "DRAINWATCH_NO_WIRE")]
     no_wire: bool,
+    /// How the wire observer's TC classifier is attached: `auto` uses TCX
+    /// links where the kernel has them (6.6+) and a clsact qdisc with a
+    /// netlink filter otherwise; `tcx` or `netlink` force one.
+    #[arg(long, value_enum, env = "DRAINWATCH_TC_ATTACH", default_value = "auto")]
+    tc_attach: loader::TcAttach,
+    /// Where drainwatch notes the TC filters and qdiscs it adds, so that the
+    /// next start removes what a killed instance left.
+    #[arg(long, value_name = "DIR", env = "DRAINWATCH_STATE_DIR", default_value = leftovers::DEFAULT_STATE_DIR)]
+    state_dir: std::path::PathBuf,
     /// Flows the wire observer tracks at once (least recently used evicted).
     #[arg(long, env = "DRAINWATCH_FLOW_TABLE", default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(FLOW_TABLE_MIN..=FLOW_TABLE_MAX))]
     flow_table: u32,
@@ -445,6 +455,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(loader::WireOptions {
             ifaces,
             flow_table: args.flow_table,
+            attach: args.tc_attach,
+            state_dir: Some(args.state_dir.clone()),
         })
     };
     // The addresses of the host drainwatch observes: those of the --netns
@@ -487,15 +499,24 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut probe_urls = args.probe_urls.clone();
     let mut cas: Vec<(String, Vec<u8>)> = Vec::new();
     let mut insecure = args.insecure_skip_tls_verify;
+    // A wrong probe kubeconfig turns the prober off, not the daemon: the
+    // kernel's view matters most when the API side is broken.
+    let mut off = Vec::new();
     if let Some(k) = &args.probe_kubeconfig {
-        let t = httpcheck::kubeconfig_target(k)?;
-        let url = format!("{}/readyz", t.server.to_string().trim_end_matches('/'));
-        probe_urls.push(
-            parse_http_url(&url)
-                .map_err(|e| anyhow::anyhow!("--probe-kubeconfig {}: {e}", k.display()))?,
-        );
-        cas.extend(t.ca);
-        insecure |= t.insecure;
+        let target = httpcheck::kubeconfig_target(k).and_then(|t| {
+            let url = format!("{}/readyz", t.server.to_string().trim_end_matches('/'));
+            let uri = parse_http_url(&url)
+                .map_err(|e| anyhow::anyhow!("--probe-kubeconfig {}: {e}", k.display()))?;
+            Ok((uri, t))
+        });
+        match target {
+            Ok((uri, t)) => {
+                probe_urls.push(uri);
+                cas.extend(t.ca);
+                insecure |= t.insecure;
+            }
+            Err(e) => off.push(("probe", format!("{e:#}; probing through the LB is off"))),
+        }
     }
     if let Some(ca) = &args.apiserver_ca {
         let pem = std::fs::read(ca)
@@ -537,6 +558,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         probe_interval: args.probe_interval,
         pods,
+        off,
     };
     rt.block_on(daemon::run(RunOptions {
         load,

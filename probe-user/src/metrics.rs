@@ -333,7 +333,7 @@ impl Metrics {
             source_up: gauge(
                 &r,
                 "drainwatch_source_up",
-                "1 while an input source works (kube: the Kubernetes API watch).",
+                "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer).",
                 &["source"],
             )?,
             probe_requests: counter(

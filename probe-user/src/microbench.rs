@@ -20,6 +20,8 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
         wire: Some(WireOptions {
             ifaces: Vec::new(),
             flow_table: 1024,
+            attach: loader::TcAttach::Auto,
+            state_dir: None,
         }),
         watch_comms: Vec::new(),
         netns: None,

@@ -153,6 +153,8 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
         Some(WireOptions {
             ifaces: vec![lo],
             flow_table: DEFAULT_FLOW_TABLE,
+            attach: loader::TcAttach::Auto,
+            state_dir: None,
         })
     };
     let opts = LoadOptions {
@@ -226,7 +228,7 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
 
     let reset_reasons = loaded.reset_reasons.clone();
     let mut ebpf = loaded.ebpf;
-    let _qdiscs = loaded.created_qdiscs;
+    let _tc = loaded.tc;
     let mut reader = Reader {
         ring: loader::take_events(&mut ebpf)
             .map_err(|e| anyhow::anyhow!("the EVENTS ring buffer: {e}"))?,

@@ -33,6 +33,8 @@ fn rig() -> Option<Rig> {
         wire: Some(WireOptions {
             ifaces: Vec::new(),
             flow_table: 1024,
+            attach: loader::TcAttach::Auto,
+            state_dir: None,
         }),
         watch_comms: Vec::new(),
         netns: None,

@@ -463,6 +463,10 @@ impl Daemon {
         parse_metric(&self.metrics(), series)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
