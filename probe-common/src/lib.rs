@@ -24,8 +24,11 @@ pub const LOST_RINGBUF_FULL: u32 = 0;
 /// Index into the `LOST` per-CPU array: watched events whose addresses could
 /// not be read from the record (a layout that does not fit the kernel).
 pub const LOST_LAYOUT: u32 = 1;
+/// `LOST[LOST_KIND_BASE + kind]`: ring-buffer reservations that failed, by
+/// the kind of the event lost (so received + lost can be checked per kind).
+pub const LOST_KIND_BASE: u32 = 4;
 /// Number of slots in the `LOST` per-CPU array.
-pub const LOST_SLOTS: u32 = 4;
+pub const LOST_SLOTS: u32 = LOST_KIND_BASE + event::kind::MAX as u32;
 
 /// Slots of the `WIRE_STATS` per-CPU array: what the TC classifier could
 /// not inspect, and flow-table bookkeeping.

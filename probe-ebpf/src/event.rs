@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    AF_INET, AF_INET6, FIELD_ABSENT, LOST_LAYOUT, LOST_RINGBUF_FULL, RawEvent, TupleLayout,
+    AF_INET, AF_INET6, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL, RawEvent, TupleLayout,
     tuple_style,
 };
 
@@ -140,6 +140,7 @@ pub fn watched_tuple(ctx: &TracePointContext, t: &TupleLayout) -> Option<Tuple> 
 pub fn emit<F: FnOnce(&mut RawEvent)>(kind: u8, tuple: &Tuple, fill: F) {
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
+        count_lost(LOST_KIND_BASE + u32::from(kind));
         return;
     };
     let ev = entry.write(RawEvent::zeroed());

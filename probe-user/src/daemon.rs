@@ -5,7 +5,7 @@ use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use probe_common::{LOST_LAYOUT, LOST_RINGBUF_FULL};
+use probe_common::{LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
 use crate::{
@@ -186,9 +186,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             ),
             (LOST_LAYOUT, metrics.lost_counter("kernel_layout")),
         ];
+        let by_kind: Vec<(u32, prometheus::IntCounter)> = (1..probe_common::event::kind::MAX)
+            .filter_map(|k| {
+                crate::event::EventKind::from_raw(k).map(|kind| {
+                    (
+                        LOST_KIND_BASE + u32::from(k),
+                        metrics
+                            .events_lost_by_kind
+                            .with_label_values(&[kind.as_str()]),
+                    )
+                })
+            })
+            .collect();
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             let mut seen = [0u64; 2];
+            let mut seen_kind = vec![0u64; by_kind.len()];
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 let done = tokio::select! {
@@ -209,6 +222,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             }
                         );
                         seen[i] = total;
+                    }
+                }
+                for (i, (slot, counter)) in by_kind.iter().enumerate() {
+                    let total = loader::percpu_total(&lost, *slot);
+                    if total > seen_kind[i] {
+                        counter.inc_by(total - seen_kind[i]);
+                        seen_kind[i] = total;
                     }
                 }
                 if done {

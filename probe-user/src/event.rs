@@ -35,7 +35,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    fn from_raw(k: u8) -> Option<EventKind> {
+    pub fn from_raw(k: u8) -> Option<EventKind> {
         Some(match k {
             kind::CONNECT_ATTEMPT => EventKind::ConnectAttempt,
             kind::ESTABLISHED => EventKind::Established,

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub listener_up: IntGaugeVec,
     pub events: IntCounterVec,
     pub events_lost: IntCounterVec,
+    pub events_lost_by_kind: IntCounterVec,
     pub correlation_ignored: IntCounterVec,
     pub hook_attached: IntGaugeVec,
     pub build_info: IntGaugeVec,
@@ -195,6 +196,12 @@ impl Metrics {
                 "drainwatch_events_lost_total",
                 "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).",
                 &["stage"],
+            )?,
+            events_lost_by_kind: counter(
+                &r,
+                "drainwatch_events_lost_by_kind_total",
+                "Events lost because the kernel ring buffer was full, by event kind (they sum to stage=\"kernel_ringbuf_full\"): received + lost per kind is what happened.",
+                &["kind"],
             )?,
             correlation_ignored: counter(
                 &r,

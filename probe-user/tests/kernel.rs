@@ -453,6 +453,20 @@ fn tiny_ring_buffer_loses_only_what_it_counts() {
         expected,
         "received {received} + lost {lost}"
     );
+    // And per kind: each of the four happened once per connect.
+    let evs = d.events_for(&[&pair.client_v4]);
+    for kind in ["connect_attempt", "reset_sent", "reset_received", "refused"] {
+        let got = of_kind(&evs, kind).len();
+        let lost_kind = common::parse_metric(
+            &m,
+            &format!("drainwatch_events_lost_by_kind_total{{kind=\"{kind}\"}}"),
+        ) as usize;
+        assert_eq!(
+            got + lost_kind,
+            connects,
+            "{kind}: received {got} + lost {lost_kind}"
+        );
+    }
     assert!(d.stop().success());
 }
 

@@ -748,9 +748,11 @@ struct StressCase {
     lost: f64,
     extra: f64,
     recovered: bool,
-    /// connect() calls the generator made, and connect_attempt events received.
+    /// connect() calls the generator made, and connect_attempt events
+    /// received and counted lost.
     attempts: f64,
     attempts_received: f64,
+    attempts_lost: f64,
 }
 
 /// `cargo xtask bench stress`: loss must be counted exactly and the daemon
@@ -809,12 +811,20 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
                 metric_sum(&text, "drainwatch_events_lost_total{"),
             )
         };
-        let attempts_seen = |o: &Observer| -> f64 {
-            let Some(url) = &o.metrics else { return 0.0 };
+        let attempts_seen = |o: &Observer| -> (f64, f64) {
+            let Some(url) = &o.metrics else {
+                return (0.0, 0.0);
+            };
             let text = sh(&["ip", "netns", "exec", C, "curl", "-sf", url]).unwrap_or_default();
-            metric_sum(&text, "drainwatch_events_total{kind=\"connect_attempt\"}")
+            (
+                metric_sum(&text, "drainwatch_events_total{kind=\"connect_attempt\"}"),
+                metric_sum(
+                    &text,
+                    "drainwatch_events_lost_by_kind_total{kind=\"connect_attempt\"}",
+                ),
+            )
         };
-        let a0 = attempts_seen(&obs);
+        let (a0, al0) = attempts_seen(&obs);
         let (r0, x0, l0) = counts(&obs);
         let args: Vec<&str> = gen_cmd.iter().map(String::as_str).collect();
         let mut child = Command::new(args[0])
@@ -838,7 +848,7 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
         let r: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
         std::thread::sleep(Duration::from_secs(2));
         let (r1, x1, l1) = counts(&obs);
-        let a1 = attempts_seen(&obs);
+        let (a1, al1) = attempts_seen(&obs);
         // Recovered: one more connection is seen.
         let _ = sh(&[
             "ip",
@@ -871,21 +881,24 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
             attempts: r["connections"].as_f64().unwrap_or(0.0)
                 + r["connect_errors"].as_f64().unwrap_or(0.0),
             attempts_received: a1 - a0,
+            attempts_lost: al1 - al0,
         });
         let _ = obs.stop();
     }
     let mut md = format!(
-        "Machine: {}. Churn over loopback, 16 parallel connect loops; 5 events per normal connection.\n\n| case | connect() calls | connect_attempt events | conn/s | 5 x connections | received (5 kinds) | counted lost | received + lost - 5 x conns | other kinds received | recovered |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "Machine: {}. Churn over loopback, 16 parallel connect loops; 5 events per normal connection.\n\n| case | connect() calls | connect_attempt received | connect_attempt lost | received + lost - calls | conn/s | 5 x connections | received (5 kinds) | counted lost (all kinds) | received + lost - 5 x conns | other kinds received | recovered |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         machine()
     );
     let mut rows = Vec::new();
     for c in &cases {
         let expected = c.connections * 5.0;
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.0} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.0} | {} |\n",
             c.name,
             c.attempts,
             c.attempts_received,
+            c.attempts_lost,
+            c.attempts_received + c.attempts_lost - c.attempts,
             c.rate,
             expected,
             c.received,
@@ -894,11 +907,11 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
             c.extra,
             if c.recovered { "yes" } else { "NO" }
         ));
-        rows.push(json!({"case": c.name, "connect_calls": c.attempts, "connect_attempt_events": c.attempts_received, "connections": c.connections, "rate": c.rate,
+        rows.push(json!({"case": c.name, "connect_calls": c.attempts, "connect_attempt_events": c.attempts_received, "connect_attempt_lost": c.attempts_lost, "connections": c.connections, "rate": c.rate,
             "expected": expected, "received": c.received, "lost": c.lost, "other_kinds": c.extra,
             "recovered": c.recovered}));
     }
-    md.push_str("\nWith nothing lost, connect_attempt events equal the generator's connect() calls exactly. Connections that did not close normally (an RST after the accept queue overflowed, say) give other kinds instead of some of the five, so \"5 x connections\" is only approximate; lost events are counted in total, not per kind.\n");
+    md.push_str("\nLoss is counted per kind: connect_attempt events received + counted lost must equal the generator's connect() calls exactly (the bench fails otherwise). Connections that did not close normally (an RST after the accept queue overflowed, say) give other kinds instead of some of the five, so \"5 x connections\" is only approximate.\n");
     std::fs::write(out_dir.join("stress.md"), &md)?;
     std::fs::write(
         out_dir.join("stress.json"),
@@ -907,6 +920,18 @@ pub fn stress(dw: &Path, lab: &Path, burst: u64, out_dir: &Path) -> anyhow::Resu
     println!("{md}");
     if cases.iter().any(|c| !c.recovered) {
         bail!("the daemon did not recover in every case");
+    }
+    if let Some(c) = cases
+        .iter()
+        .find(|c| c.attempts_received + c.attempts_lost != c.attempts)
+    {
+        bail!(
+            "{}: connect_attempt received {} + lost {} != {} connect() calls: loss not counted exactly",
+            c.name,
+            c.attempts_received,
+            c.attempts_lost,
+            c.attempts
+        );
     }
     Ok(())
 }
