@@ -42,6 +42,10 @@ pub struct Engine {
     config: Config,
     obs: BTreeMap<u64, Observation>,
     duplicates: u64,
+    /// Accepted connections not routed through an LB: counted, not kept.
+    direct_arrivals: u64,
+    /// Connection closes outside every rollout, forgotten.
+    pruned_closes: u64,
     cache: Option<Report>,
     archive: Archive,
 }
@@ -70,6 +74,8 @@ impl Engine {
             config,
             obs: BTreeMap::new(),
             duplicates: 0,
+            direct_arrivals: 0,
+            pruned_closes: 0,
             cache: None,
             archive: Archive::default(),
         })
@@ -80,6 +86,23 @@ impl Engine {
     /// late). Of two observations with one id the earlier `t_ns` is kept,
     /// so the result does not depend on which copy came first.
     pub fn push(&mut self, o: Observation) -> bool {
+        // Only arrivals through an LB say anything (the LB still sending new
+        // connections after the instance went unready); on a busy server the
+        // others are most observations, so they are counted and dropped
+        // here rather than held and walked every report.
+        if let Obs::Accepted {
+            client,
+            server,
+            path,
+        } = &o.kind
+            && path.unwrap_or_else(|| self.config.classify(client, server)) != Path::ViaLb
+        {
+            self.direct_arrivals += 1;
+            if let Some(r) = &mut self.cache {
+                r.stats.direct_arrivals = self.direct_arrivals;
+            }
+            return false;
+        }
         if o.t_ns < self.archive.horizon {
             self.archive.late += 1;
             self.cache = None;
@@ -121,9 +144,13 @@ impl Engine {
     pub fn report(&mut self) -> &Report {
         let (config, obs, duplicates, archive) =
             (&self.config, &self.obs, self.duplicates, &self.archive);
+        let (direct, pruned) = (self.direct_arrivals, self.pruned_closes);
         self.cache.get_or_insert_with(|| {
             let live = compute(config, obs.values(), duplicates, &archive.readyz_seen);
-            merge(archive, live)
+            let mut r = merge(archive, live);
+            r.stats.direct_arrivals = direct;
+            r.stats.pruned_closes = pruned;
+            r
         })
     }
 
@@ -152,10 +179,13 @@ impl Engine {
     /// observations were dropped.
     pub fn compact(&mut self, keep_after_ns: u64) -> usize {
         let tol = self.config.tolerance_ns();
-        let report = self.report().clone();
         let mut cut = keep_after_ns;
-        for t in &report.timelines {
-            let archived = self.archive.cycles.get(&t.instance).copied().unwrap_or(0);
+        if cut <= self.archive.horizon {
+            return 0;
+        }
+        let archived_cycles = self.archive.cycles.clone();
+        for t in &self.report().timelines {
+            let archived = archived_cycles.get(&t.instance).copied().unwrap_or(0);
             if t.cycle < archived {
                 continue;
             }
@@ -203,6 +233,56 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Forgets kernel-observed connection closes older than `before_ns`
+    /// that lie outside every rollout (with [`PRUNE_MARGIN_NS`] either
+    /// side; a close counts only between the listener closing and the exit,
+    /// or when a SIGKILL lands): a server closing a connection with a request unanswered
+    /// outside a rollout is ordinary client or server behaviour, never a
+    /// verdict, and a busy server makes many. Nothing is archived; the
+    /// report does not change. Returns how many were forgotten.
+    pub fn prune_closes(&mut self, before_ns: u64) -> usize {
+        let ranges: Vec<(u64, u64)> = self
+            .report()
+            .timelines
+            .iter()
+            .map(|t| {
+                let start = t.phases.iter().map(|p| p.t_ns).min().unwrap_or(0);
+                let end = t.phases.iter().map(|p| p.t_ns).max().unwrap_or(0);
+                (
+                    start.saturating_sub(PRUNE_MARGIN_NS),
+                    if t.complete {
+                        end.saturating_add(PRUNE_MARGIN_NS)
+                    } else {
+                        u64::MAX
+                    },
+                )
+            })
+            .collect();
+        let held = self.obs.len();
+        self.obs.retain(|_, o| {
+            !(matches!(o.kind, Obs::ConnClosed { .. })
+                && o.t_ns < before_ns
+                && !ranges.iter().any(|(a, b)| (*a..=*b).contains(&o.t_ns)))
+        });
+        let n = held - self.obs.len();
+        if n > 0 {
+            self.pruned_closes += n as u64;
+            // The report stays what it was (that is the point): only its
+            // input counts change, so no recomputation.
+            if let Some(r) = &mut self.cache {
+                r.stats.observations = r.stats.observations.saturating_sub(n as u64);
+                r.stats.pruned_closes = self.pruned_closes;
+            }
+        }
+        n
+    }
+}
+
+/// How far outside a rollout a connection close is still kept (more than
+/// the engine's tolerance for clocks of different sources).
+pub const PRUNE_MARGIN_NS: u64 = 2_000_000_000;
+
 /// Numbers live rollouts after the archived ones.
 fn offset(archive: &Archive, mut r: Report) -> Report {
     let off = |i: &str| archive.cycles.get(i).copied().unwrap_or(0);
@@ -238,6 +318,8 @@ fn merge(archive: &Archive, live: Report) -> Report {
             duplicates: live.stats.duplicates,
             unattributed: archive.unattributed + live.stats.unattributed,
             late: archive.late,
+            direct_arrivals: live.stats.direct_arrivals,
+            pruned_closes: live.stats.pruned_closes,
         },
     }
 }
@@ -1704,6 +1786,8 @@ fn compute<'a>(
             duplicates,
             unattributed,
             late: 0,
+            direct_arrivals: 0,
+            pruned_closes: 0,
         },
     }
 }

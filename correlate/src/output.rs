@@ -311,6 +311,14 @@ pub struct InputStats {
     pub unattributed: u64,
     /// Arrived older than the engine's compaction horizon, ignored.
     pub late: u64,
+    /// Accepted connections not through an LB: counted, not kept (only an
+    /// LB's arrivals after an instance went unready matter).
+    #[serde(default)]
+    pub direct_arrivals: u64,
+    /// Kernel-observed connection closes outside every rollout, forgotten
+    /// (a long-running engine only: they never make a verdict).
+    #[serde(default)]
+    pub pruned_closes: u64,
 }
 
 /// Everything the engine concluded.

@@ -335,6 +335,30 @@ fn seed001_lb_detection_passes_with_70s_delay() {
 }
 
 #[test]
+fn direct_arrivals_are_counted_not_kept_and_change_nothing() {
+    let (cfg, mut b) = seed001(30.0);
+    let before = run(&cfg, &b);
+    // A busy server's own traffic: clients connecting straight to m1.
+    for i in 0..1000u16 {
+        b.accepted(
+            1.0 + f64::from(i) / 100.0,
+            sa("198.18.9.9", 40000 + i),
+            sa(M1, 6443),
+        );
+    }
+    let mut e = Engine::new(cfg).expect("config");
+    for o in b.v.clone() {
+        e.push(o);
+    }
+    let held = e.len();
+    let after = e.report().clone();
+    assert_eq!(after.stats.direct_arrivals, 1000);
+    assert_eq!(held, b.v.len() - 1000, "none of them is held");
+    assert_eq!(after.verdicts, before.verdicts);
+    assert_eq!(after.timelines, before.timelines);
+}
+
+#[test]
 fn lb_detection_not_measurable_without_traffic() {
     let mut b = B::default();
     graceful(&mut b, 0.0, 70.0, 1.0);
@@ -563,6 +587,63 @@ fn hard_close_counts_only_the_close_instant() {
     let r = run(&base(), &b);
     assert_eq!(causes(&r), vec![Cause::HardClose], "{:#?}", r.verdicts);
     assert_eq!(r.verdicts[0].count, 2, "{:#?}", r.verdicts);
+}
+
+/// A long-running engine forgets closes far from any rollout; the ones
+/// that make the verdict stay, and the report does not change.
+#[test]
+fn closes_outside_rollouts_are_pruned_without_changing_the_report() {
+    let mut b = B::default();
+    let close = |b: &mut B, t: f64, port: u16| {
+        b.k(
+            t,
+            Obs::ConnClosed {
+                client: sa(LB, port),
+                server: sa(M1, 6443),
+                by_server: true,
+                pending_request: Some(true),
+            },
+        );
+    };
+    for i in 0..50u16 {
+        close(&mut b, 150.0 + f64::from(i), 40000 + i);
+    }
+    b.sig(200.0, Signal::Term);
+    b.readyz(200.0, false);
+    b.listen(207.0, false, 100);
+    for i in 0..2u16 {
+        close(&mut b, 207.003, 20000 + i);
+    }
+    b.exit(207.005, None);
+    b.listen(209.0, true, 200);
+    b.readyz(210.0, true);
+    for i in 0..50u16 {
+        close(&mut b, 300.0 + f64::from(i), 41000 + i);
+    }
+    let full = run(&base(), &b);
+    let mut e = Engine::new(base()).expect("config");
+    for o in b.v.clone() {
+        e.push(o);
+    }
+    let held = e.len();
+    // The rollout runs 200..210 s: closes at 150..197 s and 300..349 s are
+    // more than 2 s away; those at 198 and 199 s are kept.
+    assert_eq!(e.prune_closes(ns(400.0)), 48 + 50);
+    assert_eq!(e.prune_closes(ns(400.0)), 0);
+    assert_eq!(e.len(), held - 98);
+    // Nothing younger than the given time goes.
+    let mut young = Engine::new(base()).expect("config");
+    for o in b.v.clone() {
+        young.push(o);
+    }
+    assert_eq!(young.prune_closes(ns(160.0)), 10, "only 150..159 s");
+    let r = e.report().clone();
+    assert_eq!(r.verdicts, full.verdicts);
+    assert_eq!(r.timelines, full.timelines);
+    assert_eq!(r.stats.pruned_closes, 98);
+    assert_eq!(r.stats.observations, full.stats.observations - 98);
+    assert_eq!(causes(&r), vec![Cause::HardClose]);
+    assert_eq!(r.verdicts[0].count, 2);
 }
 
 /// Two refused connects that happen to reuse a source port are two

@@ -5,8 +5,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    AF_INET, AF_INET6, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL, RawEvent, TupleLayout,
-    tuple_style,
+    AF_INET, AF_INET6, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL, RawEvent,
+    TupleLayout, tuple_style,
 };
 
 use crate::maps::{EVENTS, LOST, PORTS, TupleKey};

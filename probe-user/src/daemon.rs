@@ -112,6 +112,10 @@ pub fn scan_listeners(ports: &[u16]) -> Vec<(u16, i64)> {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = loader::load(&opts.load)?;
+    // Loading parsed the kernel's BTF (about 19 MiB of heap, freed now);
+    // glibc keeps freed heap mapped unless asked, and it would stay in RSS.
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let mut ebpf = loaded.ebpf;
     let tc = loaded.tc;
     let watched = opts.load.ports.clone();
@@ -522,6 +526,12 @@ async fn metrics_task(
 /// always kept whole), ns.
 const KEEP_NS: u64 = 600_000_000_000;
 
+/// When a connection close outside any rollout is forgotten, ns: late
+/// enough that the rollout it could belong to has shown itself (its
+/// signal and listener close come through the same ring buffer; the
+/// /readyz poller reports within its interval).
+const PRUNE_AFTER_NS: u64 = 5_000_000_000;
+
 /// How often the reader drains the ring buffer without being woken: the
 /// most a lone event waits before it is printed and correlated.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -668,11 +678,13 @@ impl Correlation {
                 .with_label_values(&[&p.instance, &p.phase])
                 .set(p.t_ns as f64 / 1e9);
         }
-        // Keep memory and the per-second recomputation bounded: what is older
-        // than ten minutes is archived (its verdicts and totals kept), never
-        // splitting a rollout still in progress.
-        let horizon = self.engine.horizon_ns();
-        self.engine.compact(horizon.saturating_sub(KEEP_NS));
+        // Keep memory and the per-second recomputation bounded: closes
+        // outside any rollout are forgotten after 5 s, and what is
+        // older than ten minutes is archived (its verdicts and totals kept),
+        // never splitting a rollout still in progress.
+        let now = crate::httpcheck::boot_ns();
+        self.engine.prune_closes(now.saturating_sub(PRUNE_AFTER_NS));
+        self.engine.compact(now.saturating_sub(KEEP_NS));
     }
 }
 

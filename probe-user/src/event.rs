@@ -112,8 +112,8 @@ pub fn state_name(s: u8) -> &'static str {
 /// A decoded, validated kernel event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// Wall-clock time, RFC 3339 with microseconds.
-    pub time: String,
+    /// Wall-clock time, RFC 3339 with microseconds (formatted when printed).
+    pub time: WallTime,
     /// Kernel boot-time clock, nanoseconds (for ordering and intervals).
     pub ts_boot_ns: u64,
     pub kind: EventKind,
@@ -156,7 +156,7 @@ pub struct Event {
     /// (the kernel address, keyed so it is not disclosed). Absent for wire
     /// events, which have no socket.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sock_id: Option<String>,
+    pub sock_id: Option<SockId>,
     /// What the TC classifier saw, for wire events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wire: Option<Wire>,
@@ -466,6 +466,45 @@ pub fn rfc3339(unix_ns: i128) -> String {
     drainwatch_correlate::rfc3339(u64::try_from(unix_ns).unwrap_or(0))
 }
 
+/// Unix nanoseconds, shown as RFC 3339: formatting waits until an event is
+/// printed (`--output none` never pays for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallTime(pub i128);
+
+impl fmt::Display for WallTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&rfc3339(self.0))
+    }
+}
+
+impl Serialize for WallTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl PartialEq<&str> for WallTime {
+    fn eq(&self, other: &&str) -> bool {
+        rfc3339(self.0) == *other
+    }
+}
+
+/// A keyed socket id, shown as 16 hex digits when printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SockId(pub u64);
+
+impl fmt::Display for SockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Serialize for SockId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Turns a raw record into a typed event, rejecting what cannot be right.
 pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> {
     let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
@@ -527,7 +566,7 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
     )
     .then_some(raw.errno);
     Ok(Event {
-        time: rfc3339(i128::from(raw.ts_ns) + cx.boot_to_unix_ns),
+        time: WallTime(i128::from(raw.ts_ns) + cx.boot_to_unix_ns),
         ts_boot_ns: raw.ts_ns,
         kind,
         local,
@@ -545,7 +584,7 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         request_pending: (kind == EventKind::Closed && f & flags::CLOSE_CHECKED != 0)
             .then_some(f & flags::REQUEST_PENDING != 0),
         kprobe: f & flags::FROM_KPROBE != 0,
-        sock_id: (!is_wire && !is_process).then(|| format!("{:016x}", mix(raw.sock ^ cx.sock_key))),
+        sock_id: (!is_wire && !is_process).then(|| SockId(mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),
         socket: (kind == EventKind::ResetReceived)
             .then(|| socket_view(raw, cx))
@@ -918,10 +957,7 @@ mod tests {
         r.aux32 = 1;
         r.comm[..14].copy_from_slice(b"kube-apiserver");
         let e = decode(&r, &DecodeContext::plain()).expect("decode");
-        assert_eq!(
-            (e.local, e.remote, e.sock_id.as_deref()),
-            (None, None, None)
-        );
+        assert_eq!((e.local, e.remote, e.sock_id), (None, None, None));
         let sig = e.signal.as_ref().expect("signal");
         assert_eq!((sig.name, sig.sender_pid), ("SIGTERM", 1));
         assert_eq!(

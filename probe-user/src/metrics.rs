@@ -18,6 +18,9 @@ use crate::event::{Event, EventKind};
 
 /// Every metric the daemon exports.
 pub struct Metrics {
+    /// `events` per kind, resolved once (indexed by `EventKind as usize`):
+    /// a label lookup per event is a hash of the label strings.
+    events_by_kind: Vec<IntCounter>,
     pub registry: Registry,
     pub connect_attempts: IntCounterVec,
     pub connect_established: IntCounterVec,
@@ -101,7 +104,8 @@ fn histogram(
 impl Metrics {
     pub fn new(watched: &[u16]) -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        let m = Metrics {
+        let mut m = Metrics {
+            events_by_kind: Vec::new(),
             connect_attempts: counter(
                 &r,
                 "drainwatch_connect_attempts_total",
@@ -463,6 +467,14 @@ impl Metrics {
         m.correlation_ignored
             .with_label_values(&["own_connection"])
             .inc_by(0);
+        let mut kinds: Vec<EventKind> = (0..probe_common::event::kind::MAX)
+            .filter_map(EventKind::from_raw)
+            .collect();
+        kinds.sort_by_key(|k| *k as usize);
+        m.events_by_kind = kinds
+            .iter()
+            .map(|k| m.events.with_label_values(&[k.as_str()]))
+            .collect();
         Ok(m)
     }
 
@@ -470,7 +482,10 @@ impl Metrics {
     pub fn observe(&self, e: &Event, watched: &[u16]) {
         let port = e.service_port(watched).to_string();
         let p = port.as_str();
-        self.events.with_label_values(&[e.kind.as_str()]).inc();
+        match self.events_by_kind.get(e.kind as usize) {
+            Some(c) => c.inc(),
+            None => self.events.with_label_values(&[e.kind.as_str()]).inc(),
+        }
         match e.kind {
             EventKind::ConnectAttempt => self.connect_attempts.with_label_values(&[p]).inc(),
             EventKind::Established => {

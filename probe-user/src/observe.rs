@@ -86,6 +86,12 @@ pub struct OwnConnections {
     flows: std::collections::HashMap<(std::net::SocketAddr, std::net::SocketAddr), Option<u64>>,
 }
 
+/// This process's id (`std::process::id` is a system call each time).
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 impl OwnConnections {
     /// How long after its end a flow's stragglers (the server's close, a
     /// late RST) still count as ours.
@@ -100,7 +106,7 @@ impl OwnConnections {
             return false;
         };
         if ev.kind == K::ConnectAttempt {
-            if ev.pid == Some(std::process::id()) && l.port() != 0 {
+            if ev.pid == Some(own_pid()) && l.port() != 0 {
                 self.flows.insert((l, r), None);
                 self.expire(ev.ts_boot_ns);
                 return true;
@@ -279,7 +285,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
     Some(Observation {
         id,
         t_ns: ev.ts_boot_ns,
-        wall: Some(ev.time.clone()),
+        wall: Some(ev.time.to_string()),
         instance: None,
         source,
         kind,
