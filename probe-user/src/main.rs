@@ -10,6 +10,7 @@ mod event;
 mod httpcheck;
 mod idle;
 mod iface;
+mod kubeconfig;
 mod kubewatch;
 mod loader;
 mod metrics;
@@ -488,7 +489,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cas: Vec<(String, Vec<u8>)> = Vec::new();
     let mut insecure = args.insecure_skip_tls_verify;
     if let Some(k) = &args.probe_kubeconfig {
-        let t = httpcheck::kubeconfig_target(k)?;
+        let t = kubeconfig::kubeconfig_target(k)?;
         let url = format!("{}/readyz", t.server.to_string().trim_end_matches('/'));
         probe_urls.push(
             parse_http_url(&url)
