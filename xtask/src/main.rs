@@ -349,6 +349,11 @@ fn lint() -> anyhow::Result<()> {
         .current_dir(root.join("probe-ebpf"))
         .args(["+nightly", "fmt", "--check"])
         .env_remove("RUSTUP_TOOLCHAIN"))?;
+    // The fuzz targets are their own workspace (nightly): `--all` misses them.
+    run(cargo()
+        .current_dir(root.join("fuzz"))
+        .args(["+nightly", "fmt", "--check"])
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
     run(cargo()
         .current_dir(&root)
         .args([
