@@ -334,8 +334,10 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
             w.idle_payload_seconds = (idle_payload != 0).then(|| secs(idle_payload));
             let answers_ours = f & flags::LAST_OPPOSITE != 0 && f & flags::INGRESS != 0;
             w.answered_packet = answers_ours;
+            // Both come from the kernel's packet clock; a bogus record must
+            // not overflow (found by fuzz/regressions/event).
             w.silence_seconds = Some(if answers_ours {
-                secs(gap + idle)
+                secs(gap.saturating_add(idle))
             } else {
                 secs(idle)
             });
@@ -879,6 +881,20 @@ mod tests {
             "{}",
             e.human()
         );
+    }
+
+    #[test]
+    fn wire_reset_with_absurd_gaps_saturates() {
+        // fuzz/regressions/event/wire-reset-silence-overflow: gap + idle
+        // overflowed u64 and panicked.
+        let mut r = raw(kind::WIRE_RESET);
+        r.flags = flags::INGRESS | flags::LAST_OPPOSITE;
+        r.aux = [u64::MAX, 0, 2, 0];
+        let w = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .wire
+            .expect("wire");
+        assert_eq!(w.silence_seconds, Some(secs(u64::MAX)));
     }
 
     #[test]

@@ -134,78 +134,6 @@ impl Tls {
     }
 }
 
-/// What a kubeconfig says about reaching its current cluster: the
-/// `server` URL and its CA (PEM), from `certificate-authority-data` or the
-/// `certificate-authority` file (relative to the kubeconfig).
-#[derive(Debug)]
-pub struct KubeconfigTarget {
-    pub server: Uri,
-    pub ca: Option<(String, Vec<u8>)>,
-    pub insecure: bool,
-}
-
-/// Reads the current context's cluster of the kubeconfig at `path` (the
-/// kubelet's, say: the URL clients on this node use, usually the LB's).
-pub fn kubeconfig_target(path: &std::path::Path) -> anyhow::Result<KubeconfigTarget> {
-    use anyhow::Context as _;
-    use base64::Engine as _;
-    let shown = path.display();
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-        crate::kubewatch::kubeconfig_error(&format!("--probe-kubeconfig {shown}"), &e)
-    })?;
-    let ctx_name = kc
-        .current_context
-        .clone()
-        .with_context(|| format!("--probe-kubeconfig {shown}: no current-context"))?;
-    let ctx = kc
-        .contexts
-        .iter()
-        .find(|c| c.name == ctx_name)
-        .and_then(|c| c.context.as_ref())
-        .with_context(|| format!("--probe-kubeconfig {shown}: no context {ctx_name:?}"))?;
-    let cluster = kc
-        .clusters
-        .iter()
-        .find(|c| c.name == ctx.cluster)
-        .and_then(|c| c.cluster.as_ref())
-        .with_context(|| format!("--probe-kubeconfig {shown}: no cluster {:?}", ctx.cluster))?;
-    let server: Uri = cluster
-        .server
-        .as_deref()
-        .with_context(|| {
-            format!(
-                "--probe-kubeconfig {shown}: cluster {:?} has no server",
-                ctx.cluster
-            )
-        })?
-        .parse()
-        .with_context(|| format!("--probe-kubeconfig {shown}: server is not a URL"))?;
-    let ca = if let Some(data) = &cluster.certificate_authority_data {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .with_context(|| {
-                format!("--probe-kubeconfig {shown}: certificate-authority-data is not base64")
-            })?;
-        Some((format!("{shown} (certificate-authority-data)"), pem))
-    } else if let Some(file) = &cluster.certificate_authority {
-        let f = path.parent().map_or_else(|| file.into(), |d| d.join(file));
-        let pem = std::fs::read(&f).with_context(|| {
-            format!(
-                "--probe-kubeconfig {shown}: certificate-authority {}",
-                f.display()
-            )
-        })?;
-        Some((f.display().to_string(), pem))
-    } else {
-        None
-    };
-    Ok(KubeconfigTarget {
-        server,
-        ca,
-        insecure: cluster.insecure_skip_tls_verify == Some(true),
-    })
-}
-
 /// Offers HTTP/2 first, as client-go does: a GOAWAY is only visible on it.
 fn with_alpn(mut cfg: rustls::ClientConfig) -> rustls::ClientConfig {
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -594,43 +522,5 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("ca.crt"), "{e}");
-    }
-
-    #[test]
-    fn kubeconfig_target_reads_the_current_cluster() {
-        use base64::Engine as _;
-        let dir = std::env::temp_dir().join(format!("dw-kc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let kc = dir.join("kubelet.conf");
-        let data = base64::engine::general_purpose::STANDARD.encode("PEM TEXT");
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster:\n    server: https://10.0.0.9:6443\n- name: lb\n  cluster:\n    server: https://api-int.example:6443\n    certificate-authority-data: {data}\ncontexts:\n- name: node\n  context:\n    cluster: lb\n    user: node\ncurrent-context: node\nusers:\n- name: node\n  user: {{}}\n"
-            ),
-        )
-        .expect("write");
-        let t = kubeconfig_target(&kc).expect("target");
-        assert_eq!(t.server.to_string(), "https://api-int.example:6443/");
-        assert_eq!(t.ca.expect("ca").1, b"PEM TEXT");
-        assert!(!t.insecure);
-        // A relative certificate-authority is next to the kubeconfig.
-        std::fs::write(dir.join("ca.crt"), "FILE PEM").expect("ca");
-        std::fs::write(
-            &kc,
-            "clusters:\n- name: lb\n  cluster:\n    server: https://lb:6443\n    certificate-authority: ca.crt\ncontexts:\n- name: n\n  context:\n    cluster: lb\n    user: u\ncurrent-context: n\n",
-        )
-        .expect("write");
-        assert_eq!(
-            kubeconfig_target(&kc).expect("target").ca.expect("ca").1,
-            b"FILE PEM"
-        );
-        std::fs::write(&kc, "clusters: []\n").expect("write");
-        let e = kubeconfig_target(&kc).expect_err("no context").to_string();
-        assert!(
-            e.contains("kubelet.conf") && e.contains("current-context"),
-            "{e}"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,7 +16,7 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::{httpcheck::boot_ns, metrics::Metrics};
+use crate::{httpcheck::boot_ns, kubeconfig::kubeconfig_error, metrics::Metrics};
 
 /// Which pods to watch, and with which credentials.
 #[derive(Debug, Clone)]
@@ -27,24 +27,6 @@ pub struct PodWatch {
     pub selector: String,
     /// Only pods on this node (`spec.nodeName`), when known.
     pub node: Option<String>,
-}
-
-/// A kubeconfig error fit for the log: `what`, then the first line of each
-/// cause. YAML parse errors quote the lines around the fault, and those may
-/// hold a token or a client key.
-pub fn kubeconfig_error(what: &str, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
-    let mut text = what.to_string();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let msg = err.to_string();
-        let first = msg.lines().next().unwrap_or("").trim();
-        if !first.is_empty() && !text.contains(first) {
-            text.push_str(": ");
-            text.push_str(first);
-        }
-        cur = err.source();
-    }
-    anyhow::anyhow!(text)
 }
 
 async fn client(w: &PodWatch) -> anyhow::Result<Client> {

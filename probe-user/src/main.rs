@@ -10,6 +10,7 @@ mod event;
 mod httpcheck;
 mod idle;
 mod iface;
+mod kubeconfig;
 mod kubewatch;
 mod leftovers;
 mod loader;
@@ -503,7 +504,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // kernel's view matters most when the API side is broken.
     let mut off = Vec::new();
     if let Some(k) = &args.probe_kubeconfig {
-        let target = httpcheck::kubeconfig_target(k).and_then(|t| {
+        let target = kubeconfig::kubeconfig_target(k).and_then(|t| {
             let url = format!("{}/readyz", t.server.to_string().trim_end_matches('/'));
             let uri = parse_http_url(&url)
                 .map_err(|e| anyhow::anyhow!("--probe-kubeconfig {}: {e}", k.display()))?;

@@ -205,6 +205,13 @@ fn parse_field_line(line: &str) -> Result<FormatField, String> {
     let decl = decl.ok_or("no declaration")?;
     let offset = offset.ok_or("no offset")?;
     let size = size.ok_or("no size")?;
+    // FIELD_ABSENT (u16::MAX) marks a missing field for the programs: a
+    // field reaching it would silently read as absent.
+    if offset.checked_add(size).is_none() {
+        return Err(format!(
+            "field at offset {offset} of size {size} ends past the largest record"
+        ));
+    }
     // The name is the last identifier, before any `[N]` array suffix.
     let base = decl.split('[').next().unwrap_or(decl).trim_end();
     let name = base
@@ -445,6 +452,18 @@ mod tests {
         );
         let common = f.field("common_pid").expect("common_pid");
         assert_eq!((common.ctype.as_str(), common.signed), ("int", true));
+    }
+
+    #[test]
+    fn a_field_past_the_largest_record_is_an_error() {
+        let text = "name: tcp_destroy_sock\nID: 1\nformat:\n\tfield:const void * skaddr;\toffset:65535;\tsize:8;\tsigned:0;\n";
+        let e = parse_format("fmt/tcp_destroy_sock", text)
+            .expect_err("offset 65535")
+            .to_string();
+        assert!(
+            e.contains("fmt/tcp_destroy_sock") && e.contains("offset 65535"),
+            "{e}"
+        );
     }
 
     #[test]

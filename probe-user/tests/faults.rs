@@ -302,7 +302,12 @@ fn kernel_observation_goes_on_when_the_api_side_fails() {
         let up =
             |m: &str, s: &str| parse_metric(m, &format!("drainwatch_source_up{{source=\"{s}\"}}"));
         let mut m = d.metrics();
-        while !m.contains("drainwatch_source_up{source=\"kube\"}") && Instant::now() < deadline {
+        let all_seen = |m: &str| {
+            ["kube", "readyz", "probe"]
+                .iter()
+                .all(|s| m.contains(&format!("drainwatch_source_up{{source=\"{s}\"}}")))
+        };
+        while !all_seen(&m) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
             m = d.metrics();
         }

@@ -8,6 +8,8 @@
 //! - `check`: `drainwatch run --check` after set-up and build.
 //! - `vm-test`: `drainwatch selftest` on Debian's 6.1 and 6.12 kernels under
 //!   QEMU and natively, with an instruction budget per program.
+//! - `fuzz`: the cargo-fuzz targets in `fuzz/` (parsers of untrusted
+//!   input), seeded from the repository's fixtures, each for a bounded time.
 
 use std::{
     env,
@@ -20,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compare;
+mod fuzz;
 mod vmtest;
 
 #[derive(Parser)]
@@ -68,6 +71,18 @@ enum Cmd {
     /// under QEMU, and natively when nothing else uses BPF here; checks each
     /// program's verified instruction count against a budget.
     VmTest,
+    /// Fuzz the parsers of untrusted input (tracefs formats, ring-buffer
+    /// records, captures, manifests, kubeconfigs, recordings) for a bounded
+    /// time each; installs cargo-fuzz when missing. Fails on a crash, with
+    /// the input's path.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// One target (tracefs, event, pcap, audit, kubeconfig, recording);
+        /// all when absent.
+        target: Option<String>,
+    },
     /// Benchmarks that print figures (needs root): `bench wire`.
     Bench {
         #[command(subcommand)]
@@ -334,6 +349,11 @@ fn lint() -> anyhow::Result<()> {
         .current_dir(root.join("probe-ebpf"))
         .args(["+nightly", "fmt", "--check"])
         .env_remove("RUSTUP_TOOLCHAIN"))?;
+    // The fuzz targets are their own workspace (nightly): `--all` misses them.
+    run(cargo()
+        .current_dir(root.join("fuzz"))
+        .args(["+nightly", "fmt", "--check"])
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
     run(cargo()
         .current_dir(&root)
         .args([
@@ -424,6 +444,7 @@ fn main() -> anyhow::Result<()> {
             run(&mut as_root(&bin, &full))
         }
         Cmd::VmTest => vmtest::vm_test(),
+        Cmd::Fuzz { seconds, target } => fuzz::fuzz(seconds.max(1), target.as_deref()),
         Cmd::Lint => {
             setup(false)?;
             lint()
