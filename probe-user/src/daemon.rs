@@ -110,6 +110,8 @@ pub fn scan_listeners(ports: &[u16]) -> Vec<(u16, i64)> {
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = loader::load(&opts.load)?;
     let mut ebpf = loaded.ebpf;
+    // Before any map is taken out of the object.
+    let occupancy = crate::occupancy::tracked(&ebpf);
     let qdiscs = loaded.created_qdiscs;
     let watched = opts.load.ports.clone();
 
@@ -214,6 +216,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
+
+    tasks.spawn(crate::occupancy::task(
+        occupancy,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
 
     // Per-program run time: the kernel counts it only while stats are on,
     // which lasts as long as this fd is open.
@@ -635,6 +643,11 @@ impl Correlation {
         // splitting a rollout still in progress.
         let horizon = self.engine.horizon_ns();
         self.engine.compact(horizon.saturating_sub(KEEP_NS));
+        metrics.set_engine_sizes(
+            self.engine.len(),
+            report.timelines.len(),
+            report.verdicts.len(),
+        );
     }
 }
 
