@@ -72,6 +72,12 @@ const OBS_BYTES: u64 = 1280;
 /// varies is sockets in flight (the /readyz poller, the prober's new and
 /// reused connections, the metrics scrape).
 const FD_SLACK: u64 = 4;
+/// The engine keeps ten minutes of observations (the daemon's `KEEP_NS`),
+/// plus a rollout in progress: past this, the number it holds under steady
+/// load must stop growing.
+const ENGINE_WINDOW_S: f64 = 660.0;
+/// How long after the window the trend is measured, at least.
+const ENGINE_TREND_S: f64 = 180.0;
 
 /// The soak's settings.
 #[derive(Debug, Clone)]
@@ -202,6 +208,38 @@ pub fn judge(samples: &[Sample], total_s: f64) -> Verdict {
             mib(rss_bound)
         ));
     }
+    // The allowance above trusts the engine's table to be bounded: check
+    // that it stops growing once its window has passed. Under steady load
+    // the count held then saws around a level (one churn burst enters, one
+    // ages out), so its trend must be far below the filling rate before.
+    let before: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.t_s >= warm && s.t_s <= ENGINE_WINDOW_S - 60.0)
+        .map(|s| (s.t_s, s.observations as f64))
+        .collect();
+    let after: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.t_s >= ENGINE_WINDOW_S)
+        .map(|s| (s.t_s, s.observations as f64))
+        .collect();
+    let span = |v: &[(f64, f64)]| v.last().map_or(0.0, |l| l.0) - v.first().map_or(0.0, |f| f.0);
+    match (slope(&before), slope(&after)) {
+        (Some(fill), Some(trend)) if span(&after) >= ENGINE_TREND_S => {
+            v.notes.push(format!(
+                "engine: filled at {fill:.1} observations/s before its ten-minute window, {trend:.1}/s after (bound {:.1}/s)",
+                fill.max(0.0) * 0.25 + 1.0
+            ));
+            if trend > fill.max(0.0) * 0.25 + 1.0 {
+                v.failures.push(format!(
+                    "the engine's observations kept growing after its ten-minute window ({trend:.1}/s, {fill:.1}/s before): it does not compact"
+                ));
+            }
+        }
+        _ => v.notes.push(format!(
+            "engine: the run is too short to see its ten-minute window close ({:.0} min needed); its bound is not checked",
+            ((ENGINE_WINDOW_S + ENGINE_TREND_S) / 60.0).ceil()
+        )),
+    }
     let (fd1, fd4) = (max(&first, |s| s.fds), max(&last, |s| s.fds));
     v.notes.push(format!(
         "engine: at most {obs4} observations held in the last quarter (about {:.0} MiB at {OBS_BYTES} B each)",
@@ -249,6 +287,20 @@ pub fn judge(samples: &[Sample], total_s: f64) -> Verdict {
         }
     }
     v
+}
+
+/// Least-squares slope of `(t, y)`; none for fewer than three points.
+fn slope(v: &[(f64, f64)]) -> Option<f64> {
+    if v.len() < 3 {
+        return None;
+    }
+    let n = v.len() as f64;
+    let (mt, my) = (
+        v.iter().map(|p| p.0).sum::<f64>() / n,
+        v.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let var: f64 = v.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    (var > 0.0).then(|| v.iter().map(|p| (p.0 - mt) * (p.1 - my)).sum::<f64>() / var)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -1167,6 +1219,37 @@ mod tests {
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         let v = judge(&run(|t| s(t, 40 + t as u64 / 30, 30, 9600)), 600.0);
         assert!(!v.failures.is_empty());
+    }
+
+    #[test]
+    fn engine_that_never_compacts_fails() {
+        // 30 minutes, 100 observations/s: bounded, the count stops at the
+        // ten-minute window (with a sawtooth); leaking, it keeps climbing.
+        let long = |f: fn(f64) -> u64| -> Vec<Sample> {
+            (0..=180)
+                .map(|i| {
+                    let t = f64::from(i) * 10.0;
+                    s(t, 60, 30, f(t))
+                })
+                .collect()
+        };
+        let bounded = judge(
+            &long(|t| (t.min(600.0) * 100.0) as u64 + (t as u64 % 30) * 60),
+            1800.0,
+        );
+        assert!(bounded.failures.is_empty(), "{:?}", bounded.failures);
+        let leaking = judge(&long(|t| (t * 100.0) as u64), 1800.0);
+        assert!(
+            leaking
+                .failures
+                .iter()
+                .any(|f| f.contains("does not compact")),
+            "{:?}",
+            leaking.failures
+        );
+        // Too short to tell: a note, not a failure.
+        let short = judge(&run(|t| s(t, 40, 30, t as u64 * 100)), 600.0);
+        assert!(short.notes.iter().any(|n| n.contains("too short")));
     }
 
     #[test]
