@@ -314,6 +314,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .transpose()?,
         own: Default::default(),
         next_id: 0,
+        latest_ns: 0,
         reported: Default::default(),
         exported: Default::default(),
     };
@@ -504,6 +505,9 @@ struct Correlation {
     /// drainwatch's own connections (poller, prober), kept out.
     own: observe::OwnConnections,
     next_id: u64,
+    /// The latest observation time pushed (boot clock): compaction keeps
+    /// what is younger than this minus [`KEEP_NS`].
+    latest_ns: u64,
     /// Verdicts printed so far, by identity, with what was printed: a verdict
     /// that grows (more failed connections, a longer window) is printed again
     /// as an update.
@@ -533,6 +537,7 @@ impl Correlation {
     /// Numbers, records and feeds one observation.
     fn push_observation(&mut self, mut o: drainwatch_correlate::Observation) {
         o.id = self.next_id;
+        self.latest_ns = self.latest_ns.max(o.t_ns);
         self.next_id += 1;
         if let Some(r) = &mut self.recorder
             && let Err(e) = r.write(&o)
@@ -641,8 +646,7 @@ impl Correlation {
         // Keep memory and the per-second recomputation bounded: what is older
         // than ten minutes is archived (its verdicts and totals kept), never
         // splitting a rollout still in progress.
-        let horizon = self.engine.horizon_ns();
-        self.engine.compact(horizon.saturating_sub(KEEP_NS));
+        self.engine.compact(self.latest_ns.saturating_sub(KEEP_NS));
         metrics.set_engine_sizes(
             self.engine.len(),
             report.timelines.len(),
