@@ -20,6 +20,8 @@ use crate::{
 };
 
 const ETIMEDOUT: i32 = 110;
+const ECONNREFUSED: i32 = 111;
+const ECONNRESET: i32 = 104;
 
 pub fn set_state(ctx: &TracePointContext) -> Option<()> {
     let l = LAYOUTS.load().set_state;
@@ -334,8 +336,11 @@ pub fn error_report(ctx: &TracePointContext) -> Option<()> {
             kind::CONNECT_ERROR
         };
         resolve_pending(&key, &tuple, k, error, false);
-    } else {
-        // Still in SYN_SENT (an ICMP error): the close that follows consumes it.
+    } else if error != ECONNREFUSED && error != ECONNRESET {
+        // Still in SYN_SENT (an ICMP error): the close that follows consumes
+        // it. An RST's error is reported after the socket already closed
+        // (tcp_done first), and that close said it all: noting it would
+        // only fill the table with entries nothing reads.
         let _ = RECENT_ERR.insert(key, error, 0);
     }
     Some(())

@@ -117,6 +117,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
     let mut ebpf = loaded.ebpf;
+    // Before any map is taken out of the object.
+    let occupancy = crate::occupancy::tracked(&ebpf);
     let tc = loaded.tc;
     let watched = opts.load.ports.clone();
 
@@ -256,6 +258,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             stop_rx.clone(),
         ));
     }
+
+    tasks.spawn(crate::occupancy::task(
+        occupancy,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
 
     // Per-program run time: the kernel counts it only while stats are on,
     // which lasts as long as this fd is open.
@@ -685,6 +693,11 @@ impl Correlation {
         let now = crate::httpcheck::boot_ns();
         self.engine.prune_closes(now.saturating_sub(PRUNE_AFTER_NS));
         self.engine.compact(now.saturating_sub(KEEP_NS));
+        metrics.set_engine_sizes(
+            self.engine.len(),
+            report.timelines.len(),
+            report.verdicts.len(),
+        );
     }
 }
 

@@ -17,6 +17,7 @@ mod loader;
 mod metrics;
 mod microbench;
 mod observe;
+mod occupancy;
 mod procscan;
 mod selftest;
 mod tracefs;

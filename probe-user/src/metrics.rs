@@ -66,6 +66,11 @@ pub struct Metrics {
     pub process_exits: IntCounter,
     pub program_run_seconds: prometheus::CounterVec,
     pub program_runs: IntCounterVec,
+    pub map_entries: IntGaugeVec,
+    pub map_capacity: IntGaugeVec,
+    pub correlation_observations: IntGauge,
+    pub correlation_rollouts: IntGauge,
+    pub correlation_verdicts: IntGauge,
 }
 
 fn counter(
@@ -423,6 +428,42 @@ impl Metrics {
                 "Runs of each drainwatch program (only with --bpf-stats).",
                 &["program"],
             )?,
+            map_entries: gauge(
+                &r,
+                "drainwatch_map_entries",
+                "Entries in each BPF hash or LRU map, counted every 15 s.",
+                &["map"],
+            )?,
+            map_capacity: gauge(
+                &r,
+                "drainwatch_map_capacity",
+                "Capacity (max_entries) of each BPF hash or LRU map.",
+                &["map"],
+            )?,
+            correlation_observations: {
+                let g = IntGauge::new(
+                    "drainwatch_correlation_observations",
+                    "Observations the correlation engine holds (the last ten minutes and any rollout in progress; older ones are archived).",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            correlation_rollouts: {
+                let g = IntGauge::new(
+                    "drainwatch_correlation_rollouts",
+                    "Rollout timelines the correlation engine keeps, archived ones included (one per rollout).",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            correlation_verdicts: {
+                let g = IntGauge::new(
+                    "drainwatch_correlation_verdicts",
+                    "Verdicts the correlation engine keeps, archived ones included.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry: r,
         };
         for p in watched {
@@ -578,6 +619,15 @@ impl Metrics {
         self.listener_up
             .with_label_values(&[port])
             .set(i64::from(n > 0));
+    }
+
+    /// What the correlation engine holds: observations not yet archived,
+    /// rollout timelines and verdicts.
+    pub fn set_engine_sizes(&self, observations: usize, rollouts: usize, verdicts: usize) {
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.correlation_observations.set(n(observations));
+        self.correlation_rollouts.set(n(rollouts));
+        self.correlation_verdicts.set(n(verdicts));
     }
 
     pub fn lost_counter(&self, stage: &str) -> IntCounter {

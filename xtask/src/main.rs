@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod compare;
 mod fuzz;
+mod soak;
 mod vmtest;
 
 #[derive(Parser)]
@@ -82,6 +83,27 @@ enum Cmd {
         /// One target (tracefs, event, pcap, audit, kubeconfig, recording);
         /// all when absent.
         target: Option<String>,
+    },
+    /// Long-run check (needs root): drainwatch under mixed load while the
+    /// lab's apiserver stand-in is restarted over and over; samples the
+    /// daemon's RSS, fds, BPF map occupancy and engine sizes and fails on
+    /// growth. Markdown and JSON in target/soak/.
+    Soak {
+        /// Length of the run (after start-up), minutes.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// SIGTERM to the stand-in every this many seconds of it being up.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        restart_every: u64,
+        /// How long the stand-in stays down between restarts, seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        down: u64,
+        /// Seconds between samples.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        sample_every: u64,
+        /// Connections per churn burst (a burst every 30 s).
+        #[arg(long, default_value_t = 2000)]
+        churn: u64,
     },
     /// Benchmarks that print figures (needs root): `bench wire`.
     Bench {
@@ -421,6 +443,26 @@ fn main() -> anyhow::Result<()> {
         } => {
             let (bin, lab, target) = bench_binaries(APT_PACKAGES)?;
             compare::stress(&bin, &lab, burst.clamp(1, 1_000_000), &target.join("bench"))
+        }
+        Cmd::Soak {
+            minutes,
+            restart_every,
+            down,
+            sample_every,
+            churn,
+        } => {
+            if !(minutes.is_finite() && (0.5..=24.0 * 60.0).contains(&minutes)) {
+                bail!("--minutes {minutes}: must be between 0.5 and 1440");
+            }
+            let (bin, lab, target) = bench_binaries(APT_PACKAGES)?;
+            let opts = soak::Opts {
+                minutes,
+                restart_every: std::time::Duration::from_secs(restart_every.clamp(10, 3600)),
+                down: std::time::Duration::from_secs(down.clamp(1, 300)),
+                sample_every: std::time::Duration::from_secs(sample_every.clamp(1, 600)),
+                churn: churn.clamp(1, 1_000_000),
+            };
+            soak::soak(&bin, &lab, &opts, &soak::out_dir(&target))
         }
         Cmd::Lab { what, args } => {
             setup(true)?;
