@@ -12,7 +12,9 @@ use aya_ebpf::programs::TracePointContext;
 use probe_common::{IPPROTO_TCP, RUNTIME_KPROBE_CONNECT, flags, kind, tcp_state as st};
 
 use crate::{
-    event::{Tuple, emit, field, now, read_addrs, read_ports, set_task, watched_tuple},
+    event::{
+        Tuple, emit, field, now, port_watched, read_addrs, read_ports, set_task, watched_tuple,
+    },
     maps::{
         LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, TCP_SOCK_LAYOUT,
         sock_flags,
@@ -20,8 +22,6 @@ use crate::{
 };
 
 const ETIMEDOUT: i32 = 110;
-const ECONNREFUSED: i32 = 111;
-const ECONNRESET: i32 = 104;
 
 pub fn set_state(ctx: &TracePointContext) -> Option<()> {
     let l = LAYOUTS.load().set_state;
@@ -336,11 +336,10 @@ pub fn error_report(ctx: &TracePointContext) -> Option<()> {
             kind::CONNECT_ERROR
         };
         resolve_pending(&key, &tuple, k, error, false);
-    } else if error != ECONNREFUSED && error != ECONNRESET {
+    } else {
         // Still in SYN_SENT (an ICMP error): the close that follows consumes
         // it. An RST's error is reported after the socket already closed
-        // (tcp_done first), and that close said it all: noting it would
-        // only fill the table with entries nothing reads.
+        // (tcp_done first); that entry goes when the socket is destroyed.
         let _ = RECENT_ERR.insert(key, error, 0);
     }
     Some(())
@@ -362,19 +361,27 @@ pub fn retransmit(ctx: &TracePointContext) -> Option<()> {
 pub fn destroy_sock(ctx: &TracePointContext) -> Option<()> {
     let l = LAYOUTS.load().destroy_sock;
     let sk = field::<u64>(ctx, l.skaddr)?;
-    let info = unsafe { SOCKS.get(sk) }.copied()?;
-    let _ = SOCKS.remove(sk);
-    if info.flags & sock_flags::PENDING != 0 {
-        let (family, sport, dport) = read_ports(ctx, &l.tuple)?;
-        let mut tuple = Tuple {
-            family,
-            sport,
-            dport,
-            saddr: [0; 16],
-            daddr: [0; 16],
-        };
-        read_addrs(ctx, &l.tuple, &mut tuple)?;
-        resolve_pending(&tuple.key(), &tuple, kind::CONNECT_ABORTED, 0, true);
+    let info = unsafe { SOCKS.get(sk) }.copied();
+    if info.is_some() {
+        let _ = SOCKS.remove(sk);
+    }
+    let (family, sport, dport) = read_ports(ctx, &l.tuple)?;
+    if !port_watched(sport) && !port_watched(dport) {
+        return None;
+    }
+    let mut tuple = Tuple {
+        family,
+        sport,
+        dport,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    read_addrs(ctx, &l.tuple, &mut tuple)?;
+    let key = tuple.key();
+    // The error an RST reported after the close (nothing reads it).
+    let _ = RECENT_ERR.remove(&key);
+    if info.is_some_and(|i| i.flags & sock_flags::PENDING != 0) {
+        resolve_pending(&key, &tuple, kind::CONNECT_ABORTED, 0, true);
     }
     Some(())
 }

@@ -797,3 +797,45 @@ fn netns_filter_reports_only_the_chosen_namespace() {
         "{err}"
     );
 }
+
+#[test]
+fn error_reports_of_refused_connects_do_not_linger_in_the_kernel_tables() {
+    let _g = serial();
+    if !root_or_skip("error_reports_of_refused_connects_do_not_linger_in_the_kernel_tables") {
+        return;
+    }
+    // An RST's error report comes after the socket closed; what the program
+    // notes for it must go with the socket, or the table fills up.
+    let port = 7451;
+    let pair = Pair::new();
+    let d = Daemon::start(&["--port", &port.to_string(), "--no-wire", "--no-kube"]);
+    let to = addr(&pair.server_v4, port);
+    pair.in_client(move || {
+        for _ in 0..200 {
+            assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused);
+        }
+    });
+    d.wait_for(&[&pair.client_v4], "200 refused", |e| {
+        of_kind(e, "refused").len() == 200
+    });
+    // The tables are counted every 15 s.
+    std::thread::sleep(Duration::from_secs(16));
+    let m = d.metrics();
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_map_capacity{map=\"recent_err\"}"),
+        4096.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("drainwatch_map_entries{map=\"recent_err\"}"),
+        "{m}"
+    );
+    for map in ["recent_err", "pending", "socks"] {
+        assert_eq!(
+            common::parse_metric(&m, &format!("drainwatch_map_entries{{map=\"{map}\"}}")),
+            0.0,
+            "{map}: {m}"
+        );
+    }
+    assert!(d.stop().success());
+}
