@@ -35,16 +35,22 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// Our classifier programs still loaded anywhere (the kernel frees a program
-/// shortly after its last reference goes).
-fn tc_programs_loaded() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| {
-            p.name_as_str()
-                .is_some_and(|n| n == "tc_ingress" || n == "tc_egress")
+/// Programs attached to `dev` in namespace `ns` by TCX links, both ways.
+fn tcx_attached(ns: &str, dev: &str) -> usize {
+    let dev = dev.to_string();
+    Pair::run_in(ns, move || {
+        [
+            aya::programs::TcAttachType::Ingress,
+            aya::programs::TcAttachType::Egress,
+        ]
+        .into_iter()
+        .map(|t| {
+            aya::programs::SchedClassifier::query_tcx(&dev, t)
+                .map(|(_, progs)| progs.len())
+                .unwrap_or(0)
         })
-        .count()
+        .sum()
+    })
 }
 
 fn settle(want: usize, f: impl Fn() -> usize) -> usize {
@@ -193,13 +199,14 @@ fn after_kill_9_the_next_start_removes_what_the_dead_instance_left() {
     assert!(!own.exists(), "nor its ledger");
 
     // TCX links (6.6+) need no cleanup: they die with the process.
-    assert_eq!(settle(0, tc_programs_loaded), 0, "no classifier before");
+    let tcx = || tcx_attached(&ns, &dev);
+    assert_eq!(tcx(), 0, "no classifier before");
     let d = Daemon::start_in(Some(&ns), &["--iface", &dev, "--port", "7446", "--no-kube"]);
-    assert_eq!(tc_programs_loaded(), 2, "ingress and egress attached");
+    assert_eq!(tcx(), 2, "ingress and egress attached by TCX links");
     assert!(d.stderr().contains("tc ingress"), "{}", d.stderr());
     d.signal(libc::SIGKILL);
     let _ = d.stop();
-    assert_eq!(settle(0, tc_programs_loaded), 0, "the kernel released them");
+    assert_eq!(settle(0, tcx), 0, "the kernel released them");
     assert!(!qdiscs().contains("clsact"));
     let _ = std::fs::remove_dir_all(&state);
 }
