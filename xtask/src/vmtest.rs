@@ -59,7 +59,9 @@ const INSN_BUDGET: &[(&str, [usize; 3])] = &[
         [7_850, 8_100, 8_100],
     ),
     ("tracepoint:tcp:tcp_retransmit_skb", [210, 210, 210]),
-    ("tracepoint:tcp:tcp_destroy_sock", [3_950, 3_550, 3_550]),
+    // Raised knowingly: it now reads every watched socket's addresses to
+    // drop the error an RST reported after the close (6.12: 2822 -> 3792).
+    ("tracepoint:tcp:tcp_destroy_sock", [3_950, 4_750, 4_750]),
     ("tracepoint:tcp:tcp_send_reset", [18_450, 17_800, 17_900]),
     ("tracepoint:tcp:tcp_receive_reset", [28_450, 14_550, 16_500]),
     ("tracepoint:signal:signal_generate", [2_650, 1_500, 1_500]),
