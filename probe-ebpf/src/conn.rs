@@ -379,7 +379,7 @@ pub fn destroy_sock(ctx: &TracePointContext) -> Option<()> {
     read_addrs(ctx, &l.tuple, &mut tuple)?;
     let key = tuple.key();
     // The error an RST reported after the close (nothing reads it).
-    let _ = RECENT_ERR.remove(&key);
+    let _ = RECENT_ERR.remove(key);
     if info.is_some_and(|i| i.flags & sock_flags::PENDING != 0) {
         resolve_pending(&key, &tuple, kind::CONNECT_ABORTED, 0, true);
     }
