@@ -145,9 +145,22 @@ enum BenchCmd {
     },
 }
 
-/// Debian packages the tests drive for real.
+/// Debian packages the tests drive for real: every one of them, so that no
+/// test skips on a fresh machine (kubectl comes with the machine image;
+/// Debian's kubernetes-client would collide with it). `prometheus` is for
+/// promtool (the alert rules), `chromium` for the report's screenshot test,
+/// `python3-kubernetes` for the lab's Python clients.
 const APT_PACKAGES: &[&str] = &[
-    "iproute2", "nftables", "curl", "tcpdump", "haproxy", "nginx",
+    "iproute2",
+    "nftables",
+    "curl",
+    "tcpdump",
+    "haproxy",
+    "nginx",
+    "procps",
+    "python3-kubernetes",
+    "prometheus",
+    "chromium",
 ];
 /// Extra Debian packages the benchmarks drive.
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace", "bpfcc-tools", "nghttp2-client"];

@@ -95,6 +95,8 @@ struct Outcome {
     insns: BTreeMap<String, usize>,
     seconds: f64,
     log: Option<PathBuf>,
+    /// The guest printed `VMTEST BEGIN`: /init ran and started the test.
+    reached_test: bool,
 }
 
 pub fn vm_test() -> anyhow::Result<()> {
@@ -118,7 +120,28 @@ pub fn vm_test() -> anyhow::Result<()> {
         );
         let kernel_initrd = add_modules(&initrd, package, &work)?;
         let log = work.join(format!("{package}.serial.log"));
-        outcomes.push(boot(package, &vmlinuz, &kernel_initrd, &log));
+        let mut o = boot(package, &vmlinuz, &kernel_initrd, &log);
+        if o.result == "FAIL" && !o.reached_test {
+            // The guest died before /init started the test (a QEMU or early
+            // boot failure, not drainwatch's): boot once more, and say so.
+            let first = log.with_extension("first.log");
+            let _ = fs::rename(&log, &first);
+            eprintln!(
+                "xtask: {package} failed before the test started ({}); booting it once more (first log: {})",
+                o.reason,
+                first.display()
+            );
+            let retry = boot(package, &vmlinuz, &kernel_initrd, &log);
+            o = Outcome {
+                reason: if retry.result == "FAIL" {
+                    retry.reason.clone()
+                } else {
+                    format!("second boot; the first died before the test: {}", o.reason)
+                },
+                ..retry
+            };
+        }
+        outcomes.push(o);
     }
     outcomes.push(native(&bin, &work));
 
@@ -126,6 +149,7 @@ pub fn vm_test() -> anyhow::Result<()> {
         budget_check(o);
     }
     print_summary(&outcomes, started.elapsed());
+    print_failed_logs(&outcomes);
     let failed: Vec<&str> = outcomes
         .iter()
         .filter(|o| o.result == "FAIL")
@@ -439,6 +463,7 @@ fn boot(package: &str, vmlinuz: &Path, initrd: &Path, log: &Path) -> Outcome {
     o.seconds = t.elapsed().as_secs_f64();
     let text = fs::read_to_string(log).unwrap_or_default();
     parse_selftest(&text, &mut o);
+    o.reached_test = text.lines().any(|l| l.trim().starts_with("VMTEST BEGIN"));
     let marker = text.lines().find_map(|l| {
         l.trim()
             .strip_prefix("VMTEST EXIT ")
@@ -653,6 +678,37 @@ fn print_summary(outcomes: &[Outcome], took: Duration) {
                 None => print!(" - ({b}) |"),
             }
         }
+        println!();
+    }
+}
+
+/// The last lines of each failed run's log, so that a CI log shows why
+/// (a kernel panic, a verifier message) without the file.
+fn print_failed_logs(outcomes: &[Outcome]) {
+    const TAIL: usize = 40;
+    for o in outcomes.iter().filter(|o| o.result == "FAIL") {
+        let Some(log) = &o.log else { continue };
+        let text = match fs::read(log) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                println!("({}: cannot read {}: {e})", o.kernel, log.display());
+                continue;
+            }
+        };
+        let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+        let from = lines.len().saturating_sub(TAIL);
+        println!(
+            "### {}: last {} lines of {}",
+            o.kernel,
+            lines.len() - from,
+            log.display()
+        );
+        println!();
+        println!("```");
+        for l in &lines[from..] {
+            println!("{l}");
+        }
+        println!("```");
         println!();
     }
 }
