@@ -16,6 +16,10 @@ fn skip_unless_root() -> bool {
     if drainwatch_lab::cmd::is_root() {
         return false;
     }
+    assert!(
+        std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+        "the lab needs root: DRAINWATCH_NO_SKIP is set, nothing may skip"
+    );
     eprintln!("skipped: the lab creates network namespaces and needs root");
     true
 }

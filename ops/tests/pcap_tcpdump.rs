@@ -130,6 +130,10 @@ fn real_tcpdump_capture_gives_exact_observations() {
         return;
     }
     if !is_root() || !have("ip") || !have("tcpdump") {
+        assert!(
+            std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+            "needs root, ip and tcpdump: DRAINWATCH_NO_SKIP is set, nothing may skip"
+        );
         println!(
             "SKIPPED real_tcpdump_capture_gives_exact_observations: needs root, ip and tcpdump \
              (root={}, ip={}, tcpdump={})",

@@ -25,6 +25,10 @@ fn chromium() -> Option<&'static str> {
 #[test]
 fn headless_chromium_screenshot_shows_the_timeline() {
     let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+            "no chromium on PATH: DRAINWATCH_NO_SKIP is set, nothing may skip"
+        );
         println!(
             "SKIPPED headless_chromium_screenshot_shows_the_timeline: no chromium on PATH (apt-get install chromium)"
         );

@@ -1059,6 +1059,10 @@ fn alert_rules_parse_and_cover_the_seeds() {
     // promtool, when installed (Debian package `prometheus`), parses the
     // expressions too.
     let Ok(version) = Command::new("promtool").arg("--version").output() else {
+        assert!(
+            std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+            "promtool not installed (package prometheus): DRAINWATCH_NO_SKIP is set, nothing may skip"
+        );
         eprintln!("promtool not installed (apt-get install prometheus): structural check only");
         return;
     };
@@ -1177,11 +1181,19 @@ fn metric_names(queries: &[String]) -> BTreeSet<String> {
 fn root_or_skip(test: &str) -> bool {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+            "{test} needs root: DRAINWATCH_NO_SKIP is set (cargo xtask test as root), nothing may skip"
+        );
         eprintln!("skipped {test}: needs root to load eBPF programs and to set capabilities");
         return false;
     }
     for tool in ["setpriv", "curl"] {
         if Command::new(tool).arg("--version").output().is_err() {
+            assert!(
+                std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+                "{test} needs {tool}: DRAINWATCH_NO_SKIP is set, nothing may skip"
+            );
             eprintln!("skipped {test}: {tool} is not installed");
             return false;
         }

@@ -29,6 +29,10 @@ pub fn serial() -> MutexGuard<'static, ()> {
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+            "{test} needs root: DRAINWATCH_NO_SKIP is set (cargo xtask test as root), nothing may skip"
+        );
         eprintln!("skipped {test}: needs root to load eBPF programs and create network namespaces");
         return false;
     }
