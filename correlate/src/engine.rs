@@ -48,7 +48,14 @@ pub struct Engine {
     pruned_closes: u64,
     cache: Option<Report>,
     archive: Archive,
+    /// At most this many archived rollouts and verdicts are kept as such.
+    archive_limits: (usize, usize),
 }
+
+/// Archived rollouts kept whole (each instance's latest is always kept).
+pub const ARCHIVE_TIMELINES: usize = 256;
+/// Archived verdicts kept whole; older ones only count in the totals.
+pub const ARCHIVE_VERDICTS: usize = 1024;
 
 /// What compaction froze.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +71,51 @@ struct Archive {
     observations: u64,
     unattributed: u64,
     late: u64,
+    /// Totals of verdicts dropped from `verdicts` (over the limit), so the
+    /// summary, and the counters exported from it, never go down.
+    folded: BTreeMap<String, CauseTotals>,
+    /// The latest LB detection time per instance among dropped rollouts.
+    folded_lb: BTreeMap<String, f64>,
+    forgotten_timelines: u64,
+    forgotten_verdicts: u64,
+}
+
+impl Archive {
+    /// Drops the oldest rollouts and verdicts beyond the limits, keeping
+    /// their totals and each instance's latest rollout.
+    fn trim(&mut self, (max_timelines, max_verdicts): (usize, usize)) {
+        if self.timelines.len() > max_timelines {
+            let mut latest: BTreeMap<&str, usize> = BTreeMap::new();
+            for (i, t) in self.timelines.iter().enumerate() {
+                latest.insert(&t.instance, i);
+            }
+            let keep: BTreeSet<usize> = latest.into_values().collect();
+            let mut excess = self.timelines.len() - max_timelines;
+            let mut kept = Vec::with_capacity(max_timelines + keep.len());
+            for (i, t) in std::mem::take(&mut self.timelines).into_iter().enumerate() {
+                if excess > 0 && !keep.contains(&i) {
+                    excess -= 1;
+                    self.forgotten_timelines += 1;
+                    if let Some(x) = t.lb_detection.as_ref().and_then(|d| d.t_s) {
+                        self.folded_lb.insert(t.instance.clone(), x);
+                    }
+                    continue;
+                }
+                kept.push(t);
+            }
+            self.timelines = kept;
+        }
+        if self.verdicts.len() > max_verdicts {
+            let excess = self.verdicts.len() - max_verdicts;
+            for v in self.verdicts.drain(..excess) {
+                let e = self.folded.entry(v.cause.label().to_string()).or_default();
+                e.verdicts += 1;
+                e.disruptions += v.count;
+                e.seconds += v.seconds();
+                self.forgotten_verdicts += 1;
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -78,7 +130,15 @@ impl Engine {
             pruned_closes: 0,
             cache: None,
             archive: Archive::default(),
+            archive_limits: (ARCHIVE_TIMELINES, ARCHIVE_VERDICTS),
         })
+    }
+
+    /// How many archived rollouts and verdicts compaction keeps whole
+    /// (defaults [`ARCHIVE_TIMELINES`], [`ARCHIVE_VERDICTS`]); older ones
+    /// only count in the summary's totals and in the report's stats.
+    pub fn set_archive_limits(&mut self, timelines: usize, verdicts: usize) {
+        self.archive_limits = (timelines, verdicts);
     }
 
     /// Adds one observation; returns false when it is not used: a
@@ -224,6 +284,7 @@ impl Engine {
         }
         self.archive.timelines.extend(pre.timelines);
         self.archive.verdicts.extend(pre.verdicts);
+        self.archive.trim(self.archive_limits);
         self.archive.observations += pre.stats.observations;
         self.archive.unattributed += pre.stats.unattributed;
         self.archive.horizon = cut;
@@ -308,7 +369,19 @@ fn merge(archive: &Archive, live: Report) -> Report {
     let mut verdicts = archive.verdicts.clone();
     verdicts.extend(live.verdicts);
     sort_verdicts(&mut verdicts);
-    let summary = summarize(&verdicts, &timelines);
+    let mut summary = summarize(&verdicts, &timelines);
+    for (cause, t) in &archive.folded {
+        let e = summary.by_cause.entry(cause.clone()).or_default();
+        e.verdicts += t.verdicts;
+        e.disruptions += t.disruptions;
+        e.seconds += t.seconds;
+    }
+    for (instance, x) in &archive.folded_lb {
+        summary
+            .lb_detection_seconds
+            .entry(instance.clone())
+            .or_insert(*x);
+    }
     Report {
         timelines,
         verdicts,
@@ -320,6 +393,8 @@ fn merge(archive: &Archive, live: Report) -> Report {
             late: archive.late,
             direct_arrivals: live.stats.direct_arrivals,
             pruned_closes: live.stats.pruned_closes,
+            forgotten_timelines: archive.forgotten_timelines,
+            forgotten_verdicts: archive.forgotten_verdicts,
         },
     }
 }
@@ -1788,6 +1863,8 @@ fn compute<'a>(
             late: 0,
             direct_arrivals: 0,
             pruned_closes: 0,
+            forgotten_timelines: 0,
+            forgotten_verdicts: 0,
         },
     }
 }

@@ -111,7 +111,7 @@ mod time;
 mod tests;
 
 pub use config::{Cidr, Config, ConfigError, HealthCheck};
-pub use engine::{Engine, analyze};
+pub use engine::{ARCHIVE_TIMELINES, ARCHIVE_VERDICTS, Engine, analyze};
 pub use model::{
     Direction, Keepalive, Obs, Observation, Path, ProbeMode, ProbeOutcome, ResetOrigin, Signal,
     Source,

@@ -319,6 +319,15 @@ pub struct InputStats {
     /// (a long-running engine only: they never make a verdict).
     #[serde(default)]
     pub pruned_closes: u64,
+    /// Archived rollouts no longer listed (a long-running engine keeps the
+    /// latest [`crate::ARCHIVE_TIMELINES`] and each instance's last); their
+    /// verdicts still count in the summary.
+    #[serde(default)]
+    pub forgotten_timelines: u64,
+    /// Archived verdicts no longer listed (beyond
+    /// [`crate::ARCHIVE_VERDICTS`]); counted in the summary's totals.
+    #[serde(default)]
+    pub forgotten_verdicts: u64,
 }
 
 /// Everything the engine concluded.

@@ -1459,6 +1459,70 @@ fn compaction_keeps_results_and_bounds_memory() {
 }
 
 #[test]
+fn archive_is_capped_and_its_totals_kept() {
+    // Six rollouts of m1, each with five hairpin refusals and an idle
+    // reset, compacted as a daemon does; the archive keeps one rollout and
+    // two verdicts whole, the totals stay those of the batch analysis.
+    let (cfg, _) = seed000();
+    let mut b = B::default();
+    for n in 0..6u16 {
+        let t0 = 1000.0 * f64::from(n);
+        graceful(&mut b, t0, 70.0, 5.0);
+        for i in 0..5u16 {
+            b.refused(t0 + 70.5 + f64::from(i), sa(VIP, 50000 + i), sa(VIP, 6443));
+        }
+        idle_reset(&mut b, t0 + 500.0, 1 + n, 260.0, Keepalive::None);
+    }
+    let batch = run(&cfg, &b);
+    assert_eq!(batch.timelines.len(), 6);
+    let mut e = Engine::new(cfg.clone()).expect("valid");
+    e.set_archive_limits(1, 2);
+    let mut uncapped = Engine::new(cfg).expect("valid");
+    for o in &b.v {
+        e.push(o.clone());
+        uncapped.push(o.clone());
+        if o.t_ns > 600 * S {
+            e.compact(o.t_ns - 100 * S);
+            uncapped.compact(o.t_ns - 100 * S);
+        }
+    }
+    let r = e.report().clone();
+    let full = uncapped.report().clone();
+    assert!(r.stats.forgotten_timelines >= 3, "{:?}", r.stats);
+    assert!(r.stats.forgotten_verdicts >= 3, "{:?}", r.stats);
+    assert_eq!(
+        r.timelines.len() as u64 + r.stats.forgotten_timelines,
+        full.timelines.len() as u64
+    );
+    assert_eq!(
+        r.verdicts.len() as u64 + r.stats.forgotten_verdicts,
+        full.verdicts.len() as u64
+    );
+    // What is listed is the newest; the summary (the exported counters)
+    // is the uncapped engine's, cause by cause.
+    assert_eq!(r.timelines.last(), full.timelines.last());
+    assert_eq!(r.summary.by_cause.len(), full.summary.by_cause.len());
+    for (cause, t) in &full.summary.by_cause {
+        let c = &r.summary.by_cause[cause];
+        assert_eq!(
+            (c.verdicts, c.disruptions),
+            (t.verdicts, t.disruptions),
+            "{cause}"
+        );
+        assert!((c.seconds - t.seconds).abs() < 1e-6, "{cause}");
+    }
+    assert_eq!(
+        r.summary.by_cause["refused_local_hairpin"].disruptions,
+        batch.summary.by_cause["refused_local_hairpin"].disruptions
+    );
+    assert_eq!(r.summary.phases, full.summary.phases);
+    assert_eq!(
+        r.summary.lb_detection_seconds,
+        full.summary.lb_detection_seconds
+    );
+}
+
+#[test]
 fn local_client_refused_by_a_remote_master_is_not_this_instance() {
     // On m1 (no VIP held), kubelet goes through the LB to m2, which is down.
     let cfg = Config {

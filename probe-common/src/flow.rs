@@ -43,7 +43,35 @@ pub struct Flow {
     /// close_notify it sends as it closes, HTTP/2 PINGs and WINDOW_UPDATEs
     /// are smaller and do not count.
     pub big_dir: u8,
-    pub _pad: [u8; 5],
+    /// Directions a FIN went: bit 0 ingress, bit 1 egress.
+    pub fin_dirs: u8,
+    pub _pad: [u8; 4],
+}
+
+/// A flow closed both ways is dropped from the table once it has been
+/// silent this long (the last ACK and any retransmission are past).
+pub const FLOW_CLOSED_LINGER_NS: u64 = 5_000_000_000;
+
+/// A flow closed one way only (the other side went away without a FIN, or
+/// its FIN was not seen) is dropped after this much silence: longer than
+/// Linux's FIN_WAIT2 and TIME_WAIT (60 s each).
+pub const FLOW_HALF_CLOSED_IDLE_NS: u64 = 120_000_000_000;
+
+impl Flow {
+    /// Whether userspace may delete this flow at `now_ns` (boot clock):
+    /// it is closed and over. Open flows are never dropped, however long
+    /// idle: an idle connection is exactly what an idle timeout resets,
+    /// and its silence is the evidence. Without this, closed flows stay
+    /// until the LRU evicts, and under connection churn it evicts the
+    /// least recently used, i.e. the idle flows that matter most.
+    pub fn is_done(&self, now_ns: u64) -> bool {
+        let silent = now_ns.saturating_sub(self.last_ns);
+        match self.fin_dirs {
+            0 => false,
+            3 => silent >= FLOW_CLOSED_LINGER_NS,
+            _ => silent >= FLOW_HALF_CLOSED_IDLE_NS,
+        }
+    }
 }
 
 /// Payloads up to this many bytes are control traffic for [`Flow::big_dir`]:
@@ -58,3 +86,50 @@ unsafe impl aya::Pod for Flow {}
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<Flow>() == 120);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(fin_dirs: u8, last_ns: u64) -> Flow {
+        Flow {
+            first_ns: 1,
+            last_ns,
+            gap_ns: 0,
+            last_payload_ns: 0,
+            ka_last_ns: [0; 2],
+            ka_interval_ns: 0,
+            packets: [3, 3],
+            bytes: [10, 10],
+            next_seq: [0; 2],
+            h2_next: [0; 2],
+            ka_count: 0,
+            peer_ttl: 64,
+            last_dir: 0,
+            h2: [0; 2],
+            seq_known: 3,
+            from_syn: 1,
+            big_dir: 0,
+            fin_dirs,
+            _pad: [0; 4],
+        }
+    }
+
+    #[test]
+    fn only_closed_flows_are_done() {
+        const S: u64 = 1_000_000_000;
+        let t = 1000 * S;
+        // Open: never, however long silent.
+        assert!(!flow(0, t).is_done(t + 86_400 * S));
+        // Closed both ways: after 5 s of silence.
+        assert!(!flow(3, t).is_done(t + 4 * S));
+        assert!(flow(3, t).is_done(t + 5 * S));
+        // One way only: after 120 s.
+        for dirs in [1, 2] {
+            assert!(!flow(dirs, t).is_done(t + 119 * S));
+            assert!(flow(dirs, t).is_done(t + 120 * S));
+        }
+        // A clock that went backwards (a packet after the walk's time).
+        assert!(!flow(3, t).is_done(t - S));
+    }
+}

@@ -3,7 +3,7 @@
 //! Everything here is `#[repr(C)]`, sized and padded explicitly (no implicit
 //! padding, no `bool`), because the same bytes are written by the eBPF
 //! programs and read by the daemon.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod event;
 pub mod flow;
@@ -49,7 +49,8 @@ pub mod wire_stat {
     pub const MALFORMED: u32 = 6;
     /// Flows added to the flow table.
     pub const FLOWS_INSERTED: u32 = 7;
-    /// Flows removed from the flow table by the program (after an RST).
+    /// Flows removed from the flow table by the program (after an RST, or
+    /// replaced by a new connection's SYN on the same four-tuple).
     pub const FLOWS_REMOVED: u32 = 8;
     /// Flows whose first payload was neither HTTP/2 nor TLS.
     pub const NOT_H2: u32 = 9;

@@ -301,7 +301,18 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
     let rst = p.tcp_flags & TH_RST != 0;
     let fin = p.tcp_flags & TH_FIN != 0;
 
-    let flow = match FLOWS.get_ptr_mut(key) {
+    // A connection's first SYN starts a fresh flow, also over the entry of
+    // an earlier connection on the same four-tuple (port reuse).
+    let first_syn = syn && p.tcp_flags & TH_ACK == 0;
+    let existing = FLOWS.get_ptr_mut(key);
+    let existing = if first_syn && existing.is_some() {
+        // Replaced: counted as removed, so evictions stay exact.
+        stat(ws::FLOWS_REMOVED);
+        None
+    } else {
+        existing
+    };
+    let flow = match existing {
         Some(f) => f,
         None => {
             let fresh = Flow {
@@ -326,7 +337,8 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
                 seq_known: 0,
                 from_syn: u8::from(syn),
                 big_dir: 0,
-                _pad: [0; 5],
+                fin_dirs: 0,
+                _pad: [0; 4],
             };
             if FLOWS.insert(key, fresh, 0).is_err() {
                 return None;
@@ -402,6 +414,9 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
     f.last_dir = dir as u8;
     f.packets[dir] += 1;
     f.bytes[dir] += u64::from(p.payload_len);
+    if fin {
+        f.fin_dirs |= seq_bit;
+    }
     if p.payload_len > 0 && !is_keepalive {
         f.last_payload_ns = ts;
         if p.payload_len > probe_common::SMALL_PAYLOAD {

@@ -251,9 +251,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(w) = &opts.load.wire {
             metrics.flow_table_size.set(i64::from(w.flow_table));
         }
+        let walker = occupancy
+            .iter()
+            .find(|t| t.label() == "flows")
+            .and_then(|t| t.try_clone().ok());
         tasks.spawn(wire_stats_task(
             stats,
             flows,
+            walker,
             metrics.clone(),
             stop_rx.clone(),
         ));
@@ -448,10 +453,12 @@ async fn program_stats_task(
     }
 }
 
-/// Polls the classifier's counters and the flow table's occupancy.
+/// Polls the classifier's counters and the flow table's occupancy, and
+/// removes flows that are closed and over ([`probe_common::Flow::is_done`]).
 async fn wire_stats_task(
     stats: aya::maps::PerCpuArray<MapData, u64>,
-    flows: aya::maps::HashMap<MapData, probe_common::FlowKey, probe_common::Flow>,
+    mut flows: aya::maps::HashMap<MapData, probe_common::FlowKey, probe_common::Flow>,
+    walker: Option<crate::occupancy::Tracked>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -473,6 +480,8 @@ async fn wire_stats_task(
     }
     let mut seen = [0u64; probe_common::WIRE_STAT_SLOTS as usize];
     let mut evicted_seen = 0u64;
+    let mut swept = 0u64;
+    let mut walk_failed = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u32;
     loop {
@@ -499,15 +508,59 @@ async fn wire_stats_task(
         metrics.wire_malformed.inc_by(delta(ws::MALFORMED));
         let _ = delta(ws::FLOWS_INSERTED);
         let _ = delta(ws::FLOWS_REMOVED);
-        // Walking the table costs a syscall per entry: do it every 5 s.
+        // Walk the table every 5 s (one syscall per 256 entries, or per
+        // entry where batch lookups are missing).
         round += 1;
         if round % 5 == 1 {
-            let entries = flows.keys().filter(Result::is_ok).count() as u64;
+            let now = crate::httpcheck::boot_ns();
+            let mut done = Vec::new();
+            let walked = match &walker {
+                Some(w) if !walk_failed => crate::occupancy::walk(w, |k, v| {
+                    if let (Some(key), Some(flow)) = (
+                        pod_from_bytes::<probe_common::FlowKey>(k),
+                        pod_from_bytes::<probe_common::Flow>(v),
+                    ) && flow.is_done(now)
+                    {
+                        done.push(key);
+                    }
+                })
+                .map_err(|e| {
+                    walk_failed = true;
+                    tracing::warn!("flow table: batch walk failed ({e}); walking it key by key");
+                })
+                .ok(),
+                _ => None,
+            };
+            let entries = match walked {
+                Some(n) => n,
+                None => {
+                    let mut n = 0u64;
+                    for (key, flow) in flows.iter().filter_map(Result::ok) {
+                        n += 1;
+                        if flow.is_done(now) {
+                            done.push(key);
+                        }
+                    }
+                    n
+                }
+            };
+            // A flow that saw a packet since the walk is kept (a new SYN
+            // replaces a closed flow in the kernel anyway).
+            let mut removed_now = 0u64;
+            for key in &done {
+                if flows.get(key, 0).is_ok_and(|f| f.is_done(now)) && flows.remove(key).is_ok() {
+                    removed_now += 1;
+                }
+            }
+            swept += removed_now;
+            metrics.flows_closed_removed.inc_by(removed_now);
+            let entries = entries.saturating_sub(removed_now);
             metrics.flow_entries.set(entries as i64);
             // LRU evictions are silent in the kernel: whatever was inserted
-            // and neither removed by the program nor present was evicted.
+            // and neither removed (by the program or here) nor present was
+            // evicted.
             let inserted = seen[ws::FLOWS_INSERTED as usize];
-            let removed = seen[ws::FLOWS_REMOVED as usize];
+            let removed = seen[ws::FLOWS_REMOVED as usize] + swept;
             let evicted = inserted.saturating_sub(removed).saturating_sub(entries);
             if evicted > evicted_seen {
                 metrics.flow_evictions.inc_by(evicted - evicted_seen);
@@ -515,6 +568,15 @@ async fn wire_stats_task(
             }
         }
     }
+}
+
+/// A plain-data value from a map's bytes (`None` when the size is wrong).
+fn pod_from_bytes<T: aya::Pod>(b: &[u8]) -> Option<T> {
+    (b.len() == std::mem::size_of::<T>())
+        // SAFETY: T is plain data (aya::Pod: any bit pattern is valid) and
+        // b holds exactly size_of::<T>() bytes; read_unaligned needs no
+        // alignment.
+        .then(|| unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
 }
 
 async fn metrics_task(
@@ -608,6 +670,7 @@ impl Correlation {
             let _ = r.flush();
         }
         let report = self.engine.report().clone();
+        let mut listed = std::collections::HashSet::with_capacity(report.verdicts.len());
         for v in &report.verdicts {
             // Identity: cause (with its path), instance, rollout and the first
             // evidence, which later evidence does not change.
@@ -620,6 +683,7 @@ impl Correlation {
                 v.evidence.first()
             );
             let seen = serde_json::to_string(v).unwrap_or_default();
+            listed.insert(key.clone());
             let update = match self.reported.get(&key) {
                 Some(prev) if *prev == seen => continue,
                 Some(_) => true,
@@ -640,6 +704,9 @@ impl Correlation {
                 let _ = writeln!(out, "{line}");
             }
         }
+        // Verdicts the engine no longer lists (beyond its archive's limit)
+        // cannot change again: forget them too.
+        self.reported.retain(|k, _| listed.contains(k));
         if last {
             let line = match output {
                 Output::Json => {

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub wire_malformed: IntCounter,
     pub flow_entries: IntGauge,
     pub flow_evictions: IntCounter,
+    pub flows_closed_removed: IntCounter,
     pub flow_table_size: IntGauge,
     pub apiserver_health: IntGaugeVec,
     pub pod_running: IntGaugeVec,
@@ -316,6 +317,14 @@ impl Metrics {
                 let c = IntCounter::new(
                     "drainwatch_flow_evictions_total",
                     "Flows the full table evicted (least recently used) to make room.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            flows_closed_removed: {
+                let c = IntCounter::new(
+                    "drainwatch_flows_closed_removed_total",
+                    "Closed flows (FIN both ways and 5 s silent, or one way and 120 s) the daemon removed from the flow table.",
                 )?;
                 r.register(Box::new(c.clone()))?;
                 c

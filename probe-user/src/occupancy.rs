@@ -74,6 +74,25 @@ pub fn tracked(ebpf: &aya::Ebpf) -> Vec<Tracked> {
     out
 }
 
+impl Tracked {
+    /// Another handle on the same map (a duplicated fd), for a task that
+    /// walks one map itself.
+    pub fn try_clone(&self) -> std::io::Result<Tracked> {
+        Ok(Tracked {
+            label: self.label.clone(),
+            fd: self.fd.try_clone()?,
+            key_size: self.key_size,
+            value_size: self.value_size,
+            capacity: self.capacity,
+        })
+    }
+
+    /// The map's name, lower case.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
 /// Exports every tracked map's capacity once and its entries every
 /// [`INTERVAL`], until `stop`.
 pub async fn task(
@@ -134,6 +153,12 @@ struct BatchAttr {
 
 /// Entries in `m` now (a snapshot taken bucket by bucket).
 fn count(m: &Tracked) -> std::io::Result<u64> {
+    walk(m, |_, _| {})
+}
+
+/// Calls `f` with each entry's key and value bytes (a snapshot taken
+/// bucket by bucket, as [`count`]) and returns how many there were.
+pub fn walk(m: &Tracked, mut f: impl FnMut(&[u8], &[u8])) -> std::io::Result<u64> {
     let mut chunk = CHUNK;
     let mut keys = vec![0u8; m.key_size * chunk as usize];
     let mut values = vec![0u8; m.value_size * chunk as usize];
@@ -165,16 +190,26 @@ fn count(m: &Tracked) -> std::io::Result<u64> {
                 std::mem::size_of::<BatchAttr>(),
             )
         };
-        if r == 0 {
-            total += u64::from(attr.count);
+        let err = (r != 0).then(std::io::Error::last_os_error);
+        let code = err.as_ref().and_then(std::io::Error::raw_os_error);
+        if r == 0 || code == Some(libc::ENOENT) {
+            let n = (attr.count as usize).min(chunk as usize);
+            for i in 0..n {
+                f(
+                    &keys[i * m.key_size..(i + 1) * m.key_size],
+                    &values[i * m.value_size..(i + 1) * m.value_size],
+                );
+            }
+            total += n as u64;
+        }
+        let Some(err) = err else {
             in_token = out_token;
             first = false;
             continue;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
+        };
+        match code {
             // The end of the map: the last entries came with it.
-            Some(libc::ENOENT) => return Ok(total + u64::from(attr.count)),
+            Some(libc::ENOENT) => return Ok(total),
             // One bucket holds more entries than fit: retry it bigger.
             Some(libc::ENOSPC) if chunk < m.capacity => {
                 chunk = (chunk * 2).min(m.capacity.max(1));

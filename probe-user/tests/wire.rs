@@ -525,3 +525,62 @@ fn apiserver_standin_goaways_on_sigterm_are_decoded() {
     );
     assert!(d.stop().success());
 }
+
+#[test]
+fn closed_flows_leave_the_table_and_idle_open_ones_stay() {
+    let _g = serial();
+    if !root_or_skip("closed_flows_leave_the_table_and_idle_open_ones_stay") {
+        return;
+    }
+    const CLOSED: usize = 20;
+    let t = Routed::new();
+    let d = start_observer(&t);
+    let server = addr(&t.server_ip, 6443);
+    let srv = echo_server(&t, 6443, CLOSED + 1);
+    // One connection stays open and idle (the server times it out at 15 s):
+    // an idle flow is what an idle timeout resets, it must stay.
+    let idle = t_client(&t, move || {
+        let mut c = TcpStream::connect(server).expect("connect");
+        c.write_all(b"hi").expect("write");
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).expect("ok");
+        c
+    });
+    // The others each exchange a message and close (FIN both ways).
+    t_client(&t, move || {
+        for _ in 0..CLOSED {
+            let mut c = TcpStream::connect(server).expect("connect");
+            c.write_all(b"hi").expect("write");
+            let mut b = [0u8; 2];
+            c.read_exact(&mut b).expect("ok");
+            drop(c);
+        }
+    });
+    // Closed flows go 5 s after their last packet, at the next 5-second walk.
+    let deadline = std::time::Instant::now() + Duration::from_secs(14);
+    let mut m = d.metrics();
+    while common::parse_metric(&m, "drainwatch_flows_closed_removed_total") < CLOSED as f64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        m = d.metrics();
+    }
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_flows_closed_removed_total"),
+        CLOSED as f64,
+        "{m}"
+    );
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_flow_table_entries"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_flow_evictions_total"),
+        0.0,
+        "{m}"
+    );
+    drop(idle);
+    assert!(d.stop().success());
+    srv.join().expect("server");
+}
