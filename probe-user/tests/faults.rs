@@ -53,6 +53,18 @@ fn tcx_attached(ns: &str, dev: &str) -> usize {
     })
 }
 
+/// Makes `n` connects to `to` from the client side; how many were refused.
+fn refused_connects(pair: &Pair, to: SocketAddr, n: usize) -> usize {
+    pair.in_client(move || {
+        (0..n)
+            .filter(|_| {
+                TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .count()
+    })
+}
+
 fn settle(want: usize, f: impl Fn() -> usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(5);
     while f() != want && Instant::now() < deadline {
@@ -166,15 +178,7 @@ fn after_kill_9_the_next_start_removes_what_the_dead_instance_left() {
         filters("egress")
     );
     let to = addr(&pair.server_v4, 7446);
-    let refused = pair.in_client(move || {
-        (0..3)
-            .filter(|_| {
-                TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-            })
-            .count()
-    });
-    assert_eq!(refused, 3);
+    assert_eq!(refused_connects(&pair, to, 3), 3);
     // Each refused connect is a SYN in and an RST out on the watched port.
     let deadline = Instant::now() + Duration::from_secs(5);
     while d.metric("drainwatch_wire_packets_total") < 6.0 && Instant::now() < deadline {
@@ -282,15 +286,7 @@ fn kernel_observation_goes_on_when_the_api_side_fails() {
         // Kernel observation goes on (on another port than the one the
         // daemon's own pollers are refused on).
         let to = addr(&pair.server_v4, 7448);
-        let n = pair.in_client(move || {
-            (0..5)
-                .filter(|_| {
-                    TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-                })
-                .count()
-        });
-        assert_eq!(n, 5, "{what}");
+        assert_eq!(refused_connects(&pair, to, 5), 5, "{what}");
         let port_7448 = format!("{}:7448", pair.server_v4);
         let evs = d.wait_for(&[&pair.client_v4], "refused", |e| {
             of_kind(e, "refused")
