@@ -223,6 +223,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .unwrap_or(probe_common::NetnsLayout::ABSENT),
         Err(_) => probe_common::NetnsLayout::ABSENT,
     };
+    // Everything needed from our parse of the kernel's BTF is read: free it
+    // before aya parses the same BTF for its own relocations, so the two
+    // (each a few times the 5 MiB file) are not held at once.
+    drop(vmlinux);
     if opts.netns.is_some() && netns_layout.present == 0 {
         return Err(LoadError::NoCore(
             "--netns needs the kernel's BTF (/sys/kernel/btf/vmlinux) to read a socket's namespace"

@@ -14,7 +14,7 @@
 //! user+system time plus the kernel time of its BPF programs, from
 //! `kernel.bpf_stats_enabled` and each program fd's fdinfo); the events it
 //! delivered against the generator's count (drainwatch: received + counted
-//! lost); the observer's peak RSS and BPF map memory. Median and spread
+//! lost); the observer's RSS after the run and at its peak, and BPF map memory. Median and spread
 //! (max - min) over the rounds. Markdown and JSON go to target/bench/.
 //! Every load is bounded (count and seconds) and everything created is
 //! removed at the end.
@@ -264,7 +264,8 @@ impl Observer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// CPU seconds (user + system), BPF program ns, peak RSS KiB, BPF map KiB.
+    /// CPU seconds (user + system), BPF program ns, peak and current RSS
+    /// KiB, BPF map KiB.
     fn usage(&self) -> Usage {
         let Some(pid) = self.pid() else {
             return Usage::default();
@@ -281,11 +282,15 @@ impl Observer {
             }
         }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            u.rss_kib = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                .unwrap_or(0.0);
+            let kib = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            u.rss_kib = kib("VmHWM:");
+            u.rss_now_kib = kib("VmRSS:");
         }
         if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
             for e in dir.flatten() {
@@ -368,6 +373,7 @@ struct Usage {
     cpu_s: f64,
     bpf_ns: f64,
     rss_kib: f64,
+    rss_now_kib: f64,
     map_kib: f64,
 }
 
@@ -585,6 +591,7 @@ pub fn compare(
                     "cpu_s": u1.cpu_s - u0.cpu_s,
                     "bpf_s": (u1.bpf_ns - u0.bpf_ns) / 1e9,
                     "rss_kib": u1.rss_kib,
+                    "rss_now_kib": u1.rss_now_kib,
                     "map_kib": u1.map_kib,
                     "delivered": d1 - d0,
                     "lost": l1 - l0,
@@ -625,7 +632,7 @@ fn report(
         ));
         let base_p99 = median(&mut get(&base, "p99_us"));
         md.push_str(&format!("### {}\n\n", w.name));
-        md.push_str("| configuration | rate | vs C0 | p99 vs C0 | CPU per unit (user+sys, µs) | BPF per unit (µs) | events per unit | lost | RSS MiB | BPF maps MiB |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| configuration | rate | vs C0 | p99 vs C0 | CPU per unit (user+sys, µs) | BPF per unit (µs) | events per unit | lost | RSS MiB (after the run / peak) | BPF maps MiB |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for (ci, cfg) in Cfg::ALL.iter().enumerate() {
             let Some(v) = samples.get(&(wi, ci)) else {
                 continue;
@@ -656,6 +663,7 @@ fn report(
                 .collect();
             let lost: f64 = get(v, "lost").iter().sum();
             let rss = get(v, "rss_kib").iter().copied().fold(0.0, f64::max) / 1024.0;
+            let rss_now = get(v, "rss_now_kib").iter().copied().fold(0.0, f64::max) / 1024.0;
             let maps = get(v, "map_kib").iter().copied().fold(0.0, f64::max) / 1024.0;
             let (r_sp, c_sp) = (spread(&rate), spread(&cpu));
             let r = median(&mut rate);
@@ -669,7 +677,7 @@ fn report(
                 format!("{r:.0}/s (±{:.0})", r_sp / 2.0)
             };
             md.push_str(&format!(
-                "| {} | {} | {:.3} | {} | {:.2} (±{:.2}) | {:.2} | {} | {} | {:.1} | {:.1} |\n",
+                "| {} | {} | {:.3} | {} | {:.2} (±{:.2}) | {:.2} | {} | {} | {:.1} / {:.1} | {:.1} |\n",
                 cfg.name(),
                 rate_s,
                 r / base_rate,
@@ -687,6 +695,7 @@ fn report(
                     "-".into()
                 },
                 lost,
+                rss_now,
                 rss,
                 maps,
             ));
@@ -695,7 +704,8 @@ fn report(
                 "rate_median": r, "rate_spread": r_sp, "rate_vs_c0": r / base_rate,
                 "p99_us_median": p, "p99_vs_c0": p / base_p99,
                 "cpu_us_per_unit": c, "cpu_spread": c_sp, "bpf_us_per_unit": b,
-                "events_per_unit": e, "lost_total": lost, "rss_mib": rss, "bpf_maps_mib": maps,
+                "events_per_unit": e, "lost_total": lost, "rss_mib": rss, "rss_now_mib": rss_now,
+                "bpf_maps_mib": maps,
                 "samples": v,
             }));
         }
