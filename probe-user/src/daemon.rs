@@ -118,7 +118,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     unsafe { libc::malloc_trim(0) };
     let mut ebpf = loaded.ebpf;
     // Before any map is taken out of the object.
-    let occupancy = crate::occupancy::tracked(&ebpf);
+    let mut occupancy = crate::occupancy::tracked(&ebpf);
     let tc = loaded.tc;
     let watched = opts.load.ports.clone();
 
@@ -251,10 +251,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(w) = &opts.load.wire {
             metrics.flow_table_size.set(i64::from(w.flow_table));
         }
+        // The wire task walks the flow table itself (to remove closed
+        // flows) and exports its occupancy: not walked a second time.
         let walker = occupancy
             .iter()
-            .find(|t| t.label() == "flows")
-            .and_then(|t| t.try_clone().ok());
+            .position(|t| t.label() == "flows")
+            .map(|i| occupancy.remove(i));
         tasks.spawn(wire_stats_task(
             stats,
             flows,
@@ -482,6 +484,12 @@ async fn wire_stats_task(
     let mut evicted_seen = 0u64;
     let mut swept = 0u64;
     let mut walk_failed = false;
+    if let Some(w) = &walker {
+        metrics
+            .map_capacity
+            .with_label_values(&[w.label()])
+            .set(i64::from(w.capacity()));
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u32;
     loop {
@@ -556,6 +564,12 @@ async fn wire_stats_task(
             metrics.flows_closed_removed.inc_by(removed_now);
             let entries = entries.saturating_sub(removed_now);
             metrics.flow_entries.set(entries as i64);
+            if let Some(w) = &walker {
+                metrics
+                    .map_entries
+                    .with_label_values(&[w.label()])
+                    .set(entries as i64);
+            }
             // LRU evictions are silent in the kernel: whatever was inserted
             // and neither removed (by the program or here) nor present was
             // evicted.

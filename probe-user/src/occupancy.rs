@@ -75,21 +75,14 @@ pub fn tracked(ebpf: &aya::Ebpf) -> Vec<Tracked> {
 }
 
 impl Tracked {
-    /// Another handle on the same map (a duplicated fd), for a task that
-    /// walks one map itself.
-    pub fn try_clone(&self) -> std::io::Result<Tracked> {
-        Ok(Tracked {
-            label: self.label.clone(),
-            fd: self.fd.try_clone()?,
-            key_size: self.key_size,
-            value_size: self.value_size,
-            capacity: self.capacity,
-        })
-    }
-
     /// The map's name, lower case.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The map's `max_entries`.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 }
 

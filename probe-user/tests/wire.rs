@@ -580,6 +580,17 @@ fn closed_flows_leave_the_table_and_idle_open_ones_stay() {
         0.0,
         "{m}"
     );
+    // The table's occupancy series comes from the same walk.
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_map_entries{map=\"flows\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::parse_metric(&m, "drainwatch_map_capacity{map=\"flows\"}"),
+        f64::from(probe_common::DEFAULT_FLOW_TABLE),
+        "{m}"
+    );
     drop(idle);
     assert!(d.stop().success());
     srv.join().expect("server");
