@@ -192,19 +192,43 @@ pub fn signal_name(n: u32) -> &'static str {
 }
 
 /// What the socket knew when an RST arrived.
+///
+/// The idle times are present only where the socket's timestamps mean
+/// something: after the handshake. Before it (SYN_SENT, SYN_RECV) the
+/// kernel has not set them, and `now - 0` in jiffies reads as months of
+/// silence; a value longer than the connection's known age is dropped for
+/// the same reason (a timestamp the socket never set).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SocketView {
     /// e.g. "30s", "7200s (default)" or "none".
     pub keepalive: String,
     /// Seconds since the socket last received data.
-    pub idle_rx_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_rx_seconds: Option<f64>,
     /// Seconds since it last sent data.
-    pub idle_tx_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_tx_seconds: Option<f64>,
     /// Seconds since it last received an ACK.
-    pub idle_ack_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ack_seconds: Option<f64>,
 }
 
-fn socket_view(raw: &RawEvent, cx: &DecodeContext) -> Option<SocketView> {
+/// Whether a socket in TCP state `state` has set its last-received,
+/// last-sent and last-ACK timestamps: only once the handshake completed.
+fn idle_times_meaningful(state: u8) -> bool {
+    matches!(
+        state,
+        tcp_state::ESTABLISHED
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::CLOSING
+            | tcp_state::LAST_ACK
+            | tcp_state::TIME_WAIT
+    )
+}
+
+fn socket_view(raw: &RawEvent, cx: &DecodeContext, age: Option<f64>) -> Option<SocketView> {
     if raw.aux32 & sock_view::PRESENT == 0 {
         return None;
     }
@@ -220,11 +244,17 @@ fn socket_view(raw: &RawEvent, cx: &DecodeContext) -> Option<SocketView> {
     } else {
         format!("{:.0}s", ka as f64 / hz)
     };
+    let meaningful = idle_times_meaningful(raw.state);
+    // One jiffy of slack: the age is nanoseconds, the idle times jiffies.
+    let idle = |j: u64| {
+        let secs = j as f64 / hz;
+        (meaningful && age.is_none_or(|a| secs <= a + 1.0 / hz)).then_some(secs)
+    };
     Some(SocketView {
         keepalive,
-        idle_rx_seconds: rx as f64 / hz,
-        idle_tx_seconds: tx as f64 / hz,
-        idle_ack_seconds: ack as f64 / hz,
+        idle_rx_seconds: idle(rx),
+        idle_tx_seconds: idle(tx),
+        idle_ack_seconds: idle(ack),
     })
 }
 
@@ -589,7 +619,7 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         sock_id: (!is_wire && !is_process).then(|| SockId(mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),
         socket: (kind == EventKind::ResetReceived)
-            .then(|| socket_view(raw, cx))
+            .then(|| socket_view(raw, cx, duration_seconds))
             .flatten(),
         signal: (kind == EventKind::Signal).then(|| SignalInfo {
             name: signal_name(raw.reason),
@@ -681,11 +711,10 @@ impl Event {
             s.push_str(&format!(" pid {pid} ({comm})"));
         }
         if let Some(v) = &self.socket {
-            s.push_str(&format!(
-                " keepalive {} last-rx {} ago",
-                v.keepalive,
-                human_duration(v.idle_rx_seconds)
-            ));
+            s.push_str(&format!(" keepalive {}", v.keepalive));
+            if let Some(rx) = v.idle_rx_seconds {
+                s.push_str(&format!(" last-rx {} ago", human_duration(rx)));
+            }
         }
         if let Some(w) = &self.wire {
             s.push_str(&format!(" {}", w.direction));
@@ -934,6 +963,7 @@ mod tests {
     #[test]
     fn socket_view_in_seconds() {
         let mut r = raw(kind::RESET_RECEIVED);
+        r.state = tcp_state::ESTABLISHED;
         r.aux32 = sock_view::PRESENT | sock_view::KEEPALIVE;
         r.aux = [750, 250, 500, 0];
         let v = decode(&r, &DecodeContext::plain())
@@ -943,7 +973,7 @@ mod tests {
         assert_eq!(v.keepalive, "7200s (default)");
         assert_eq!(
             (v.idle_rx_seconds, v.idle_tx_seconds, v.idle_ack_seconds),
-            (3.0, 1.0, 2.0)
+            (Some(3.0), Some(1.0), Some(2.0))
         );
         r.aux = [0, 0, 0, 250];
         let v = decode(&r, &DecodeContext::plain())
@@ -962,6 +992,78 @@ mod tests {
             decode(&r, &DecodeContext::plain()).expect("decode").socket,
             None
         );
+    }
+
+    /// The idle times of a reset's socket view, per TCP state: present
+    /// after the handshake, absent before it (the kernel has not set the
+    /// timestamps; a refused connect's `now - 0` jiffies read as 17179859 s
+    /// once), and absent when longer than the connection's known age.
+    #[test]
+    fn socket_view_idle_times_per_state() {
+        // Jiffies since boot at 250 Hz after ~2.2 years: what `now - 0` gives.
+        let unset = 17_179_859 * 250;
+        let expect = [
+            (tcp_state::SYN_SENT, false),
+            (tcp_state::SYN_RECV, false),
+            (tcp_state::NEW_SYN_RECV, false),
+            (tcp_state::LISTEN, false),
+            (tcp_state::CLOSE, false),
+            (tcp_state::UNKNOWN, false),
+            (tcp_state::ESTABLISHED, true),
+            (tcp_state::FIN_WAIT1, true),
+            (tcp_state::FIN_WAIT2, true),
+            (tcp_state::CLOSE_WAIT, true),
+            (tcp_state::CLOSING, true),
+            (tcp_state::LAST_ACK, true),
+            (tcp_state::TIME_WAIT, true),
+        ];
+        for (state, present) in expect {
+            let mut r = raw(kind::RESET_RECEIVED);
+            r.state = state;
+            r.aux32 = sock_view::PRESENT | sock_view::KEEPALIVE;
+            r.aux = [500, 250, 125, 2500];
+            let e = decode(&r, &DecodeContext::plain()).expect("decode");
+            let v = e.socket.as_ref().expect("view");
+            // The keepalive setting is the socket's own, meaningful in every state.
+            assert_eq!(v.keepalive, "10s", "state {state}");
+            let want = present.then_some((2.0, 1.0, 0.5));
+            let got = v
+                .idle_rx_seconds
+                .zip(v.idle_tx_seconds)
+                .zip(v.idle_ack_seconds)
+                .map(|((a, b), c)| (a, b, c));
+            assert_eq!(got, want, "state {}", state_name(state));
+            let j = serde_json::to_value(&e).expect("json");
+            assert_eq!(
+                j["socket"].get("idle_rx_seconds").is_some(),
+                present,
+                "state {}",
+                state_name(state)
+            );
+            assert_eq!(e.human().contains("last-rx"), present);
+        }
+        // SYN_SENT with the unset timestamp the kernel reports as a jiffies wrap.
+        let mut r = raw(kind::RESET_RECEIVED);
+        r.state = tcp_state::SYN_SENT;
+        r.aux32 = sock_view::PRESENT;
+        r.aux = [unset, unset, unset, 0];
+        let v = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .socket
+            .expect("view");
+        assert_eq!(
+            (v.idle_rx_seconds, v.idle_tx_seconds, v.idle_ack_seconds),
+            (None, None, None)
+        );
+        // ESTABLISHED, but a timestamp older than the connection: never set.
+        r.state = tcp_state::ESTABLISHED;
+        r.flags = flags::STATE_TRACKED;
+        r.duration_ns = 1_000_000_000;
+        r.aux = [unset, 125, 125, 0];
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        assert_eq!(e.duration_seconds, Some(1.0));
+        let v = e.socket.expect("view");
+        assert_eq!((v.idle_rx_seconds, v.idle_tx_seconds), (None, Some(0.5)));
     }
 
     #[test]
