@@ -1,6 +1,10 @@
-//! What `--probe-kubeconfig` takes from a kubeconfig: the current context's
-//! server URL and CA. Choosing them ([`target_of`]) is pure, apart from the
-//! file reads at the edge ([`kubeconfig_target`]), so that the fuzz target
+//! Kubeconfigs, read with a bound on every file: [`load`] for the pod
+//! watcher's credentials (the kubeconfig and every file it points to:
+//! certificates and keys are read here, bounded, and inlined; a token file
+//! is checked and left to the client, which re-reads it as it rotates), and
+//! what `--probe-kubeconfig` takes from one: the current context's server
+//! URL and CA. Choosing them ([`target_of`]) is pure, apart from the file
+//! reads at the edge ([`kubeconfig_target`]), so that the fuzz target
 //! `kubeconfig` (fuzz/) runs the very code the daemon runs.
 
 use std::{
@@ -99,17 +103,99 @@ pub fn target_of(shown: &str, kc: &Kubeconfig) -> anyhow::Result<Selected> {
 
 /// Reads a CA file, refusing anything over [`MAX_CA_BYTES`].
 fn read_ca(path: &Path) -> io::Result<Vec<u8>> {
-    let mut pem = Vec::new();
+    read_bounded(path, MAX_CA_BYTES, "not a CA bundle")
+}
+
+/// Reads at most `limit` bytes of `path`; a longer file (or a device that
+/// never ends) is an error saying it is `not_what`.
+fn read_bounded(path: &Path, limit: u64, not_what: &str) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
     std::fs::File::open(path)?
-        .take(MAX_CA_BYTES + 1)
-        .read_to_end(&mut pem)?;
-    if pem.len() as u64 > MAX_CA_BYTES {
+        .take(limit + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("larger than {MAX_CA_BYTES} bytes: not a CA bundle"),
+            format!("larger than {limit} bytes: {not_what}"),
         ));
     }
-    Ok(pem)
+    Ok(data)
+}
+
+/// A kubeconfig, or a certificate or key it names, larger than this is not
+/// one (an admin kubeconfig with inlined certificates is a few KiB).
+pub const MAX_KUBECONFIG_BYTES: u64 = 4 << 20;
+
+/// `file` as written in the kubeconfig in `dir`: relative paths are
+/// relative to the kubeconfig, as kubectl reads them.
+fn beside(dir: Option<&Path>, file: &str) -> PathBuf {
+    match dir {
+        Some(d) if Path::new(file).is_relative() => d.join(file),
+        _ => PathBuf::from(file),
+    }
+}
+
+/// Reads the kubeconfig at `path`, bounded, with every certificate and key
+/// file it names read (bounded too) and inlined, so that the Kubernetes
+/// client reads no file of unknown size. A token file is left to the client
+/// (projected tokens rotate and it re-reads them) after checking that it is
+/// a regular file within the bound; an exec plugin's relative command is
+/// made absolute, as the client would.
+pub fn load(path: &Path) -> anyhow::Result<Kubeconfig> {
+    let shown = format!("kubeconfig {}", path.display());
+    let raw = read_bounded(path, MAX_KUBECONFIG_BYTES, "not a kubeconfig")
+        .with_context(|| shown.clone())?;
+    let text = String::from_utf8(raw).with_context(|| format!("{shown}: not UTF-8 text"))?;
+    let mut kc = Kubeconfig::from_yaml(&text).map_err(|e| kubeconfig_error(&shown, &e))?;
+    let dir = path.parent();
+    let b64 = |data: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(data);
+    let read = |field: &str, file: &str| -> anyhow::Result<Vec<u8>> {
+        let f = beside(dir, file);
+        read_bounded(&f, MAX_KUBECONFIG_BYTES, "not a certificate or key")
+            .with_context(|| format!("{shown}: {field} {}", f.display()))
+    };
+    for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+        if let Some(file) = c.certificate_authority.take()
+            && c.certificate_authority_data.is_none()
+        {
+            c.certificate_authority_data = Some(b64(read("certificate-authority", &file)?));
+        }
+    }
+    for a in kc
+        .auth_infos
+        .iter_mut()
+        .filter_map(|a| a.auth_info.as_mut())
+    {
+        if let Some(file) = a.client_certificate.take()
+            && a.client_certificate_data.is_none()
+        {
+            a.client_certificate_data = Some(b64(read("client-certificate", &file)?));
+        }
+        if let Some(file) = a.client_key.take()
+            && a.client_key_data.is_none()
+        {
+            a.client_key_data = Some(b64(read("client-key", &file)?).into());
+        }
+        if let Some(file) = a.token_file.take() {
+            let f = beside(dir, &file);
+            let meta = std::fs::metadata(&f)
+                .with_context(|| format!("{shown}: tokenFile {}", f.display()))?;
+            if !meta.is_file() || meta.len() > MAX_KUBECONFIG_BYTES {
+                anyhow::bail!(
+                    "{shown}: tokenFile {}: not a regular file of at most {MAX_KUBECONFIG_BYTES} bytes",
+                    f.display()
+                );
+            }
+            a.token_file = Some(f.display().to_string());
+        }
+        if let Some(exec) = a.exec.as_mut()
+            && let Some(cmd) = exec.command.as_mut()
+            && cmd.contains(std::path::MAIN_SEPARATOR)
+        {
+            *cmd = beside(dir, cmd).display().to_string();
+        }
+    }
+    Ok(kc)
 }
 
 /// A kubeconfig error fit for the log: `what`, then the first line of each
@@ -134,8 +220,14 @@ pub fn kubeconfig_error(what: &str, e: &(dyn std::error::Error + 'static)) -> an
 /// kubelet's, say: the URL clients on this node use, usually the LB's).
 pub fn kubeconfig_target(path: &Path) -> anyhow::Result<KubeconfigTarget> {
     let shown = path.display().to_string();
-    let kc = Kubeconfig::read_from(path)
-        .map_err(|e| kubeconfig_error(&format!("--probe-kubeconfig {shown}"), &e))?;
+    let kc = {
+        let raw = read_bounded(path, MAX_KUBECONFIG_BYTES, "not a kubeconfig")
+            .with_context(|| format!("--probe-kubeconfig {shown}"))?;
+        let text = String::from_utf8(raw)
+            .with_context(|| format!("--probe-kubeconfig {shown}: not UTF-8 text"))?;
+        Kubeconfig::from_yaml(&text)
+            .map_err(|e| kubeconfig_error(&format!("--probe-kubeconfig {shown}"), &e))?
+    };
     let sel = target_of(&shown, &kc)?;
     let ca = match sel.ca {
         CaSource::Data(pem) => Some((format!("{shown} (certificate-authority-data)"), pem)),
@@ -207,6 +299,71 @@ mod tests {
         let e = kubeconfig_target(&kc).expect_err("no context").to_string();
         assert!(
             e.contains("kubelet.conf") && e.contains("current-context"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every file a kubeconfig names is read with a bound (an endless
+    /// device is refused, naming the field and the file), relative to the
+    /// kubeconfig, and inlined so that the client reads none of them.
+    #[test]
+    fn load_bounds_and_inlines_every_file() {
+        let dir = std::env::temp_dir().join(format!("dw-kcl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (f, text) in [
+            ("ca.crt", "CA"),
+            ("c.crt", "CERT"),
+            ("c.key", "KEY"),
+            ("tok", "T"),
+        ] {
+            std::fs::write(dir.join(f), text).expect("write");
+        }
+        let kc = dir.join("config");
+        let write = |key: &str, token: &str| {
+            std::fs::write(
+                &kc,
+                format!(
+                    "clusters:\n- name: c\n  cluster:\n    server: https://lb:6443\n    certificate-authority: ca.crt\nusers:\n- name: u\n  user:\n    client-certificate: c.crt\n    client-key: {key}\n    tokenFile: {token}\ncontexts:\n- name: n\n  context:\n    cluster: c\n    user: u\ncurrent-context: n\n"
+                ),
+            )
+            .expect("write");
+        };
+        write("c.key", "tok");
+        let loaded = load(&kc).expect("load");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let c = loaded.clusters[0].cluster.as_ref().expect("cluster");
+        assert_eq!(
+            (
+                c.certificate_authority.as_deref(),
+                c.certificate_authority_data.clone()
+            ),
+            (None, Some(b64("CA")))
+        );
+        let u = loaded.auth_infos[0].auth_info.as_ref().expect("user");
+        assert_eq!(u.client_certificate_data, Some(b64("CERT")));
+        assert_eq!(
+            (u.client_certificate.as_deref(), u.client_key.as_deref()),
+            (None, None)
+        );
+        assert!(u.client_key_data.is_some());
+        assert_eq!(u.token_file, Some(dir.join("tok").display().to_string()));
+        for (key, token, field, file) in [
+            ("/dev/zero", "tok", "client-key", "/dev/zero"),
+            ("c.key", "/dev/zero", "tokenFile", "/dev/zero"),
+            ("missing.key", "tok", "client-key", "missing.key"),
+        ] {
+            write(key, token);
+            let e = format!("{:#}", load(&kc).expect_err("refused"));
+            assert!(
+                e.contains("kubeconfig") && e.contains(field) && e.contains(file),
+                "{e}"
+            );
+        }
+        // The kubeconfig itself is bounded too.
+        let e = format!("{:#}", load(Path::new("/dev/zero")).expect_err("endless"));
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a kubeconfig"),
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,28 +1,96 @@
 //! The apiserver pods' phase and readiness from the Kubernetes API (kube-rs):
-//! seed 000's "is the kube-apiserver pod Running" gauge, and an input to the
-//! correlation. A list, then a watch from its resourceVersion; on any error
-//! the watcher says so once, waits and starts over. Credentials never reach
-//! logs, events or metrics: only the kubeconfig's path is named.
+//! an "is the kube-apiserver pod Running" gauge, and an input to the
+//! correlation. kube-rs's `runtime::watcher` lists, then watches from the
+//! list's resourceVersion with bookmarks, re-lists after a 410 Gone, and backs
+//! off on errors; a re-list also forgets pods deleted while the watch was
+//! down. Credentials never reach logs, events or metrics: only the
+//! kubeconfig's path is named.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use drainwatch_correlate::{Obs, Observation, Source};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Config,
-    api::{ListParams, WatchEvent, WatchParams},
     config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::{httpcheck::boot_ns, kubeconfig::kubeconfig_error, metrics::Metrics};
 
+/// Where the pod watcher's credentials come from, in the order kubectl and
+/// client-go's `Config::infer` try them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `--kubeconfig FILE`.
+    File(PathBuf),
+    /// `$KUBECONFIG`: one or more files, merged (the first to set a value wins).
+    Env(Vec<PathBuf>),
+    /// `~/.kube/config`.
+    Home(PathBuf),
+    /// The pod's service account.
+    InCluster,
+}
+
+impl Credentials {
+    /// Chooses as `Config::infer` does: the flag, then `$KUBECONFIG`, then
+    /// `~/.kube/config` if it exists, then the service account when running
+    /// in a pod; `None` when there is none of these. Pure: the environment
+    /// and the file check are arguments.
+    pub fn choose(
+        flag: Option<PathBuf>,
+        kubeconfig_env: Option<std::ffi::OsString>,
+        home: Option<PathBuf>,
+        in_pod: bool,
+        exists: impl Fn(&std::path::Path) -> bool,
+    ) -> Option<Credentials> {
+        if let Some(f) = flag {
+            return Some(Credentials::File(f));
+        }
+        if let Some(v) = kubeconfig_env {
+            let paths: Vec<PathBuf> = std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+            if !paths.is_empty() {
+                return Some(Credentials::Env(paths));
+            }
+        }
+        if let Some(h) = home.map(|h| h.join(".kube").join("config"))
+            && exists(&h)
+        {
+            return Some(Credentials::Home(h));
+        }
+        in_pod.then_some(Credentials::InCluster)
+    }
+
+    /// How the log names it.
+    pub fn describe(&self) -> String {
+        let list = |p: &[PathBuf]| {
+            p.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        match self {
+            Credentials::File(p) => format!("--kubeconfig {}", p.display()),
+            Credentials::Env(p) => format!("$KUBECONFIG {}", list(p)),
+            Credentials::Home(p) => format!("kubeconfig {}", p.display()),
+            Credentials::InCluster => "the pod's service account".to_string(),
+        }
+    }
+}
+
 /// Which pods to watch, and with which credentials.
 #[derive(Debug, Clone)]
 pub struct PodWatch {
-    /// A kubeconfig file; `None` means the in-cluster service account.
-    pub kubeconfig: Option<PathBuf>,
+    pub credentials: Credentials,
     pub namespace: String,
     pub selector: String,
     /// Only pods on this node (`spec.nodeName`), when known.
@@ -31,15 +99,26 @@ pub struct PodWatch {
 
 async fn client(w: &PodWatch) -> anyhow::Result<Client> {
     use anyhow::Context as _;
-    let config = match &w.kubeconfig {
-        Some(path) => {
-            let what = format!("kubeconfig {}", path.display());
-            let kc = Kubeconfig::read_from(path).map_err(|e| kubeconfig_error(&what, &e))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| kubeconfig_error(&what, &e))?
+    let what = w.credentials.describe();
+    let files: &[PathBuf] = match &w.credentials {
+        Credentials::File(p) | Credentials::Home(p) => std::slice::from_ref(p),
+        Credentials::Env(p) => p,
+        Credentials::InCluster => &[],
+    };
+    let config = if files.is_empty() {
+        Config::incluster().context("in-cluster Kubernetes configuration")?
+    } else {
+        // Every file read bounded (the kubeconfig and what it points to),
+        // then merged as kubectl merges $KUBECONFIG.
+        let mut kc = Kubeconfig::default();
+        for f in files {
+            kc = kc
+                .merge(crate::kubeconfig::load(f)?)
+                .map_err(|e| kubeconfig_error(&what, &e))?;
         }
-        None => Config::incluster().context("in-cluster Kubernetes configuration")?,
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| kubeconfig_error(&what, &e))?
     };
     Client::try_from(config).map_err(|e| kubeconfig_error("Kubernetes client", &e))
 }
@@ -63,66 +142,94 @@ pub async fn watch_pods(
     obs: mpsc::Sender<Observation>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut last: std::collections::HashMap<String, (bool, bool)> = Default::default();
+    let mut last: HashMap<String, (bool, bool)> = HashMap::new();
     let mut warned = false;
-    loop {
-        let round = async {
-            let api: Api<Pod> = Api::namespaced(client(&w).await?, &w.namespace);
-            let mut lp = ListParams::default().labels(&w.selector);
-            let mut wp = WatchParams::default().labels(&w.selector).timeout(290);
-            if let Some(node) = &w.node {
-                lp = lp.fields(&format!("spec.nodeName={node}"));
-                wp = wp.fields(&format!("spec.nodeName={node}"));
-            }
-            let list = api.list(&lp).await?;
-            metrics.source_up.with_label_values(&["kube"]).set(1);
-            for p in &list.items {
-                observe(p, &metrics, &obs, &mut last).await;
-            }
-            let rv = list.metadata.resource_version.unwrap_or_else(|| "0".into());
-            let mut stream = api.watch(&wp, &rv).await?.boxed();
-            while let Some(ev) = stream.next().await {
-                match ev? {
-                    WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                        observe(&p, &metrics, &obs, &mut last).await
-                    }
-                    WatchEvent::Deleted(p) => {
-                        let name = p.metadata.name.unwrap_or_default();
-                        metrics.pod_running.with_label_values(&[&name]).set(0);
-                        metrics.pod_ready.with_label_values(&[&name]).set(0);
-                        last.remove(&name);
-                    }
-                    WatchEvent::Bookmark(_) => {}
-                    WatchEvent::Error(e) => anyhow::bail!("watch error: {}", e.message),
-                }
-            }
-            anyhow::Ok(())
-        };
-        let result = tokio::select! {
-            r = round => r,
+    // A client that cannot be built (a kubeconfig that is wrong or missing)
+    // is retried: the file may be fixed or mounted later.
+    let api: Api<Pod> = loop {
+        let built = tokio::select! {
+            c = client(&w) => c,
             _ = stop.changed() => return Ok(()),
         };
-        if let Err(e) = result {
-            metrics.source_up.with_label_values(&["kube"]).set(0);
-            if !warned {
-                tracing::warn!("pod watcher ({}): {e:#}; retrying every 2 s", w.namespace);
-                warned = true;
-            }
-        } else {
-            warned = false;
+        match built {
+            Ok(c) => break Api::namespaced(c, &w.namespace),
+            Err(e) => source_down(&format!("{e:#}"), &w, &metrics, &mut warned),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.changed() => return Ok(()),
         }
+    };
+    let mut config = watcher::Config::default().labels(&w.selector).timeout(290);
+    if let Some(node) = &w.node {
+        config = config.fields(&format!("spec.nodeName={node}"));
     }
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    // Pods seen since the last (re-)list started: at its end, the others were
+    // deleted while the watch was down.
+    let mut listed: Option<HashSet<String>> = None;
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(ev) = ev else { return Ok(()) };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                source_down(&e, &w, &metrics, &mut warned);
+                continue;
+            }
+        };
+        metrics.source_up.with_label_values(&["kube"]).set(1);
+        warned = false;
+        match ev {
+            watcher::Event::Init => listed = Some(HashSet::new()),
+            watcher::Event::InitApply(p) => {
+                if let Some(l) = listed.as_mut() {
+                    l.insert(p.metadata.name.clone().unwrap_or_default());
+                }
+                observe(&p, &metrics, &obs, &mut last).await;
+            }
+            watcher::Event::InitDone => {
+                let keep = listed.take().unwrap_or_default();
+                let gone: Vec<String> = last
+                    .keys()
+                    .filter(|n| !keep.contains(*n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    forget(&name, &metrics, &mut last);
+                }
+            }
+            watcher::Event::Apply(p) => observe(&p, &metrics, &obs, &mut last).await,
+            watcher::Event::Delete(p) => {
+                forget(&p.metadata.name.unwrap_or_default(), &metrics, &mut last)
+            }
+        }
+    }
+}
+
+/// The source is down: exported, and said once until it is up again.
+fn source_down(e: &dyn std::fmt::Display, w: &PodWatch, metrics: &Metrics, warned: &mut bool) {
+    metrics.source_up.with_label_values(&["kube"]).set(0);
+    if !*warned {
+        tracing::warn!("pod watcher ({}): {e}; retrying", w.namespace);
+        *warned = true;
+    }
+}
+
+fn forget(name: &str, metrics: &Metrics, last: &mut HashMap<String, (bool, bool)>) {
+    metrics.pod_running.with_label_values(&[name]).set(0);
+    metrics.pod_ready.with_label_values(&[name]).set(0);
+    last.remove(name);
 }
 
 async fn observe(
     p: &Pod,
     metrics: &Metrics,
     obs: &mpsc::Sender<Observation>,
-    last: &mut std::collections::HashMap<String, (bool, bool)>,
+    last: &mut HashMap<String, (bool, bool)>,
 ) {
     let name = p.metadata.name.clone().unwrap_or_default();
     let now = (running(p), ready(p));
@@ -145,5 +252,41 @@ async fn observe(
                 kind: Obs::PodPhase { running: now.0 },
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_order_kubectl_tries_them() {
+        let home = Some(PathBuf::from("/root"));
+        let yes = |_: &std::path::Path| true;
+        let no = |_: &std::path::Path| false;
+        let flag = Some(PathBuf::from("/etc/kubernetes/admin.conf"));
+        assert_eq!(
+            Credentials::choose(flag.clone(), Some("/a".into()), home.clone(), true, yes),
+            Some(Credentials::File("/etc/kubernetes/admin.conf".into()))
+        );
+        assert_eq!(
+            Credentials::choose(None, Some("/a::/b".into()), home.clone(), true, yes),
+            Some(Credentials::Env(vec!["/a".into(), "/b".into()]))
+        );
+        // An empty $KUBECONFIG is as if unset.
+        assert_eq!(
+            Credentials::choose(None, Some("".into()), home.clone(), true, yes),
+            Some(Credentials::Home("/root/.kube/config".into()))
+        );
+        assert_eq!(
+            Credentials::choose(None, None, home.clone(), true, no),
+            Some(Credentials::InCluster)
+        );
+        assert_eq!(Credentials::choose(None, None, home, false, no), None);
+        assert_eq!(
+            Credentials::choose(None, None, None, false, yes),
+            None,
+            "no home: no ~/.kube/config"
+        );
     }
 }

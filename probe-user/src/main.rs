@@ -181,7 +181,8 @@ struct RunArgs {
     #[arg(long, default_value = "500ms", value_parser = parse_interval, env = "DRAINWATCH_PROBE_INTERVAL")]
     probe_interval: std::time::Duration,
     /// Kubeconfig for watching the apiserver pods (e.g. the kubelet's);
-    /// default: the in-cluster service account when running in a pod.
+    /// default: $KUBECONFIG, then ~/.kube/config, then the in-cluster
+    /// service account when running in a pod (as kubectl chooses).
     #[arg(long, value_name = "FILE", env = "DRAINWATCH_KUBECONFIG")]
     kubeconfig: Option<std::path::PathBuf>,
     /// Namespace of the apiserver pods (OpenShift: openshift-kube-apiserver).
@@ -575,21 +576,27 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pod watcher, if it has credentials: a kubeconfig, or the in-cluster
-/// service account.
+/// The pod watcher, if it has credentials: `--kubeconfig`, `$KUBECONFIG`,
+/// `~/.kube/config` or the in-cluster service account, in that order.
 fn pod_watch(args: &RunArgs) -> Option<kubewatch::PodWatch> {
     if args.no_kube {
         return None;
     }
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    if args.kubeconfig.is_none() && !in_cluster {
+    let Some(credentials) = kubewatch::Credentials::choose(
+        args.kubeconfig.clone(),
+        std::env::var_os("KUBECONFIG"),
+        std::env::var_os("HOME").map(std::path::PathBuf::from),
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        |p| p.is_file(),
+    ) else {
         tracing::info!(
-            "pod watcher off: no --kubeconfig and not running in a pod (apiserver pod phase not watched)"
+            "pod watcher off: no --kubeconfig, $KUBECONFIG or ~/.kube/config, and not running in a pod (apiserver pod phase not watched)"
         );
         return None;
-    }
+    };
+    tracing::info!("pod watcher: credentials from {}", credentials.describe());
     Some(kubewatch::PodWatch {
-        kubeconfig: args.kubeconfig.clone(),
+        credentials,
         namespace: args.pod_namespace.clone(),
         selector: args.pod_selector.clone(),
         node: args.node_name.clone(),
