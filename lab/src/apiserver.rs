@@ -494,6 +494,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         "/lab/slow" => {
             // A request that takes a while: the in-flight work seeds 001 and 003 drain or cut.
             let ms: u64 = q.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            // `&record` asks for a lifecycle record once the request is being served, so a
+            // test can act (SIGTERM) knowing it is in flight instead of guessing with a sleep.
+            if q.contains_key("record") {
+                state.record("slow_started", json!({"ms": ms}));
+            }
             tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
             return Ok(text(StatusCode::OK, format!("slept {ms}ms\n")));
         }

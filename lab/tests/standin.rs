@@ -1,16 +1,64 @@
 //! The apiserver stand-in against real clients (kubectl, python3-kubernetes, curl) and
 //! its shutdown sequence, each in a network namespace of its own. Needs root.
+//!
+//! Steps across processes are ordered on the event itself (the stand-in's lifecycle
+//! records, a GOAWAY on the connection), never on a sleep.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{wait_for, wait_for_async};
 use drainwatch_lab::apiserver::Lifecycle;
-use drainwatch_lab::record;
 use drainwatch_lab::scenario::{TOKEN, write_kubeconfig};
 use drainwatch_lab::topo::Lab;
 
 const BIN: &str = env!("CARGO_BIN_EXE_drainwatch-lab");
+
+/// Bounds a wait for something the stand-in does within milliseconds; only a hang reaches it.
+const HANG: Duration = Duration::from_secs(10);
+
+/// The lifecycle records in `path` so far. The stand-in appends each record as one whole
+/// line in one write, so a reader racing a write sees at most an unfinished last line:
+/// that one is left for the next read, every complete line must parse.
+fn records(path: &Path) -> Vec<Lifecycle> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("{}: {e}", path.display()),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {l:?}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// Waits for `n` records of `event` in `path`; returns them.
+fn await_records(path: &Path, event: &str, n: usize) -> Vec<Lifecycle> {
+    wait_for(HANG, &format!("{n} `{event}` lifecycle record(s)"), || {
+        let all = records(path);
+        let hits: Vec<Lifecycle> = all.iter().filter(|l| l.event == event).cloned().collect();
+        if hits.len() >= n {
+            Ok(hits)
+        } else {
+            Err(format!(
+                "{:?}",
+                all.iter().map(|l| &l.event).collect::<Vec<_>>()
+            ))
+        }
+    })
+}
+
+/// `ms` of the `slow_started` record for a `/lab/slow?ms=..&record` request.
+fn slow_ms(l: &Lifecycle) -> u64 {
+    l.detail["ms"].as_u64().expect("slow_started carries ms")
+}
 
 fn skip_unless_root() -> bool {
     if drainwatch_lab::cmd::is_root() {
@@ -151,8 +199,17 @@ impl Standin {
         false
     }
 
+    fn lifecycle_path(&self) -> PathBuf {
+        self.dir.join("lifecycle.jsonl")
+    }
+
     fn lifecycle(&self) -> Vec<Lifecycle> {
-        record::read_lines(&self.dir.join("lifecycle.jsonl")).expect("lifecycle")
+        records(&self.lifecycle_path())
+    }
+
+    /// Waits until the stand-in has written its `event` record; returns it.
+    fn await_record(&self, event: &str) -> Lifecycle {
+        await_records(&self.lifecycle_path(), event, 1).remove(0)
     }
 
     fn at(&self, event: &str) -> u64 {
@@ -256,7 +313,9 @@ fn kubectl_works_against_the_stand_in() {
         "kubectl",
         &["-n", "openshift-kube-apiserver", "get", "pods", "-w"],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // The watch is subscribed to changes before the stand-in records its start, so the
+    // pod's readiness change on SIGTERM reaches it.
+    s.await_record("watch_started");
     s.sigterm();
     assert!(
         s.wait_exit(Duration::from_secs(10)),
@@ -275,10 +334,13 @@ fn python_client_lists_creates_and_watches() {
     }
     let s = Standin::start("python", "graceful", "1s", "1s");
     let script = s.dir.join("t.py");
+    // The update must follow the watch's start (else the watch's initial ADDED already
+    // shows it and no MODIFIED comes): the updater waits for the stand-in's
+    // `watch_started` record, the deadline only bounds a hang.
     write(
         &script,
         r#"
-import threading, time
+import sys, threading, time
 from kubernetes import client, config, watch
 config.load_kube_config()
 v1 = client.CoreV1Api()
@@ -286,7 +348,10 @@ names = [c.metadata.name for c in v1.list_config_map_for_all_namespaces().items]
 assert "config" in names, names
 v1.create_namespaced_config_map("default", {"metadata": {"name": "py"}, "data": {"n": "0"}})
 def update():
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while '"watch_started"' not in open(sys.argv[1]).read():
+        assert time.monotonic() < deadline, "no watch_started record in 10 s"
+        time.sleep(0.02)
     client.CoreV1Api().replace_namespaced_config_map("py", "default", {"metadata": {"name": "py"}, "data": {"n": "1"}})
 threading.Thread(target=update).start()
 seen = []
@@ -298,7 +363,11 @@ assert seen == [("ADDED", "0"), ("MODIFIED", "1")], seen
 print("PYTHON OK")
 "#,
     );
-    let o = s.run("/usr/bin/python3", &[script.to_str().expect("p")]);
+    let lifecycle = s.lifecycle_path();
+    let o = s.run(
+        "/usr/bin/python3",
+        &[script.to_str().expect("p"), lifecycle.to_str().expect("p")],
+    );
     assert!(
         text(&o).contains("PYTHON OK"),
         "python client failed: {}",
@@ -346,7 +415,10 @@ fn graceful_shutdown_follows_kube_apiserver() {
         return;
     }
     let mut s = Standin::start("graceful", "graceful", "1500ms", "2s");
-    // Requests in flight across E3: one finishes within the request timeout, one does not.
+    // Requests in flight across E3 (T + 1.5 s): one finishes within the request timeout
+    // (E3 + 2 s), one does not. Both are known to be served before SIGTERM (their
+    // `slow_started` records), so they cannot miss the listener, however slow curl
+    // starts here.
     let ca = s.dir.join("pki/ca.crt");
     let slow = |ms: u32| {
         s.spawn(
@@ -360,15 +432,20 @@ fn graceful_shutdown_follows_kube_apiserver() {
                 "--http2",
                 "--cacert",
                 ca.to_str().expect("p"),
-                &format!("https://127.0.0.1:6443/lab/slow?ms={ms}"),
+                &format!("https://127.0.0.1:6443/lab/slow?ms={ms}&record"),
             ],
         )
     };
+    let done = slow(2500);
+    let cut = slow(8000);
+    let started = await_records(&s.lifecycle_path(), "slow_started", 2);
     let t0 = s.sigterm();
-    std::thread::sleep(Duration::from_millis(300));
-    // E2: readyz red at once, the server still serves (shutdown delay).
+    // E2: readyz red at once (the record follows the switch), the server still serves
+    // (shutdown delay).
+    s.await_record("readyz_red");
     let (rc, body) = s.curl(&["-w", "%{http_code}"], "https://127.0.0.1:6443/readyz");
-    assert_eq!(rc, 0);
+    let during_delay = t0.elapsed();
+    assert_eq!(rc, 0, "readyz {during_delay:?} after SIGTERM");
     assert!(
         body.contains("[-]shutdown failed") && body.ends_with("500"),
         "{body}"
@@ -377,13 +454,14 @@ fn graceful_shutdown_follows_kube_apiserver() {
         &["-o", "/dev/null", "-w", "%{http_code}"],
         "https://127.0.0.1:6443/healthz",
     );
-    assert_eq!(code, "200");
-    let done = slow(2000);
-    let cut = slow(8000);
-    while t0.elapsed() < Duration::from_millis(1800) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // E3: not listening any more.
+    assert_eq!(
+        code,
+        "200",
+        "healthz {:?} after SIGTERM, within the 1.5 s shutdown delay",
+        t0.elapsed()
+    );
+    // E3: not listening any more, from the record on (it follows the close).
+    s.await_record("listener_closed");
     let (rc, _) = s.curl(&[], "https://127.0.0.1:6443/healthz");
     assert_eq!(
         rc, 7,
@@ -403,6 +481,19 @@ fn graceful_shutdown_follows_kube_apiserver() {
     );
 
     let (term, red, closed) = (s.at("sigterm"), s.at("readyz_red"), s.at("listener_closed"));
+    // The drained request was in flight across E3: it started before SIGTERM and
+    // lasted 2.5 s, so it ends after E3 (T + 1.5 s) unless it started over 1 s before
+    // the SIGTERM, which only a stalled test could make happen.
+    let done_start = started
+        .iter()
+        .find(|l| slow_ms(l) == 2500)
+        .expect("the 2.5 s request's record")
+        .t_ns;
+    assert!(
+        term - done_start < 1_000_000_000,
+        "the 2.5 s request started {} ms before SIGTERM: not in flight across E3",
+        (term - done_start) / 1_000_000
+    );
     assert!(
         red - term < 50_000_000,
         "readyz red {}ms after SIGTERM",
@@ -443,9 +534,11 @@ fn http2_clients_get_goaway_when_the_listener_closes() {
     }
     let s = Standin::start("goaway", "no-delay", "0s", "3s");
     let pid = s.child.id();
+    let lifecycle = s.lifecycle_path();
     // A raw h2 (prior knowledge) connection with a slow stream in flight at SIGTERM: the
     // stream completes (drained) and a new stream on the same connection is refused
-    // with GOAWAY.
+    // with GOAWAY. Each step waits on the event itself: the stream being served (the
+    // stand-in's record), then the GOAWAY reaching this connection.
     let (slow, next) = in_netns(&s.ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -464,11 +557,37 @@ fn http2_clients_get_goaway_when_the_listener_closes() {
                     .expect("req")
             };
             let (resp, _) = c
-                .send_request(req("/lab/slow?ms=1000"), true)
+                .send_request(req("/lab/slow?ms=1000&record"), true)
                 .expect("send slow");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Polled without blocking the thread: the connection task runs here too.
+            wait_for_async(HANG, "the slow stream's `slow_started` record", || {
+                let evs: Vec<String> = records(&lifecycle).into_iter().map(|l| l.event).collect();
+                if evs.iter().any(|e| e == "slow_started") {
+                    Ok(())
+                } else {
+                    Err(format!("{evs:?}"))
+                }
+            })
+            .await;
             drainwatch_lab::cmd::kill(pid, libc::SIGTERM);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // h2 turns a received GOAWAY into a connection error that every later
+            // `ready()` returns: that error is the GOAWAY arriving.
+            let deadline = Instant::now() + HANG;
+            let goaway = loop {
+                match c.clone().ready().await {
+                    Err(e) => break e,
+                    Ok(_) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "no GOAWAY on the h2 connection {HANG:?} after SIGTERM; lifecycle: {:?}",
+                            records(&lifecycle).into_iter().map(|l| l.event).collect::<Vec<_>>()
+                        );
+                        tokio::time::sleep(common::POLL).await;
+                    }
+                }
+            };
+            assert!(goaway.is_go_away(), "connection failed without GOAWAY: {goaway}");
+            // A new stream on the same connection is refused with that GOAWAY.
             let next = match c.ready().await {
                 Ok(mut c) => match c.send_request(req("/livez"), true) {
                     Ok((r, _)) => r.await.map(|r| r.status().as_u16()),
@@ -506,10 +625,11 @@ fn hard_close_and_ignore_term_modes() {
             "--http2",
             "--cacert",
             ca.to_str().expect("p"),
-            "https://127.0.0.1:6443/lab/slow?ms=3000",
+            "https://127.0.0.1:6443/lab/slow?ms=3000&record",
         ],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // In flight for sure: the stand-in is serving it.
+    s.await_record("slow_started");
     s.sigterm();
     assert!(s.wait_exit(Duration::from_secs(5)));
     let o = inflight.wait_with_output().expect("curl");
@@ -524,15 +644,32 @@ fn hard_close_and_ignore_term_modes() {
     );
 
     let mut s = Standin::start("ignore", "ignore-term", "500ms", "5s");
-    s.sigterm();
-    std::thread::sleep(Duration::from_millis(800));
+    let t0 = s.sigterm();
+    // The stand-in has handled the signal once it records ignoring it.
+    s.await_record("sigterm_ignored");
     let (_, code) = s.curl(
         &["-o", "/dev/null", "-w", "%{http_code}"],
         "https://127.0.0.1:6443/readyz",
     );
     assert_eq!(code, "200", "ignore-term turned readyz red");
-    assert!(!s.wait_exit(Duration::from_millis(200)));
-    assert!(s.lifecycle().iter().any(|l| l.event == "sigterm_ignored"));
+    // A real duration: past the 500 ms shutdown delay a server that obeyed SIGTERM would
+    // have closed its listener; this one still serves and is still running.
+    let past_delay = Duration::from_millis(700);
+    std::thread::sleep(past_delay.saturating_sub(t0.elapsed()));
+    let (_, code) = s.curl(
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+        "https://127.0.0.1:6443/healthz",
+    );
+    assert_eq!(code, "200", "ignore-term stopped serving after the delay");
+    assert!(
+        matches!(s.child.try_wait(), Ok(None)),
+        "ignore-term exited on SIGTERM"
+    );
+    let ev: Vec<String> = s.lifecycle().into_iter().map(|l| l.event).collect();
+    assert!(
+        !ev.iter().any(|e| e == "sigterm" || e == "listener_closed"),
+        "ignore-term began a shutdown: {ev:?}"
+    );
 }
 
 #[test]
@@ -550,6 +687,7 @@ fn kube_rs_lists_creates_replaces_and_watches() {
     }
     let s = Standin::start("kube-rs", "graceful", "1s", "1s");
     let kubeconfig = s.dir.join("kubeconfig");
+    let lifecycle = s.lifecycle_path();
     let netns = format!("/run/netns/{}", s.ns);
     // The client must live in the stand-in's namespace: a thread joins it,
     // then builds its own runtime there.
@@ -590,8 +728,20 @@ fn kube_rs_lists_creates_replaces_and_watches() {
             let updater = {
                 let cms = cms.clone();
                 cm.data = Some([("n".to_string(), "1".to_string())].into());
+                // The update must follow the watch's start (else the watch's initial
+                // ADDED already shows it and no MODIFIED comes): wait for the stand-in's
+                // `watch_started` record, without blocking the watch on this thread.
                 tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    wait_for_async(HANG, "the watch's `watch_started` record", || {
+                        let evs: Vec<String> =
+                            records(&lifecycle).into_iter().map(|l| l.event).collect();
+                        if evs.iter().any(|e| e == "watch_started") {
+                            Ok(())
+                        } else {
+                            Err(format!("{evs:?}"))
+                        }
+                    })
+                    .await;
                     cms.replace("rs", &PostParams::default(), &cm)
                         .await
                         .expect("replace");

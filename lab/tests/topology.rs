@@ -1,8 +1,12 @@
 //! Lab topology: hosts reach each other, nothing routes out, and nothing survives a
 //! teardown or a `clean` after a crash. Needs root.
 
+mod common;
+
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+use std::time::Duration;
 
 use drainwatch_lab::topo::{self, Lab};
 
@@ -35,11 +39,26 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A process running in namespace `ns`; returns once it is in there (its network
+/// namespace is `ns`), so a teardown or `clean` that looks for it will find it.
 fn spawn_sleep(ns: &str) -> std::process::Child {
-    Command::new("ip")
+    let child = Command::new("ip")
         .args(["netns", "exec", ns, "sleep", "60"])
         .spawn()
-        .expect("sleep")
+        .expect("sleep");
+    let want = std::fs::metadata(format!("/run/netns/{ns}"))
+        .expect("netns file")
+        .ino();
+    common::wait_for(
+        Duration::from_secs(10),
+        &format!("pid {} to enter namespace {ns}", child.id()),
+        || match std::fs::metadata(format!("/proc/{}/ns/net", child.id())) {
+            Ok(m) if m.ino() == want => Ok(()),
+            Ok(m) => Err(format!("in net namespace inode {}", m.ino())),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    child
 }
 
 #[test]
@@ -177,7 +196,6 @@ fn clean_removes_what_a_crashed_run_left() {
     lab.add_host("y").expect("host");
     // Not tracked: as if the runner had died before recording it.
     let mut child = spawn_sleep(lab.ns("y").expect("ns"));
-    std::thread::sleep(std::time::Duration::from_millis(100));
     std::mem::forget(lab);
     let removed = topo::clean_prefix(&prefix).expect("clean");
     assert_eq!(removed, vec![format!("{prefix}y")]);
