@@ -193,10 +193,132 @@ fn apt_install(packages: &[&str], what: &str) -> anyhow::Result<()> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    // --no-remove: installing must never take away what the machine had.
+    // qemu-system-x86 from the release once removed the image's newer
+    // qemu-utils (from backports: the two share qemu-system-common's
+    // version). apt then fails instead, and the packages are looked for in
+    // the release's backports too, from a private source list, so the
+    // versions can match without touching the host's apt set-up.
+    let install = |extra: &[String]| {
+        run(Command::new("apt-get")
+            .args(extra)
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "--no-remove",
+            ])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    let Err(first) = install(&[]) else {
+        return Ok(());
+    };
+    let Some(backports) = backports_apt_options()? else {
+        return Err(first);
+    };
+    eprintln!(
+        "xtask: {first:#}: it would remove installed packages; trying the release's backports"
+    );
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .args(&backports)
+        .args(["update", "-qq"]))?;
+    let mut with_target = backports.clone();
+    with_target.push("-t".into());
+    with_target.push(format!("{}-backports", os_codename().unwrap_or_default()));
+    install(&with_target).with_context(|| {
+        format!(
+            "installing {} would remove packages this machine has, from the release and from its backports (apt-get install --no-remove)",
+            missing.join(" ")
+        )
+    })
+}
+
+/// The release's codename (`bookworm`), from /etc/os-release.
+fn os_codename() -> Option<String> {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+}
+
+/// apt options for a private source list: the host's sources plus the
+/// release's backports, with its own state and cache under target/apt, so
+/// the host's sources and lists stay as they are. `None` when the release
+/// or its Debian mirror cannot be told.
+fn backports_apt_options() -> anyhow::Result<Option<Vec<String>>> {
+    let Some(codename) = os_codename() else {
+        return Ok(None);
+    };
+    let sources = [
+        "/etc/apt/sources.list.d/debian.sources",
+        "/etc/apt/sources.list",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let Some(mirror) = debian_mirror(&sources) else {
+        return Ok(None);
+    };
+    let dir = env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root_dir().join("target"))
+        .join("apt");
+    let parts = dir.join("sources.list.d");
+    std::fs::create_dir_all(dir.join("lists/partial"))?;
+    std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
+    std::fs::create_dir_all(&parts)?;
+    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|e| e == "sources" || e == "list")
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, parts.join(name))?;
+        }
+    }
+    let list = dir.join("sources.list");
+    let host_list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    std::fs::write(
+        &list,
+        format!(
+            "{host_list}\ndeb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {codename}-backports main\n"
+        ),
+    )?;
+    Ok(Some(
+        [
+            format!("Dir::Etc::sourcelist={}", list.display()),
+            format!("Dir::Etc::sourceparts={}", parts.display()),
+            format!("Dir::State::Lists={}", dir.join("lists").display()),
+            format!("Dir::Cache={}", dir.join("cache").display()),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect(),
+    ))
+}
+
+/// The Debian archive the host's sources name (`URIs:` in deb822, or a
+/// `deb URL suite` line), not the security archive.
+fn debian_mirror(sources: &str) -> Option<String> {
+    sources.lines().find_map(|l| {
+        let l = l.trim();
+        let url = l
+            .strip_prefix("URIs:")
+            .map(str::trim)
+            .or_else(|| {
+                l.strip_prefix("deb ")
+                    .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
+            })?
+            .split_whitespace()
+            .next()?;
+        (url.trim_end_matches('/').ends_with("/debian")).then(|| url.to_string())
+    })
 }
 
 /// For the benchmarks: root, the packages they drive, and the release
@@ -525,5 +647,28 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut test)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debian_mirror;
+
+    #[test]
+    fn debian_mirror_from_either_source_format() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\nTypes: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n";
+        assert_eq!(
+            debian_mirror(deb822).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line = "# comment\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
+        assert_eq!(
+            debian_mirror(one_line).as_deref(),
+            Some("http://mirror.example/debian/")
+        );
+        assert_eq!(
+            debian_mirror("deb http://elsewhere.example/ubuntu jammy main"),
+            None
+        );
     }
 }
