@@ -222,12 +222,37 @@ fn real_tcpdump_capture_gives_exact_observations() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Let the last packets reach the file, then stop tcpdump cleanly
-    // (SIGTERM flushes and closes the file; SIGKILL could truncate it).
-    // Without --immediate-mode, libpcap's TPACKET_V3 ring hands packets
-    // over only when a block retires (1 s by default), and tcpdump stopped
-    // before that writes nothing: seen here as a capture with 0 packets.
-    std::thread::sleep(Duration::from_millis(300));
+    // tcpdump writes a packet a moment after it crossed `lo` (-U flushes each
+    // one): wait until the file holds the last one, the server's RST to
+    // CLIENT:41002 (the file is in order, so everything before it is there
+    // too), then stop tcpdump cleanly (SIGTERM flushes and closes the file;
+    // SIGKILL could truncate it). Without --immediate-mode, libpcap's
+    // TPACKET_V3 ring hands packets over only when a block retires (1 s by
+    // default), and tcpdump stopped before that writes nothing.
+    let opts = FlowOptions {
+        ports: vec![PORT],
+        locals: vec![],
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A read racing a write may end mid-record: that is "not yet".
+        let seen = decode_file(Path::new(&file), &opts)
+            .map(|d| {
+                d.observations
+                    .iter()
+                    .any(|o| matches!(o.kind, Obs::ResetSent { .. }))
+            })
+            .unwrap_or(false);
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcpdump did not write the server's RST to {} within 10 s",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if let Some(mut c) = ns.tcpdump.take() {
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])

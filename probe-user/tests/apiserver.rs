@@ -107,7 +107,30 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let target = format!("{}:6443", pair.server_v4);
+    let probes = |m: &str, mode: &str, code: &str| {
+        parse_metric(
+            m,
+            &format!(
+                "drainwatch_probe_requests_total{{code=\"{code}\",method=\"GET\",mode=\"{mode}\",target=\"{target}\"}}"
+            ),
+        )
+    };
+    // Three probes of each kind while ready, counted, before the roll.
+    common::wait_for(
+        Duration::from_secs(10),
+        "3 successful probes on new and on reused connections",
+        || {
+            let m = d.metrics();
+            if probes(&m, "new_connection", "200") >= 3.0
+                && probes(&m, "reused_connection", "200") >= 3.0
+            {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        },
+    );
     // Seed 000's gauge: the pod is Running (and Ready), from the Kubernetes API.
     let pod = |d: &Daemon, what: &str| {
         parse_metric(
@@ -133,8 +156,52 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     // SAFETY: signalling the stand-in we started.
     unsafe { libc::kill(standin.id() as i32, libc::SIGTERM) };
     let _ = standin.wait();
-    std::thread::sleep(Duration::from_millis(1500));
-    let m = d.metrics();
+    // The daemon sees the roll through its pollers, its watch and the kernel, each
+    // on its own schedule: wait until each of them has (the assertions below say which
+    // one did not, with what was seen).
+    let seen = |d: &Daemon, m: &str| {
+        let evs = d.events();
+        let mut missing = Vec::new();
+        if ready(d) != 0.0 {
+            missing.push("readyz red");
+        }
+        if pod(d, "ready") != 0.0 {
+            missing.push("pod unready");
+        }
+        if probes(m, "new_connection", "500") < 3.0 {
+            missing.push("3 probes seeing 500");
+        }
+        if probes(m, "new_connection", "refused") < 3.0 {
+            missing.push("3 refused probes");
+        }
+        for kind in ["signal", "listen_close", "process_exit"] {
+            if !evs.iter().any(|e| e["kind"] == kind) {
+                missing.push(kind);
+            }
+        }
+        let refused_verdict = evs.iter().filter_map(|e| e.get("verdict")).any(|v| {
+            v["cause"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("refused"))
+        });
+        if !refused_verdict {
+            missing.push("a refused verdict");
+        }
+        missing
+    };
+    let m = common::wait_for(
+        Duration::from_secs(15),
+        "the daemon to see the roll",
+        || {
+            let m = d.metrics();
+            let missing = seen(&d, &m);
+            if missing.is_empty() {
+                Ok(m)
+            } else {
+                Err(format!("missing {missing:?}: {m}"))
+            }
+        },
+    );
     assert_eq!(ready(&d), 0.0, "{m}");
     assert_eq!(
         pod(&d, "ready"),
@@ -146,15 +213,7 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
         !d.stderr().contains("not-logged"),
         "credentials never reach logs"
     );
-    let target = format!("{}:6443", pair.server_v4);
-    let code_in = |mode: &str, c: &str| {
-        parse_metric(
-            &m,
-            &format!(
-                "drainwatch_probe_requests_total{{code=\"{c}\",method=\"GET\",mode=\"{mode}\",target=\"{target}\"}}"
-            ),
-        )
-    };
+    let code_in = |mode: &str, c: &str| probes(&m, mode, c);
     let code = |c: &str| code_in("new_connection", c);
     assert!(code("200") >= 3.0, "probes while ready: {m}");
     assert!(

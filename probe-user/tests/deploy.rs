@@ -5,6 +5,8 @@
 //! daemon started with exactly the DaemonSet's capabilities loads and
 //! attaches everything, while each capability removed shows what breaks.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{ErrorKind, Read, Write},
@@ -1551,6 +1553,32 @@ fn family_of(name: &str, fams: &BTreeMap<String, String>) -> Option<String> {
     })
 }
 
+/// IPv4 TCP sockets of this namespace (`/proc/net/tcp`) on `port` at either end:
+/// (local port, remote port, state, receive queue). For a listener the receive queue
+/// is its accept queue.
+fn tcp_sockets(port: u16) -> Vec<(u16, u16, u8, u32)> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let hex_port = |a: &str| {
+        a.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = hex_port(f.get(1)?)?;
+            let remote = hex_port(f.get(2)?)?;
+            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            let rx = u32::from_str_radix(f.get(4)?.split_once(':')?.1, 16).ok()?;
+            Some((local, remote, state, rx))
+        })
+        .filter(|(l, r, _, _)| *l == port || *r == port)
+        .collect()
+}
+
+const TCP_SYN_SENT: u8 = 2;
+const TCP_LISTEN: u8 = 10;
+
 /// Traffic on a watched port over loopback that creates every lazily
 /// registered series the dashboard and alerts use.
 fn drive_traffic(port: u16) {
@@ -1595,12 +1623,43 @@ fn drive_traffic(port: u16) {
     // Aborted mid-handshake: with the accept queue full (backlog 0, one
     // queued) the next SYN is dropped; the client gives up while SYN_SENT.
     let queued = TcpStream::connect_timeout(&at, Duration::from_secs(2)).expect("queued");
-    std::thread::sleep(Duration::from_millis(50));
+    // Full once the kernel has queued that connection (the client may see the
+    // handshake done a moment before the listener side has).
+    common::wait_for(
+        Duration::from_secs(10),
+        "the first connection in the listener's accept queue",
+        || {
+            let socks = tcp_sockets(at.port());
+            let queue = socks
+                .iter()
+                .find(|(l, _, st, _)| *l == at.port() && *st == TCP_LISTEN)
+                .map_or(0, |s| s.3);
+            if queue >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{socks:?}"))
+            }
+        },
+    );
     let pending =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     pending.set_nonblocking(true).expect("nonblocking");
     let _ = pending.connect(&at.into());
-    std::thread::sleep(Duration::from_millis(300));
+    // Checked, not assumed: with the queue full nothing answers the SYN, so the
+    // socket is still connecting when it is dropped.
+    let local = pending
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .expect("the pending socket's port");
+    let socks = tcp_sockets(at.port());
+    assert!(
+        socks
+            .iter()
+            .any(|(l, r, st, _)| (*l, *r, *st) == (local, at.port(), TCP_SYN_SENT)),
+        "the second connect should be left in SYN_SENT: {socks:?}"
+    );
     drop(pending);
     drop(queued);
     drop(listener);

@@ -247,19 +247,42 @@ fn syn_into_blackhole_times_out_with_retransmits() {
     let kind = pair.in_client(move || connect_err(to));
     let took = started.elapsed();
     assert_eq!(kind, std::io::ErrorKind::TimedOut, "after {took:?}");
-    let syns: Vec<String> = dump
-        .finish()
-        .into_iter()
-        .filter(|l| l.contains("Flags [S]"))
-        .collect();
-    assert!(
-        syns.len() >= 2,
-        "at least one retransmit on the wire: {syns:?}"
-    );
 
     let evs = d.wait_for(&[&pair.client_v4], "timed out", |e| {
         !of_kind(e, "timed_out").is_empty()
     });
+    // tcpdump prints a packet a moment after it crossed the wire: wait until it has
+    // printed as many SYNs as the event claims (a deadline ends the wait if the event
+    // claims too many), then compare exactly.
+    let claimed = evs
+        .iter()
+        .find(|e| e["kind"] == "timed_out")
+        .and_then(|e| e["retransmits"].as_u64())
+        .unwrap_or(0) as usize
+        + 1;
+    let syn_lines = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| l.contains("Flags [S]"))
+            .collect()
+    };
+    common::wait_for(
+        Duration::from_secs(10),
+        &format!("tcpdump to print the {claimed} SYNs the event counts"),
+        || {
+            let syns = syn_lines(dump.lines());
+            if syns.len() >= claimed {
+                Ok(())
+            } else {
+                Err(format!("{syns:?}"))
+            }
+        },
+    );
+    let syns = syn_lines(dump.finish());
+    assert!(
+        syns.len() >= 2,
+        "at least one retransmit on the wire: {syns:?}"
+    );
     assert_eq!(kinds(&evs), ["connect_attempt", "timed_out"], "{evs:#?}");
     let t = &evs[1];
     assert_eq!(t["errno"], 110);
@@ -414,39 +437,77 @@ fn tiny_ring_buffer_loses_only_what_it_counts() {
     let connects = 200;
     let pair = Pair::new();
     let d = Daemon::start(&["--port", &port.to_string(), "--ringbuf-bytes", "4096"]);
-    // Stop the reader so the burst must overflow the 4 KiB buffer.
+    // Stop the reader so the burst must overflow the 4 KiB buffer; `kill` only queues
+    // the signal, so wait until the daemon is really stopped.
     d.signal(libc::SIGSTOP);
+    common::wait_for(
+        Duration::from_secs(10),
+        "the daemon to stop on SIGSTOP",
+        || common::all_threads_stopped(d.pid()),
+    );
     let to = addr(&pair.server_v4, port);
     pair.in_client(move || {
         for _ in 0..connects {
             assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused);
         }
     });
+    // Each connect returned only after its four events were emitted or counted lost,
+    // all while the daemon was stopped: the kernel's counts are final now.
     d.signal(libc::SIGCONT);
     // Four events per refused connect: attempt, RST sent, RST received, refused.
     let expected = 4 * connects;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut received, mut lost);
-    loop {
-        let m = d.metrics();
-        received = d.events_for(&[&pair.client_v4]).len();
-        lost = common::parse_metric(
-            &m,
+    const KINDS: [&str; 4] = ["connect_attempt", "reset_sent", "reset_received", "refused"];
+    let lost_of = |m: &str| {
+        common::parse_metric(
+            m,
             "drainwatch_events_lost_total{stage=\"kernel_ringbuf_full\"}",
-        ) as usize;
-        if received + lost >= expected || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let m = d.metrics();
-    received = d.events_for(&[&pair.client_v4]).len();
-    lost = common::parse_metric(
-        &m,
-        "drainwatch_events_lost_total{stage=\"kernel_ringbuf_full\"}",
-    ) as usize;
+        ) as usize
+    };
+    let lost_kind_of = |m: &str, kind: &str| {
+        common::parse_metric(
+            m,
+            &format!("drainwatch_events_lost_by_kind_total{{kind=\"{kind}\"}}"),
+        ) as usize
+    };
+    // The loss poller's first round after SIGCONT exports those final counts (all of
+    // them, kinds included, once everything adds up); until then the sums fall short.
+    let m = common::wait_for(
+        Duration::from_secs(10),
+        "received + lost to account for every event, in total and per kind",
+        || {
+            let m = d.metrics();
+            let evs = d.events_for(&[&pair.client_v4]);
+            let total = evs.len() + lost_of(&m);
+            let short: Vec<String> = KINDS
+                .iter()
+                .filter(|k| of_kind(&evs, k).len() + lost_kind_of(&m, k) < connects)
+                .map(|k| k.to_string())
+                .collect();
+            if total >= expected && short.is_empty() {
+                Ok(m)
+            } else {
+                Err(format!("{total} of {expected}; kinds short: {short:?}"))
+            }
+        },
+    );
+    let lost = lost_of(&m);
     assert!(lost > 0, "the burst should overflow a 4 KiB ring buffer");
+    // Stopping drains the ring buffer to the end before exit: the events printed by
+    // then are all there will ever be, so an extra one (counted twice) shows here.
+    let (st, all) = d.stop_collect();
+    assert!(st.success());
+    let evs: Vec<serde_json::Value> = all
+        .into_iter()
+        .filter(|e| {
+            ["local", "remote"].iter().any(|k| {
+                e[*k]
+                    .as_str()
+                    .and_then(|s| s.parse::<SocketAddr>().ok())
+                    .is_some_and(|a| a.ip().to_string() == pair.client_v4)
+            })
+        })
+        .collect();
+    let received = evs.len();
     assert!(received > 0);
     assert_eq!(
         received + lost,
@@ -454,20 +515,15 @@ fn tiny_ring_buffer_loses_only_what_it_counts() {
         "received {received} + lost {lost}"
     );
     // And per kind: each of the four happened once per connect.
-    let evs = d.events_for(&[&pair.client_v4]);
-    for kind in ["connect_attempt", "reset_sent", "reset_received", "refused"] {
+    for kind in KINDS {
         let got = of_kind(&evs, kind).len();
-        let lost_kind = common::parse_metric(
-            &m,
-            &format!("drainwatch_events_lost_by_kind_total{{kind=\"{kind}\"}}"),
-        ) as usize;
+        let lost_kind = lost_kind_of(&m, kind);
         assert_eq!(
             got + lost_kind,
             connects,
             "{kind}: received {got} + lost {lost_kind}"
         );
     }
-    assert!(d.stop().success());
 }
 
 #[test]
@@ -651,7 +707,10 @@ fn signals_and_exits_of_watched_processes() {
         e["kind"] == "process_exit" && e["pid"] == owner_pid
     });
 
-    std::thread::sleep(Duration::from_millis(300));
+    // No wait needed for the absence check: the unwatched process was signalled and
+    // reaped before the listener owner was even started, and every event goes through
+    // one ring buffer read in order, so anything reported about it came before the
+    // owner's exit, which has been read.
     let other_pid = other.id();
     assert!(
         !d.events().iter().any(|e| e["pid"] == other_pid),
@@ -693,7 +752,10 @@ fn refusals_after_the_listener_closed_become_a_verdict_live_and_offline() {
     pair.in_client(move || drop(TcpStream::connect(server).expect("connect")));
     drop(l.accept().expect("accept"));
     drop(l);
-    std::thread::sleep(Duration::from_millis(200));
+    // The daemon has seen the listener close before the refusals come.
+    wait_event(&d, "the listener's close", |e| {
+        e["kind"] == "listen_close" && e["local"] == format!("{}:6443", pair.server_v4)
+    });
     // ...and clients keep coming: three refused connections.
     pair.in_client(move || {
         for _ in 0..3 {
@@ -761,17 +823,18 @@ fn netns_filter_reports_only_the_chosen_namespace() {
     let pair = Pair::new();
     let client_ns = format!("/run/netns/{}", pair.client);
     let d = Daemon::start(&["--netns", &client_ns, "--no-wire"]);
-    // A refusal between the two namespaces: only the client's half is ours.
-    let to = addr(&pair.server_v4, 6443);
-    pair.in_client(move || assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused));
-    // And a listener in the server namespace: not ours either.
+    // A listener in the server namespace: not ours.
     let server = addr(&pair.server_v4, 6443);
     pair.in_server(move || drop(TcpListener::bind(server).expect("bind")));
-    d.wait_for(&[&pair.client_v4, &pair.server_v4], "refused", |e| {
+    // Then a refusal between the two namespaces: only the client's half is ours. Its
+    // `refused` is the last event of all this (the client's socket closes on the RST
+    // the server sent), and the ring buffer is read in order: once it is in, anything
+    // wrongly reported from the server namespace is in too.
+    let to = addr(&pair.server_v4, 6443);
+    pair.in_client(move || assert_eq!(connect_err(to), std::io::ErrorKind::ConnectionRefused));
+    let evs = d.wait_for(&[&pair.client_v4, &pair.server_v4], "refused", |e| {
         !of_kind(e, "refused").is_empty()
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let evs = d.events_for(&[&pair.client_v4, &pair.server_v4]);
     assert_eq!(
         kinds(&evs),
         ["connect_attempt", "reset_received", "refused"],
@@ -818,8 +881,27 @@ fn error_reports_of_refused_connects_do_not_linger_in_the_kernel_tables() {
     d.wait_for(&[&pair.client_v4], "200 refused", |e| {
         of_kind(e, "refused").len() == 200
     });
-    // The tables are counted every 15 s.
-    std::thread::sleep(Duration::from_secs(16));
+    // The tables are counted every 15 s (and once at start, before any traffic): the
+    // check needs a count taken after the refusals, and a table still at 0 cannot show
+    // one. A connection held open puts its two sockets (client and server end) in
+    // `socks`; the first count showing them came after every refusal.
+    let server = addr(&pair.server_v4, port);
+    let listener = pair.in_server(move || TcpListener::bind(server).expect("bind"));
+    let held = pair.in_client(move || TcpStream::connect(server).expect("connect"));
+    let (held_server, _) = listener.accept().expect("accept");
+    let socks = "drainwatch_map_entries{map=\"socks\"}";
+    common::wait_for(
+        Duration::from_secs(30),
+        "a table count after the refusals (the held connection in socks)",
+        || {
+            let m = d.metrics();
+            if common::parse_metric(&m, socks) > 0.0 {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        },
+    );
     let m = d.metrics();
     assert_eq!(
         common::parse_metric(&m, "drainwatch_map_capacity{map=\"recent_err\"}"),
@@ -830,12 +912,18 @@ fn error_reports_of_refused_connects_do_not_linger_in_the_kernel_tables() {
         m.contains("drainwatch_map_entries{map=\"recent_err\"}"),
         "{m}"
     );
-    for map in ["recent_err", "pending", "socks"] {
+    for map in ["recent_err", "pending"] {
         assert_eq!(
             common::parse_metric(&m, &format!("drainwatch_map_entries{{map=\"{map}\"}}")),
             0.0,
             "{map}: {m}"
         );
     }
+    assert_eq!(
+        common::parse_metric(&m, socks),
+        2.0,
+        "only the held connection's two sockets: {m}"
+    );
+    drop((held, held_server, listener));
     assert!(d.stop().success());
 }

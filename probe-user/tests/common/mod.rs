@@ -18,6 +18,50 @@ use std::{
 
 use serde_json::Value;
 
+/// How often a wait re-checks its condition: short next to what is waited on, long
+/// enough not to compete with it for the CPU.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `cond` returns `Ok`. Tests order steps across processes on the event
+/// itself (a daemon line, a metric, a socket or process state), never on a sleep: on
+/// two busy cores a sleep is not an order. `within` only bounds a hang. `cond` returns
+/// `Err(what it saw)` while the event is missing; the failure names what was awaited
+/// and what was last seen.
+pub fn wait_for<T>(within: Duration, what: &str, mut cond: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match cond() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// True once every thread of `pid` is stopped (SIGSTOP has taken effect: the signal
+/// is only queued when `kill` returns).
+pub fn all_threads_stopped(pid: u32) -> Result<(), String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut states = Vec::new();
+    for t in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let t = t.map_err(|e| e.to_string())?;
+        let stat = std::fs::read_to_string(t.path().join("stat")).map_err(|e| e.to_string())?;
+        // The state follows the parenthesised command name, which may hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .unwrap_or('?');
+        states.push(state);
+    }
+    if !states.is_empty() && states.iter().all(|s| *s == 'T' || *s == 't') {
+        Ok(())
+    } else {
+        Err(format!("thread states {states:?}"))
+    }
+}
+
 /// Kernel tests share the host's tracepoints: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -432,7 +476,11 @@ impl Daemon {
         loop {
             let evs = self.events_for(addrs);
             if pred(&evs) {
-                // Let stragglers arrive so "exactly N" assertions are honest.
+                // Not an order but an observation window, so that "exactly N" assertions
+                // can fail: an extra event (a duplicate) emitted within 300 ms of the
+                // awaited ones is caught. Everything the awaited events depend on was
+                // already read (one ring buffer, read in order); a slow daemon can only
+                // make an extra event miss the window, never fail a correct run.
                 std::thread::sleep(Duration::from_millis(300));
                 return self.events_for(addrs);
             }
@@ -539,13 +587,25 @@ pub fn of_kind<'a>(evs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 pub struct Tcpdump {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Reads stdout until tcpdump closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Tcpdump {
     pub fn start(ns: &str, dev: &str, filter: &str) -> Tcpdump {
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", ns, "tcpdump", "-l", "-n", "-i", dev, filter,
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-l",
+                "-n",
+                // Each packet as it arrives, not when a ring block retires (1 s).
+                "--immediate-mode",
+                "-i",
+                dev,
+                filter,
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -554,7 +614,7 @@ impl Tcpdump {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l = lines.clone();
         let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 l.lock().expect("lines").push(line);
             }
@@ -571,7 +631,16 @@ impl Tcpdump {
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("tcpdump did not start");
-        Tcpdump { child, lines }
+        Tcpdump {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The packet lines printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
     }
 
     /// Stops the capture and returns the packet lines.
@@ -579,7 +648,10 @@ impl Tcpdump {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
+        // Every line is in once the reader has seen the end of tcpdump's stdout.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         self.lines.lock().expect("lines").clone()
     }
 }
