@@ -8,12 +8,14 @@
 //! the current response); in-flight requests and watches get up to the request timeout
 //! (`drained`), E4 `requests_cut` aborts what remains; E5 `exit`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -121,12 +123,33 @@ struct State {
     ready: AtomicBool,
     shutting_down: AtomicBool,
     inflight: AtomicUsize,
+    /// The raw sockets of open connections (by connection number), so a
+    /// hard close can let each read what already reached it first.
+    sockets: Mutex<HashMap<u64, RawFd>>,
+    next_conn: AtomicU64,
     rec: Recorder,
     name: String,
     token: Option<String>,
 }
 
 impl State {
+    /// Open connections whose socket still holds bytes the server has not
+    /// read (`SIOCINQ`).
+    fn unread_connections(&self) -> usize {
+        let Ok(sockets) = self.sockets.lock() else {
+            return 0;
+        };
+        sockets
+            .values()
+            .filter(|fd| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD (SIOCINQ) writes one int; a closed or
+                // reused fd fails or reports that socket, never more.
+                unsafe { libc::ioctl(**fd, libc::FIONREAD, &mut n) == 0 && n > 0 }
+            })
+            .count()
+    }
+
     fn record(&self, event: &str, detail: Value) {
         self.rec.write(&Lifecycle {
             t_ns: now_ns(),
@@ -192,6 +215,8 @@ pub async fn serve(cfg: Config) -> Result<(), ApiserverError> {
         ready: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         inflight: AtomicUsize::new(0),
+        sockets: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(0),
         rec: Recorder::open(&cfg.truth)?,
         name: cfg.name.clone(),
         token: cfg.token.clone(),
@@ -286,11 +311,22 @@ pub async fn serve(cfg: Config) -> Result<(), ApiserverError> {
     );
 
     if cfg.mode == ShutdownMode::HardClose {
+        // A request counts as in flight once it reached the server, not
+        // once hyper dispatched it: let every connection read what is
+        // already in its socket (hyper reads eagerly and dispatches a
+        // request as soon as its head is parsed) before counting and
+        // cutting. Bounded: an HTTP/1 connection busy with one request does
+        // not read a pipelined next one; such connections are reported.
+        let settle = Instant::now() + Duration::from_millis(200);
+        while state.unread_connections() > 0 && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let unread = state.unread_connections();
         let inflight = state.inflight.load(Ordering::SeqCst);
         conns.abort_all();
         state.record(
             "connections_closed",
-            json!({"connections": open, "inflight_cut": inflight}),
+            json!({"connections": open, "inflight_cut": inflight, "unread_connections": unread}),
         );
     } else {
         // The channel stays open until here, so every connection task sees the change.
@@ -326,8 +362,15 @@ async fn conn_task(
 ) {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
+    let _registered = Registered::new(&state, stream.as_raw_fd());
     let svc_state = Arc::clone(&state);
-    let svc = hyper::service::service_fn(move |req| handle(req, Arc::clone(&svc_state)));
+    // Counted in flight when hyper calls the service (the request head has
+    // been parsed), not when the handler first runs: HTTP/2 handlers are
+    // spawned tasks that may not have run yet when the server is cut.
+    let svc = hyper::service::service_fn(move |req| {
+        let inflight = Inflight::new(&svc_state);
+        handle(req, Arc::clone(&svc_state), inflight)
+    });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let result = match tls {
         Some(acceptor) => {
@@ -346,6 +389,27 @@ async fn conn_task(
     };
     if let Err(e) = result {
         state.record("conn_error", json!({"peer": peer.to_string(), "error": e}));
+    }
+}
+
+/// A connection's socket listed in [`State::sockets`] while it is open.
+struct Registered(Arc<State>, u64);
+
+impl Registered {
+    fn new(state: &Arc<State>, fd: RawFd) -> Self {
+        let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = state.sockets.lock() {
+            s.insert(id, fd);
+        }
+        Registered(Arc::clone(state), id)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.sockets.lock() {
+            s.remove(&self.1);
+        }
     }
 }
 
@@ -482,8 +546,11 @@ fn health(path: &str, verbose: bool, state: &State) -> Response<Body> {
     }
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
-    let inflight = Inflight::new(&state);
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    inflight: Inflight,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     let q = k8s::parse_query(&query);

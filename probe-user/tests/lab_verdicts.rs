@@ -528,19 +528,36 @@ fn hard_close_verdict_counts_the_cut_requests() {
     assert!(cut > 0, "the scenario cut something");
     let hard = o.of_cause("hard_close");
     assert_eq!(hard.len(), 1, "{}", o.dump());
-    // The stand-in counts a request in flight once its handler runs, so a
-    // request that has arrived but is not dispatched yet is cut without
-    // being counted (seen: stand-in 2, clients 3, drainwatch 3); the
-    // clients' failures at the close instant bound it from above (a request
-    // still on the wire is cut with nothing pending at the server).
+    // The stand-in counts a request once it reached the server (it lets
+    // every connection read what is in its socket before cutting), so its
+    // count is exact; the clients' failures at the close instant bound it
+    // from above (a request still on the wire is cut with nothing pending
+    // at the server).
+    let unread = o.truth["lifecycle"]
+        .as_array()
+        .expect("lifecycle")
+        .iter()
+        .find(|l| l["instance"] == "m1" && l["event"] == "connections_closed")
+        .and_then(|l| l["detail"]["unread_connections"].as_u64());
+    assert_eq!(
+        unread,
+        Some(0),
+        "the stand-in's count is exact only when every connection read its socket"
+    );
     let closed_at = o
         .lifecycle("m1", "connections_closed")
         .expect("connections closed");
     let at_close = failed_at(&o, "worker-", closed_at);
     let n = hard[0]["count"].as_u64().expect("count");
+    assert_eq!(
+        n,
+        cut,
+        "the stand-in cut {cut} requests in flight, the verdict counts {n}; {}",
+        o.dump()
+    );
     assert!(
-        cut <= n && n <= at_close,
-        "{n} cut; the stand-in counted {cut} in flight, the clients saw {at_close} cut; {}",
+        n <= at_close,
+        "{n} cut; the clients saw {at_close} cut; {}",
         o.dump()
     );
     assert_eq!(o.verdicts().len(), 1, "nothing else: {}", o.dump());
