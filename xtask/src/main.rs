@@ -4,7 +4,8 @@
 //!   nightly toolchain, bpf-linker, Debian packages for the tests).
 //! - `run`: set-up, build, then start the daemon with root rights.
 //! - `test`: set-up, rustfmt and clippy checks, then every test (the kernel
-//!   tests need root and run for real).
+//!   tests need root and run for real); `--repeat N` runs the
+//!   timing-sensitive test binaries N times each instead.
 //! - `check`: `drainwatch run --check` after set-up and build.
 //! - `vm-test`: `drainwatch selftest` on Debian's 6.1 and 6.12 kernels under
 //!   QEMU and natively, with an instruction budget per program.
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod compare;
 mod fuzz;
+mod repeat;
 mod soak;
 mod vmtest;
 
@@ -55,7 +57,16 @@ enum Cmd {
         /// Skip rustfmt and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Instead of the suite: build the timing-sensitive test binaries
+        /// once and run each N times in a row, counting passes and failures
+        /// per binary (fails if any run failed).
+        #[arg(long, value_name = "N")]
+        repeat: Option<u32>,
+        /// With --repeat: only these test binaries (e.g. `kernel,standin`).
+        #[arg(long, value_delimiter = ',', requires = "repeat")]
+        only: Vec<String>,
+        /// Extra arguments for `cargo test` (e.g. a test name filter); with
+        /// --repeat, for each test binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -626,10 +637,24 @@ fn main() -> anyhow::Result<()> {
             setup(false)?;
             lint()
         }
-        Cmd::Test { no_lint, args } => {
+        Cmd::Test {
+            no_lint,
+            repeat,
+            only,
+            args,
+        } => {
             setup(true)?;
             if !no_lint {
                 lint()?;
+            }
+            if let Some(rounds) = repeat {
+                if !is_root() {
+                    bail!("--repeat needs root: a skipped test would count as a pass");
+                }
+                let target = env::var("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|_| root_dir().join("target"));
+                return repeat::repeat(&root_dir(), &target, rounds.max(1), &only, &args);
             }
             if !is_root() {
                 eprintln!(
