@@ -263,8 +263,19 @@ pub fn readiness_detection(p: &Probe) -> Duration {
     Duration::from_secs(period * failures + timeout)
 }
 
-fn is_serving(c: &Container) -> bool {
-    c.ports.as_ref().is_some_and(|p| !p.is_empty()) || is_kube_apiserver(c)
+/// Whether the container accepts connections: it declares ports, or its readiness probe
+/// checks a port (then something listens there: `ports:` is informational in Kubernetes
+/// and often left out), or it is kube-apiserver.
+pub fn is_serving(c: &Container) -> bool {
+    c.ports.as_ref().is_some_and(|p| !p.is_empty())
+        || c.readiness_probe.as_ref().is_some_and(probe_targets_port)
+        || is_kube_apiserver(c)
+}
+
+/// httpGet, tcpSocket and grpc probes connect to a port (by number or by name); exec
+/// probes say nothing about one.
+fn probe_targets_port(p: &Probe) -> bool {
+    p.http_get.is_some() || p.tcp_socket.is_some() || p.grpc.is_some()
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -457,6 +468,52 @@ pub fn audit_pod(
                 format_duration(required_grace)
             ),
             suggested: ceil_secs(suggested_grace).to_string(),
+        });
+    }
+
+    // The grace period runs from deletion, preStop included: a sleep that uses all of it
+    // leaves nothing for the application's own shutdown (the grace-period finding gives
+    // the total; this one says what actually happens).
+    if let PreStop::Sleep(d) = p.pre_stop
+        && d >= grace
+    {
+        out.push(Finding {
+            severity: Severity::Error,
+            rule: "prestop-sleep-exceeds-grace",
+            container: main.name.clone(),
+            field: format!("{main_path}.lifecycle.preStop"),
+            current: format!(
+                "sleep {} with terminationGracePeriodSeconds {}",
+                format_duration(d),
+                format_duration(grace)
+            ),
+            why: format!(
+                "the preStop sleep ({}) does not end before the {} grace period does, so {} gets \
+                 SIGTERM with no time left: when the grace period ends kubelet sends SIGTERM with \
+                 the hook still running and SIGKILL 2s later (its one-off extension), and \
+                 in-flight requests are cut (Kubernetes docs, Pod Lifecycle: Termination of \
+                 Pods: the grace period countdown includes the preStop hook)",
+                format_duration(d),
+                format_duration(grace),
+                main.name
+            ),
+            // A server's need after SIGTERM is known (its request timeout); another
+            // program's is not, so no number is made up for it.
+            suggested: if drain.is_zero() {
+                format!(
+                    "terminationGracePeriodSeconds above {} by the time {} needs to exit after \
+                     SIGTERM, or a shorter sleep",
+                    ceil_secs(d),
+                    main.name
+                )
+            } else {
+                format!(
+                    "terminationGracePeriodSeconds: {} (the sleep and what {} needs after \
+                     SIGTERM), or a shorter sleep",
+                    ceil_secs(suggested_grace),
+                    main.name
+                )
+            },
         });
     }
 
@@ -877,8 +934,90 @@ containers:
         let f = audit(
             "terminationGracePeriodSeconds: 10\ncontainers: [{name: w, lifecycle: {preStop: {exec: {command: [sleep, '1m']}}}}]\n",
         );
-        assert_eq!(rules(&f), vec![("grace-period", "w", Severity::Error)]);
+        assert_eq!(
+            rules(&f),
+            vec![
+                ("grace-period", "w", Severity::Error),
+                ("prestop-sleep-exceeds-grace", "w", Severity::Error),
+            ]
+        );
         assert_eq!(f[0].suggested, "60");
+        // No request timeout to add for a program that serves nothing: no number made up.
+        assert!(
+            f[1].suggested
+                .starts_with("terminationGracePeriodSeconds above 60 by the time w needs"),
+            "{}",
+            f[1].suggested
+        );
+    }
+
+    #[test]
+    fn readiness_probe_on_a_port_means_serving_without_ports() {
+        // No `ports:`: this passed as "not serving", yet sleep 30 with grace 30 leaves the
+        // application no time at all after SIGTERM.
+        let yaml = r#"
+terminationGracePeriodSeconds: 30
+containers:
+- name: app
+  lifecycle: {preStop: {exec: {command: ["sleep", "30"]}}}
+  readinessProbe: PROBE
+- name: proxy
+  readinessProbe: {tcpSocket: {port: 4180}}
+"#;
+        for probe in [
+            "{httpGet: {path: /ready, port: 8080}}",
+            "{httpGet: {path: /ready, port: http}}",
+            "{tcpSocket: {port: 9000}}",
+            "{grpc: {port: 9090}}",
+        ] {
+            let f = audit(&yaml.replace("PROBE", probe));
+            let r = rules(&f);
+            assert_eq!(
+                r[..2],
+                [
+                    ("grace-period", "app", Severity::Error),
+                    ("prestop-sleep-exceeds-grace", "app", Severity::Error),
+                ],
+                "{probe}: {f:#?}"
+            );
+            assert!(
+                f[0].why.contains(
+                    "preStop sleep 30s + request timeout 30s (audit --request-timeout) = 60s"
+                ),
+                "{}",
+                f[0].why
+            );
+            assert_eq!(
+                f[1].field,
+                "spec.template.spec.containers[0].lifecycle.preStop"
+            );
+            assert_eq!(
+                f[1].current,
+                "sleep 30s with terminationGracePeriodSeconds 30s"
+            );
+            assert!(
+                f[1].why.contains("app gets SIGTERM with no time left"),
+                "{}",
+                f[1].why
+            );
+            // The sidecar probed on a port serves too: a missing hook is an error.
+            assert!(
+                r.contains(&("sidecar-prestop", "proxy", Severity::Error)),
+                "{probe}: {r:?}"
+            );
+        }
+
+        // An exec probe says nothing about a port: not serving, and a 20s sleep fits.
+        let f = audit(
+            r#"
+terminationGracePeriodSeconds: 30
+containers:
+- name: worker
+  lifecycle: {preStop: {exec: {command: ["sleep", "20"]}}}
+  readinessProbe: {exec: {command: [cat, /tmp/ready]}}
+"#,
+        );
+        assert_eq!(f, vec![]);
     }
 
     #[test]
