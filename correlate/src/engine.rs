@@ -542,6 +542,8 @@ enum Item {
         what: String,
         strong: bool,
     },
+    /// A queued, never-accepted connection reset at listener close.
+    AcceptQueueReset { path: Path },
     /// A probe request failed because of a GOAWAY.
     ProbeGoaway,
     /// A middlebox reset an idle flow; `answered` when it answered a
@@ -608,6 +610,9 @@ fn item_of(cfg: &Config, o: &Observation) -> Option<(Item, bool)> {
                     && matches!(state.as_deref(), Some("ESTABLISHED" | "CLOSE_WAIT")),
             },
             _ => return None,
+        },
+        Obs::AcceptQueueReset { client, server } => Item::AcceptQueueReset {
+            path: cfg.classify(client, server),
         },
         Obs::ResetReceived {
             client,
@@ -705,6 +710,7 @@ fn client_of(k: &Obs) -> Option<SocketAddr> {
         | Obs::Accepted { client, .. }
         | Obs::ResetSent { client, .. }
         | Obs::ResetReceived { client, .. }
+        | Obs::AcceptQueueReset { client, .. }
         | Obs::ConnClosed { client, .. } => Some(*client),
         Obs::WireReset { client, .. } | Obs::ProbeResult { client, .. } => *client,
         _ => None,
@@ -1321,6 +1327,7 @@ fn compute<'a>(
     let mut refusals: BTreeMap<(Owner, Path), Vec<&It>> = BTreeMap::new();
     let mut cuts: BTreeMap<Owner, Vec<&It>> = BTreeMap::new();
     let mut probe_goaways: BTreeMap<Owner, Vec<&It>> = BTreeMap::new();
+    let mut queue_resets: BTreeMap<(Owner, Path), Vec<&It>> = BTreeMap::new();
     let mut idle: BTreeMap<Option<String>, Vec<&It>> = BTreeMap::new();
     let mut arrivals: BTreeMap<(String, usize), Vec<&It>> = BTreeMap::new();
     for it in &items {
@@ -1352,6 +1359,10 @@ fn compute<'a>(
                 .or_default()
                 .push(it),
             Item::IdleReset { .. } => idle.entry(it.inst.clone()).or_default().push(it),
+            Item::AcceptQueueReset { path } => queue_resets
+                .entry(((it.inst.clone(), cyc), *path))
+                .or_default()
+                .push(it),
         }
     }
 
@@ -1426,6 +1437,42 @@ fn compute<'a>(
             sentence,
             fix,
             measured: Some(Measured::NotListening { seconds }),
+        });
+    }
+
+    // Connections reset in the accept queue, by (instance, rollout, path):
+    // each one is a client whose connection was completed by the kernel
+    // and then reset without an answer. One per connection (the kernel
+    // reports each once); the window runs from the listener's close.
+    for (((inst, cyc), path), its) in queue_resets {
+        let group = Group::new(its.into_iter().map(|i| vec![i]).collect());
+        let c = cyc_ref(&inst, cyc);
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            continue;
+        };
+        let e3 = c
+            .and_then(|c| c.marks.get(&PhaseKind::ListenerClosed))
+            .filter(|m| m.t <= first.t.saturating_add(tol));
+        let (from, from_wall) = match e3 {
+            Some(m) => (m.t.min(first.t), m.wall.clone()),
+            None => (first.t, first.wall.clone()),
+        };
+        let seconds = dsecs(from, last.t);
+        let (sentence, fix) =
+            text::accept_queue_reset(inst.as_deref(), path, group.attempts.len(), seconds);
+        let mut g = group;
+        if let Some(m) = e3 {
+            g.extra_ids.extend(m.ids.iter().copied());
+        }
+        drafts.push(Draft {
+            cause: Cause::AcceptQueueReset { path },
+            instance: inst,
+            cycle: cyc,
+            group: g,
+            window: Some((from, last.t, from_wall, last.wall.clone())),
+            sentence,
+            fix,
+            measured: None,
         });
     }
 

@@ -83,6 +83,14 @@
 //!   prober failures within `tol` of E3 or later in the shutdown ->
 //!   HardClose. Kernel cuts outside these are ordinary client aborts and
 //!   ignored; prober failures nothing explains -> [`Cause::Unexplained`].
+//! - [`Cause::AcceptQueueReset`]: every connection the apiserver's kernel
+//!   reset while it was still in the listener's accept queue (completed by
+//!   the kernel, never accepted by the application: the RST's socket has
+//!   no `struct socket` and is ESTABLISHED or CLOSE_WAIT), one per
+//!   connection, grouped by instance, rollout and path. Window: listener
+//!   close to the last reset. Blind spots: kernels whose BTF lacks
+//!   `sock.sk_socket` give no such evidence, and a pcap cannot tell a
+//!   queued connection from an accepted one.
 //! - [`Cause::SigkillAfterGrace`]: one per rollout with a SIGKILL (observed
 //!   or inferred), grace = SIGKILL - SIGTERM, count = what it cut.
 //! - [`Cause::GoawayThenFailed`]: also every prober request that failed

@@ -274,6 +274,16 @@ pub enum Obs {
         #[serde(default)]
         state: Option<String>,
     },
+    /// The apiserver's kernel reset a connection it had completed but the
+    /// application never accepted: the listener closed with it still in
+    /// the accept queue (kernel `reset_sent` on a socket with no `struct
+    /// socket`).
+    AcceptQueueReset {
+        /// The other end.
+        client: SocketAddr,
+        /// The apiserver's end.
+        server: SocketAddr,
+    },
     /// A client on this node received an RST from the apiserver.
     ResetReceived {
         /// This node's end.

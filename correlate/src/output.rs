@@ -22,9 +22,16 @@ pub enum Cause {
     LbDetectionSlow,
     /// Requests still in flight were cut at the request timeout (E4).
     InflightCutAtTimeout,
-    /// Connections cut without draining while shutting down (seed 003's
-    /// `httpServer.Close()`).
+    /// Connections cut without draining while shutting down (an HTTP
+    /// server's `Close()` instead of a graceful shutdown).
     HardClose,
+    /// Connections the kernel had completed but the application never
+    /// accepted, reset when the listener closed with them still queued, by
+    /// path (through an LB, the client typically gets a 502/503).
+    AcceptQueueReset {
+        /// How the reset connections were routed.
+        path: Path,
+    },
     /// A GOAWAY was sent, and requests still failed after it.
     GoawayThenFailed,
     /// Idle connections reset by a middlebox (seed 002).
@@ -36,6 +43,23 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every value [`Cause::label`] gives, so exporters can start each
+    /// series at zero (alerts then see a zero, not an absent series).
+    pub const LABELS: &'static [&'static str] = &[
+        "refused_local_hairpin",
+        "refused_via_lb",
+        "refused_direct",
+        "refused_unknown_path",
+        "lb_detection_slow",
+        "inflight_cut_at_timeout",
+        "hard_close",
+        "accept_queue_reset",
+        "goaway_then_failed",
+        "idle_reset_by_middlebox",
+        "sigkill_after_grace",
+        "unexplained",
+    ];
+
     /// A bounded label value for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -48,6 +72,7 @@ impl Cause {
             Cause::LbDetectionSlow => "lb_detection_slow",
             Cause::InflightCutAtTimeout => "inflight_cut_at_timeout",
             Cause::HardClose => "hard_close",
+            Cause::AcceptQueueReset { .. } => "accept_queue_reset",
             Cause::GoawayThenFailed => "goaway_then_failed",
             Cause::IdleResetByMiddlebox => "idle_reset_by_middlebox",
             Cause::SigkillAfterGrace => "sigkill_after_grace",

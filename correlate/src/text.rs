@@ -160,6 +160,35 @@ pub(crate) fn hard_close(inst: Option<&str>, n: usize, whats: &[String]) -> (Str
     )
 }
 
+pub(crate) fn accept_queue_reset(
+    inst: Option<&str>,
+    path: Path,
+    n: usize,
+    seconds: f64,
+) -> (String, String) {
+    let how = match path {
+        Path::ViaLb => " (through the load balancer: its clients typically got a 502 or 503)",
+        Path::LocalHairpin => " (this master's own clients, through the VIP)",
+        Path::Direct => " (clients connected directly)",
+        Path::Unknown => "",
+    };
+    let conns = plural(n, "connection", "connections");
+    (
+        format!(
+            "{} closed its listener with {conns} still waiting in the accept queue: the kernel had completed {} but the server never accepted {}, so each was reset{how}{}",
+            who(inst),
+            if n == 1 { "its handshake" } else { "their handshakes" },
+            if n == 1 { "it" } else { "them" },
+            if seconds >= 0.05 {
+                format!(", over {seconds:.1} s")
+            } else {
+                String::new()
+            }
+        ),
+        "new connections must stop arriving before the listener closes: let the LB take the instance out first (health-check /readyz faster than the shutdown delay, or lengthen shutdown-delay-duration), and have the server accept and serve what is queued before closing its listener".into(),
+    )
+}
+
 pub(crate) fn unexplained(inst: Option<&str>, n: usize, whats: &[String]) -> (String, String) {
     (
         format!(

@@ -87,6 +87,13 @@ pub mod flags {
     /// had come from the client (`lrcvtime` after `lsndtime`): a request it
     /// was still owed an answer to.
     pub const REQUEST_PENDING: u32 = 1 << 12;
+    /// Reset sent: the socket had no `struct socket` (`sk_socket` NULL),
+    /// checked because the BTF offset is known. With [`NEVER_ACCEPTED`] set
+    /// the application never `accept()`ed it.
+    pub const ACCEPT_CHECKED: u32 = 1 << 13;
+    /// Reset sent by a server socket in ESTABLISHED or CLOSE_WAIT that the
+    /// application never accepted: a listener closed with it still queued.
+    pub const NEVER_ACCEPTED: u32 = 1 << 14;
 }
 
 /// One event, written by the kernel programs and decoded by the daemon.

@@ -165,7 +165,9 @@ pub struct TcpSockLayout {
     pub rcv_tstamp: u16,
     /// `inet_connection_sock.icsk_ack.lrcvtime`: last data received (jiffies).
     pub lrcvtime: u16,
-    pub _pad: u16,
+    /// `sock.sk_socket`: NULL for a connection the kernel completed but the
+    /// application never `accept()`ed (still in the listener's queue).
+    pub sk_socket: u16,
 }
 
 impl TcpSockLayout {
@@ -177,7 +179,7 @@ impl TcpSockLayout {
         lsndtime: FIELD_ABSENT,
         rcv_tstamp: FIELD_ABSENT,
         lrcvtime: FIELD_ABSENT,
-        _pad: 0,
+        sk_socket: FIELD_ABSENT,
     };
 }
 

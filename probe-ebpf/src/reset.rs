@@ -39,6 +39,21 @@ fn socket_view(sk: u64) -> Option<([u64; 4], u32)> {
     ))
 }
 
+/// Whether the application holds the socket (`sk_socket` set): `false` for
+/// a connection the kernel completed that is still in a listener's accept
+/// queue (and for one the application already closed: orphaned sockets have
+/// no `struct socket` either; userspace tells them apart by state). `None`
+/// when the BTF offset is unknown.
+#[inline(always)]
+fn accepted_by_app(sk: u64) -> Option<bool> {
+    let l = TCP_SOCK_LAYOUT.load();
+    if l.present == 0 || sk == 0 {
+        return None;
+    }
+    let socket: u64 = sk_read(sk, l.sk_socket)?;
+    Some(socket != 0)
+}
+
 /// The state to report and how the connection's age is known, from the
 /// program's own socket table. A socket that an abortive close already moved
 /// to CLOSE is reported in the state it was in before (ESTABLISHED, ...).
@@ -69,33 +84,48 @@ pub fn send_reset(ctx: &TracePointContext) -> Option<()> {
     if !in_ns {
         return None;
     }
-    let kstate = field::<i32>(ctx, l.state).map(|s| s as u8);
+    // Plain values, each written on every path: with `Option`s, LLVM loads
+    // an absent payload's stack slot before testing it, and the 5.10
+    // verifier rejects reading stack that was never written.
+    // Before 6.10 the record has no state: UNKNOWN, as when unreadable.
+    let kstate = field::<i32>(ctx, l.state).map_or(st::UNKNOWN, |s| s as u8);
     let reason = field::<u32>(ctx, l.reason);
+    let has_reason = reason.is_some();
+    let reason = reason.unwrap_or(0);
     let ts = now();
-    let tracked = tracked(sk);
+    let (is_tracked, t_state, t_est, t_flags) = match tracked(sk) {
+        Some((state, est, fl)) => (true, state, est, fl),
+        None => (false, st::UNKNOWN, 0, 0),
+    };
+    let accept_flags = match accepted_by_app(sk) {
+        Some(true) => flags::ACCEPT_CHECKED,
+        Some(false) => flags::ACCEPT_CHECKED | flags::NEVER_ACCEPTED,
+        None => 0,
+    };
     emit(kind::RESET_SENT, &tuple, |ev| {
         ev.sock = sk;
-        ev.state = kstate.unwrap_or(st::UNKNOWN);
+        ev.state = kstate;
+        ev.flags |= accept_flags;
         if sk == 0 {
             ev.flags |= flags::NO_SOCKET;
         }
-        if let Some((state, est, fl)) = tracked {
-            if kstate.is_none() || kstate == Some(st::CLOSE) {
-                ev.state = state;
+        if is_tracked {
+            if kstate == st::UNKNOWN || kstate == st::CLOSE {
+                ev.state = t_state;
                 ev.flags |= flags::STATE_TRACKED;
             }
-            if est != 0 {
-                ev.duration_ns = ts.saturating_sub(est);
+            if t_est != 0 {
+                ev.duration_ns = ts.saturating_sub(t_est);
             }
-            if fl & sock_flags::ACTIVE != 0 {
+            if t_flags & sock_flags::ACTIVE != 0 {
                 ev.flags |= flags::ACTIVE;
             }
-            if fl & sock_flags::PASSIVE != 0 {
+            if t_flags & sock_flags::PASSIVE != 0 {
                 ev.flags |= flags::PASSIVE;
             }
         }
-        if let Some(r) = reason {
-            ev.reason = r;
+        if has_reason {
+            ev.reason = reason;
             ev.flags |= flags::HAS_REASON;
         }
     });

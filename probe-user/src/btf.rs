@@ -321,7 +321,7 @@ impl Btf {
             lsndtime: off("tcp_sock", &["lsndtime"])?,
             rcv_tstamp: off("tcp_sock", &["rcv_tstamp"])?,
             lrcvtime: off("tcp_sock", &["inet_conn", "icsk_ack", "lrcvtime"])?,
-            _pad: 0,
+            sk_socket: off("sock", &["sk_socket"])?,
         })
     }
 
@@ -499,6 +499,7 @@ mod tests {
         let n = btf.netns_layout().expect("netns");
         assert!(n.skc_net > 0 && n.net_inum > 0 && n.task_nsproxy > 0 && n.nsproxy_net_ns > 0);
         assert!(t.lrcvtime > 0 && t.lsndtime > 0 && t.keepalive_time > 0 && t.rcv_tstamp > 0);
+        assert!(t.sk_socket > 0);
         assert!(matches!(
             btf.path_offset("tcp_sock", &["inet_conn", "nope"]),
             Err(BtfError::NoMember(_, _, p)) if p == "inet_conn.nope"

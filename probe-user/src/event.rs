@@ -149,6 +149,11 @@ pub struct Event {
     /// client was still owed an answer then (its data came last).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_pending: Option<bool>,
+    /// Reset sent by a server socket (ESTABLISHED or CLOSE_WAIT) that the
+    /// application never accepted: its listener closed with it still in the
+    /// accept queue. Absent where the kernel's layout is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub never_accepted: Option<bool>,
     /// Reported by the kprobe path.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kprobe: bool,
@@ -615,6 +620,15 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         no_socket: f & flags::NO_SOCKET != 0,
         request_pending: (kind == EventKind::Closed && f & flags::CLOSE_CHECKED != 0)
             .then_some(f & flags::REQUEST_PENDING != 0),
+        // Orphaned sockets (closed by the application) have no `struct
+        // socket` either, but they are past ESTABLISHED and CLOSE_WAIT.
+        never_accepted: (kind == EventKind::ResetSent
+            && f & flags::ACCEPT_CHECKED != 0
+            && f & flags::ACTIVE == 0)
+            .then_some(
+                f & flags::NEVER_ACCEPTED != 0
+                    && matches!(raw.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT),
+            ),
         kprobe: f & flags::FROM_KPROBE != 0,
         sock_id: (!is_wire && !is_process).then(|| SockId(mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),
@@ -703,6 +717,9 @@ impl Event {
         }
         if self.no_socket {
             s.push_str(" no-socket");
+        }
+        if self.never_accepted == Some(true) {
+            s.push_str(" never-accepted (accept queue)");
         }
         if self.retransmits > 0 {
             s.push_str(&format!(" syn-retransmits {}", self.retransmits));
@@ -1064,6 +1081,49 @@ mod tests {
         assert_eq!(e.duration_seconds, Some(1.0));
         let v = e.socket.expect("view");
         assert_eq!((v.idle_rx_seconds, v.idle_tx_seconds), (None, Some(0.5)));
+    }
+
+    /// A server socket reset with no `struct socket`: never accepted when
+    /// it was still open (ESTABLISHED, CLOSE_WAIT); an orphan after the
+    /// application's close otherwise; unknown without the layout.
+    #[test]
+    fn never_accepted_resets() {
+        let mut r = raw(kind::RESET_SENT);
+        r.flags = flags::ACCEPT_CHECKED | flags::NEVER_ACCEPTED | flags::PASSIVE;
+        for (state, want) in [
+            (tcp_state::ESTABLISHED, true),
+            (tcp_state::CLOSE_WAIT, true),
+            (tcp_state::FIN_WAIT1, false),
+            (tcp_state::LAST_ACK, false),
+        ] {
+            r.state = state;
+            let e = decode(&r, &DecodeContext::plain()).expect("decode");
+            assert_eq!(e.never_accepted, Some(want), "{}", state_name(state));
+            assert_eq!(e.human().contains("never-accepted"), want);
+        }
+        r.state = tcp_state::ESTABLISHED;
+        r.flags = flags::ACCEPT_CHECKED | flags::PASSIVE;
+        assert_eq!(
+            decode(&r, &DecodeContext::plain())
+                .expect("decode")
+                .never_accepted,
+            Some(false)
+        );
+        r.flags = flags::PASSIVE;
+        assert_eq!(
+            decode(&r, &DecodeContext::plain())
+                .expect("decode")
+                .never_accepted,
+            None
+        );
+        // A client's own reset is never about an accept queue.
+        r.flags = flags::ACCEPT_CHECKED | flags::NEVER_ACCEPTED | flags::ACTIVE;
+        assert_eq!(
+            decode(&r, &DecodeContext::plain())
+                .expect("decode")
+                .never_accepted,
+            None
+        );
     }
 
     #[test]

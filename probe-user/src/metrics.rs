@@ -492,19 +492,7 @@ impl Metrics {
             m.listener_up.with_label_values(&l).set(0);
         }
         // Every cause the correlation engine can give, so alerts see zeros.
-        for cause in [
-            "refused_local_hairpin",
-            "refused_via_lb",
-            "refused_direct",
-            "refused_unknown_path",
-            "lb_detection_slow",
-            "inflight_cut_at_timeout",
-            "hard_close",
-            "goaway_then_failed",
-            "idle_reset_by_middlebox",
-            "sigkill_after_grace",
-            "unexplained",
-        ] {
+        for cause in drainwatch_correlate::Cause::LABELS {
             m.disruptions.with_label_values(&[cause]).inc_by(0);
             m.disruption_seconds.with_label_values(&[cause]).inc_by(0.0);
         }

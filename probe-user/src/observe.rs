@@ -173,6 +173,10 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         // A local client's own RST (it aborted its connection) is the
         // client's doing, not the apiserver's.
         EventKind::ResetSent if ev.direction == Some("active") => return None,
+        EventKind::ResetSent if ev.never_accepted == Some(true) => Obs::AcceptQueueReset {
+            client: r?,
+            server: l?,
+        },
         EventKind::ResetSent => Obs::ResetSent {
             client: r?,
             server: l?,
