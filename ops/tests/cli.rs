@@ -318,3 +318,179 @@ fn audit_flag_errors() {
     };
     assert_eq!(a.files.len(), 3);
 }
+
+/// Two Deployments with a 5s preStop sleep; the second declares it is behind a Service.
+const SHORT_SLEEP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: prod}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+      - name: web
+        ports: [{containerPort: 8080}]
+        lifecycle: {preStop: {exec: {command: ["sleep", "5"]}}}
+        readinessProbe: {httpGet: {path: /ready, port: 8080}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: prod}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata:
+      labels: {app: api}
+      annotations: {drainwatch.io/consumer: service}
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+      - name: api
+        ports: [{containerPort: 8080}]
+        lifecycle: {preStop: {exec: {command: ["sleep", "15"]}}}
+        readinessProbe: {httpGet: {path: /ready, port: 8080}}
+"#;
+
+#[test]
+fn audit_consumer_defaults_to_service_and_says_so() {
+    let (pass, out) = audit_run(&["-f", "-"], SHORT_SLEEP).unwrap();
+    assert!(!pass);
+    for want in [
+        "ERROR   Deployment prod/web, container web [drain-window]",
+        "  why:     consumer model service (default: --consumer not given): the endpoint is \
+         marked terminating (EndpointSlice ready: false, terminating: true)",
+        "2 object(s) audited (1 clean), 0 skipped: 1 error(s)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    let (_, out) = audit_run(&["-f", "-", "--output", "json"], SHORT_SLEEP).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = &v["objects"][0]["consumer"];
+    assert_eq!(c["model"], "service");
+    assert_eq!(c["source"], "default: --consumer not given");
+    assert_eq!(c["detection_seconds"], 0.0);
+    assert_eq!(c["required_serving_seconds"], 10.0);
+    assert!(c.get("lb_health_check").is_none(), "{c}");
+}
+
+#[test]
+fn audit_consumer_flag_uses_lb_check_math_and_annotation_wins() {
+    let args = [
+        "-f",
+        "-",
+        "--consumer",
+        "lb-health-check",
+        "--lb-preset",
+        "aws-nlb",
+        "--lb-interval",
+        "5s",
+    ];
+    let (pass, out) = audit_run(&args, SHORT_SLEEP).unwrap();
+    assert!(!pass);
+    for want in [
+        "consumer model lb-health-check (--consumer; health check AWS Network Load Balancer \
+         interval 5s, timeout 10s, unhealthy threshold 2 from --lb-preset",
+        "it must take the backend out before the listener closes: worst-case detection 20s \
+         (unhealthy threshold x interval + timeout) + 10s",
+        "  suggest: exec: command: [\"sleep\", \"30\"]",
+        // api declares a Service in front: its 15s sleep covers 10s of propagation.
+        "2 object(s) audited (1 clean)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    let mut json = args.to_vec();
+    json.extend(["--output", "json"]);
+    let (_, out) = audit_run(&json, SHORT_SLEEP).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = &v["objects"][0]["consumer"];
+    assert_eq!(c["model"], "lb-health-check");
+    assert_eq!(c["source"], "--consumer");
+    assert_eq!(c["lb_health_check"]["preset"], "aws-nlb");
+    assert_eq!(c["lb_health_check"]["params"]["interval_seconds"], 5.0);
+    assert_eq!(c["lb_health_check"]["params"]["unhealthy_threshold"], 2);
+    assert_eq!(c["detection_seconds"], 20.0);
+    assert_eq!(c["propagation_budget_seconds"], 10.0);
+    assert_eq!(c["required_serving_seconds"], 30.0);
+    let f = &v["objects"][0]["findings"][0];
+    assert_eq!(f["rule"], "drain-window");
+    assert!(
+        f["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("consumer model lb-health-check (--consumer;"),
+        "{f}"
+    );
+    let api = &v["objects"][1];
+    assert_eq!(api["name"], "api");
+    assert_eq!(api["consumer"]["model"], "service");
+    assert_eq!(api["consumer"]["source"], "drainwatch.io/consumer");
+    assert_eq!(api["findings"], serde_json::json!([]));
+}
+
+#[test]
+fn audit_consumer_flag_errors_name_the_flags() {
+    let e = audit_run(&["-f", "-", "--consumer", "lb-health-check"], SHORT_SLEEP).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        "audit: --consumer lb-health-check needs the load balancer's health check: \
+         --lb-preset, or --lb-interval, --lb-timeout and --lb-unhealthy-threshold"
+    );
+    let e = audit_run(&["-f", "-", "--lb-interval", "5s"], SHORT_SLEEP).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        "audit: load balancer health check: --lb-interval, --lb-timeout and \
+         --lb-unhealthy-threshold are all needed unless a preset gives defaults \
+         (--lb-timeout is missing)"
+    );
+    let e = parse(&["audit", "-f", "x.yaml", "--consumer", "nlb"]).unwrap_err();
+    assert!(e.to_string().contains("--consumer"), "{e}");
+    let e = parse(&["audit", "-f", "x.yaml", "--lb-preset", "f5"]).unwrap_err();
+    assert!(e.to_string().contains("--lb-preset"), "{e}");
+    let e = parse(&["audit", "-f", "x.yaml", "--lb-unhealthy-threshold", "0"]).unwrap_err();
+    assert!(e.to_string().contains("--lb-unhealthy-threshold"), "{e}");
+    let e = parse(&["audit", "-f", "x.yaml", "--lb-timeout", "soon"]).unwrap_err();
+    assert!(e.to_string().contains("invalid duration \"soon\""), "{e}");
+    // A bad annotation names the file, document, object and annotation.
+    let text = SHORT_SLEEP.replace(
+        "drainwatch.io/consumer: service",
+        "drainwatch.io/lb-health-check: \"interval=5s\"",
+    );
+    let e = audit_run(&["-f", "-"], &text).unwrap_err();
+    assert!(
+        format!("{e:#}").starts_with(
+            "<stdin>: document 2: Deployment prod/api: annotation \
+             drainwatch.io/lb-health-check: \"interval=5s\": interval, timeout and unhealthy \
+             are all needed"
+        ),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn audit_readiness_probe_on_a_named_port_serves_without_ports() {
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: app}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: app
+    lifecycle: {preStop: {sleep: {seconds: 30}}}
+    readinessProbe: {httpGet: {path: /ready, port: http}}
+"#;
+    let (pass, out) = audit_run(&["-f", "-"], text).unwrap();
+    assert!(!pass, "{out}");
+    for want in [
+        "ERROR   Pod app, container app [grace-period]",
+        "preStop sleep 30s + request timeout 30s (audit --request-timeout) = 60s",
+        "ERROR   Pod app, container app [prestop-sleep-exceeds-grace]",
+        "app gets SIGTERM with no time left",
+        "2 error(s), 0 warning(s), 0 info: FAIL",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+}

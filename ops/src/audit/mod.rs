@@ -1,10 +1,11 @@
-//! `drainwatch audit`: graceful-shutdown rules over Kubernetes manifests (seeds 001, 003).
+//! `drainwatch audit`: graceful-shutdown rules over Kubernetes manifests.
 //!
 //! Kinds without pods (Service, ConfigMap, ...) are skipped with a note, because real
 //! manifests mix them with workloads; `--strict` turns them into errors. Invalid YAML,
 //! documents that are not Kubernetes objects, workloads that do not match their schema and
 //! unreadable durations are always errors that name the file and document.
 
+pub mod consumer;
 pub mod load;
 pub mod rules;
 
@@ -18,6 +19,8 @@ use serde::Serialize;
 
 use crate::OutputFormat;
 use crate::duration::parse_duration;
+use crate::lb_check::model::{MAX_THRESHOLD, Overrides, Preset};
+use consumer::{ConsumerConfig, ConsumerKind, ConsumerModel, LbHealthCheck};
 use load::{Loaded, ObjectRef, Skipped, UnknownKinds};
 use rules::{Finding, RuleConfig, Severity};
 
@@ -28,12 +31,20 @@ use rules::{Finding, RuleConfig, Severity};
     long_about = "Reads Kubernetes YAML (multi-document; Pod, Deployment, DaemonSet, \
         StatefulSet, ReplicaSet, Job, CronJob, including kube-apiserver static pods) and checks \
         that terminationGracePeriodSeconds covers preStop sleep + shutdown delay + request \
-        timeout, that the main container keeps serving until readiness consumers have seen it \
-        unready, that sidecars have a preStop hook, and that serving containers have a readiness \
-        probe. An in-process shutdown delay can be declared with the pod annotation \
-        drainwatch.io/shutdown-delay (and drainwatch.io/request-timeout). Other kinds are \
-        skipped with a note (errors with --strict). Exit status 0 = no error or warning \
-        findings, 1 = findings."
+        timeout, that a preStop sleep leaves the application time after SIGTERM, that the main \
+        container keeps serving until its consumers have stopped routing to it, that sidecars \
+        have a preStop hook, and that serving containers have a readiness probe. Consumers: \
+        --consumer service (the default: kube-proxy, ingress controllers and meshes follow the \
+        EndpointSlice, which marks the endpoint terminating when the pod is deleted, so only \
+        their propagation time counts) or --consumer lb-health-check (a load balancer that \
+        health-checks the pod itself must detect the failure first: give its health check with \
+        --lb-preset or --lb-interval/--lb-timeout/--lb-unhealthy-threshold). Per object, the \
+        annotations drainwatch.io/consumer (service or lb-health-check) and \
+        drainwatch.io/lb-health-check (e.g. \"interval=10s,timeout=5s,unhealthy=2\" or \
+        \"preset=aws-nlb\") take precedence over the flags. An in-process shutdown delay can \
+        be declared with the pod annotation drainwatch.io/shutdown-delay (and \
+        drainwatch.io/request-timeout). Other kinds are skipped with a note (errors with \
+        --strict). Exit status 0 = no error or warning findings, 1 = findings."
 )]
 pub struct AuditArgs {
     /// Manifest file to read (repeatable; `-` reads stdin).
@@ -45,9 +56,37 @@ pub struct AuditArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Time consumers need to stop routing after they see the pod unready.
+    /// Time consumers need to stop routing once they know the pod is going away (kube-proxy
+    /// and ingress controllers applying the EndpointSlice change; a load balancer applying
+    /// its health-check verdict).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub propagation_budget: Duration,
+
+    /// Who takes a terminating pod out of rotation, for objects without the
+    /// drainwatch.io/consumer annotation: `service` (EndpointSlice consumers; only their
+    /// propagation counts) or `lb-health-check` (a load balancer that health-checks the pod
+    /// itself; needs --lb-preset or --lb-interval/--lb-timeout/--lb-unhealthy-threshold)
+    /// [default: service].
+    #[arg(long, value_enum, value_name = "MODEL")]
+    pub consumer: Option<ConsumerKind>,
+
+    /// The load balancer's health-check preset, as in `lb-check --preset` (its probe
+    /// scheduling and default parameters); the --lb-* values override it.
+    #[arg(long, value_enum, value_name = "PRESET")]
+    pub lb_preset: Option<Preset>,
+
+    /// The load balancer's health-check interval.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lb_interval: Option<Duration>,
+
+    /// How long one health check waits for an answer.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lb_timeout: Option<Duration>,
+
+    /// Consecutive failed health checks before the load balancer takes the backend out.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_THRESHOLD)))]
+    pub lb_unhealthy_threshold: Option<u32>,
 
     /// Reject kinds that have no pods instead of skipping them.
     #[arg(long)]
@@ -64,6 +103,8 @@ pub struct ObjectReport {
     /// The object.
     #[serde(flatten)]
     pub object: ObjectRef,
+    /// The consumer model its drain window was checked with.
+    pub consumer: ConsumerModel,
     /// Its findings.
     pub findings: Vec<Finding>,
 }
@@ -106,6 +147,8 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `audit` with explicit stdin and stdout; returns whether it passed.
 pub fn run_to(args: &AuditArgs, stdin: &mut dyn Read, out: &mut dyn Write) -> anyhow::Result<bool> {
+    // Flag errors come before any file is read.
+    let cfg = rule_config(args)?;
     let unknown = if args.strict {
         UnknownKinds::Error
     } else {
@@ -127,10 +170,6 @@ pub fn run_to(args: &AuditArgs, stdin: &mut dyn Read, out: &mut dyn Write) -> an
         };
         load::load_str(&name, &text, unknown, &mut loaded)?;
     }
-    let cfg = RuleConfig {
-        request_timeout: args.request_timeout,
-        propagation_budget: args.propagation_budget,
-    };
     let report = audit(loaded, &cfg)?;
     match args.output {
         OutputFormat::Text => out
@@ -145,18 +184,55 @@ pub fn run_to(args: &AuditArgs, stdin: &mut dyn Read, out: &mut dyn Write) -> an
     Ok(report.pass)
 }
 
+/// The rules' settings from the flags; the load balancer's health check is resolved (and
+/// checked) once here, with lb-check's presets and math.
+pub fn rule_config(args: &AuditArgs) -> anyhow::Result<RuleConfig> {
+    let overrides = Overrides {
+        interval: args.lb_interval,
+        timeout: args.lb_timeout,
+        unhealthy_threshold: args.lb_unhealthy_threshold,
+        ..Overrides::default()
+    };
+    let given = args.lb_preset.is_some() || overrides != Overrides::default();
+    let lb_health_check = if given {
+        let lb = LbHealthCheck::resolve(args.lb_preset, &overrides, |flag| {
+            format!("--lb-{}", flag.trim_start_matches('-'))
+        })
+        .map_err(|e| anyhow::anyhow!("audit: load balancer health check: {e}"))?;
+        Some(lb)
+    } else {
+        None
+    };
+    if args.consumer == Some(ConsumerKind::LbHealthCheck) && lb_health_check.is_none() {
+        anyhow::bail!(
+            "audit: --consumer lb-health-check needs the load balancer's health check: \
+             --lb-preset, or --lb-interval, --lb-timeout and --lb-unhealthy-threshold"
+        );
+    }
+    Ok(RuleConfig {
+        request_timeout: args.request_timeout,
+        propagation_budget: args.propagation_budget,
+        consumer: ConsumerConfig {
+            default: args.consumer,
+            lb_health_check,
+        },
+    })
+}
+
 /// Applies the rules to everything loaded (no I/O).
 pub fn audit(loaded: Loaded, cfg: &RuleConfig) -> anyhow::Result<AuditReport> {
     let mut objects = Vec::new();
     let mut summary = Summary::default();
     for w in loaded.workloads {
-        let findings =
-            rules::audit_pod(w.spec_path, &w.annotations, &w.spec, cfg).with_context(|| {
-                format!(
-                    "{}: document {}: {}",
-                    w.object.file, w.object.document, w.object
-                )
-            })?;
+        let context = || {
+            format!(
+                "{}: document {}: {}",
+                w.object.file, w.object.document, w.object
+            )
+        };
+        let consumer = rules::consumer_model(&w.annotations, cfg).with_context(context)?;
+        let findings = rules::audit_pod_with(w.spec_path, &w.annotations, &w.spec, cfg, &consumer)
+            .with_context(context)?;
         for f in &findings {
             match f.severity {
                 Severity::Error => summary.errors += 1,
@@ -166,6 +242,7 @@ pub fn audit(loaded: Loaded, cfg: &RuleConfig) -> anyhow::Result<AuditReport> {
         }
         objects.push(ObjectReport {
             object: w.object,
+            consumer,
             findings,
         });
     }

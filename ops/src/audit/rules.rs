@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use serde::Serialize;
 use thiserror::Error;
 
+use super::consumer::{self, ConsumerConfig, ConsumerModel, DEFAULT_SOURCE};
 use crate::duration::{DurationError, format_duration, parse_duration};
 
 /// Annotation (pod template or object) declaring a shutdown delay the server implements
@@ -36,10 +37,13 @@ pub struct RuleConfig {
     /// In-flight budget for servers other than kube-apiserver: seed 003's proposal gives its
     /// gRPC and HTTP servers 30s to terminate after the sleep.
     pub request_timeout: Duration,
-    /// Time that consumers of readiness (LBs, service meshes, kube-proxy) need to stop
-    /// routing after they see the pod unready. Seed 003: 5s left after detection was not
-    /// enough for Stormbreaker to refresh; its fix leaves about 15s.
+    /// Time that consumers (kube-proxy, ingress controllers, meshes, a load balancer
+    /// after its verdict) need to stop routing once they know the pod is going away. A
+    /// 5s margin after detection has proved too short for a proxy to refresh its
+    /// backends; 10s is the default.
     pub propagation_budget: Duration,
+    /// Who takes terminating pods out of rotation, unless an object says otherwise.
+    pub consumer: ConsumerConfig,
 }
 
 impl Default for RuleConfig {
@@ -47,6 +51,7 @@ impl Default for RuleConfig {
         RuleConfig {
             request_timeout: Duration::from_secs(30),
             propagation_budget: Duration::from_secs(10),
+            consumer: ConsumerConfig::default(),
         }
     }
 }
@@ -102,6 +107,38 @@ pub enum RuleError {
         key: &'static str,
         /// What is wrong.
         source: DurationError,
+    },
+    /// A drainwatch annotation with a value that cannot be read.
+    #[error("annotation {key}: {value:?}: {reason}")]
+    AnnotationValue {
+        /// The annotation.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two annotations that cannot both hold.
+    #[error(
+        "annotations {first} and {second} contradict each other: a Service consumer has no \
+         health check of its own; drop one"
+    )]
+    Contradiction {
+        /// The first annotation.
+        first: &'static str,
+        /// The second.
+        second: &'static str,
+    },
+    /// The lb-health-check model without a health check to compute its detection time.
+    #[error(
+        "consumer model lb-health-check (from {from}) needs the load balancer's health \
+         check: the drainwatch.io/lb-health-check annotation (e.g. \
+         \"interval=10s,timeout=5s,unhealthy=2\" or \"preset=aws-nlb\"), or audit \
+         --lb-preset, or --lb-interval, --lb-timeout and --lb-unhealthy-threshold"
+    )]
+    NoLbHealthCheck {
+        /// Where the model came from.
+        from: &'static str,
     },
     /// A kube-apiserver flag with a bad duration.
     #[error("container {container}: {flag}: {source}")]
@@ -246,23 +283,6 @@ fn flag_value<'a>(words: &[&'a str], flag: &str) -> Option<&'a str> {
     None
 }
 
-/// Worst-case time for kubelet to mark the container unready once its endpoint fails:
-/// the last success comes just before, then `failureThreshold` probes every
-/// `periodSeconds`, the last one waiting out `timeoutSeconds` (Kubernetes defaults 10, 3
-/// and 1 when unset), the same reasoning as seed 001's P1..P3 timeline.
-pub fn readiness_detection(p: &Probe) -> Duration {
-    let get = |v: Option<i32>, default: u64| {
-        v.and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(default)
-            .max(1)
-    };
-    let period = get(p.period_seconds, 10);
-    let failures = get(p.failure_threshold, 3);
-    let timeout = get(p.timeout_seconds, 1);
-    // Kubernetes caps these at i32, so the product cannot overflow u64.
-    Duration::from_secs(period * failures + timeout)
-}
-
 /// Whether the container accepts connections: it declares ports, or its readiness probe
 /// checks a port (then something listens there: `ports:` is informational in Kubernetes
 /// and often left out), or it is kube-apiserver.
@@ -398,6 +418,26 @@ pub fn audit_pod(
     spec: &PodSpec,
     cfg: &RuleConfig,
 ) -> Result<Vec<Finding>, RuleError> {
+    let model = consumer_model(annotations, cfg)?;
+    audit_pod_with(spec_path, annotations, spec, cfg, &model)
+}
+
+/// The consumer model of an object with these annotations.
+pub fn consumer_model(
+    annotations: &BTreeMap<String, String>,
+    cfg: &RuleConfig,
+) -> Result<ConsumerModel, RuleError> {
+    consumer::resolve(annotations, &cfg.consumer, cfg.propagation_budget)
+}
+
+/// [`audit_pod`] with the object's consumer model already resolved.
+pub fn audit_pod_with(
+    spec_path: &str,
+    annotations: &BTreeMap<String, String>,
+    spec: &PodSpec,
+    cfg: &RuleConfig,
+    model: &ConsumerModel,
+) -> Result<Vec<Finding>, RuleError> {
     let mut out = Vec::new();
     if spec.containers.is_empty() {
         return Ok(out);
@@ -416,10 +456,7 @@ pub fn audit_pod(
     let p = Profile::read(main, annotations, cfg)?;
     let window = p.window();
 
-    let detection = main.readiness_probe.as_ref().map(readiness_detection);
-    let needed_window = detection
-        .unwrap_or_default()
-        .saturating_add(cfg.propagation_budget);
+    let needed_window = model.required;
     let suggested_window = if p.serving {
         window.max(needed_window)
     } else {
@@ -518,23 +555,6 @@ pub fn audit_pod(
     }
 
     if p.serving && window < needed_window {
-        let detection_why = match (detection, &main.readiness_probe) {
-            (Some(d), Some(probe)) => format!(
-                "consumers that poll readiness need up to {} to see the pod unready \
-                 (periodSeconds {} x failureThreshold {} + timeoutSeconds {}) plus {} to stop \
-                 routing",
-                format_duration(d),
-                probe.period_seconds.unwrap_or(10),
-                probe.failure_threshold.unwrap_or(3),
-                probe.timeout_seconds.unwrap_or(1),
-                format_duration(cfg.propagation_budget)
-            ),
-            _ => format!(
-                "endpoints, kube-proxy and load balancers drop the pod in parallel with SIGTERM \
-                 and need about {} to stop routing",
-                format_duration(cfg.propagation_budget)
-            ),
-        };
         let (field, suggested) = if p.apiserver && p.pre_stop == PreStop::None {
             // Point at whichever list carries the flags (static pods often use `command`).
             let list = if main.args.as_ref().is_none_or(Vec::is_empty) && main.command.is_some() {
@@ -544,11 +564,15 @@ pub fn audit_pod(
             };
             (
                 format!("{main_path}.{list}"),
-                format!(
-                    "--shutdown-delay-duration={}s, and at least the load balancers' worst case \
-                     (drainwatch lb-check)",
-                    ceil_secs(needed_window)
-                ),
+                match model.lb_health_check {
+                    Some(_) => format!("--shutdown-delay-duration={}s", ceil_secs(needed_window)),
+                    None => format!(
+                        "--shutdown-delay-duration={}s, and more if a load balancer \
+                         health-checks /readyz: its worst-case detection + propagation \
+                         (drainwatch lb-check)",
+                        ceil_secs(needed_window)
+                    ),
+                },
             )
         } else {
             let sleep = needed_window.saturating_sub(p.shutdown_delay);
@@ -572,19 +596,47 @@ pub fn audit_pod(
             field,
             current: p.describe_window(),
             why: format!(
-                "{detection_why}, but {} stops accepting requests {} after deletion, so requests \
-                 still routed to it fail ({})",
+                "{}; {} must keep accepting connections for at least {} after deletion, but it \
+                 stops {} after deletion ({}), so connections still routed to it meanwhile are \
+                 refused",
+                model.explain(),
                 main.name,
+                format_duration(needed_window),
                 format_duration(window),
-                if p.apiserver {
-                    "seed 001: /readyz turns red at SIGTERM and the listener must stay open until \
-                     every LB has stopped routing, E2 + t < E3"
-                } else {
-                    "seed 003: a 20s sleep left Stormbreaker too little time after 15s of probe \
-                     failures; seed 001: E2 + t < E3"
-                }
+                p.describe_window()
             ),
             suggested,
+        });
+    }
+
+    // The default model is the flag's value even for kube-apiserver, so that a rule never
+    // silently changes with the workload; but its usual consumer is a load balancer, so
+    // say which model was used and how to give the real one.
+    if p.serving && p.apiserver && model.source == DEFAULT_SOURCE {
+        out.push(Finding {
+            severity: Severity::Info,
+            rule: "consumer-model",
+            container: main.name.clone(),
+            field: format!(
+                "{}metadata.annotations[{}]",
+                spec_path.strip_suffix("spec").unwrap_or(""),
+                consumer::CONSUMER_ANNOTATION
+            ),
+            current: "unset".to_string(),
+            why: format!(
+                "the drain window was checked with the {} model: kube-proxy and other Service \
+                 consumers need {} to drop the endpoint; kube-apiserver is normally also behind \
+                 a load balancer that health-checks /readyz (HAProxy or F5 in front of static \
+                 pods, a cloud load balancer), which stops routing only after its own \
+                 worst-case detection time",
+                model.model_name(),
+                format_duration(model.required)
+            ),
+            suggested: "audit --consumer lb-health-check --lb-preset PRESET (or --lb-interval, \
+                        --lb-timeout, --lb-unhealthy-threshold), or the annotations \
+                        drainwatch.io/consumer: lb-health-check and drainwatch.io/lb-health-check: \
+                        \"interval=10s,timeout=5s,unhealthy=2\""
+                .to_string(),
         });
     }
 
@@ -602,9 +654,10 @@ pub fn audit_pod(
             container: main.name.clone(),
             field: format!("{main_path}.readinessProbe"),
             current: "none".to_string(),
-            why: "without a readiness probe the pod counts as ready whenever it runs, so \
-                  consumers that follow readiness cannot see it shutting down (seed 001 relies on \
-                  /readyz turning red at SIGTERM, seed 003 on Stormbreaker's readiness probes)"
+            why: "without a readiness probe the pod counts as ready as soon as its containers \
+                  start, so during a rollout new pods get connections before they listen, and a \
+                  load balancer that checks the same endpoint has nothing that turns red at \
+                  shutdown (Kubernetes docs: Configure Liveness, Readiness and Startup Probes)"
                 .to_string(),
             suggested: suggested.to_string(),
         });
@@ -732,7 +785,29 @@ mod tests {
         .unwrap()
     }
 
-    const SEED_003_ORIGINAL: &str = r#"
+    fn find<'f>(findings: &'f [Finding], rule: &str) -> &'f Finding {
+        findings
+            .iter()
+            .find(|f| f.rule == rule)
+            .unwrap_or_else(|| panic!("no {rule} finding in {findings:#?}"))
+    }
+
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A proxy in front of the pods health-checks them every 5s and takes one out after 3
+    /// failures (1s timeout): 16s worst case.
+    const PROXY_CHECK: (&str, &str) = (
+        consumer::LB_HEALTH_CHECK_ANNOTATION,
+        "interval=5s,timeout=1s,unhealthy=3",
+    );
+
+    /// A 20s sleep, a 30s grace period and an auth-proxy sidecar without a hook.
+    const REPORTING_BEFORE: &str = r#"
 terminationGracePeriodSeconds: 30
 containers:
 - name: sre-reporting
@@ -744,8 +819,14 @@ containers:
 "#;
 
     #[test]
-    fn seed_003_original_fails_three_ways() {
-        let f = audit(SEED_003_ORIGINAL);
+    fn health_checked_app_with_short_sleep_fails_three_ways() {
+        let f = audit_pod(
+            "spec.template.spec",
+            &ann(&[PROXY_CHECK]),
+            &spec(REPORTING_BEFORE),
+            &RuleConfig::default(),
+        )
+        .unwrap();
         assert_eq!(
             rules(&f),
             vec![
@@ -771,7 +852,22 @@ containers:
             "{}",
             f[1].suggested
         );
-        assert!(f[1].why.contains("up to 16s"), "{}", f[1].why);
+        assert!(
+            f[1].why.contains(
+                "consumer model lb-health-check (annotation drainwatch.io/lb-health-check; \
+                 health check interval 5s, timeout 1s, unhealthy threshold 3 from annotation \
+                 drainwatch.io/lb-health-check)"
+            ),
+            "{}",
+            f[1].why
+        );
+        assert!(
+            f[1].why
+                .contains("worst-case detection 16s (unhealthy threshold x interval + timeout)"),
+            "{}",
+            f[1].why
+        );
+        assert!(f[1].why.contains("= 26s"), "{}", f[1].why);
         assert_eq!(
             f[2].field,
             "spec.template.spec.containers[1].lifecycle.preStop"
@@ -780,7 +876,123 @@ containers:
     }
 
     #[test]
-    fn seed_003_proposal_passes() {
+    fn behind_a_service_only_propagation_counts() {
+        // The same pod behind a Service: its endpoint is marked terminating at deletion, so
+        // the 20s sleep covers the 10s propagation; the readiness probe's 16s plays no part.
+        let f = audit(REPORTING_BEFORE);
+        assert_eq!(
+            rules(&f),
+            vec![
+                ("grace-period", "sre-reporting", Severity::Error),
+                ("sidecar-prestop", "google-auth-proxy", Severity::Error),
+            ]
+        );
+        assert_eq!(f[0].suggested, "50");
+        // A 5s sleep does not: the finding names the model and its numbers.
+        let f = audit(&REPORTING_BEFORE.replace("\"20\"", "\"5\""));
+        let f = [find(&f, "drain-window").clone()];
+        assert!(
+            f[0].why.starts_with(
+                "consumer model service (default: --consumer not given): the endpoint is \
+                 marked terminating (EndpointSlice ready: false, terminating: true)"
+            ),
+            "{}",
+            f[0].why
+        );
+        assert!(
+            f[0].why.contains(
+                "need up to 10s (--propagation-budget) to stop sending it new connections"
+            ),
+            "{}",
+            f[0].why
+        );
+        assert!(
+            f[0].why.contains(
+                "sre-reporting must keep accepting connections for at least 10s after \
+                 deletion, but it stops 5s after deletion (preStop sleep 5s)"
+            ),
+            "{}",
+            f[0].why
+        );
+        assert!(
+            f[0].suggested
+                .starts_with("exec: command: [\"sleep\", \"10\"]"),
+            "{}",
+            f[0].suggested
+        );
+    }
+
+    #[test]
+    fn consumer_annotation_beats_the_flag() {
+        let aws = RuleConfig {
+            consumer: ConsumerConfig {
+                default: Some(consumer::ConsumerKind::LbHealthCheck),
+                lb_health_check: Some(
+                    consumer::LbHealthCheck::resolve(
+                        Some(crate::lb_check::model::Preset::AwsNlb),
+                        &crate::lb_check::model::Overrides::default(),
+                        |f| f.to_string(),
+                    )
+                    .unwrap(),
+                ),
+            },
+            ..RuleConfig::default()
+        };
+        // The flag: the AWS check needs 30s + 10s, the 20s sleep is short.
+        let f = audit_pod("spec", &BTreeMap::new(), &spec(REPORTING_BEFORE), &aws).unwrap();
+        assert_eq!(f[1].rule, "drain-window");
+        assert!(
+            f[1].why.starts_with(
+                "consumer model lb-health-check (--consumer; health check AWS Network Load \
+                 Balancer interval 10s, timeout 10s, unhealthy threshold 2 from --lb-preset"
+            ),
+            "{}",
+            f[1].why
+        );
+        assert!(
+            f[1].why.contains("worst-case detection 30s"),
+            "{}",
+            f[1].why
+        );
+        assert!(
+            f[1].suggested
+                .starts_with("exec: command: [\"sleep\", \"40\"]"),
+            "{}",
+            f[1].suggested
+        );
+        // The object says it is behind a Service: the annotation wins.
+        let a = ann(&[(consumer::CONSUMER_ANNOTATION, "service")]);
+        let f = audit_pod("spec", &a, &spec(REPORTING_BEFORE), &aws).unwrap();
+        assert!(f.iter().all(|f| f.rule != "drain-window"), "{f:#?}");
+        let f = audit_pod(
+            "spec",
+            &a,
+            &spec(&REPORTING_BEFORE.replace("\"20\"", "\"5\"")),
+            &aws,
+        )
+        .unwrap();
+        let why = &find(&f, "drain-window").why;
+        assert!(
+            why.starts_with("consumer model service (annotation drainwatch.io/consumer)"),
+            "{why}"
+        );
+        // An unreadable annotation is an error naming it.
+        let e = audit_pod(
+            "spec",
+            &ann(&[(consumer::CONSUMER_ANNOTATION, "nlb")]),
+            &spec(REPORTING_BEFORE),
+            &aws,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("annotation drainwatch.io/consumer: \"nlb\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reporting_after_passes() {
         let f = audit(
             r#"
 terminationGracePeriodSeconds: 60
@@ -805,7 +1017,7 @@ containers:
   ports: [{containerPort: 80}]
   readinessProbe: {httpGet: {path: /, port: 80}, periodSeconds: 5, failureThreshold: 3}
 "#;
-        let mut ann = BTreeMap::new();
+        let mut ann = ann(&[PROXY_CHECK]);
         ann.insert(SHUTDOWN_DELAY_ANNOTATION.to_string(), "20s".to_string());
         let f = audit_pod("spec", &ann, &spec(yaml), &RuleConfig::default()).unwrap();
         assert_eq!(rules(&f)[0], ("grace-period", "app", Severity::Error));
@@ -843,9 +1055,23 @@ containers:
   command: ["/bin/bash", "-ec", "exec hyperkube kube-apiserver --shutdown-delay-duration=70s --secure-port 6443"]
   readinessProbe: {httpGet: {path: /readyz, port: 6443, scheme: HTTPS}, periodSeconds: 5, failureThreshold: 3, timeoutSeconds: 10}
 "#;
-        assert_eq!(audit(yaml), vec![]);
+        // HAProxy-like check of /readyz: 3 x 5s + 10s = 25s, + 10s propagation.
+        let lb = ann(&[(
+            consumer::LB_HEALTH_CHECK_ANNOTATION,
+            "interval=5s,timeout=10s,unhealthy=3",
+        )]);
+        let audit_lb = |yaml: &str| {
+            audit_pod(
+                "spec.template.spec",
+                &lb,
+                &spec(yaml),
+                &RuleConfig::default(),
+            )
+            .unwrap()
+        };
+        assert_eq!(audit_lb(yaml), vec![]);
         // 120 < 70 + 60.
-        let f = audit(&yaml.replace("135", "120"));
+        let f = audit_lb(&yaml.replace("135", "120"));
         assert_eq!(
             rules(&f),
             vec![("grace-period", "kube-apiserver", Severity::Error)]
@@ -856,7 +1082,7 @@ containers:
             f[0].why
         );
         // Without the flag the apiserver closes its listener at SIGTERM.
-        let f = audit(&yaml.replace("--shutdown-delay-duration=70s", ""));
+        let f = audit_lb(&yaml.replace("--shutdown-delay-duration=70s", ""));
         assert_eq!(f[0].rule, "drain-window");
         assert_eq!(f[0].field, "spec.template.spec.containers[0].command");
         assert!(
@@ -877,6 +1103,52 @@ containers:
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kube_apiserver_on_the_default_model_says_so() {
+        let yaml = r#"
+containers:
+- name: kube-apiserver
+  command: ["kube-apiserver", "--shutdown-delay-duration=5s"]
+"#;
+        let all = audit(yaml);
+        // The default rule stays the flag's value: 5s < 10s of Service propagation.
+        let f = [find(&all, "drain-window").clone()];
+        assert!(
+            f[0].why.starts_with("consumer model service (default"),
+            "{}",
+            f[0].why
+        );
+        assert!(
+            f[0].suggested.starts_with(
+                "--shutdown-delay-duration=10s, and more if a load balancer health-checks /readyz"
+            ),
+            "{}",
+            f[0].suggested
+        );
+        let note = find(&all, "consumer-model");
+        assert_eq!(note.severity, Severity::Info);
+        assert_eq!(
+            note.field,
+            "spec.template.metadata.annotations[drainwatch.io/consumer]"
+        );
+        assert!(
+            note.why
+                .contains("normally also behind a load balancer that health-checks /readyz"),
+            "{}",
+            note.why
+        );
+        // Given a model, by flag or annotation, there is nothing to note.
+        let cfg = RuleConfig {
+            consumer: ConsumerConfig {
+                default: Some(consumer::ConsumerKind::Service),
+                lb_health_check: None,
+            },
+            ..RuleConfig::default()
+        };
+        let f = audit_pod("spec.template.spec", &BTreeMap::new(), &spec(yaml), &cfg).unwrap();
+        assert!(f.iter().all(|f| f.rule != "consumer-model"), "{f:#?}");
     }
 
     #[test]
@@ -971,15 +1243,18 @@ containers:
             "{grpc: {port: 9090}}",
         ] {
             let f = audit(&yaml.replace("PROBE", probe));
-            let r = rules(&f);
+            // The 30s sleep covers the Service's propagation: no drain-window finding.
             assert_eq!(
-                r[..2],
-                [
+                rules(&f),
+                vec![
                     ("grace-period", "app", Severity::Error),
                     ("prestop-sleep-exceeds-grace", "app", Severity::Error),
+                    // The sidecar probed on a port serves too: a missing hook is an error.
+                    ("sidecar-prestop", "proxy", Severity::Error),
                 ],
                 "{probe}: {f:#?}"
             );
+            assert_eq!(f[0].suggested, "60");
             assert!(
                 f[0].why.contains(
                     "preStop sleep 30s + request timeout 30s (audit --request-timeout) = 60s"
@@ -999,11 +1274,6 @@ containers:
                 f[1].why.contains("app gets SIGTERM with no time left"),
                 "{}",
                 f[1].why
-            );
-            // The sidecar probed on a port serves too: a missing hook is an error.
-            assert!(
-                r.contains(&("sidecar-prestop", "proxy", Severity::Error)),
-                "{probe}: {r:?}"
             );
         }
 
@@ -1056,19 +1326,5 @@ containers:
             c(&["sh", "-c", "nginx -s quit"]),
             PreStop::Unknown(_)
         ));
-    }
-
-    #[test]
-    fn readiness_detection_uses_kubernetes_defaults() {
-        let p = |y: &str| readiness_detection(&serde_yaml_ng::from_str::<Probe>(y).unwrap());
-        assert_eq!(p("{}"), Duration::from_secs(31));
-        assert_eq!(
-            p("{periodSeconds: 5, failureThreshold: 3}"),
-            Duration::from_secs(16)
-        );
-        assert_eq!(
-            p("{periodSeconds: 1, failureThreshold: 3, timeoutSeconds: 15}"),
-            Duration::from_secs(18)
-        );
     }
 }

@@ -125,7 +125,9 @@ fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "FAIL" }
 }
 
-fn params_line(p: &ProbeParams) -> String {
+/// `interval 10s, timeout 10s, unhealthy threshold 2`: the parameters in one line (also
+/// used by audit's findings, so both tools name them alike).
+pub fn params_line(p: &ProbeParams) -> String {
     let mut s = format!(
         "interval {}, timeout {}, unhealthy threshold {}",
         format_duration(p.interval),

@@ -211,7 +211,8 @@ impl Preset {
     }
 }
 
-fn worst_case_formula(p: &ProbeParams) -> String {
+/// The worst case in words, e.g. `unhealthy threshold x interval + timeout`.
+pub fn worst_case_formula(p: &ProbeParams) -> String {
     match p.scheduling {
         Scheduling::Fixed => "unhealthy threshold x interval + timeout".to_string(),
         Scheduling::AfterPrevious => {
@@ -464,7 +465,8 @@ fn fmt(d: Duration) -> String {
     format_duration(d)
 }
 
-fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// A duration as seconds (JSON reports give `*_seconds` numbers).
+pub(crate) fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
