@@ -2,8 +2,8 @@
 //!
 //! - [`lb_check`]: worst-case time for a load balancer to take a backend out of service,
 //!   from its health-check parameters and probe semantics, against the server's shutdown
-//!   delay, request timeout and grace period (seeds 000 and 001).
-//! - [`audit`]: graceful-shutdown rules over Kubernetes manifests (seeds 001 and 003).
+//!   delay, request timeout and grace period.
+//! - [`audit`]: graceful-shutdown rules over Kubernetes manifests.
 //!
 //! Both are pure logic with I/O at the edges (`run`), so the rules are unit-tested.
 

@@ -54,7 +54,7 @@ fn audit_run(args: &[&str], stdin: &str) -> anyhow::Result<(bool, String)> {
 }
 
 #[test]
-fn lb_check_aws_seed_001_fails_20s_with_timeline() {
+fn lb_check_aws_preset_fails_20s_with_timeline() {
     let (pass, out) = lb(&["--preset", "aws-nlb", "--shutdown-delay", "20s"]);
     assert!(!pass);
     for line in [
@@ -74,7 +74,7 @@ fn lb_check_aws_tie_fails_and_longer_delay_passes() {
     let (pass, out) = lb(&["--preset", "aws-nlb", "--shutdown-delay", "30"]);
     assert!(
         !pass,
-        "t == shutdown-delay must fail (strict E2 + t < E3)\n{out}"
+        "detection time == shutdown-delay must fail (strictly before the listener closes)\n{out}"
     );
     assert!(out.contains("(margin 0s)"), "{out}");
     let (pass, out) = lb(&[
@@ -209,8 +209,8 @@ fn lb_check_flag_errors_name_the_flag() {
 }
 
 #[test]
-fn audit_flags_seed_003_original() {
-    let (pass, out) = audit_run(&["-f", &fixture("seed003-original.yaml")], "").unwrap();
+fn audit_flags_reporting_before() {
+    let (pass, out) = audit_run(&["-f", &fixture("reporting-before.yaml")], "").unwrap();
     assert!(!pass);
     for want in [
         "ERROR   Deployment sre-reporting-prod/sre-reporting, container sre-reporting [grace-period]",
@@ -227,13 +227,13 @@ fn audit_flags_seed_003_original() {
 }
 
 #[test]
-fn audit_passes_seed_003_proposal_and_seed_000_apiserver() {
+fn audit_passes_reporting_after_and_apiserver_static_pod() {
     let (pass, out) = audit_run(
         &[
             "-f",
-            &fixture("seed003-proposal.yaml"),
+            &fixture("reporting-after.yaml"),
             "-f",
-            &fixture("seed000-kube-apiserver.yaml"),
+            &fixture("kube-apiserver-static-pod.yaml"),
         ],
         "",
     )
@@ -247,7 +247,7 @@ fn audit_passes_seed_003_proposal_and_seed_000_apiserver() {
 
 #[test]
 fn audit_reads_stdin_and_json() {
-    let text = std::fs::read_to_string(fixture("seed003-original.yaml")).unwrap();
+    let text = std::fs::read_to_string(fixture("reporting-before.yaml")).unwrap();
     let (pass, out) = audit_run(&["-f", "-", "--output", "json"], &text).unwrap();
     assert!(!pass);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -265,7 +265,13 @@ fn audit_reads_stdin_and_json() {
         "spec.template.spec.terminationGracePeriodSeconds"
     );
     assert_eq!(f["suggested"], "56");
-    assert!(f["why"].as_str().unwrap().contains("seed 003"));
+    assert!(
+        f["why"]
+            .as_str()
+            .unwrap()
+            .contains("preStop sleep 20s + request timeout 30s"),
+        "{f}"
+    );
     assert_eq!(v["skipped"][0]["kind"], "Service");
 }
 

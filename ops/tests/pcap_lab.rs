@@ -1,5 +1,5 @@
 //! `analyze --pcap` on what real tcpdump captured in a lab scenario, checked
-//! against the lab's ground truth: seed 000's GCP hairpin, decoded from
+//! against the lab's ground truth: the GCP internal LB hairpin, decoded from
 //! master m1's capture, gives a hairpin verdict whose refused count equals
 //! the refused requests m1's clients recorded.
 
@@ -72,7 +72,7 @@ fn gcp_capture_gives_the_hairpin_verdict_with_the_clients_refused_count() {
             r["client"].as_str().is_some_and(|c| c.starts_with("m1-")) && r["outcome"] == "refused"
         })
         .count() as u64;
-    assert!(refused > 0, "the scenario reproduces seed 000");
+    assert!(refused > 0, "the scenario reproduces the hairpin refusals");
     let m1 = truth["params"]["masters"]["m1"].as_str().expect("m1");
     let vip = truth["params"]["vip"].as_str().expect("vip");
     let pcap = dir.join("m1.pcap");

@@ -1,5 +1,5 @@
 //! The report renders in a real browser: headless Chromium (Debian's
-//! `chromium`) screenshots the page built from seed 000's recording, and the
+//! `chromium`) screenshots the page built from the apiserver rollout recording, and the
 //! PNG must show a picture, not a blank page. Without chromium the test
 //! prints why and passes; set DW_REPORT_SCREENSHOT=path to keep the PNG.
 
@@ -40,7 +40,7 @@ fn headless_chromium_screenshot_shows_the_timeline() {
     let args = ReportArgs {
         input: PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/seed000-rollout.jsonl"
+            "/tests/fixtures/apiserver-rollout.jsonl"
         )),
         pcap: false,
         out: html.clone(),

@@ -1,4 +1,4 @@
-//! Graceful-shutdown rules over one pod spec (seeds 000, 001 and 003). Pure: no I/O.
+//! Graceful-shutdown rules over one pod spec. Pure: no I/O.
 //!
 //! The model: when a pod is deleted, kubelet runs each container's preStop hook, then
 //! sends SIGTERM; the server keeps serving for its shutdown delay (kube-apiserver's
@@ -18,7 +18,8 @@ use super::consumer::{self, ConsumerConfig, ConsumerModel, DEFAULT_SOURCE};
 use crate::duration::{DurationError, format_duration, parse_duration};
 
 /// Annotation (pod template or object) declaring a shutdown delay the server implements
-/// in-process after SIGTERM, invisible in the manifest otherwise (seed 003's 20s sleep).
+/// in-process after SIGTERM (an application that sleeps before closing its listener),
+/// invisible in the manifest otherwise.
 pub const SHUTDOWN_DELAY_ANNOTATION: &str = "drainwatch.io/shutdown-delay";
 /// Annotation declaring how long the server gives in-flight requests after it stops
 /// accepting new ones.
@@ -28,14 +29,14 @@ pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-co
 
 /// Kubernetes default for an unset `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-/// kube-apiserver's default `--request-timeout` (seed 000).
+/// kube-apiserver's default `--request-timeout` (kube-apiserver reference: 1m0s).
 pub const APISERVER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Tunables of the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleConfig {
-    /// In-flight budget for servers other than kube-apiserver: seed 003's proposal gives its
-    /// gRPC and HTTP servers 30s to terminate after the sleep.
+    /// In-flight budget for servers other than kube-apiserver; 30s, Kubernetes' default
+    /// grace period, is what a typical gRPC or HTTP server is given to terminate.
     pub request_timeout: Duration,
     /// Time that consumers (kube-proxy, ingress controllers, meshes, a load balancer
     /// after its verdict) need to stop routing once they know the pod is going away. A
@@ -91,7 +92,7 @@ pub struct Finding {
     pub field: String,
     /// The value found.
     pub current: String,
-    /// Why it matters, citing the seed.
+    /// Why it matters, citing the public behaviour it relies on.
     pub why: String,
     /// What to set instead.
     pub suggested: String,
@@ -497,9 +498,8 @@ pub fn audit_pod_with(
             current: grace_shown.clone(),
             why: format!(
                 "kubelet SIGKILLs every container when the grace period ends, but {} needs {} \
-                 = {} to finish in-flight requests (seed 000: 135 >= 70s shutdown delay + 60s \
-                 request timeout; seed 003 raised 30s to 60s for a 30s sleep + 30s to \
-                 terminate)",
+                 = {} to finish in-flight requests (the grace period counts from deletion, \
+                 preStop hook included: Kubernetes docs, Pod Lifecycle, termination of Pods)",
                 main.name,
                 terms.join(" + "),
                 format_duration(required_grace)
@@ -676,9 +676,10 @@ pub fn audit_pod_with(
             }
             let path = format!("{spec_path}.containers[{i}]");
             let suggested = format!(
-                "exec: command: [\"sleep\", \"{}\"] (just under the grace period, as seed \
-                 003's sleep 59 with 60), or make it a native sidecar (initContainers with \
-                 restartPolicy: Always)",
+                "exec: command: [\"sleep\", \"{}\"] (just under the grace period, so the \
+                 sidecar outlives the main container and still exits on SIGTERM before \
+                 SIGKILL), or make it a native sidecar (initContainers with restartPolicy: \
+                 Always, stopped after the main containers)",
                 sidecar_sleep.as_secs()
             );
             match pre_stop(c) {
@@ -695,12 +696,12 @@ pub fn audit_pod_with(
                     why: format!(
                         "kubelet sends SIGTERM to every container at once: without a preStop \
                          hook {} exits right away while {} keeps serving for {} and draining \
-                         for up to {}, so requests through it fail (seed 003: the \
-                         google_auth_proxy ambassador was killed immediately)",
+                         for up to {}, so requests that pass through {} fail",
                         c.name,
                         main.name,
                         format_duration(window),
-                        format_duration(drain)
+                        format_duration(drain),
+                        c.name
                     ),
                     suggested,
                 }),
@@ -711,8 +712,9 @@ pub fn audit_pod_with(
                     field: format!("{path}.lifecycle.preStop"),
                     current: format!("sleep {}", format_duration(d)),
                     why: format!(
-                        "{} gets SIGTERM after {}, before {} stops accepting requests at {} \
-                         (seed 003: the sidecar must outlive the main container's shutdown)",
+                        "{} gets SIGTERM after {}, before {} stops accepting requests at {}: \
+                         a sidecar in the request path must outlive the main container's \
+                         shutdown",
                         c.name,
                         format_duration(d),
                         main.name,
@@ -728,7 +730,8 @@ pub fn audit_pod_with(
                     current: format!("sleep {}", format_duration(d)),
                     why: format!(
                         "the sleep outlasts the {} grace period, so {} is SIGKILLed without a \
-                         chance to close its connections (seed 003 sleeps 59 with a grace of 60)",
+                         chance to close its connections (a sleep just under the grace period \
+                         leaves it a moment after SIGTERM)",
                         format_duration(grace),
                         c.name
                     ),

@@ -1,5 +1,5 @@
 //! `drainwatch lb-check`: worst-case LB detection time against the server's shutdown
-//! timing (seed 001), with the probe timeline.
+//! timing, with the probe timeline.
 
 pub mod model;
 
@@ -20,9 +20,10 @@ use model::{Assessment, Overrides, Preset, ProbeParams, Scheduling, ShutdownTime
     about = "Check that a load balancer's health check takes a backend out of service before it stops listening",
     long_about = "Computes the worst-case time t for a load balancer to take a backend out of \
         service after its health endpoint (/readyz) turns red, from the health-check parameters \
-        and the platform's probe scheduling, and checks seed 001's rule E2 + t < E3 \
-        (t < --shutdown-delay, strictly: a tie removes the backend the instant the listener \
-        closes, leaving no room for the LB to propagate its verdict). Also checks \
+        and the platform's probe scheduling, and checks that the load balancer takes the \
+        backend out before the listener closes: t < --shutdown-delay, strictly (a tie removes \
+        the backend the instant the listener closes, leaving no room for the LB to propagate \
+        its verdict). Also checks \
         --termination-grace-period >= --shutdown-delay + --request-timeout. Durations: 10s, \
         1m30s, 500ms or bare seconds. Exit status 0 = pass, 1 = fail."
 )]
@@ -54,8 +55,8 @@ pub struct LbCheckArgs {
     #[arg(long, value_enum)]
     pub scheduling: Option<Scheduling>,
 
-    /// Time between /readyz turning red and the server closing its listener (E3 - E2;
-    /// kube-apiserver --shutdown-delay-duration).
+    /// Time between /readyz turning red and the server closing its listener
+    /// (kube-apiserver --shutdown-delay-duration).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
@@ -181,7 +182,8 @@ pub fn render_text(preset: Preset, a: &Assessment) -> String {
     } else if d.margin_ms == 0 {
         format!(
             "worst-case detection {} equals shutdown-delay {} (margin 0s): the LB removes the \
-             backend the instant the listener closes, and seed 001 requires E2 + t < E3",
+             backend the instant the listener closes; it must take the backend out before \
+             the listener closes (detection time < shutdown delay)",
             format_duration(a.detection),
             format_duration(delay)
         )

@@ -1,6 +1,7 @@
 //! Health-check timing: how long a load balancer needs, in the worst case, to take a
-//! backend out of service once its health endpoint turns red (seed 001), and whether that
-//! fits in the server's shutdown delay. Pure: no I/O.
+//! backend out of service once its health endpoint turns red, and whether that fits in the
+//! server's shutdown delay: the load balancer must take the backend out before the
+//! listener closes (detection time < shutdown delay). Pure: no I/O.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::duration::{diff_millis, format_duration};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
-    /// AWS NLB target group, with seed 001's settings (HTTPS /readyz, 10s/10s, threshold 2).
+    /// AWS NLB target group (HTTPS /readyz, interval 10s, timeout 10s, unhealthy threshold 2).
     AwsNlb,
     /// GCP health check (check_interval_sec 5, timeout_sec 5, unhealthy_threshold 2).
     Gcp,
@@ -201,7 +202,7 @@ impl Preset {
             Preset::Gcp => vec![
                 "GCP internal passthrough Network Load Balancer: traffic that a backend VM sends \
                  to the load balancer's address is always delivered to that same VM, and health \
-                 checks are ignored for it (seed 000's hairpin). Clients on the node itself \
+                 checks are ignored for it (a hairpin). Clients on the node itself \
                  (kubelet, controllers) keep reaching the local server after /readyz turns red \
                  and get `connection refused` once it stops listening, whatever this check says."
                     .to_string(),
@@ -226,7 +227,7 @@ pub fn worst_case_formula(p: &ProbeParams) -> String {
 pub struct ProbeRun {
     /// `P2`, `P3`, ... (`P1` is the last probe that passed).
     pub name: String,
-    /// When it starts, from E2.
+    /// When it starts, from the instant /readyz turns red (SIGTERM).
     #[serde(serialize_with = "ser_secs", rename = "start_seconds")]
     pub start: Duration,
     /// When it times out.
@@ -238,9 +239,9 @@ pub struct ProbeRun {
 /// out, so the backend is out of service when the last one needed gives up.
 pub fn worst_case(p: &ProbeParams) -> (Duration, Vec<ProbeRun>) {
     let mut runs = Vec::new();
-    // P1 ends at T+0 in both models: for fixed scheduling it "immediately gets 200" at
-    // T+0 (seed 001); for after-previous scheduling its answer arrives just before E2,
-    // which is what starts the wait for the next check.
+    // P1 ends at T+0 in both models: for fixed scheduling it gets 200 at the very instant
+    // /readyz turns red (the worst phase); for after-previous scheduling its answer
+    // arrives just before, which is what starts the wait for the next check.
     let mut prev_start = Duration::ZERO;
     let mut prev_end = Duration::ZERO;
     for k in 0..p.unhealthy_threshold {
@@ -266,7 +267,7 @@ pub fn worst_case(p: &ProbeParams) -> (Duration, Vec<ProbeRun>) {
 /// What the server does after SIGTERM, and the pod's grace period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownTimes {
-    /// E3 - E2: how long the server keeps listening after /readyz turns red.
+    /// How long the server keeps listening after /readyz turns red.
     pub shutdown_delay: Duration,
     /// How long in-flight requests may run after the listener closed.
     pub request_timeout: Duration,
@@ -274,7 +275,7 @@ pub struct ShutdownTimes {
     pub grace: Option<Duration>,
 }
 
-/// One line of seed 001's timeline.
+/// One line of the worst-case timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimelineEvent {
     /// `E1`, `E2`, ... in chronological order.
@@ -302,13 +303,13 @@ pub struct Assessment {
     pub params: ProbeParams,
     /// The server's shutdown timing it was compared with.
     pub times: ShutdownTimes,
-    /// Worst-case time from E2 until the LB stops sending new connections.
+    /// Worst-case time from /readyz turning red until the LB stops sending new connections.
     pub detection: Duration,
     /// The probes after P1.
     pub probes: Vec<ProbeRun>,
-    /// Seed 001's rule `E2 + t < E3`.
+    /// Detection before the listener closes: detection time < shutdown delay.
     pub detection_check: Comparison,
-    /// `grace >= shutdown-delay + request timeout` (seed 000), when the grace is known.
+    /// `grace >= shutdown-delay + request timeout`, when the grace is known.
     pub grace_check: Option<Comparison>,
     /// Chronological timeline.
     pub timeline: Vec<TimelineEvent>,
@@ -328,14 +329,14 @@ impl Assessment {
     }
 }
 
-/// Applies seed 001's rule and seed 000's grace-period rule.
+/// Applies the detection rule and the grace-period rule.
 ///
-/// The detection rule is strict, as seed 001 writes it (`E2 + t < E3`): when `t` equals
-/// the shutdown delay the LB removes the backend at the very instant the listener closes,
-/// and the LB's own propagation of that verdict to its data plane (never zero, not
-/// modelled here) lands after it, so connections routed in between are refused. Seed
-/// 001's own example (AWS 30s against a 30s delay) therefore fails with margin 0: it
-/// needs a shorter check or a longer delay (today's 70s passes).
+/// The detection rule is strict (detection time < shutdown delay): when they are equal
+/// the LB removes the backend at the very instant the listener closes, and the LB's own
+/// propagation of that verdict to its data plane (never zero, not modelled here) lands
+/// after it, so connections routed in between are refused. AWS's 30s worst case against a
+/// 30s delay therefore fails with margin 0: it needs a shorter check or a longer delay
+/// (70s passes).
 pub fn assess(params: ProbeParams, times: &ShutdownTimes) -> Assessment {
     let (detection, probes) = worst_case(&params);
     let detection_margin = diff_millis(times.shutdown_delay, detection);
@@ -370,7 +371,7 @@ fn timeline(
     times: &ShutdownTimes,
 ) -> Vec<TimelineEvent> {
     // (time, rank, text): rank orders events that share a time so that the sequence reads
-    // like seed 001 (a probe times out before the next one kicks off), and the listener
+    // naturally (a probe times out before the next one kicks off), and the listener
     // closing is listed before an LB removal at the same instant, since that tie fails.
     let drain_end = times.shutdown_delay.saturating_add(times.request_timeout);
     let mut ev: Vec<(Duration, u8, String)> = Vec::new();
@@ -498,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn aws_seed_001_worst_case_is_30s_with_p1_p2_p3() {
+    fn aws_worst_case_is_30s_with_p1_p2_p3() {
         let (t, runs) = worst_case(&aws());
         assert_eq!(t, secs(30));
         let got: Vec<_> = runs
@@ -523,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn timeline_follows_seed_001_order() {
+    fn timeline_orders_probes_listener_and_removal() {
         let a = assess(aws(), &times(30));
         let lines: Vec<_> = a
             .timeline
@@ -549,7 +550,7 @@ mod tests {
         // inter 2s, fall 3, no timeout check: 2 + 3*2 + 2*2 = 12s.
         let p = Preset::Haproxy.resolve(&Overrides::default()).unwrap();
         assert_eq!(worst_case(&p).0, secs(12));
-        // Same numbers as seed 001's AWS config, but sequential: 10 + 2*10 + 10 = 40s,
+        // Same numbers as the aws-nlb preset, but sequential: 10 + 2*10 + 10 = 40s,
         // where AWS needs 30s.
         let o = Overrides {
             interval: Some(secs(10)),
@@ -639,7 +640,7 @@ mod tests {
 
     #[test]
     fn grace_covers_delay_plus_request_timeout() {
-        // Seed 000: 135 >= 70 + 60.
+        // A kube-apiserver static pod: 135 >= 70 + 60.
         let t = ShutdownTimes {
             shutdown_delay: secs(70),
             request_timeout: secs(60),

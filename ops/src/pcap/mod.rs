@@ -2,8 +2,8 @@
 //! pcapng) into the observations the kernel side would have made on the
 //! capture host (refused SYNs, handshakes, resets with origin and silence,
 //! keepalive, closes, cleartext HTTP/2 GOAWAY) and runs the same correlation
-//! engine, so someone who only has a capture (seed 002) gets the same
-//! verdicts as the daemon.
+//! engine, so someone who only has a capture (say, of idle connections reset
+//! by a middlebox) gets the same verdicts as the daemon.
 
 pub mod flows;
 pub mod packet;
@@ -66,7 +66,7 @@ pub struct CorrelateFlags {
     pub vips: Vec<IpAddr>,
 
     /// A VIP the capture host itself holds (GCP ILB on `lo`, repeatable): its own
-    /// connections to it hairpin locally (seed 000).
+    /// connections to it hairpin locally, whatever the health check says.
     #[arg(
         long = "local-vip",
         value_name = "IP",
@@ -84,11 +84,13 @@ pub struct CorrelateFlags {
     )]
     pub lb_addrs: Vec<IpAddr>,
 
-    /// kube-apiserver --shutdown-delay-duration (E3 - E2), e.g. 70s.
+    /// kube-apiserver --shutdown-delay-duration (from /readyz turning red to the
+    /// listener closing), e.g. 70s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DRAINWATCH_SHUTDOWN_DELAY")]
     pub shutdown_delay: Option<std::time::Duration>,
 
-    /// The apiserver's request timeout (E4 - E3), e.g. 60s.
+    /// The apiserver's request timeout (from the listener closing to the last
+    /// request cut), e.g. 60s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "DRAINWATCH_REQUEST_TIMEOUT")]
     pub request_timeout: Option<std::time::Duration>,
 
@@ -109,7 +111,7 @@ pub struct CorrelateFlags {
     pub health_check_sources: Vec<Cidr>,
 
     /// The LB's health check as INTERVAL/TIMEOUT/UNHEALTHY-THRESHOLD, e.g.
-    /// `10s/5s/2` (seed 001's table): verdicts compare the measured detection time
+    /// `10s/5s/2` (an AWS NLB target group's): verdicts compare the measured detection time
     /// with its worst case.
     #[arg(
         long = "lb-health-check",

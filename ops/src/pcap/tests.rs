@@ -67,7 +67,7 @@ fn refused_syn_gives_refused_observation_and_verdict() {
     assert_eq!(r.verdicts[0].count, 2);
 }
 
-/// Seed 002: an idle flow, then an RST towards the server from the client's
+/// An idle flow, then an RST towards the server from the client's
 /// direction but with another TTL: a middlebox forgot the flow.
 fn idle_reset(rst_ttl: u8, keepalive: bool) -> Decoded {
     let mut c = Conv::new("67.185.98.118:51648", "10.244.0.49:443");

@@ -324,7 +324,7 @@ fn svg(input: &Input, axis: &Axis) -> String {
         y += lane_h + 8.0;
 
         // Serving gauge: 1 when /readyz (or, without a poller, the pod) says
-        // so, as the Grafana panel under seed 000's graph shows.
+        // so, as a Grafana panel of readiness under the request graph would.
         let gauge = gauge_points(input, inst);
         if !gauge.is_empty() {
             gauges += 1;

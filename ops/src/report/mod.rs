@@ -1,8 +1,8 @@
 //! `drainwatch report`: one self-contained HTML file (inline CSS and SVG, no
 //! external resources) from a recording (`.jsonl` of observations) or a
 //! tcpdump capture: per-instance lifecycle phases as bands, disruptions as
-//! marks, outcomes and error rate over time on one time axis (the picture
-//! seed 000 shows from Grafana), a legend and the verdict sentences; plus a
+//! marks, outcomes and error rate over time on one time axis (the picture a
+//! Grafana dashboard of the rollout would show), a legend and the verdict sentences; plus a
 //! terminal summary.
 
 mod html;

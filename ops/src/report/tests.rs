@@ -4,7 +4,7 @@ use quick_xml::events::Event;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/seed000-rollout.jsonl"
+    "/tests/fixtures/apiserver-rollout.jsonl"
 );
 
 /// A file in a directory of the test's own (tests run in parallel).
@@ -14,8 +14,8 @@ fn tmp(test: &str, name: &str) -> PathBuf {
     d.join(name)
 }
 
-/// Seed 000's set-up: the GCP ILB address is on the master itself.
-pub(crate) fn seed000_args(input: PathBuf, out: PathBuf) -> ReportArgs {
+/// A GCP set-up where the internal LB's address is on the master itself.
+pub(crate) fn gcp_hairpin_args(input: PathBuf, out: PathBuf) -> ReportArgs {
     ReportArgs {
         input,
         pcap: false,
@@ -80,8 +80,8 @@ fn class_count(els: &[(String, Vec<(String, String)>)], class: &str) -> usize {
 
 #[test]
 fn report_from_recording_has_bands_marks_and_verdicts() {
-    let out = tmp("recording", "seed000.html");
-    let args = seed000_args(PathBuf::from(FIXTURE), out.clone());
+    let out = tmp("recording", "rollout.html");
+    let args = gcp_hairpin_args(PathBuf::from(FIXTURE), out.clone());
     let mut term = Vec::new();
     let n = run_to(&args, &mut term).unwrap();
     let term = String::from_utf8(term).unwrap();
@@ -124,7 +124,7 @@ fn report_from_capture_is_detected_by_magic() {
     let input = tmp("capture", "capture.jsonl");
     std::fs::write(&input, pcap(1, &frames(&pkts))).unwrap();
     let out = tmp("capture", "capture.html");
-    let mut args = seed000_args(input.clone(), out.clone());
+    let mut args = gcp_hairpin_args(input.clone(), out.clone());
     args.capture = CaptureFlags {
         ports: vec![6443],
         locals: vec![],
@@ -152,11 +152,11 @@ fn report_from_capture_is_detected_by_magic() {
 fn bad_inputs_name_the_file() {
     let bad = tmp("bad", "bad.jsonl");
     std::fs::write(&bad, "{\"id\":1}\n").unwrap();
-    let args = seed000_args(bad.clone(), tmp("bad", "x.html"));
+    let args = gcp_hairpin_args(bad.clone(), tmp("bad", "x.html"));
     let e = format!("{:#}", load(&args).unwrap_err());
     assert!(e.contains("bad.jsonl") && e.contains("line 1"), "{e}");
     // --pcap on something that is not a capture.
-    let mut args = seed000_args(bad.clone(), tmp("bad", "x.html"));
+    let mut args = gcp_hairpin_args(bad.clone(), tmp("bad", "x.html"));
     args.pcap = true;
     let e = format!("{:#}", load(&args).unwrap_err());
     assert!(e.contains("bad.jsonl") && e.contains("magic"), "{e}");
