@@ -185,6 +185,11 @@ impl Engine {
         }
     }
 
+    /// The configuration it was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Observations held (not yet compacted away).
     pub fn len(&self) -> usize {
         self.obs.len()
@@ -1752,82 +1757,28 @@ fn compute<'a>(
         }
     }
 
-    // Idle resets by a middlebox.
+    // Idle resets by a middlebox: the one rule in `idle::infer`.
     for (inst, its) in idle {
-        // Resets sent at the timeout measure it; resets answering a later
-        // packet only bound it from above, so they are used only alone.
-        let silences_of = |answered: bool| -> Vec<f64> {
-            its.iter()
-                .filter_map(|i| match i.item {
-                    Item::IdleReset {
-                        silence_s,
-                        answered: a,
-                        ..
-                    } if silence_s.is_finite() && silence_s >= 0.0 && a == answered => {
-                        Some(silence_s)
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        let mut silences = silences_of(false);
-        if silences.is_empty() {
-            silences = silences_of(true);
-        }
-        let min = silences.iter().copied().fold(f64::INFINITY, f64::min);
-        if !min.is_finite() {
-            continue;
-        }
-        // The cluster: silences within 10 % of the shortest. Resets that
-        // answer a packet sent long after the timeout end longer silences.
-        let cluster_max = silences
-            .iter()
-            .copied()
-            .filter(|s| *s <= min * 1.1 + cfg.tolerance_s)
-            .fold(min, f64::max);
-        let without = its
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.item,
-                    Item::IdleReset {
-                        keepalive: Keepalive::None,
-                        ..
-                    }
-                )
-            })
-            .count() as u64;
-        let with = its
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.item,
-                    Item::IdleReset {
-                        keepalive: Keepalive::Seen | Keepalive::Interval(_),
-                        ..
-                    }
-                )
-            })
-            .count() as u64;
-        let slow_ka = its
+        let samples: Vec<crate::idle::IdleSample> = its
             .iter()
             .filter_map(|i| match i.item {
                 Item::IdleReset {
-                    keepalive: Keepalive::Interval(k),
-                    ..
-                } if k >= min => Some(k),
+                    silence_s,
+                    keepalive,
+                    answered,
+                } => Some(crate::idle::IdleSample {
+                    silence_s,
+                    answered,
+                    keepalive,
+                }),
                 _ => None,
             })
-            .fold(None, |a: Option<f64>, k| Some(a.map_or(k, |a| a.max(k))));
+            .collect();
+        let Some(inf) = crate::idle::infer(&samples, cfg.tolerance_s) else {
+            continue;
+        };
         let g = Group::new(its.into_iter().map(|i| vec![i]).collect());
-        let (sentence, fix) = text::idle(
-            inst.as_deref(),
-            g.attempts.len(),
-            min,
-            cluster_max,
-            without,
-            slow_ka,
-        );
+        let (sentence, fix) = text::idle(inst.as_deref(), g.attempts.len(), &inf);
         drafts.push(Draft {
             cause: Cause::IdleResetByMiddlebox,
             instance: inst,
@@ -1837,10 +1788,10 @@ fn compute<'a>(
             sentence,
             fix,
             measured: Some(Measured::IdleTimeout {
-                inferred_s: min,
-                max_silence_s: cluster_max,
-                without_keepalive: without,
-                with_keepalive: with,
+                inferred_s: inf.timeout_s,
+                max_silence_s: inf.cluster_max_s,
+                without_keepalive: inf.without_keepalive,
+                with_keepalive: inf.with_keepalive,
             }),
         });
     }

@@ -110,6 +110,7 @@
 
 mod config;
 mod engine;
+pub mod idle;
 mod model;
 mod output;
 mod text;

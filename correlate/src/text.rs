@@ -235,30 +235,26 @@ pub(crate) fn sigkill(
 pub(crate) fn idle(
     inst: Option<&str>,
     n: usize,
-    min: f64,
-    max: f64,
-    without: u64,
-    slow_keepalive: Option<f64>,
+    inf: &crate::idle::IdleInference,
 ) -> (String, String) {
     let on = inst.map(|i| format!(" to {i}")).unwrap_or_default();
-    let ka = match slow_keepalive {
+    let without = inf.without_keepalive;
+    let ka = match inf.slow_keepalive_s {
         Some(k) => format!(
             "; {without} had no TCP keepalive and some had keepalive every {k:.0} s, too slow"
         ),
         None => format!("; {without} had no TCP keepalive"),
     };
-    let range = if max > min + 0.05 {
-        format!("{min:.1}-{max:.1} s")
-    } else {
-        format!("{min:.1} s")
-    };
     (
         format!(
-            "a middlebox reset {}{on} after {range} of silence: its idle timeout is about {min:.0} s{ka}",
-            plural(n, "idle connection", "idle connections")
+            "a middlebox reset {}{on} after {} of silence: its idle timeout is {}{ka}",
+            plural(n, "idle connection", "idle connections"),
+            inf.range_words(),
+            inf.timeout_words(),
         ),
         format!(
-            "enable TCP keepalive on clients with an interval well below {min:.0} s (client-go uses 30 s), or raise the LB's idle timeout"
+            "enable TCP keepalive on clients with an interval well below {:.0} s (client-go uses 30 s), or raise the LB's idle timeout",
+            inf.timeout_s
         ),
     )
 }

@@ -8,9 +8,13 @@ use aya::maps::{MapData, RingBuf};
 use probe_common::{LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 
+use drainwatch_correlate::{
+    Obs, ResetOrigin,
+    idle::{IdleResets, IdleSample},
+};
+
 use crate::{
-    event::{DecodeContext, EventKind, decode, parse_raw},
-    idle::IdleResets,
+    event::{DecodeContext, decode, parse_raw},
     loader::{self, HookState, LoadOptions},
     metrics::{self, Metrics},
     observe,
@@ -886,18 +890,28 @@ fn handle_record(
     {
         tracing::debug!("stdout closed; event not printed");
     }
-    let Some(w) = ev.wire.as_ref() else { return };
-    if ev.kind != EventKind::WireReset || w.direction != "received" {
+    // The live finding comes from the engine's own rule (correlate's
+    // `idle::infer`), fed through the same event -> observation mapping.
+    let Some(Obs::WireReset {
+        origin,
+        silence_s,
+        answered_packet,
+        keepalive,
+        ..
+    }) = crate::observe::observation(&ev, 0).map(|o| o.kind)
+    else {
         return;
-    }
-    let Some(silence) = w.silence_seconds else {
-        return;
+    };
+    let sample = IdleSample {
+        silence_s,
+        answered: answered_packet == Some(true),
+        keepalive,
     };
     let Some(c) = idle.observe(
         ev.ts_boot_ns,
-        silence,
-        w.origin == Some("middlebox"),
-        w.keepalive.as_deref() != Some("none"),
+        sample,
+        origin == ResetOrigin::Middlebox,
+        corr.engine.config().tolerance_s,
     ) else {
         return;
     };
@@ -905,7 +919,7 @@ fn handle_record(
     metrics
         .inferred_idle_timeout
         .with_label_values(&[c.origin])
-        .set(c.inferred_timeout_seconds);
+        .set(c.inference.timeout_s);
     let line = match output {
         Output::Text => Some(format!("FINDING idle-reset cluster: {c}")),
         Output::Json => serde_json::to_string(&serde_json::json!({

@@ -156,7 +156,8 @@ fn idle_flows_reset_by_a_middlebox_are_attributed_and_clustered() {
         (c["resets"].as_u64(), c["origin"].as_str()),
         (Some(3), Some("middlebox"))
     );
-    let inferred = c["inferred_timeout_seconds"].as_f64().expect("timeout");
+    let inferred = c["timeout_s"].as_f64().expect("timeout");
+    assert_eq!(c["measured"], true, "resets sent at the timeout measure it");
     assert!((2.7..=3.6).contains(&inferred), "inferred {inferred}");
     assert_eq!(c["without_keepalive"], 3);
     let m = d.metrics();
