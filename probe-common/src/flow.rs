@@ -45,7 +45,15 @@ pub struct Flow {
     pub big_dir: u8,
     /// Directions a FIN went: bit 0 ingress, bit 1 egress.
     pub fin_dirs: u8,
-    pub _pad: [u8; 4],
+    /// Bytes of the frame header at `h2_next` (with a GOAWAY's 8 payload
+    /// bytes: up to 16) already seen in an earlier packet, 0 when none: a
+    /// header cut by a segment boundary is finished by the next segment.
+    pub h2_have: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Those bytes, big-endian: the header's first 4 (length and type) ...
+    pub h2_head: [u32; 2],
+    /// ... and a GOAWAY's last-stream-id and error code (its bytes 9..17).
+    pub h2_tail: [u64; 2],
 }
 
 /// A flow closed both ways is dropped from the table once it has been
@@ -85,7 +93,7 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Flow>() == 120);
+const _: () = assert!(core::mem::size_of::<Flow>() == 144);
 
 #[cfg(test)]
 mod tests {
@@ -111,7 +119,10 @@ mod tests {
             from_syn: 1,
             big_dir: 0,
             fin_dirs,
-            _pad: [0; 4],
+            h2_have: [0; 2],
+            _pad: [0; 2],
+            h2_head: [0; 2],
+            h2_tail: [0; 2],
         }
     }
 

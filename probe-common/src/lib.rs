@@ -37,9 +37,11 @@ pub mod wire_stat {
     pub const H2_TLS: u32 = 0;
     /// Flows first seen mid-stream: frame boundaries unknown.
     pub const H2_MID_STREAM: u32 = 1;
-    /// A frame header split across packets: frame tracking lost.
+    /// A frame header spread over three or more packets (a header cut by
+    /// one packet boundary is reassembled): frame tracking lost.
     pub const H2_SPLIT_HEADER: u32 = 2;
-    /// A GOAWAY frame split across packets: not decoded.
+    /// A GOAWAY whose first 17 bytes spread over three or more packets:
+    /// not decoded (frame tracking goes on).
     pub const H2_SPLIT_GOAWAY: u32 = 3;
     /// More frames in one packet than the bounded scan reads.
     pub const H2_FRAME_LIMIT: u32 = 4;
@@ -56,6 +58,9 @@ pub mod wire_stat {
     pub const NOT_H2: u32 = 9;
     /// Packets the classifier looked at (watched ports only).
     pub const PACKETS: u32 = 10;
+    /// An HTTP/1.1 `101 Switching Protocols` to h2c whose header block did
+    /// not end in the server's first packet: HTTP/2 after it not followed.
+    pub const H2C_UPGRADE_LOST: u32 = 11;
 }
 /// Number of slots in `WIRE_STATS`.
 pub const WIRE_STAT_SLOTS: u32 = 12;

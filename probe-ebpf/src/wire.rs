@@ -47,6 +47,10 @@ mod h2 {
     pub const ALIGNED: u8 = 2;
     /// Not inspectable any more (TLS, not HTTP/2, tracking lost).
     pub const OFF: u8 = 3;
+    /// The connection's first payload was this direction's and not HTTP/2:
+    /// an HTTP/1.1 request, which an h2c upgrade turns into HTTP/2. The
+    /// other direction's first payload decides.
+    pub const H1: u8 = 4;
 }
 
 #[map]
@@ -338,7 +342,10 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
                 from_syn: u8::from(syn),
                 big_dir: 0,
                 fin_dirs: 0,
-                _pad: [0; 4],
+                h2_have: [0; 2],
+                _pad: [0; 2],
+                h2_head: [0; 2],
+                h2_tail: [0; 2],
             };
             if FLOWS.insert(key, fresh, 0).is_err() {
                 return None;
@@ -477,84 +484,261 @@ fn report_reset(p: &Pkt, f: &Flow, ts: u64, ingress: bool) {
 }
 
 /// Follows HTTP/2 frame boundaries in one direction and reports GOAWAY.
+///
+/// `h2_next` is the sequence number of the next frame header. A segment
+/// may start anywhere: before it (a retransmission, or the body of a frame
+/// that began in an earlier segment), so parsing resumes at the header
+/// inside the segment; or after it (bytes the capture missed), which ends
+/// inspection. A header (with a GOAWAY's ids: its first 17 bytes) cut by
+/// the segment's end is kept in the flow and finished by the next segment;
+/// one spread over three segments is counted, not guessed.
+/// `ops/src/pcap/flows.rs` follows the same rules on captures.
 fn h2_scan(ctx: &TcContext, p: &Pkt, f: &mut Flow, dir: usize) {
-    let mut off = p.payload_off;
     let end = p.payload_off + p.payload_len;
+    let seg_end = p.seq.wrapping_add(p.payload_len);
     match f.h2[dir] {
         h2::START => {
-            let head: u32 = match load::<u32>(ctx, off) {
-                Some(v) => u32::from_be(v),
-                None => return,
-            };
-            let b0 = (head >> 24) as u8;
-            let b1 = (head >> 16) as u8;
-            if head == H2_PREFACE_HEAD {
-                off += H2_PREFACE_LEN;
-            } else if b0 == 0x16 && b1 == 0x03 {
-                f.h2[dir] = h2::OFF;
-                stat(ws::H2_TLS);
-                return;
-            } else {
-                // A server's first frame is SETTINGS on stream 0.
-                let ty: u8 = load(ctx, off + 3).unwrap_or(0);
-                let stream = load::<u32>(ctx, off + 5).map(u32::from_be).unwrap_or(1);
-                if ty != H2_SETTINGS || stream & 0x7fff_ffff != 0 {
-                    f.h2[dir] = h2::OFF;
-                    stat(ws::NOT_H2);
-                    return;
-                }
-            }
-            f.h2[dir] = h2::ALIGNED;
-        }
-        h2::ALIGNED => {
-            if p.seq != f.h2_next[dir] {
-                if seq_after(f.h2_next[dir], p.seq) {
-                    // A retransmission of bytes already scanned.
-                    return;
-                }
-                f.h2[dir] = h2::OFF;
-                stat(ws::H2_SEQ_GAP);
+            if !h2_start(ctx, p, f, dir) {
                 return;
             }
         }
+        h2::ALIGNED => {}
         _ => return,
     }
+    // Bytes of the first header that came in an earlier segment.
+    let mut have = u32::from(f.h2_have[dir]);
+    // The next byte still wanted: a header's start, or its rest.
+    let pos = f.h2_next[dir].wrapping_add(have);
+    if seq_after(p.seq, pos) {
+        f.h2[dir] = h2::OFF;
+        stat(ws::H2_SEQ_GAP);
+        return;
+    }
+    if !seq_after(seg_end, pos) {
+        // Bytes already scanned, or a frame body continuing.
+        return;
+    }
+    let mut off = p.payload_off + pos.wrapping_sub(p.seq);
     for _ in 0..H2_MAX_FRAMES {
         if off >= end {
             break;
         }
-        if off + 9 > end {
-            f.h2[dir] = h2::OFF;
-            stat(ws::H2_SPLIT_HEADER);
+        // Where the header starts: before the payload when its first bytes
+        // are the kept ones (the packet's own bytes there are masked off).
+        let win = off - have;
+        if win + 4 > end {
+            if have != 0 {
+                f.h2[dir] = h2::OFF;
+                stat(ws::H2_SPLIT_HEADER);
+            } else {
+                h2_keep(ctx, p, f, dir, off, end);
+            }
             return;
         }
-        let Some(w0) = load::<u32>(ctx, off).map(u32::from_be) else {
+        let Some(w) = load::<u32>(ctx, win).map(u32::from_be) else {
             return;
         };
-        let len = w0 >> 8;
-        let ty = w0 as u8;
-        if ty == H2_GOAWAY {
-            if off + 17 <= end {
-                let last = load::<u32>(ctx, off + 9).map(u32::from_be).unwrap_or(0);
-                let code = load::<u32>(ctx, off + 13).map(u32::from_be).unwrap_or(0);
+        let head = if have == 0 {
+            w
+        } else if have < 4 {
+            let miss = 8 * (4 - have);
+            (f.h2_head[dir] << miss) | (w & ((1u32 << miss) - 1))
+        } else {
+            f.h2_head[dir]
+        };
+        if head as u8 == H2_GOAWAY {
+            if win + 17 > end {
+                if have == 0 {
+                    h2_keep(ctx, p, f, dir, off, end);
+                    return;
+                }
+                stat(ws::H2_SPLIT_GOAWAY);
+            } else {
+                let Some(w) = load::<u64>(ctx, win + 9).map(u64::from_be) else {
+                    return;
+                };
+                let body = if have <= 9 {
+                    w
+                } else {
+                    let miss = 8 * (17 - have);
+                    (f.h2_tail[dir] << miss) | (w & ((1u64 << miss) - 1))
+                };
                 emit(kind::GOAWAY, &p.tuple, |ev| {
-                    ev.aux32 = last & 0x7fff_ffff;
-                    ev.reason = code;
+                    ev.aux32 = (body >> 32) as u32 & 0x7fff_ffff;
+                    ev.reason = body as u32;
                     ev.ttl = p.ttl;
                     if dir == 0 {
                         ev.flags |= flags::INGRESS;
                     }
                 });
-            } else {
-                stat(ws::H2_SPLIT_GOAWAY);
             }
         }
-        off += 9 + len;
+        off = win + 9 + (head >> 8);
+        have = 0;
     }
     if off < end {
         f.h2[dir] = h2::OFF;
         stat(ws::H2_FRAME_LIMIT);
         return;
     }
+    f.h2_have[dir] = 0;
     f.h2_next[dir] = p.seq.wrapping_add(off - p.payload_off);
+}
+
+/// Keeps the start of a frame header cut by the segment's end at `off`
+/// (its length and type, or fewer bytes; for a GOAWAY what there is of its
+/// ids) for the next segment to finish.
+#[inline(always)]
+fn h2_keep(ctx: &TcContext, p: &Pkt, f: &mut Flow, dir: usize, off: u32, end: u32) {
+    let k = end - off;
+    if k == 0 || k > 16 {
+        return;
+    }
+    let head = if k >= 4 {
+        load::<u32>(ctx, off).map(u32::from_be)
+    } else {
+        // The last k bytes of the payload.
+        load::<u32>(ctx, end - 4).map(|w| u32::from_be(w) & ((1u32 << (8 * k)) - 1))
+    };
+    let tail = if k > 9 {
+        load::<u64>(ctx, end - 8).map(|w| u64::from_be(w) & ((1u64 << (8 * (k - 9))) - 1))
+    } else {
+        Some(0)
+    };
+    let (Some(head), Some(tail)) = (head, tail) else {
+        return;
+    };
+    f.h2_head[dir] = head;
+    f.h2_tail[dir] = tail;
+    f.h2_have[dir] = k as u8;
+    f.h2_next[dir] = p.seq.wrapping_add(off - p.payload_off);
+}
+
+/// A direction's first payload: the client preface, the server's SETTINGS,
+/// TLS, or HTTP/1.1, which becomes HTTP/2 after an h2c upgrade (RFC 7540
+/// 3.2: the client's request first, the server's `101 Switching Protocols`
+/// and then frames, starting with SETTINGS; the client's preface follows
+/// the 101). `true` with `h2_next` at the first frame header when frames
+/// follow.
+#[inline(always)]
+fn h2_start(ctx: &TcContext, p: &Pkt, f: &mut Flow, dir: usize) -> bool {
+    let off = p.payload_off;
+    let other = 1 - dir;
+    let Some(head) = load::<u32>(ctx, off).map(u32::from_be) else {
+        return false;
+    };
+    let skip = if head == H2_PREFACE_HEAD {
+        H2_PREFACE_LEN
+    } else if (head >> 16) as u16 == 0x1603 {
+        f.h2[dir] = h2::OFF;
+        stat(ws::H2_TLS);
+        return false;
+    } else if f.h2[other] == h2::H1 {
+        // The answer to an HTTP/1.1 request: HTTP/2 only after a 101.
+        f.h2[other] = h2::OFF;
+        match h1_upgrade_end(ctx, p) {
+            Upgrade::Switched(n) => {
+                f.h2[other] = h2::START;
+                n
+            }
+            Upgrade::Not => {
+                // Both directions are HTTP/1.
+                stat(ws::NOT_H2);
+                stat(ws::NOT_H2);
+                f.h2[dir] = h2::OFF;
+                return false;
+            }
+            Upgrade::Lost => {
+                stat(ws::H2C_UPGRADE_LOST);
+                f.h2[dir] = h2::OFF;
+                return false;
+            }
+        }
+    } else {
+        // A server's first frame is SETTINGS on stream 0.
+        let ty: u8 = load(ctx, off + 3).unwrap_or(0);
+        let stream = load::<u32>(ctx, off + 5).map(u32::from_be).unwrap_or(1);
+        if ty != H2_SETTINGS || stream & 0x7fff_ffff != 0 {
+            if f.h2[dir] == h2::START && f.h2[other] == h2::START {
+                // The connection's first payload: HTTP/1.1 may upgrade.
+                f.h2[dir] = h2::H1;
+                return false;
+            }
+            f.h2[dir] = h2::OFF;
+            stat(ws::NOT_H2);
+            return false;
+        }
+        0
+    };
+    f.h2[dir] = h2::ALIGNED;
+    f.h2_have[dir] = 0;
+    f.h2_next[dir] = p.seq.wrapping_add(skip);
+    true
+}
+
+enum Upgrade {
+    /// `101` to h2c: frames start this many bytes into the payload.
+    Switched(u32),
+    /// Another answer: the connection stays HTTP/1.
+    Not,
+    /// A 101 whose header block does not end within the bytes looked at.
+    Lost,
+}
+
+/// "HTTP/1.1" and " 101", the start of a 101 response's status line.
+const H1_VERSION: u64 = u64::from_be_bytes(*b"HTTP/1.1");
+const H1_101: u32 = u32::from_be_bytes(*b" 101");
+const CRLFCRLF: u32 = u32::from_be_bytes(*b"\r\n\r\n");
+/// How far into the server's first packet the end of a 101 response's
+/// header block is looked for (the loop the verifier walks). Servers send
+/// 70-odd bytes (status line, `Connection` and `Upgrade`).
+const H2C_HEAD_MAX: u32 = 256;
+
+/// The 101 response's bytes, copied out of the packet: the scan then reads
+/// memory the verifier can bound (a map value) with no helper per byte.
+#[map]
+static H2C_SCRATCH: PerCpuArray<[u8; H2C_HEAD_MAX as usize]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this packet starts a `101 Switching Protocols` response whose
+/// header block ends inside it (and where).
+#[inline(always)]
+fn h1_upgrade_end(ctx: &TcContext, p: &Pkt) -> Upgrade {
+    let off = p.payload_off;
+    let is_101 = load::<u64>(ctx, off).map(u64::from_be) == Some(H1_VERSION)
+        && load::<u32>(ctx, off + 8).map(u32::from_be) == Some(H1_101);
+    if !is_101 {
+        return Upgrade::Not;
+    }
+    let Some(buf) = H2C_SCRATCH.get_ptr_mut(0) else {
+        return Upgrade::Lost;
+    };
+    let n = p.payload_len.min(H2C_HEAD_MAX);
+    // The helper's length must be provably 1..=H2C_HEAD_MAX; LLVM folds
+    // the bound checks into one the verifier cannot follow, so the value
+    // goes through memory and a mask it must keep.
+    // SAFETY: reading a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if n < 16 {
+        return Upgrade::Lost;
+    }
+    let n = ((n - 1) & (H2C_HEAD_MAX - 1)) + 1;
+    // SAFETY: `buf` is a map value of H2C_HEAD_MAX bytes and n <= H2C_HEAD_MAX.
+    let r =
+        unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), off, buf.cast(), n) };
+    if r != 0 {
+        return Upgrade::Lost;
+    }
+    let mut acc = 0u32;
+    for i in 12..H2C_HEAD_MAX {
+        if i >= n {
+            break;
+        }
+        // SAFETY: i < H2C_HEAD_MAX, inside the map value.
+        let b = unsafe { *(buf as *const u8).add(i as usize) };
+        acc = (acc << 8) | u32::from(b);
+        if acc == CRLFCRLF {
+            return Upgrade::Switched(i + 1);
+        }
+    }
+    Upgrade::Lost
 }

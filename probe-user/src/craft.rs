@@ -56,8 +56,20 @@ fn tcp_bytes(s: &Seg<'_>, doff_words: u8, options: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// An Ethernet + IPv4 frame; `ihl_words` > 5 adds NOP options.
+/// An Ethernet + IPv4 frame from [`CLIENT`] to [`SERVER`]; `ihl_words` > 5
+/// adds NOP options.
 pub fn v4(s: &Seg<'_>, ihl_words: u8, doff_words: u8) -> Vec<u8> {
+    v4_between(s, ihl_words, doff_words, CLIENT, SERVER)
+}
+
+/// As [`v4`], between the given addresses.
+pub fn v4_between(
+    s: &Seg<'_>,
+    ihl_words: u8,
+    doff_words: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Vec<u8> {
     let tcp = tcp_bytes(s, doff_words, &[]);
     let ip_hdr = usize::from(ihl_words.max(5)) * 4;
     let mut frame = vec![0u8; 14 + ip_hdr + tcp.len()];
@@ -76,8 +88,8 @@ pub fn v4(s: &Seg<'_>, ihl_words: u8, doff_words: u8) -> Vec<u8> {
         ip.set_total_length((ip_hdr + tcp.len()) as u16);
         ip.set_ttl(s.ttl);
         ip.set_next_level_protocol(IpNextHeaderProtocols::Tcp);
-        ip.set_source(CLIENT);
-        ip.set_destination(SERVER);
+        ip.set_source(src);
+        ip.set_destination(dst);
         if ihl_words > 5 {
             // NOP options (type 1) fill the extra words.
             for b in &mut ip.packet_mut()[20..ip_hdr] {

@@ -477,6 +477,7 @@ async fn wire_stats_task(
         (ws::H2_FRAME_LIMIT, "frame_limit"),
         (ws::H2_SEQ_GAP, "seq_gap"),
         (ws::NOT_H2, "not_http2"),
+        (ws::H2C_UPGRADE_LOST, "h2c_upgrade_lost"),
     ];
     for (_, reason) in uninspected {
         metrics

@@ -7,7 +7,7 @@ use pnet_packet::tcp::TcpFlags;
 use probe_common::wire_stat as ws;
 
 use crate::{
-    craft::{ext, seg, v4, v6},
+    craft::{CLIENT, SERVER, ext, seg, v4, v4_between, v6},
     event::{DecodeContext, Event, EventKind, decode, parse_raw},
     loader::{self, LoadOptions, WireOptions},
 };
@@ -251,7 +251,8 @@ fn goaway_is_found_across_frames_and_split_ones_are_counted() {
         (Some(7), Some("ENHANCE_YOUR_CALM"))
     );
 
-    // A GOAWAY cut by the packet end is counted, not guessed.
+    // A GOAWAY cut by the packet end is finished by the next packet; one
+    // spread over three packets is counted, not guessed.
     assert!(
         r.run(
             false,
@@ -270,6 +271,22 @@ fn goaway_is_found_across_frames_and_split_ones_are_counted() {
         r.run(false, &v4(&seg(6443, 41002, 50, ack, &cut), 5, 5))
             .is_empty()
     );
+    let rest = 50 + cut.len() as u32;
+    let evs = r.run(
+        false,
+        &v4(&seg(6443, 41002, rest, ack, &goaway(3, 0)[12..]), 5, 5),
+    );
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].wire.as_ref().and_then(|w| w.last_stream_id), Some(3));
+    let three = goaway(4, 0);
+    let mut seq = rest + 5;
+    for piece in [&three[..2], &three[2..12], &three[12..]] {
+        assert!(
+            r.run(false, &v4(&seg(6443, 41002, seq, ack, piece), 5, 5))
+                .is_empty()
+        );
+        seq += piece.len() as u32;
+    }
     assert_eq!(r.stat(ws::H2_SPLIT_GOAWAY) - split_before, 1);
 
     // TLS is recognised and counted as not inspectable.
@@ -284,4 +301,83 @@ fn goaway_is_found_across_frames_and_split_ones_are_counted() {
             .is_empty()
     );
     assert_eq!(r.stat(ws::H2_TLS) - tls_before, 1);
+}
+
+/// The shared segmentation cases (`drainwatch_ops::pcap::h2cases`, also run
+/// through the pcap follower) through the real classifier: this host is the
+/// server, so its segments go through `tc_egress` and the client's through
+/// `tc_ingress`; every case must give exactly its GOAWAYs and uninspected
+/// counts.
+#[test]
+fn shared_h2_segmentation_cases_through_the_classifier() {
+    use drainwatch_ops::pcap::h2cases::{CLIENT_ISN, SERVER_ISN, cases};
+    let Some(mut r) = rig() else { return };
+    let slots = [
+        (ws::H2_TLS, "h2_tls"),
+        (ws::H2_MID_STREAM, "h2_mid_stream"),
+        (ws::H2_SPLIT_HEADER, "h2_split_header"),
+        (ws::H2_SPLIT_GOAWAY, "h2_split_goaway"),
+        (ws::H2_FRAME_LIMIT, "h2_frame_limit"),
+        (ws::H2_SEQ_GAP, "h2_seq_gap"),
+        (ws::NOT_H2, "not_h2"),
+        (ws::H2C_UPGRADE_LOST, "h2c_upgrade_lost"),
+    ];
+    let ack = TcpFlags::ACK | TcpFlags::PSH;
+    for (i, c) in cases().into_iter().enumerate() {
+        let port = 42000 + i as u16;
+        let before: Vec<u64> = slots.iter().map(|(s, _)| r.stat(*s)).collect();
+        let client = |seq, flags, payload: &[u8]| {
+            v4_between(&seg(port, 6443, seq, flags, payload), 5, 5, CLIENT, SERVER)
+        };
+        let server = |seq, flags, payload: &[u8]| {
+            v4_between(&seg(6443, port, seq, flags, payload), 5, 5, SERVER, CLIENT)
+        };
+        let mut evs = r.run(true, &client(CLIENT_ISN, TcpFlags::SYN, &[]));
+        evs.extend(r.run(
+            false,
+            &server(SERVER_ISN, TcpFlags::SYN | TcpFlags::ACK, &[]),
+        ));
+        evs.extend(r.run(
+            true,
+            &client(CLIENT_ISN.wrapping_add(1), TcpFlags::ACK, &[]),
+        ));
+        for s in &c.segs {
+            let isn = if s.from_server {
+                SERVER_ISN
+            } else {
+                CLIENT_ISN
+            };
+            let seq = isn.wrapping_add(1).wrapping_add(s.rel_seq);
+            let frame = if s.from_server {
+                server(seq, ack, &s.bytes)
+            } else {
+                client(seq, ack, &s.bytes)
+            };
+            evs.extend(r.run(!s.from_server, &frame));
+        }
+        let goaways: Vec<(bool, u32, u32)> = evs
+            .iter()
+            .filter(|e| e.kind == EventKind::Goaway)
+            .map(|e| {
+                let w = e.wire.as_ref().expect("wire");
+                let code = w.error_code.expect("code");
+                (
+                    w.direction == "sent",
+                    w.last_stream_id.expect("id"),
+                    (0..14)
+                        .find(|&i| drainwatch_ops::pcap::flows::h2_error_name(i) == code)
+                        .expect("known code"),
+                )
+            })
+            .collect();
+        assert_eq!(goaways, c.goaways, "{}", c.name);
+        let mut uninspected: Vec<(&str, u64)> = slots
+            .iter()
+            .zip(&before)
+            .map(|((s, name), b)| (*name, r.stat(*s) - b))
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        uninspected.sort_unstable();
+        assert_eq!(uninspected, c.uninspected, "{}", c.name);
+    }
 }

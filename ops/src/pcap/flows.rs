@@ -13,8 +13,11 @@
 //! - a keepalive probe is an ACK without new data whose sequence number is
 //!   one below what was already sent (RFC 9293 3.8.4);
 //! - HTTP/2 frames are followed from the client preface or the server's
-//!   first SETTINGS; TLS, flows seen mid-stream, split frame headers and
-//!   sequence gaps are counted as uninspected, never guessed.
+//!   first SETTINGS, or after an h2c upgrade's `101`; a segment resumes at
+//!   the frame header inside it, a header cut by a segment boundary is
+//!   finished by the next segment; TLS, flows seen mid-stream, headers
+//!   spread over three segments, more frames per segment than the kernel
+//!   reads and sequence gaps are counted as uninspected, never guessed.
 //!
 //! What the kernel's tracepoints would add on the capture host (refused,
 //! accepted, resets sent and received, closes) is derived from the same
@@ -83,6 +86,10 @@ enum H2 {
     Start,
     /// Following frame boundaries.
     Aligned,
+    /// The connection's first payload was this direction's and not HTTP/2
+    /// (an HTTP/1.1 request): an h2c upgrade may follow, the other
+    /// direction's first payload decides.
+    H1,
     /// Not followed (TLS, not HTTP/2, lost alignment, mid-stream).
     Off,
 }
@@ -115,6 +122,11 @@ struct Flow {
     pending_at_server_fin: Option<bool>,
     h2: [H2; 2],
     h2_next: [u32; 2],
+    /// Bytes of the frame header at `h2_next` seen in an earlier segment.
+    h2_have: [u8; 2],
+    /// Those bytes: the header's first 4, a GOAWAY's bytes 9..17.
+    h2_head: [u32; 2],
+    h2_tail: [u64; 2],
 }
 
 impl Flow {
@@ -166,6 +178,67 @@ pub fn h2_error_name(code: u32) -> String {
         .get(code as usize)
         .map(|s| (*s).to_string())
         .unwrap_or_else(|| format!("0x{code:x}"))
+}
+
+/// Frames read per segment at most, as in the kernel (its loop is bounded).
+pub const H2_MAX_FRAMES: usize = 16;
+
+/// Why bytes of a frame header are not in this segment.
+enum Cut {
+    /// Past the segment's end.
+    Segment,
+    /// In the segment, but not in the capture (snap length).
+    Snaplen,
+}
+
+/// `n` (at most 8) bytes big-endian at `at` of the segment's payload;
+/// bytes before the payload (negative `at`) read as zero: they are the
+/// ones kept from the earlier segment and masked off by the caller (the
+/// kernel reads the TCP header there).
+fn window_word(s: &Segment<'_>, at: i64, n: usize) -> Result<u64, Cut> {
+    if at + n as i64 > i64::from(s.payload_len) {
+        return Err(Cut::Segment);
+    }
+    let mut w = 0u64;
+    for i in at..at + n as i64 {
+        let b = if i < 0 {
+            0
+        } else {
+            *s.payload.get(i as usize).ok_or(Cut::Snaplen)?
+        };
+        w = (w << 8) | u64::from(b);
+    }
+    Ok(w)
+}
+
+/// What a direction's first payload says about an h2c upgrade.
+enum Upgrade {
+    /// `101` to h2c: frames start this many bytes into the payload.
+    Switched(usize),
+    /// Another answer: the connection stays HTTP/1.
+    Not,
+    /// A 101 whose header block does not end within [`H2C_HEAD_MAX`] bytes
+    /// of this segment (the kernel looks no further).
+    Lost,
+}
+
+/// How far into the server's first segment the end of a 101 response's
+/// header block is looked for, as in the kernel.
+pub const H2C_HEAD_MAX: usize = 256;
+
+fn h1_upgrade_end(s: &Segment<'_>) -> Upgrade {
+    if !s.payload.starts_with(b"HTTP/1.1 101") {
+        return Upgrade::Not;
+    }
+    let n = (s.payload_len as usize)
+        .min(H2C_HEAD_MAX)
+        .min(s.payload.len());
+    if n < 16 {
+        return Upgrade::Lost;
+    }
+    (12..n.saturating_sub(3))
+        .find(|&i| &s.payload[i..i + 4] == b"\r\n\r\n")
+        .map_or(Upgrade::Lost, |i| Upgrade::Switched(i + 4))
 }
 
 impl Tracker {
@@ -301,6 +374,9 @@ impl Tracker {
                     pending_at_server_fin: None,
                     h2: [h2; 2],
                     h2_next: [0; 2],
+                    h2_have: [0; 2],
+                    h2_head: [0; 2],
+                    h2_tail: [0; 2],
                 },
             );
         }
@@ -536,6 +612,15 @@ impl Tracker {
         }
     }
 
+    /// Follows HTTP/2 frames in one direction, as the kernel's `h2_scan`
+    /// does (probe-ebpf/src/wire.rs): `h2_next` is the next frame header's
+    /// sequence number; a segment starting before it (a retransmission, or
+    /// a frame body continuing) resumes at the header inside it, one
+    /// starting after it (bytes the capture missed) ends inspection. A
+    /// header cut by the segment's end (with a GOAWAY's ids: its first 17
+    /// bytes) is finished by the next segment; one spread over three
+    /// segments is counted. At most [`H2_MAX_FRAMES`] frames per segment
+    /// (the one finished counts), as in the kernel.
     fn h2_scan(
         &mut self,
         t_ns: u64,
@@ -545,98 +630,197 @@ impl Tracker {
         dir: usize,
         from_server: bool,
     ) {
-        let end = s.payload_len as usize;
-        let mut off = 0usize;
+        let end = s.payload_len as i64;
         match f.h2[dir] {
             H2::Start => {
-                if s.payload.starts_with(H2_PREFACE) {
-                    off = H2_PREFACE.len();
-                } else if s.payload.len() >= 2 && s.payload[0] == 0x16 && s.payload[1] == 0x03 {
-                    f.h2[dir] = H2::Off;
-                    self.uninspected("h2_tls");
+                if !self.h2_start(f, s, dir) {
                     return;
-                } else if s.payload.len() < 9 && end >= 9 {
-                    f.h2[dir] = H2::Off;
-                    self.uninspected("h2_snaplen");
-                    return;
-                } else {
-                    // A server's first frame is SETTINGS on stream 0.
-                    let ty = s.payload.get(3).copied();
-                    let stream = s
-                        .payload
-                        .get(5..9)
-                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff);
-                    if ty != Some(H2_SETTINGS) || stream != Some(0) {
-                        f.h2[dir] = H2::Off;
-                        self.uninspected("not_h2");
-                        return;
-                    }
-                }
-                f.h2[dir] = H2::Aligned;
-                self.stats.h2_followed += 1;
-            }
-            H2::Aligned => {
-                let next = f.h2_next[dir];
-                if s.seq != next {
-                    let seg_end = s.seq.wrapping_add(s.payload_len);
-                    if seq_after(next, s.seq) && !seq_after(seg_end, next) {
-                        // Entirely bytes already scanned or a frame body
-                        // that continues from an earlier packet.
-                        return;
-                    }
-                    if seq_after(next, s.seq) {
-                        // The next frame header starts inside this packet.
-                        off = next.wrapping_sub(s.seq) as usize;
-                    } else {
-                        f.h2[dir] = H2::Off;
-                        self.uninspected("h2_seq_gap");
-                        return;
-                    }
                 }
             }
-            H2::Off => return,
+            H2::Aligned => {}
+            H2::H1 | H2::Off => return,
         }
-        while off < end {
-            if off + 9 > end {
-                f.h2[dir] = H2::Off;
-                self.uninspected("h2_split_header");
-                return;
+        let mut have = u32::from(f.h2_have[dir]);
+        let pos = f.h2_next[dir].wrapping_add(have);
+        if seq_after(s.seq, pos) {
+            f.h2[dir] = H2::Off;
+            self.uninspected("h2_seq_gap");
+            return;
+        }
+        if !seq_after(s.seq.wrapping_add(s.payload_len), pos) {
+            // Bytes already scanned, or a frame body continuing.
+            return;
+        }
+        let mut off = i64::from(pos.wrapping_sub(s.seq));
+        for _ in 0..H2_MAX_FRAMES {
+            if off >= end {
+                break;
             }
-            let Some(h) = s.payload.get(off..off + 9) else {
-                // The capture cut the packet before this frame header.
-                f.h2[dir] = H2::Off;
-                self.uninspected("h2_snaplen");
-                return;
+            // Before the payload when its first bytes are the kept ones.
+            let win = off - i64::from(have);
+            let w = match window_word(s, win, 4) {
+                Ok(w) => w as u32,
+                Err(Cut::Segment) if have == 0 => {
+                    self.h2_keep(f, s, dir, off);
+                    return;
+                }
+                Err(reason) => {
+                    f.h2[dir] = H2::Off;
+                    self.uninspected(match reason {
+                        Cut::Segment => "h2_split_header",
+                        Cut::Snaplen => "h2_snaplen",
+                    });
+                    return;
+                }
             };
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            if h[3] == H2_GOAWAY {
-                match s.payload.get(off + 9..off + 17) {
-                    Some(b) if off + 17 <= end => {
-                        let last = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff;
-                        let code = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-                        self.stats.goaways += 1;
-                        self.emit(
-                            t_ns,
-                            wall,
-                            Source::Wire,
-                            Obs::Goaway {
-                                direction: if from_server {
-                                    Direction::Sent
-                                } else {
-                                    Direction::Received
-                                },
-                                last_stream_id: last,
-                                error_code: h2_error_name(code),
-                            },
-                        );
+            let head = if have == 0 {
+                w
+            } else if have < 4 {
+                let miss = 8 * (4 - have);
+                (f.h2_head[dir] << miss) | (w & ((1u32 << miss) - 1))
+            } else {
+                f.h2_head[dir]
+            };
+            if head as u8 == H2_GOAWAY {
+                match window_word(s, win + 9, 8) {
+                    Ok(w) => {
+                        let body = if have <= 9 {
+                            w
+                        } else {
+                            let miss = 8 * (17 - have);
+                            (f.h2_tail[dir] << miss) | (w & ((1u64 << miss) - 1))
+                        };
+                        self.goaway(t_ns, wall, from_server, body);
                     }
-                    _ if off + 17 > end => self.uninspected("h2_split_goaway"),
-                    _ => self.uninspected("h2_snaplen"),
+                    Err(Cut::Segment) if have == 0 => {
+                        self.h2_keep(f, s, dir, off);
+                        return;
+                    }
+                    Err(Cut::Segment) => self.uninspected("h2_split_goaway"),
+                    Err(Cut::Snaplen) => self.uninspected("h2_snaplen"),
                 }
             }
-            off += 9 + len;
+            off = win + 9 + i64::from(head >> 8);
+            have = 0;
         }
+        if off < end {
+            f.h2[dir] = H2::Off;
+            self.uninspected("h2_frame_limit");
+            return;
+        }
+        f.h2_have[dir] = 0;
         f.h2_next[dir] = s.seq.wrapping_add(off as u32);
+    }
+
+    /// A direction's first payload: the client preface, the server's
+    /// SETTINGS, TLS, or HTTP/1.1, which becomes HTTP/2 after an h2c
+    /// upgrade (RFC 7540 3.2: the client's request, the server's `101
+    /// Switching Protocols` and then its frames; the client's preface
+    /// follows the 101). `true` with `h2_next` at the first frame header
+    /// when frames follow.
+    fn h2_start(&mut self, f: &mut Flow, s: &Segment<'_>, dir: usize) -> bool {
+        let other = 1 - dir;
+        let end = s.payload_len as usize;
+        let skip = if s.payload.starts_with(H2_PREFACE) {
+            H2_PREFACE.len()
+        } else if s.payload.len() >= 2 && s.payload[0] == 0x16 && s.payload[1] == 0x03 {
+            f.h2[dir] = H2::Off;
+            self.uninspected("h2_tls");
+            return false;
+        } else if f.h2[other] == H2::H1 {
+            // The answer to an HTTP/1.1 request: HTTP/2 only after a 101.
+            f.h2[other] = H2::Off;
+            match h1_upgrade_end(s) {
+                Upgrade::Switched(n) => {
+                    f.h2[other] = H2::Start;
+                    n
+                }
+                Upgrade::Not => {
+                    // Both directions are HTTP/1.
+                    self.uninspected("not_h2");
+                    self.uninspected("not_h2");
+                    f.h2[dir] = H2::Off;
+                    return false;
+                }
+                Upgrade::Lost => {
+                    self.uninspected("h2c_upgrade_lost");
+                    f.h2[dir] = H2::Off;
+                    return false;
+                }
+            }
+        } else if s.payload.len() < 9 && end >= 9 {
+            f.h2[dir] = H2::Off;
+            self.uninspected("h2_snaplen");
+            return false;
+        } else {
+            // A server's first frame is SETTINGS on stream 0.
+            let ty = s.payload.get(3).copied();
+            let stream = s
+                .payload
+                .get(5..9)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff);
+            if ty != Some(H2_SETTINGS) || stream != Some(0) {
+                if f.h2[dir] == H2::Start && f.h2[other] == H2::Start {
+                    // The connection's first payload: HTTP/1.1 may upgrade.
+                    f.h2[dir] = H2::H1;
+                    return false;
+                }
+                f.h2[dir] = H2::Off;
+                self.uninspected("not_h2");
+                return false;
+            }
+            0
+        };
+        f.h2[dir] = H2::Aligned;
+        f.h2_have[dir] = 0;
+        f.h2_next[dir] = s.seq.wrapping_add(skip as u32);
+        self.stats.h2_followed += 1;
+        true
+    }
+
+    /// Keeps the start of a frame header cut by the segment's end at
+    /// `off` (1 to 16 bytes) for the next segment to finish.
+    fn h2_keep(&mut self, f: &mut Flow, s: &Segment<'_>, dir: usize, off: i64) {
+        let end = i64::from(s.payload_len);
+        let k = (end - off) as u32;
+        let head = if k >= 4 {
+            window_word(s, off, 4)
+        } else {
+            window_word(s, end - 4, 4).map(|w| w & ((1u64 << (8 * k)) - 1))
+        };
+        let tail = if k > 9 {
+            window_word(s, end - 8, 8).map(|w| w & ((1u64 << (8 * (k - 9))) - 1))
+        } else {
+            Ok(0)
+        };
+        let (Ok(head), Ok(tail)) = (head, tail) else {
+            f.h2[dir] = H2::Off;
+            self.uninspected("h2_snaplen");
+            return;
+        };
+        f.h2_head[dir] = head as u32;
+        f.h2_tail[dir] = tail;
+        f.h2_have[dir] = k as u8;
+        f.h2_next[dir] = s.seq.wrapping_add(off as u32);
+    }
+
+    /// A GOAWAY whose bytes 9..17 (last-stream-id, error code) are `body`.
+    fn goaway(&mut self, t_ns: u64, wall: &str, from_server: bool, body: u64) {
+        self.stats.goaways += 1;
+        self.emit(
+            t_ns,
+            wall,
+            Source::Wire,
+            Obs::Goaway {
+                direction: if from_server {
+                    Direction::Sent
+                } else {
+                    Direction::Received
+                },
+                last_stream_id: (body >> 32) as u32 & 0x7fff_ffff,
+                error_code: h2_error_name(body as u32),
+            },
+        );
     }
 
     fn finish(&mut self, key: (SocketAddr, SocketAddr)) {

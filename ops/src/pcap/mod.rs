@@ -6,6 +6,9 @@
 //! by a middlebox) gets the same verdicts as the daemon.
 
 pub mod flows;
+/// Segmentation cases shared with the kernel classifier's test.
+#[doc(hidden)]
+pub mod h2cases;
 pub mod packet;
 pub mod read;
 

@@ -1,5 +1,5 @@
 use super::packet::flags;
-use super::synth::{Conv, frames, pcap, pcap_snap, pcapng};
+use super::synth::{Conv, Pkt, T0_US, frames, pcap, pcap_snap, pcapng};
 use super::*;
 use drainwatch_correlate::{Cause, Direction, Keepalive, ResetOrigin, Source};
 
@@ -203,8 +203,14 @@ fn goaway_in_cleartext_h2_is_found_and_tls_is_counted() {
         .server_data(0.03, &data[..60])
         .server_data(0.031, &second)
         .client_ack(0.04)
-        // A GOAWAY whose header is split across two packets is counted, not guessed.
-        .server_data(0.05, &goaway(3, 2)[..5]);
+        // A GOAWAY whose header is cut by a packet boundary is finished by
+        // the next packet.
+        .server_data(0.05, &goaway(3, 2)[..5])
+        .server_data(0.051, &goaway(3, 2)[5..])
+        // One spread over three packets is counted, not guessed.
+        .server_data(0.06, &goaway(5, 0)[..1])
+        .server_data(0.061, &goaway(5, 0)[1..2])
+        .server_data(0.062, &goaway(5, 0)[2..]);
     let mut tls = Conv::new("198.18.0.1:40001", "198.18.0.2:443");
     tls.handshake(1.0)
         .client_data(1.01, &[0x16, 0x03, 0x01, 0x00, 0x10]);
@@ -217,13 +223,20 @@ fn goaway_in_cleartext_h2_is_found_and_tls_is_counted() {
         .collect();
     assert_eq!(
         goaways,
-        vec![&Obs::Goaway {
-            direction: Direction::Sent,
-            last_stream_id: 3,
-            error_code: "NO_ERROR".into()
-        }]
+        vec![
+            &Obs::Goaway {
+                direction: Direction::Sent,
+                last_stream_id: 3,
+                error_code: "NO_ERROR".into()
+            },
+            &Obs::Goaway {
+                direction: Direction::Sent,
+                last_stream_id: 3,
+                error_code: "INTERNAL_ERROR".into()
+            }
+        ]
     );
-    assert_eq!(d.flows.goaways, 1);
+    assert_eq!(d.flows.goaways, 2);
     assert_eq!(d.flows.h2_followed, 2);
     assert_eq!(d.flows.uninspected.get("h2_tls"), Some(&1));
     assert_eq!(d.flows.uninspected.get("h2_split_header"), Some(&1));
@@ -533,4 +546,80 @@ fn ipv6_segments_decode() {
             path: None
         }]
     );
+}
+
+/// The shared segmentation cases through the pcap follower: exactly the
+/// GOAWAYs and uninspected counts each case names (the kernel classifier's
+/// test in probe-user/src/wire_test.rs runs the same list).
+#[test]
+fn shared_h2_segmentation_cases() {
+    use super::h2cases::{CLIENT_ISN, SERVER_ISN, cases};
+    let client: std::net::SocketAddr = "198.18.7.1:41000".parse().unwrap();
+    let server: std::net::SocketAddr = "198.18.7.2:6443".parse().unwrap();
+    for c in cases() {
+        let mut pkts = Vec::new();
+        let mut t_us = T0_US;
+        let mut push = |from_server: bool, fl: u8, seq: u32, payload: &[u8]| {
+            t_us += 100;
+            let (src, dst) = if from_server {
+                (server, client)
+            } else {
+                (client, server)
+            };
+            pkts.push(Pkt {
+                t_us,
+                src,
+                dst,
+                ttl: 64,
+                flags: fl,
+                seq,
+                ack: 1,
+                payload: payload.to_vec(),
+                // Every packet its own id: retransmissions are not copies.
+                ip_id: pkts.len() as u16,
+            });
+        };
+        push(false, flags::SYN, CLIENT_ISN, &[]);
+        push(true, flags::SYN | flags::ACK, SERVER_ISN, &[]);
+        push(false, flags::ACK, CLIENT_ISN.wrapping_add(1), &[]);
+        for s in &c.segs {
+            let isn = if s.from_server {
+                SERVER_ISN
+            } else {
+                CLIENT_ISN
+            };
+            push(
+                s.from_server,
+                flags::PSH | flags::ACK,
+                isn.wrapping_add(1).wrapping_add(s.rel_seq),
+                &s.bytes,
+            );
+        }
+        let d = decode(&pcap(1, &frames(&pkts)));
+        let goaways: Vec<(bool, u32, u32)> = kinds(&d)
+            .into_iter()
+            .filter_map(|k| match k {
+                Obs::Goaway {
+                    direction,
+                    last_stream_id,
+                    error_code,
+                } => Some((
+                    *direction == Direction::Sent,
+                    *last_stream_id,
+                    (0..14)
+                        .find(|&i| flows::h2_error_name(i) == *error_code)
+                        .expect("code"),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(goaways, c.goaways, "{}", c.name);
+        let uninspected: Vec<(&str, u64)> = d
+            .flows
+            .uninspected
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(uninspected, c.uninspected, "{}", c.name);
+    }
 }
