@@ -8,6 +8,7 @@ mod craft;
 mod daemon;
 mod event;
 mod httpcheck;
+mod idle;
 mod iface;
 mod kubeconfig;
 mod kubewatch;
@@ -48,9 +49,10 @@ enum Command {
     /// Run the observer: load the kernel programs, print events, serve metrics.
     Run(Box<RunArgs>),
     /// Check an LB's health-check timing against the apiserver's shutdown
-    /// sequence (seed 001: E2 + t < E3).
+    /// sequence: the LB must take the backend out before the listener closes.
     LbCheck(drainwatch_ops::lb_check::LbCheckArgs),
-    /// Audit Kubernetes manifests for graceful-shutdown problems (seeds 001, 003).
+    /// Audit Kubernetes manifests for graceful-shutdown problems (grace period,
+    /// preStop, drain window per consumer model: Service or LB health check).
     Audit(drainwatch_ops::audit::AuditArgs),
     /// Correlate a recording (`run --record FILE`) or a tcpdump capture
     /// (`--pcap FILE`) offline: the same engine as live.
