@@ -8,7 +8,6 @@ mod craft;
 mod daemon;
 mod event;
 mod httpcheck;
-mod idle;
 mod iface;
 mod kubeconfig;
 mod kubewatch;
