@@ -703,18 +703,48 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         src = inner.source();
     }
-    // Verifier logs are long; the first line says enough for a log line,
-    // and an empty one says nothing.
+    // Verifier logs are long: their start and the lines where the verifier
+    // gave up say enough for a log line, and an empty one says nothing.
     if let Some(cut) = s.find("Verifier output:") {
-        let log = s[cut + "Verifier output:".len()..].trim();
+        let log = s[cut + "Verifier output:".len()..].trim().to_string();
+        s.truncate(cut);
         if log.is_empty() {
-            s.truncate(cut);
             s = s.trim_end_matches(['.', ' ']).to_string();
         } else {
-            s.truncate(cut + 200.min(s.len() - cut));
+            s.push_str("Verifier output: ");
+            s.push_str(&verifier_summary(&log));
         }
     }
     s
+}
+
+/// The first 200 bytes of a verifier log, the last three lines before its
+/// statistics (the instruction it rejected and why: 5.10 prints the
+/// statistics after the reason) and how many instructions it processed.
+fn verifier_summary(log: &str) -> String {
+    const HEAD: usize = 200;
+    const TAIL_LINES: usize = 3;
+    if log.len() <= 3 * HEAD {
+        return log.to_string();
+    }
+    let mut head_end = HEAD;
+    while !log.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let lines: Vec<&str> = log.lines().collect();
+    let stat = |l: &&str| {
+        l.starts_with("verification time")
+            || l.starts_with("stack depth")
+            || l.starts_with("processed ")
+    };
+    let end = lines.iter().rposition(|l| !stat(l)).map_or(0, |i| i + 1);
+    let tail = lines[end.saturating_sub(TAIL_LINES)..end].join("\n");
+    let mut out = format!("{} ... {tail}", &log[..head_end]);
+    if let Some(p) = lines[end..].iter().find(|l| l.starts_with("processed ")) {
+        out.push('\n');
+        out.push_str(p);
+    }
+    out
 }
 
 /// The event ring buffer, taken out of the object for the reader task.
@@ -766,6 +796,32 @@ mod tests {
         assert_eq!(missing_from(0), ["CAP_BPF", "CAP_PERFMON"]);
         let e = LoadError::NoPrivilege(missing_from(perfmon).join(" and "));
         assert!(e.to_string().contains("this process lacks CAP_BPF."), "{e}");
+    }
+
+    #[test]
+    fn verifier_logs_keep_their_start_and_reason() {
+        let short = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: R1 invalid mem access";
+        assert_eq!(error_chain(&std::io::Error::other(short)), short);
+        let mut long = String::from("x. Verifier output: ");
+        for i in 0..100 {
+            long.push_str(&format!("{i}: (bf) r1 = r6\n"));
+        }
+        long.push_str("invalid read from stack R10 off=-184 size=8\nverification time 609534 usec\nstack depth 184+0+32\nprocessed 5744 insns (limit 1000000)\n");
+        let e = error_chain(&std::io::Error::other(long));
+        assert!(
+            e.starts_with("x. Verifier output: 0: (bf) r1 = r6\n1:"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(
+                "98: (bf) r1 = r6\n99: (bf) r1 = r6\ninvalid read from stack R10 off=-184 size=8\nprocessed 5744 insns (limit 1000000)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains(" ... "), "{e}");
+        assert!(e.len() < 400, "{e}");
+        let empty = error_chain(&std::io::Error::other("load failed. Verifier output: "));
+        assert_eq!(empty, "load failed");
     }
 
     #[test]
