@@ -703,6 +703,11 @@ fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
             core_ok = true;
         }
     }
+    if !loaded.hooks.iter().any(|h| h.insns.is_some()) {
+        println!(
+            "verified instruction counts: not reported by this kernel (bpf_prog_info.verified_insns, Linux 5.16+)"
+        );
+    }
     if !loaded.reset_reasons.is_empty() {
         println!(
             "reset reasons: {} known to this kernel",

@@ -107,12 +107,39 @@ pub fn hook_token(name: &str) -> String {
 /// Whether `tcp:tcp_send_reset` reports RSTs sent without a socket (a SYN
 /// to a closed port): since Linux 6.10.
 fn no_socket_rst_traced(release: &str) -> bool {
+    kernel_version(release) >= (6, 10)
+}
+
+/// (major, minor) of a release such as `5.10.0-46-cloud-amd64`.
+fn kernel_version(release: &str) -> (u32, u32) {
     let mut it = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
-    let major = it.next().unwrap_or(0);
-    let minor = it.next().unwrap_or(0);
-    (major, minor) >= (6, 10)
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The kernel that added `sock:inet_sk_error_report`: before it, a connect
+/// that fails without an RST (timeout, ICMP error) has no error report, and
+/// is reported as `connect_aborted` without its errno when the socket goes.
+const ERROR_REPORT_SINCE: (u32, u32) = (5, 14);
+
+/// The kernel that reports how many instructions the verifier processed
+/// (`bpf_prog_info.verified_insns`).
+const VERIFIED_INSNS_SINCE: (u32, u32) = (5, 16);
+
+/// Tracepoints this kernel is expected not to have, with why.
+fn tracepoints_absent_by_design(release: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if kernel_version(release) < ERROR_REPORT_SINCE {
+        out.push((
+            "tracepoint sock:inet_sk_error_report",
+            format!(
+                "added in Linux {}.{}; {release} reports connects that fail without an RST as connect_aborted, without errno",
+                ERROR_REPORT_SINCE.0, ERROR_REPORT_SINCE.1
+            ),
+        ));
+    }
+    out
 }
 
 /// Whether this kernel can attach kprobes at all (kprobe events in tracefs).
@@ -198,20 +225,45 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
             "unavailable"
         }
     );
+    let absent_by_design = tracepoints_absent_by_design(&release);
+    let attached = |n: &str| {
+        loaded
+            .hooks
+            .iter()
+            .any(|h| h.name == n && h.state == HookState::Attached)
+    };
     let tp_missing: Vec<String> = tracefs::TRACEPOINTS
         .iter()
         .map(|(c, n, _)| format!("tracepoint {c}:{n}"))
-        .filter(|n| {
-            !loaded
-                .hooks
-                .iter()
-                .any(|h| &h.name == n && h.state == HookState::Attached)
-        })
+        .filter(|n| !attached(n) && !absent_by_design.iter().any(|(a, _)| a == n))
+        .collect();
+    // Expected absent, yet there: the version cut is wrong, say so.
+    let unexpected: Vec<&str> = absent_by_design
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| attached(n))
+        .collect();
+    let expected_absent: BTreeMap<&str, &str> = absent_by_design
+        .iter()
+        .map(|(n, why)| (*n, why.as_str()))
         .collect();
     report.check(
         "tracepoints_attached",
-        tp_missing.is_empty(),
-        json!({"missing": tp_missing, "hooks": hooks}),
+        tp_missing.is_empty() && unexpected.is_empty(),
+        json!({"missing": tp_missing, "expected_absent": expected_absent,
+               "present_though_expected_absent": unexpected, "hooks": hooks}),
+    );
+    // Before 5.16 the kernel does not say how much the verifier walked: no
+    // `INSNS` lines, and vm-test has no budget to hold them to.
+    let counted = loaded.hooks.iter().any(|h| h.insns.is_some());
+    let counts_expected = kernel_version(&release) >= VERIFIED_INSNS_SINCE;
+    report.check(
+        "verified_insns_reported",
+        counted == counts_expected,
+        json!({"reported": counted, "expected": counts_expected,
+               "why": if counts_expected { String::new() } else {
+                   format!("bpf_prog_info.verified_insns came in Linux {}.{}", VERIFIED_INSNS_SINCE.0, VERIFIED_INSNS_SINCE.1)
+               }}),
     );
     report.check(
         "kprobe_path",
@@ -643,6 +695,22 @@ mod tests {
         assert!(no_socket_rst_traced("6.12.117+deb12-cloud-amd64"));
         assert!(no_socket_rst_traced("6.18.44-fc-v445"));
         assert!(!no_socket_rst_traced("5.15.0"));
+        assert_eq!(kernel_version("5.10.0-46-cloud-amd64"), (5, 10));
+        assert_eq!(kernel_version("6.12.118+deb13-cloud-amd64"), (6, 12));
+    }
+
+    #[test]
+    fn old_kernels_expect_the_error_report_absent_by_version() {
+        let old = tracepoints_absent_by_design("5.10.0-46-cloud-amd64");
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].0, "tracepoint sock:inet_sk_error_report");
+        assert!(
+            old[0].1.contains("5.14") && old[0].1.contains("5.10.0-46"),
+            "{}",
+            old[0].1
+        );
+        assert!(tracepoints_absent_by_design("5.14.0").is_empty());
+        assert!(tracepoints_absent_by_design("6.1.0-57-cloud-amd64").is_empty());
     }
 
     #[test]

@@ -383,6 +383,14 @@ pub struct KernelLayouts {
     pub reset_reasons: Vec<(u64, String)>,
 }
 
+/// Why a tracepoint this kernel lacks matters, for `run --check`.
+fn absent_why(name: &str) -> String {
+    match name {
+        "inet_sk_error_report" => "tracepoint not present in this kernel (added in Linux 5.14): connects that fail without an RST (timeouts, ICMP errors) are reported as connect_aborted, without errno".into(),
+        _ => "tracepoint not present in this kernel".into(),
+    }
+}
+
 /// Reads every tracepoint's format under `root` (tracefs).
 pub fn kernel_layouts(root: &Path) -> KernelLayouts {
     let mut layouts = Layouts::ABSENT;
@@ -406,9 +414,7 @@ pub fn kernel_layouts(root: &Path) -> KernelLayouts {
                 }
                 Err(e) => out.unusable.push((name.into(), e.to_string())),
             },
-            Ok(None) => out
-                .unusable
-                .push((name.into(), "tracepoint not present in this kernel".into())),
+            Ok(None) => out.unusable.push((name.into(), absent_why(name))),
             Err(e) => out.unusable.push((name.into(), e.to_string())),
         }
     }
