@@ -445,6 +445,9 @@ struct Cycle {
     goaways: Vec<u64>,
     exit_signal: Option<i32>,
     exit_code: Option<i32>,
+    /// Who sent the SIGKILL, when the signal was observed: the first thing
+    /// to look at for a kill without SIGTERM.
+    kill_sender: Option<u32>,
     /// Processes this rollout is about (signalled, closing, exiting): their
     /// late events still belong here after the new process listens.
     pids: BTreeSet<u32>,
@@ -459,6 +462,7 @@ impl Cycle {
             goaways: Vec::new(),
             exit_signal: None,
             exit_code: None,
+            kill_sender: None,
             pids: BTreeSet::new(),
         }
     }
@@ -804,13 +808,21 @@ fn build_cycles(obs: &[&Observation], has_readyz: bool) -> Vec<Cycle> {
 
     for o in obs {
         match &o.kind {
-            Obs::Signal { signal, pid } => {
+            Obs::Signal {
+                signal,
+                pid,
+                sender,
+            } => {
                 let k = match signal {
                     Signal::Term => PhaseKind::Sigterm,
                     Signal::Kill => PhaseKind::Sigkill,
                     Signal::Other(_) => continue,
                 };
-                begin(&mut cur, &mut out, o.t_ns, *pid).observe(k, o);
+                let c = begin(&mut cur, &mut out, o.t_ns, *pid);
+                if k == PhaseKind::Sigkill && !c.has(k) {
+                    c.kill_sender = *sender;
+                }
+                c.observe(k, o);
             }
             Obs::ReadyzChanged { ready: false } => {
                 begin(&mut cur, &mut out, o.t_ns, None).observe(PhaseKind::ReadyzRed, o);
@@ -897,21 +909,51 @@ fn infer_phases(c: &mut Cycle, cfg: &Config, has_readyz: bool, first_refusal: Op
         );
     }
     if !c.has(PhaseKind::Sigterm) {
+        // Only observed evidence that the process was shutting down counts
+        // (see "SIGTERM before a SIGKILL" in the crate docs): a SIGKILL with
+        // none of it had no grace period at all.
+        let kill = c.t(PhaseKind::Sigkill);
+        // A SIGTERM from whoever killed the process came at most the grace
+        // period before the kill; evidence older than that is something else
+        // (an apiserver unready for a long time, then killed).
+        let within_grace = |t: u64, k: u64| {
+            cfg.grace_period_s.is_none_or(|g| {
+                k.saturating_sub(t) <= secs_to_ns(g).saturating_add(cfg.tolerance_ns())
+            })
+        };
         // Not for a /readyz flap: only when the process then went down.
-        let red_first = c.shut_down()
-            && match (c.t(PhaseKind::ReadyzRed), c.t(PhaseKind::Sigkill)) {
-                (Some(r), Some(k)) => r < k,
-                (Some(_), None) => true,
-                _ => false,
-            };
-        if red_first {
-            if let Some(m) = c.marks.get(&PhaseKind::ReadyzRed).cloned() {
-                c.infer(
-                    PhaseKind::Sigterm,
-                    &m,
-                    "SIGTERM not observed: /readyz turned red, which kube-apiserver does on SIGTERM (at the latest then)".into(),
-                );
-            }
+        let red = c
+            .marks
+            .get(&PhaseKind::ReadyzRed)
+            .filter(|m| {
+                !m.inferred && c.shut_down() && kill.is_none_or(|k| m.t < k && within_grace(m.t, k))
+            })
+            .cloned();
+        // A dying process's own teardown closes its listener just after the
+        // kill; a close before it, by more than that slack, was the process
+        // shutting down by itself.
+        let closed = kill.and_then(|k| {
+            c.marks
+                .get(&PhaseKind::ListenerClosed)
+                .filter(|m| {
+                    !m.inferred
+                        && m.t.saturating_add(HARD_CLOSE_LEAD_NS) < k
+                        && within_grace(m.t, k)
+                })
+                .cloned()
+        });
+        if let Some(m) = red {
+            c.infer(
+                PhaseKind::Sigterm,
+                &m,
+                "SIGTERM not observed: /readyz turned red, which kube-apiserver does on SIGTERM (at the latest then)".into(),
+            );
+        } else if let Some(m) = closed {
+            c.infer(
+                PhaseKind::Sigterm,
+                &m,
+                "SIGTERM not observed: the listener closed before the SIGKILL, which a shutdown on SIGTERM does (at the latest then)".into(),
+            );
         } else if c.exit_signal == Some(15)
             && let Some(m) = c.marks.get(&PhaseKind::Exit).cloned()
         {
@@ -934,7 +976,7 @@ fn infer_phases(c: &mut Cycle, cfg: &Config, has_readyz: bool, first_refusal: Op
             c.infer(
                 PhaseKind::ReadyzRed,
                 &m,
-                "no /readyz poller: assumed red at SIGTERM (kube-apiserver's E1 = E2)".into(),
+                "no /readyz poller: assumed red at SIGTERM (kube-apiserver turns /readyz red as SIGTERM arrives)".into(),
             );
         }
     }
@@ -1555,7 +1597,11 @@ fn compute<'a>(
                 hc_worst_case_s: hc,
                 note: format!(
                     "last new connection through the LB {t:.1} s after /readyz turned red{}{}",
-                    if red.inferred { " (E2 inferred)" } else { "" },
+                    if red.inferred {
+                        " (/readyz red inferred)"
+                    } else {
+                        ""
+                    },
                     match checks_ignored.get(&(inst.clone(), n)) {
                         Some(&k) if k > 0 =>
                             format!("; {k} later LB health-check connection(s) not counted"),
@@ -1734,15 +1780,45 @@ fn compute<'a>(
                 .last()
                 .filter(|l| l.t > k.t)
                 .map_or(k.wall.clone(), |l| l.wall.clone());
-            let (sentence, fix) = text::sigkill(
-                inst,
-                g.attempts.len(),
-                grace,
-                cfg.grace_period_s,
-                term.is_some_and(|m| m.inferred),
-            );
+            // A SIGTERM mark is there only on evidence of one (infer_phases):
+            // without it the kill was the whole shutdown, not the end of a
+            // grace period.
+            let (cause, (sentence, fix)) = match term {
+                Some(m) => {
+                    let inferred_from = m.inferred.then(|| {
+                        if c.marks
+                            .get(&PhaseKind::ReadyzRed)
+                            .is_some_and(|r| !r.inferred && r.ids == m.ids)
+                        {
+                            "/readyz turned red"
+                        } else {
+                            "the listener closed"
+                        }
+                    });
+                    (
+                        Cause::SigkillAfterGrace,
+                        text::sigkill(
+                            inst,
+                            g.attempts.len(),
+                            dsecs(m.t, k.t),
+                            cfg.grace_period_s,
+                            inferred_from,
+                        ),
+                    )
+                }
+                None => (
+                    Cause::KilledWithoutTerm,
+                    text::killed_without_term(
+                        inst,
+                        g.attempts.len(),
+                        c.kill_sender,
+                        k.inferred,
+                        cfg.grace_period_s,
+                    ),
+                ),
+            };
             drafts.push(Draft {
-                cause: Cause::SigkillAfterGrace,
+                cause,
                 instance: Some(inst.clone()),
                 cycle: Some(n),
                 group: g,

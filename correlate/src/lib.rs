@@ -8,15 +8,36 @@
 //! results for the same set of observations.
 //!
 //! # Timelines
-//! Per instance, each rollout is SIGTERM (E1) -> /readyz red (E2) ->
-//! listener closed (E3) -> drained or requests cut (E4) -> exit (E5) ->
-//! listening again -> ready. Input may be reordered (it is sorted by
-//! `(t_ns, id)`), duplicated (deduplicated by id) or incomplete: a phase
-//! that was not observed is inferred only from evidence that implies it,
-//! and marked `inferred` with a note (SIGTERM from /readyz turning red or an
-//! exit on signal 15; /readyz red at SIGTERM when there is no poller; the
-//! listener close from the first refused SYN or the exit; SIGKILL from an
-//! exit on signal 9).
+//! Per instance, each rollout is SIGTERM -> /readyz red -> listener
+//! closed -> drained or requests cut -> exit -> listening again -> ready.
+//! Input may be reordered (it is sorted by `(t_ns, id)`), duplicated
+//! (deduplicated by id) or incomplete: a phase that was not observed is
+//! inferred only from evidence that implies it, and marked `inferred` with
+//! a note (SIGTERM as the next section says; /readyz red at SIGTERM when
+//! there is no poller; the listener close from the first refused SYN or
+//! the exit; SIGKILL from an exit on signal 9).
+//!
+//! # SIGTERM before a SIGKILL
+//! A SIGKILL ends a grace period only if a SIGTERM started one. Evidence
+//! of a SIGTERM, in this order: the signal itself (`signal:signal_generate`);
+//! /readyz observed turning red before the kill (kube-apiserver does so on
+//! SIGTERM; only when the process then went down, so not a flap); the
+//! listener observed closing more than 50 ms before the kill (a dying
+//! process's own teardown closes it just after the kill, so a close before
+//! it is the process shutting down). With no kill, an exit on signal 15
+//! counts too. Evidence more than the configured grace period (+`tol`)
+//! before the kill is not this kill's SIGTERM: whoever sent a SIGTERM kills
+//! at the end of the grace period, not later. An inferred SIGTERM is put
+//! at its evidence, the latest it can have been, so the grace period it
+//! gives is a lower bound (the sentence says "at least"). Nothing else
+//! infers one: a SIGKILL without such evidence is
+//! [`Cause::KilledWithoutTerm`], never a grace period measured from a
+//! guess. Blind spots: /readyz red for another reason (etcd unreachable,
+//! an overloaded apiserver) within the grace period before an unannounced
+//! kill makes it look announced; a SIGTERM to a process drainwatch does
+//! not watch (neither `--watch-comm` nor a watched listener's owner) that
+//! the process ignored, with no poller, leaves no trace, so the kill that
+//! follows looks unannounced; a pcap has no signals at all.
 //!
 //! # Attribution
 //! Observations without an instance take [`Config::default_instance`] when
@@ -32,7 +53,8 @@
 //! # Paths
 //! The engine classifies each connection itself ([`Config::classify`])
 //! unless the adapter set a path: a VIP this node holds ([`Config::local_vips`])
-//! dialled from this node is the local hairpin (seed 000); another VIP, or
+//! dialled from this node is the local hairpin (a GCP internal LB installs its
+//! VIP on the node itself); another VIP, or
 //! a source in [`Config::lb_addrs`] (a proxying LB), is via the LB; this
 //! node's own address is direct. LBs that preserve the client address and
 //! dial the node address directly (AWS NLB instance targets) look direct
@@ -53,15 +75,17 @@
 //!   `refused`, server `NO_SOCKET` RST, client RST in SYN_SENT, prober
 //!   `refused`), one attempt per client address within `tol` (the kernel
 //!   and the prober, or both ends of a local connection, count once),
-//!   grouped by instance, rollout and path. Window: listener close (E3) to
+//!   grouped by instance, rollout and path. Window: listener close to
 //!   the last refusal.
-//! - [`Cause::LbDetectionSlow`]: t = last new connection (accepted or
-//!   refused) arriving via the LB after E2, minus E2 (a lower bound on the
-//!   LB's detection time). E3 is the observed listener close, else E2 +
-//!   the configured shutdown delay. The verdict is given when `E2 + t < E3`
-//!   fails, i.e. something arrived via the LB at or after E3; otherwise t
-//!   is recorded in the timeline. No arrival after E2, or the listener
-//!   closed before E2 (killed): "not measurable", said in the timeline.
+//! - [`Cause::LbDetectionSlow`]: t = time from /readyz red to the last new
+//!   connection (accepted or refused) arriving via the LB after it (a lower
+//!   bound on the LB's detection time). The listener close is the observed
+//!   one, else /readyz red + the configured shutdown delay. The verdict is
+//!   given when t is not shorter than that shutdown delay, i.e. something
+//!   arrived via the LB at or after the listener closed; otherwise t is
+//!   recorded in the timeline. No arrival after /readyz red, or the
+//!   listener closed before it (killed): "not measurable", said in the
+//!   timeline.
 //!   A /readyz flap without a shutdown is not measured.
 //! - Cuts are strong or weak. Strong: a server close with a request
 //!   outstanding (the kernel saw the client's data last), a deliberate
@@ -72,15 +96,18 @@
 //!   (an idle connection closed while the client's TLS close_notify was
 //!   unread), so weak cuts alone are never a disruption. In order:
 //!   at SIGKILL (kernel evidence from 50 ms before it until 50 ms after
-//!   the exit; prober evidence within `tol`) -> [`Cause::SigkillAfterGrace`];
-//!   within max(`tol`, 5 %) of E3 + request timeout ->
+//!   the exit; prober evidence within `tol`) -> [`Cause::SigkillAfterGrace`]
+//!   or [`Cause::KilledWithoutTerm`];
+//!   within max(`tol`, 5 %) of listener close + request timeout ->
 //!   [`Cause::InflightCutAtTimeout`]; a prober failure after a GOAWAY ->
 //!   [`Cause::GoawayThenFailed`]; once the instance listens again -> the
 //!   new process's traffic, ignored; with no configured timeout, within
 //!   `tol` of a clean exit after a drain -> InflightCutAtTimeout; strong
-//!   kernel evidence from 50 ms before E3 until 50 ms after the exit ->
+//!   kernel evidence from 50 ms before the listener close until 50 ms after
+//!   the exit ->
 //!   [`Cause::HardClose`] (before: the server was serving as usual);
-//!   prober failures within `tol` of E3 or later in the shutdown ->
+//!   prober failures within `tol` of the listener close or later in the
+//!   shutdown ->
 //!   HardClose. Kernel cuts outside these are ordinary client aborts and
 //!   ignored; prober failures nothing explains -> [`Cause::Unexplained`].
 //! - [`Cause::AcceptQueueReset`]: every connection the apiserver's kernel
@@ -92,7 +119,12 @@
 //!   `sock.sk_socket` give no such evidence, and a pcap cannot tell a
 //!   queued connection from an accepted one.
 //! - [`Cause::SigkillAfterGrace`]: one per rollout with a SIGKILL (observed
-//!   or inferred), grace = SIGKILL - SIGTERM, count = what it cut.
+//!   or inferred) after evidence of a SIGTERM (above), grace = SIGKILL -
+//!   SIGTERM, count = what it cut.
+//! - [`Cause::KilledWithoutTerm`]: one per rollout with a SIGKILL and no
+//!   evidence of a SIGTERM before it (the OOM killer, a force delete with
+//!   `--grace-period=0`, a liveness kill, a runtime kill), count = what it
+//!   cut; the sentence names the sender's pid when the signal was seen.
 //! - [`Cause::GoawayThenFailed`]: also every prober request that failed
 //!   with a GOAWAY error. A GOAWAY alone is graceful: a timeline phase.
 //! - [`Cause::IdleResetByMiddlebox`]: wire resets with origin middlebox,

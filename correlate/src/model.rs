@@ -63,7 +63,7 @@ impl Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
-    /// SIGTERM (15): start of the graceful shutdown (E1).
+    /// SIGTERM (15): start of the graceful shutdown.
     Term,
     /// SIGKILL (9): the grace period ended, or something killed it.
     Kill,
@@ -76,7 +76,7 @@ pub enum Signal {
 #[serde(rename_all = "snake_case")]
 pub enum Path {
     /// The client is this node and it dialled a VIP that the node itself
-    /// holds, so the traffic never left it (GCP's internal LB, seed 000):
+    /// holds, so the traffic never left it (GCP's internal LB):
     /// no health check can take this node out for its own clients.
     LocalHairpin,
     /// Through a load balancer: the destination is a VIP and the client is
@@ -187,6 +187,10 @@ pub enum Obs {
         /// The target process.
         #[serde(default)]
         pid: Option<u32>,
+        /// The process that sent it (its thread-group id): for a SIGKILL
+        /// without SIGTERM, who to ask.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<u32>,
     },
     /// The apiserver process started (exec).
     ProcessStart {

@@ -12,15 +12,17 @@ use crate::model::Path;
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum Cause {
     /// SYNs refused because the instance was not listening, by path
-    /// (seed 000 is `LocalHairpin`).
+    /// (`LocalHairpin`: a VIP this node holds, as a GCP internal LB
+    /// installs it, routed the node's own clients to itself).
     RefusedWhileNotListening {
         /// How the refused connections were routed.
         path: Path,
     },
     /// The LB still sent new connections at or after the listener closed:
-    /// `E2 + t < E3` does not hold (seed 001).
+    /// its detection time after /readyz turned red was not shorter than the
+    /// shutdown delay.
     LbDetectionSlow,
-    /// Requests still in flight were cut at the request timeout (E4).
+    /// Requests still in flight were cut at the request timeout.
     InflightCutAtTimeout,
     /// Connections cut without draining while shutting down (an HTTP
     /// server's `Close()` instead of a graceful shutdown).
@@ -34,10 +36,14 @@ pub enum Cause {
     },
     /// A GOAWAY was sent, and requests still failed after it.
     GoawayThenFailed,
-    /// Idle connections reset by a middlebox (seed 002).
+    /// Idle connections reset by a middlebox (an LB or NAT that forgot
+    /// flows idle longer than its timeout).
     IdleResetByMiddlebox,
-    /// SIGKILL before a clean exit (seed 003's grace period).
+    /// SIGKILL before a clean exit, after a SIGTERM: the grace period ran out.
     SigkillAfterGrace,
+    /// SIGKILL with no SIGTERM before it: no graceful shutdown at all (the
+    /// OOM killer, a force delete with `--grace-period=0`, a runtime kill).
+    KilledWithoutTerm,
     /// Failed probe requests that no instance's lifecycle explains.
     Unexplained,
 }
@@ -57,6 +63,7 @@ impl Cause {
         "goaway_then_failed",
         "idle_reset_by_middlebox",
         "sigkill_after_grace",
+        "killed_without_sigterm",
         "unexplained",
     ];
 
@@ -76,6 +83,7 @@ impl Cause {
             Cause::GoawayThenFailed => "goaway_then_failed",
             Cause::IdleResetByMiddlebox => "idle_reset_by_middlebox",
             Cause::SigkillAfterGrace => "sigkill_after_grace",
+            Cause::KilledWithoutTerm => "killed_without_sigterm",
             Cause::Unexplained => "unexplained",
         }
     }
@@ -90,11 +98,12 @@ pub enum Measured {
         /// Last refusal minus listener close (or first refusal).
         seconds: f64,
     },
-    /// The LB's detection time t (seed 001).
+    /// The LB's detection time t: from /readyz turning red to the last new
+    /// connection through the LB.
     LbDetection(LbDetection),
     /// Seconds from listener close to the cut.
     RequestTimeout {
-        /// Observed E4 - E3.
+        /// Observed: from the listener close to the cut.
         seconds: f64,
         /// The configured request timeout, when known.
         configured_s: Option<f64>,
@@ -120,17 +129,19 @@ pub enum Measured {
     },
 }
 
-/// The LB's detection time, seed 001's `t` in `E2 + t < E3`.
+/// The LB's detection time `t`: how long after /readyz turned red the LB
+/// still sent new connections. It must be shorter than the shutdown delay
+/// (/readyz red to listener close).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LbDetection {
-    /// Seconds from /readyz red (E2) to the last new connection or refusal
+    /// Seconds from /readyz red to the last new connection or refusal
     /// through the LB, `None` when not measurable.
     pub t_s: Option<f64>,
-    /// `t` is a lower bound: the LB was still sending at `E2 + t`.
+    /// `t` is a lower bound: the LB was still sending `t` after /readyz red.
     pub lower_bound: bool,
-    /// E3 - E2: observed, or the configured shutdown delay.
+    /// /readyz red to listener close: observed, or the configured shutdown delay.
     pub shutdown_delay_s: Option<f64>,
-    /// `E2 + t < E3`, when both sides are known.
+    /// `t` shorter than the shutdown delay, when both are known.
     pub holds: Option<bool>,
     /// The health check's worst case (interval x threshold + timeout), when configured.
     pub hc_worst_case_s: Option<f64>,
@@ -193,25 +204,25 @@ impl Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PhaseKind {
-    /// E1.
+    /// SIGTERM: the graceful shutdown starts.
     Sigterm,
-    /// E2.
+    /// /readyz red: load balancers should stop sending.
     ReadyzRed,
     /// /healthz red.
     HealthzRed,
     /// Pod left Running.
     PodNotRunning,
-    /// E3.
+    /// The listener closed: new connections are refused.
     ListenerClosed,
     /// GOAWAY sent (graceful).
     GoawaySent,
     /// In-flight requests finished before exit.
     Drained,
-    /// E4: in-flight requests cut.
+    /// In-flight requests cut.
     RequestsCut,
     /// SIGKILL.
     Sigkill,
-    /// E5.
+    /// The process exited.
     Exit,
     /// A new listener.
     ListeningAgain,

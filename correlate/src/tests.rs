@@ -1,4 +1,6 @@
-//! Engine unit tests from hand-built, seed-shaped observation sequences.
+//! Engine unit tests from hand-built observation sequences shaped like the
+//! rollouts drainwatch diagnoses (GCP hairpin, slow LB, idle middlebox,
+//! hard close, SIGKILL).
 //! Addresses follow the lab's topology: masters 198.18.1.11-13, HAProxy
 //! 198.18.1.2, VIP 198.18.0.100, worker 198.18.1.50.
 
@@ -52,6 +54,7 @@ impl B {
             Obs::Signal {
                 signal,
                 pid: Some(100),
+                sender: Some(1),
             },
         )
     }
@@ -183,8 +186,8 @@ fn phase(r: &Report, inst: &str, cycle: usize, k: PhaseKind) -> Option<Phase> {
         .and_then(|t| t.phase(k).cloned())
 }
 
-/// A graceful kube-apiserver restart of m1: E1 = E2 at `t0`, E3 after the
-/// shutdown delay, drained exit, relisten, ready.
+/// A graceful kube-apiserver restart of m1: SIGTERM and /readyz red at `t0`,
+/// the listener closing after the shutdown delay, drained exit, relisten, ready.
 fn graceful(b: &mut B, t0: f64, delay: f64, drain: f64) {
     b.sig(t0, Signal::Term);
     b.readyz(t0, false);
@@ -195,10 +198,11 @@ fn graceful(b: &mut B, t0: f64, delay: f64, drain: f64) {
     b.readyz(t0 + delay + drain + 10.0, true);
 }
 
-/// Seed 000 on GCP: shutdown delay 70 s; the master's own client reaches
-/// the VIP, which the node holds, and is refused for 9 s after E3; the
-/// worker, through the real LB, stops arriving 20 s after E2.
-fn seed000() -> (Config, B) {
+/// A rollout behind a GCP internal LB: shutdown delay 70 s; the master's own
+/// client reaches the VIP, which the node holds, and is refused for 9 s after
+/// the listener closes; the worker, through the real LB, stops arriving 20 s
+/// after /readyz turns red.
+fn gcp_ilb_rollout() -> (Config, B) {
     let cfg = Config {
         local_vips: vec![ip(VIP)],
         shutdown_delay_s: Some(70.0),
@@ -234,8 +238,8 @@ fn seed000() -> (Config, B) {
 }
 
 #[test]
-fn seed000_gcp_hairpin() {
-    let (cfg, b) = seed000();
+fn gcp_ilb_hairpin_refusals() {
+    let (cfg, b) = gcp_ilb_rollout();
     let r = run(&cfg, &b);
     assert_eq!(
         causes(&r),
@@ -269,8 +273,8 @@ fn seed000_gcp_hairpin() {
     assert!(r.timelines[0].complete);
 }
 
-/// Seed 001 on AWS: the LB takes t = 30 s to detect /readyz red.
-fn seed001(delay: f64) -> (Config, B) {
+/// A rollout behind an AWS LB that takes t = 30 s to detect /readyz red.
+fn slow_lb_rollout(delay: f64) -> (Config, B) {
     let cfg = Config {
         shutdown_delay_s: Some(delay),
         health_check: Some(HealthCheck {
@@ -285,7 +289,7 @@ fn seed001(delay: f64) -> (Config, B) {
     b.readyz(0.0, false);
     b.listen(delay, false, 100);
     // New connections through HAProxy once a second until the LB takes m1
-    // out at E2 + 30 s: accepted while listening, refused after.
+    // out 30 s after /readyz red: accepted while listening, refused after.
     for i in 1..=30u16 {
         let t = f64::from(i);
         let client = sa(LB, 30000 + i);
@@ -302,8 +306,8 @@ fn seed001(delay: f64) -> (Config, B) {
 }
 
 #[test]
-fn seed001_lb_detection_fails_with_30s_delay() {
-    let (cfg, b) = seed001(30.0);
+fn lb_detection_fails_with_30s_shutdown_delay() {
+    let (cfg, b) = slow_lb_rollout(30.0);
     let r = run(&cfg, &b);
     let v = only(&r, Cause::LbDetectionSlow);
     match &v.measured {
@@ -315,16 +319,20 @@ fn seed001_lb_detection_fails_with_30s_delay() {
         }
         m => panic!("{m:?}"),
     }
-    assert_eq!(v.count, 1, "one connection arrived at E3");
-    assert!(v.sentence.contains("E2 + t < E3 fails"), "{}", v.sentence);
+    assert_eq!(v.count, 1, "one connection arrived at the listener close");
+    assert!(
+        v.sentence.contains("not less than the shutdown delay") && !v.sentence.contains("E2"),
+        "{}",
+        v.sentence
+    );
     let refused = only(&r, Cause::RefusedWhileNotListening { path: Path::ViaLb });
     assert_eq!(refused.count, 1);
     assert_eq!(r.summary.lb_detection_seconds["m1"], 30.0);
 }
 
 #[test]
-fn seed001_lb_detection_passes_with_70s_delay() {
-    let (cfg, b) = seed001(70.0);
+fn lb_detection_passes_with_70s_shutdown_delay() {
+    let (cfg, b) = slow_lb_rollout(70.0);
     let r = run(&cfg, &b);
     assert!(r.verdicts.is_empty(), "{:#?}", r.verdicts);
     let d = r.timelines[0].lb_detection.clone().expect("measured");
@@ -336,7 +344,7 @@ fn seed001_lb_detection_passes_with_70s_delay() {
 
 #[test]
 fn direct_arrivals_are_counted_not_kept_and_change_nothing() {
-    let (cfg, mut b) = seed001(30.0);
+    let (cfg, mut b) = slow_lb_rollout(30.0);
     let before = run(&cfg, &b);
     // A busy server's own traffic: clients connecting straight to m1.
     for i in 0..1000u16 {
@@ -436,7 +444,7 @@ fn lb_proxy_idle_reset_gives_the_exact_timeout() {
 }
 
 #[test]
-fn seed002_idle_resets_without_keepalive() {
+fn middlebox_idle_resets_without_keepalive() {
     let mut b = B::default();
     idle_reset(&mut b, 300.0, 1, 260.0, Keepalive::None);
     idle_reset(&mut b, 310.0, 2, 261.5, Keepalive::None);
@@ -477,7 +485,7 @@ fn seed002_idle_resets_without_keepalive() {
 }
 
 #[test]
-fn seed002_answered_resets_only_bound_the_timeout() {
+fn answered_idle_resets_only_bound_the_timeout() {
     let answered = |b: &mut B, t: f64, silence_s: f64| {
         b.add(
             t,
@@ -513,7 +521,7 @@ fn seed002_answered_resets_only_bound_the_timeout() {
 }
 
 #[test]
-fn seed002_keepalive_clients_are_not_reset() {
+fn keepalive_clients_are_not_reset_by_the_middlebox() {
     // client-go's 30 s keepalive keeps the flow busy: no resets, only
     // keepalive traffic (which the engine does not need).
     let r = run(&base(), &B::default());
@@ -526,8 +534,9 @@ fn seed002_keepalive_clients_are_not_reset() {
     assert!(v.sentence.contains("too slow"), "{}", v.sentence);
 }
 
-/// Seed 003: Close() cuts every connection at E3.
-fn seed003_close() -> B {
+/// A server that calls Close() instead of a graceful shutdown: every
+/// connection is cut as the listener closes.
+fn close_instead_of_shutdown() -> B {
     let mut b = B::default();
     b.sig(0.0, Signal::Term);
     b.readyz(0.0, false);
@@ -549,8 +558,8 @@ fn seed003_close() -> B {
 }
 
 #[test]
-fn seed003_close_is_a_hard_close() {
-    let r = run(&base(), &seed003_close());
+fn close_instead_of_shutdown_is_a_hard_close() {
+    let r = run(&base(), &close_instead_of_shutdown());
     assert_eq!(causes(&r), vec![Cause::HardClose], "{:#?}", r.verdicts);
     let v = &r.verdicts[0];
     assert_eq!(v.count, 3);
@@ -725,7 +734,7 @@ fn reused_source_port_refusals_are_two_attempts() {
 }
 
 #[test]
-fn seed003_shutdown_is_graceful() {
+fn graceful_shutdown_has_no_verdict() {
     let mut b = B::default();
     graceful(&mut b, 0.0, 20.0, 3.0);
     for i in 0..3u16 {
@@ -754,7 +763,7 @@ fn seed003_shutdown_is_graceful() {
 }
 
 #[test]
-fn seed003_sigkill_after_30s_grace() {
+fn sigkill_after_30s_grace() {
     let cfg = Config {
         grace_period_s: Some(30.0),
         ..base()
@@ -812,6 +821,145 @@ fn sigkill_inferred_from_exit_signal() {
     assert!(v.sentence.contains("30.0 s after SIGTERM"));
 }
 
+/// A SIGKILL out of the blue (the OOM killer, a force delete): the
+/// listener closes only as the dying process tears down, /readyz goes red
+/// only once the poller finds it dead.
+fn bare_kill(b: &mut B) {
+    b.sig(10.0, Signal::Kill);
+    b.listen(10.001, false, 100);
+    b.rst(10.002, sa(LB, 1), "TCP_ABORT_ON_CLOSE");
+    b.exit(10.01, Some(9));
+    b.readyz(11.0, false);
+    b.listen(20.0, true, 200);
+    b.readyz(25.0, true);
+}
+
+#[test]
+fn sigkill_without_sigterm_is_its_own_cause() {
+    let cfg = Config {
+        grace_period_s: Some(30.0),
+        ..base()
+    };
+    let mut b = B::default();
+    bare_kill(&mut b);
+    let r = run(&cfg, &b);
+    assert!(Cause::LABELS.contains(&"killed_without_sigterm"));
+    let v = only(&r, Cause::KilledWithoutTerm);
+    assert_eq!(v.cause.label(), "killed_without_sigterm");
+    assert_eq!(v.count, 1, "the abort at the kill");
+    // No grace period existed: none is measured, none is talked about.
+    assert_eq!(
+        v.measured,
+        Some(Measured::Grace {
+            seconds: None,
+            configured_s: Some(30.0)
+        })
+    );
+    assert!(
+        v.sentence.contains("SIGKILLed by pid 1 with no SIGTERM")
+            && v.sentence.contains("no graceful shutdown at all")
+            && !v.sentence.contains("after SIGTERM"),
+        "{}",
+        v.sentence
+    );
+    assert!(
+        v.fix.contains("pid 1") && v.fix.contains("OOM") && v.fix.contains("--grace-period=0"),
+        "{}",
+        v.fix
+    );
+    assert!(!causes(&r).contains(&Cause::SigkillAfterGrace));
+    // /readyz red after the kill is its consequence, not a SIGTERM.
+    assert!(phase(&r, "m1", 0, PhaseKind::Sigterm).is_none());
+}
+
+#[test]
+fn a_kill_seen_only_in_the_exit_status_has_no_grace_either() {
+    let mut b = B::default();
+    b.listen(40.0, false, 100);
+    b.exit(40.0, Some(9));
+    let r = run(&base(), &b);
+    let v = only(&r, Cause::KilledWithoutTerm);
+    assert!(
+        v.sentence.contains("exited on SIGKILL") && v.fix.contains("the signal event names"),
+        "{v:#?}"
+    );
+    assert!(phase(&r, "m1", 0, PhaseKind::Sigterm).is_none());
+}
+
+#[test]
+fn evidence_of_a_shutdown_before_the_kill_means_sigterm() {
+    // /readyz red before the kill: kube-apiserver turns it red on SIGTERM.
+    let cfg = Config {
+        grace_period_s: Some(30.0),
+        ..base()
+    };
+    let mut b = B::default();
+    b.readyz(0.0, false);
+    b.sig(30.0, Signal::Kill);
+    b.exit(30.01, Some(9));
+    let r = run(&cfg, &b);
+    let v = only(&r, Cause::SigkillAfterGrace);
+    assert!(
+        v.sentence.contains("at least 30.0 s after SIGTERM")
+            && v.sentence.contains("/readyz turned red"),
+        "{}",
+        v.sentence
+    );
+    assert!(
+        phase(&r, "m1", 0, PhaseKind::Sigterm)
+            .expect("inferred")
+            .inferred
+    );
+    // The listener closing well before the kill (no poller): a shutdown.
+    let mut b = B::default();
+    b.listen(5.0, false, 100);
+    b.sig(20.0, Signal::Kill);
+    b.exit(20.01, Some(9));
+    let r = run(&cfg, &b);
+    let v = only(&r, Cause::SigkillAfterGrace);
+    assert!(
+        v.sentence.contains("at least 15.0 s") && v.sentence.contains("the listener closed"),
+        "{}",
+        v.sentence
+    );
+    // /readyz red long before the grace period: not this kill's SIGTERM
+    // (an apiserver unready for minutes, then killed).
+    let mut b = B::default();
+    b.readyz(0.0, false);
+    b.sig(300.0, Signal::Kill);
+    b.exit(300.01, Some(9));
+    let r = run(&cfg, &b);
+    only(&r, Cause::KilledWithoutTerm);
+    assert!(phase(&r, "m1", 0, PhaseKind::Sigterm).is_none());
+}
+
+#[test]
+fn unknown_path_fix_names_flags_not_config_keys() {
+    let cfg = Config {
+        local_addrs: vec![],
+        vips: vec![],
+        lb_addrs: vec![],
+        ..base()
+    };
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.listen(1.0, false, 100);
+    b.refused(2.0, sa("203.0.113.7", 40000), sa("203.0.113.1", 6443));
+    let r = run(&cfg, &b);
+    let v = only(
+        &r,
+        Cause::RefusedWhileNotListening {
+            path: Path::Unknown,
+        },
+    );
+    for flag in ["--vip", "--local-vip", "--lb-addr", "--local"] {
+        assert!(v.fix.contains(flag), "{flag}: {}", v.fix);
+    }
+    for key in ["local_addrs", "local_vips", "lb_addrs", "vips,"] {
+        assert!(!v.fix.contains(key), "{key}: {}", v.fix);
+    }
+}
+
 #[test]
 fn inflight_cut_at_request_timeout_and_goaway_failures() {
     let mut b = B::default();
@@ -821,7 +969,7 @@ fn inflight_cut_at_request_timeout_and_goaway_failures() {
     b.goaway(70.0);
     // A request raced the GOAWAY and failed with it.
     b.probe(70.5, ProbeMode::Reused, None, ProbeOutcome::Goaway);
-    // E4 at E3 + 60 s: two server-side cuts and the prober's 504.
+    // Cut 60 s after the listener closed: two server-side cuts and the prober's 504.
     b.k(
         130.0,
         Obs::ConnClosed {
@@ -845,7 +993,7 @@ fn inflight_cut_at_request_timeout_and_goaway_failures() {
     assert_eq!(g.count, 1);
     assert_eq!(g.evidence.len(), 2, "the failure and the GOAWAY");
     assert_eq!(r.verdicts.len(), 2);
-    let cut = phase(&r, "m1", 0, PhaseKind::RequestsCut).expect("E4");
+    let cut = phase(&r, "m1", 0, PhaseKind::RequestsCut).expect("requests cut");
     assert_eq!(cut.t_ns, 130 * S);
 }
 
@@ -898,7 +1046,7 @@ fn missing_listener_close_is_inferred_from_refusals() {
     assert!(p.inferred);
     assert_eq!(p.t_ns, ns(30.2));
     assert!(!r.timelines[0].complete);
-    // The refusals via the LB after E3 make the LB verdict too.
+    // The refusals via the LB after the listener closed make the LB verdict too.
     let mut c = causes(&r);
     c.sort();
     assert_eq!(
@@ -941,7 +1089,11 @@ fn scramble(v: &[Observation]) -> Vec<Observation> {
 
 #[test]
 fn reordered_and_duplicated_input_gives_the_same_report() {
-    for (cfg, b) in [seed000(), seed001(30.0), (base(), seed003_close())] {
+    for (cfg, b) in [
+        gcp_ilb_rollout(),
+        slow_lb_rollout(30.0),
+        (base(), close_instead_of_shutdown()),
+    ] {
         let plain = run(&cfg, &b);
         let mixed = analyze(&cfg, scramble(&b.v)).expect("valid");
         assert_eq!(plain.verdicts, mixed.verdicts);
@@ -954,7 +1106,7 @@ fn reordered_and_duplicated_input_gives_the_same_report() {
 
 #[test]
 fn duplicate_id_keeps_the_earliest_copy() {
-    let (cfg, b) = seed001(30.0);
+    let (cfg, b) = slow_lb_rollout(30.0);
     let mut v = b.v.clone();
     let mut late = v[0].clone();
     late.t_ns += 5 * S;
@@ -987,6 +1139,7 @@ fn aws_nlb_clean_rollout_has_no_verdicts() {
             Obs::Signal {
                 signal: Signal::Term,
                 pid: None,
+                sender: None,
             },
         );
         b.add(
@@ -1100,6 +1253,7 @@ fn probe_failures_are_attributed_by_time() {
         Obs::Signal {
             signal: Signal::Term,
             pid: None,
+            sender: None,
         },
     );
     b.add(
@@ -1140,7 +1294,9 @@ fn second_rollout_is_a_second_timeline() {
     assert_eq!(r.timelines.len(), 2);
     assert!(r.timelines.iter().all(|t| t.complete));
     assert_eq!(
-        phase(&r, "m1", 1, PhaseKind::Sigterm).expect("E1").t_ns,
+        phase(&r, "m1", 1, PhaseKind::Sigterm)
+            .expect("sigterm")
+            .t_ns,
         100 * S
     );
     // The summary's phase gauges show the latest rollout.
@@ -1155,7 +1311,11 @@ fn second_rollout_is_a_second_timeline() {
 
 #[test]
 fn incremental_equals_batch() {
-    for (cfg, b) in [seed000(), seed001(30.0), (base(), seed003_close())] {
+    for (cfg, b) in [
+        gcp_ilb_rollout(),
+        slow_lb_rollout(30.0),
+        (base(), close_instead_of_shutdown()),
+    ] {
         let batch = run(&cfg, &b);
         let mut e = Engine::new(cfg.clone()).expect("valid");
         for (n, o) in b.v.iter().enumerate() {
@@ -1175,7 +1335,7 @@ fn incremental_equals_batch() {
 
 #[test]
 fn jsonl_round_trip_and_errors() {
-    let (cfg, b) = seed001(30.0);
+    let (cfg, b) = slow_lb_rollout(30.0);
     let text: String =
         b.v.iter()
             .map(|o| serde_json::to_string(o).expect("serializes") + "\n")
@@ -1234,7 +1394,7 @@ fn path_classification() {
 }
 
 #[test]
-fn health_check_worst_case_matches_seed001() {
+fn health_check_worst_case_is_interval_times_threshold_plus_timeout() {
     let hc = HealthCheck {
         interval_s: 10.0,
         timeout_s: 10.0,
@@ -1245,7 +1405,7 @@ fn health_check_worst_case_matches_seed001() {
 
 #[test]
 fn verdict_lines_are_readable() {
-    let (cfg, b) = seed000();
+    let (cfg, b) = gcp_ilb_rollout();
     let r = run(&cfg, &b);
     let line = r.verdicts[0].line();
     assert!(
@@ -1256,7 +1416,7 @@ fn verdict_lines_are_readable() {
 
 /// The lab's HAProxy checks /readyz from its own address, the one it
 /// proxies from: once it took m1 out, only its checks arrive, every
-/// interval, and after E3 they are refused. They are not client traffic.
+/// interval, and after the listener closes they are refused. They are not client traffic.
 fn haproxy_checks(b: &mut B, from: f64, to: f64, interval: f64, e3: f64) {
     let mut t = from;
     let mut port = 60000;
@@ -1285,7 +1445,8 @@ fn lab_hc(interval: f64, fall: u32) -> Config {
 
 #[test]
 fn lb_health_checks_after_e3_are_not_refused_clients() {
-    // aws-nlb-rollout, scaled: E2 = 0, LB out at 2.5 s, E3 at 7 s, relisten 10 s.
+    // aws-nlb-rollout, scaled: /readyz red at 0, LB out at 2.5 s, listener
+    // closed at 7 s, relisten 10 s.
     let cfg = lab_hc(1.0, 2);
     let mut b = B::default();
     b.sig(0.0, Signal::Term);
@@ -1394,7 +1555,7 @@ fn late_events_of_the_old_process_stay_in_its_rollout() {
 
 #[test]
 fn wall_clock_is_carried_through() {
-    let (cfg, mut b) = seed000();
+    let (cfg, mut b) = gcp_ilb_rollout();
     for o in &mut b.v {
         o.wall = Some(format!("t+{}", o.t_ns / S));
     }
@@ -1402,7 +1563,7 @@ fn wall_clock_is_carried_through() {
     let v = &r.verdicts[0];
     assert_eq!(v.window_wall, (Some("t+170".into()), Some("t+178".into())));
     assert!(v.line().starts_with("t+170 refused_local_hairpin"));
-    let e1 = phase(&r, "m1", 0, PhaseKind::Sigterm).expect("E1");
+    let e1 = phase(&r, "m1", 0, PhaseKind::Sigterm).expect("sigterm");
     assert_eq!(e1.wall.as_deref(), Some("t+100"));
 }
 
@@ -1420,6 +1581,7 @@ fn unowned_goaway_goes_to_the_rolling_instance() {
         Obs::Signal {
             signal: Signal::Term,
             pid: None,
+            sender: None,
         },
     );
     b.add(
@@ -1452,7 +1614,7 @@ fn unowned_goaway_goes_to_the_rolling_instance() {
 #[test]
 fn compaction_keeps_results_and_bounds_memory() {
     // Three rollouts of m1 with hairpin refusals, and idle resets throughout.
-    let (cfg, _) = seed000();
+    let (cfg, _) = gcp_ilb_rollout();
     let mut b = B::default();
     for n in 0..3 {
         let t0 = 1000.0 * f64::from(n);
@@ -1504,12 +1666,12 @@ fn compaction_keeps_results_and_bounds_memory() {
     assert_eq!(e.report().stats.late, 1);
     // A rollout in progress is never cut.
     let mut e = Engine::new(cfg).expect("valid");
-    let (_, b) = seed000();
+    let (_, b) = gcp_ilb_rollout();
     for o in &b.v {
         e.push(o.clone());
     }
     e.compact(172 * S);
-    assert_eq!(e.report().verdicts, run(&seed000().0, &b).verdicts);
+    assert_eq!(e.report().verdicts, run(&gcp_ilb_rollout().0, &b).verdicts);
 }
 
 #[test]
@@ -1517,7 +1679,7 @@ fn archive_is_capped_and_its_totals_kept() {
     // Six rollouts of m1, each with five hairpin refusals and an idle
     // reset, compacted as a daemon does; the archive keeps one rollout and
     // two verdicts whole, the totals stay those of the batch analysis.
-    let (cfg, _) = seed000();
+    let (cfg, _) = gcp_ilb_rollout();
     let mut b = B::default();
     for n in 0..6u16 {
         let t0 = 1000.0 * f64::from(n);

@@ -90,7 +90,7 @@ pub(crate) fn refused(
                 "{} refused connections for {seconds:.1} s while it was not listening; {conns} refused (route unknown)",
                 who(inst)
             ),
-            "configure local_addrs, vips, local_vips and lb_addrs so drainwatch can tell the hairpin, LB and direct paths apart".into(),
+            "tell drainwatch how clients reach the apiserver: --vip for a load balancer's VIP, --local-vip for a VIP this node holds itself, --lb-addr for a proxying LB's source address; this node's own addresses come from its interfaces (drainwatch analyze, of a recording or --pcap capture: --local)".into(),
         ),
     }
 }
@@ -106,7 +106,7 @@ pub(crate) fn lb_slow(inst: &str, late: usize, d: &LbDetection, past_e3: f64) ->
         .unwrap_or_default();
     (
         format!(
-            "the LB took at least {t:.1} s to notice /readyz on apiserver {inst} had turned red, not less than the shutdown delay ({delay}): E2 + t < E3 fails, and it still sent {} at or after the listener close{}{hc}",
+            "the LB took at least {t:.1} s to notice /readyz on apiserver {inst} had turned red, not less than the shutdown delay ({delay}), and it still sent {} at or after the listener close{}{hc}",
             plural(late, "new connection", "new connections"),
             if past_e3 >= 0.05 {
                 format!(" (the last {past_e3:.1} s after it)")
@@ -202,23 +202,21 @@ pub(crate) fn unexplained(inst: Option<&str>, n: usize, whats: &[String]) -> (St
     )
 }
 
+/// A SIGKILL after a SIGTERM: the grace period ran out. `inferred_from`
+/// names the evidence when the SIGTERM itself was not seen (the grace is
+/// then at least `grace`).
 pub(crate) fn sigkill(
     inst: &str,
     n: usize,
-    grace: Option<f64>,
+    grace: f64,
     configured: Option<f64>,
-    term_inferred: bool,
+    inferred_from: Option<&str>,
 ) -> (String, String) {
-    let how = match grace {
-        Some(g) => format!(
-            "was SIGKILLed {g:.1} s after SIGTERM{}",
-            if term_inferred {
-                " (SIGTERM inferred)"
-            } else {
-                ""
-            }
+    let how = match inferred_from {
+        None => format!("was SIGKILLed {grace:.1} s after SIGTERM"),
+        Some(from) => format!(
+            "was SIGKILLed at least {grace:.1} s after SIGTERM (SIGTERM not seen; {from} then)"
         ),
-        None => "was SIGKILLed without a SIGTERM seen first".to_string(),
     };
     let cfgd = configured
         .map(|c| format!(" (terminationGracePeriodSeconds {c:.0})"))
@@ -229,6 +227,41 @@ pub(crate) fn sigkill(
             plural(n, "connection or request", "connections or requests")
         ),
         "make the process shut down within the grace period (shutdown-delay + request-timeout < terminationGracePeriodSeconds) and handle SIGTERM, or raise the grace period".into(),
+    )
+}
+
+/// A SIGKILL with no evidence of a SIGTERM before it: there was no graceful
+/// shutdown to run out of time. `sender` is the signalling process when the
+/// kill was observed; `inferred` when only the exit on signal 9 says so.
+pub(crate) fn killed_without_term(
+    inst: &str,
+    n: usize,
+    sender: Option<u32>,
+    inferred: bool,
+    configured: Option<f64>,
+) -> (String, String) {
+    let how = match (sender, inferred) {
+        (Some(p), _) => format!("was SIGKILLed by pid {p}"),
+        (None, true) => "exited on SIGKILL (the signal itself was not seen)".to_string(),
+        (None, false) => "was SIGKILLed".to_string(),
+    };
+    let cfgd = configured
+        .map(|c| format!(": its grace period ({c:.0} s) never started"))
+        .unwrap_or_default();
+    (
+        format!(
+            "apiserver {inst} {how} with no SIGTERM before it, so it had no graceful shutdown at all{cfgd}, cutting {}",
+            plural(n, "connection or request", "connections or requests")
+        ),
+        format!(
+            "find who sent the SIGKILL ({}): the OOM killer (the kernel log says \"Killed process\"; raise the memory limit), a force delete with --grace-period=0, a liveness probe killing a crash-looping apiserver, or the container runtime; whoever it is must send SIGTERM and wait the grace period first",
+            match sender {
+                Some(p) => format!("pid {p}, from the signal event"),
+                None =>
+                    "the signal event names the sender's pid when drainwatch watches the process"
+                        .to_string(),
+            }
+        ),
     )
 }
 

@@ -226,6 +226,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
                     n => Signal::Other(n as i32),
                 },
                 pid: ev.pid,
+                sender: Some(sig.sender_pid),
             }
         }
         EventKind::ProcessExit => Obs::ProcessExit {
