@@ -33,6 +33,10 @@ pub enum LoadError {
     Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the kernel programs failed")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "the kernel refused the event ring buffer: BPF ring buffers need Linux 5.8 or newer, this is {0}"
+    )]
+    NoRingBuf(String, #[source] Box<aya::EbpfError>),
     #[error("kernel map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
     #[error("the core tracepoint sock:inet_sock_set_state is unusable: {0}")]
@@ -250,7 +254,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)
-        .load(PROBES)?;
+        .load(PROBES)
+        .map_err(|e| {
+            let release = crate::daemon::kernel_release();
+            match &e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, .. })
+                    if name == "EVENTS" && before_ringbuf(&release) =>
+                {
+                    LoadError::NoRingBuf(release, Box::new(e))
+                }
+                _ => LoadError::Load(e),
+            }
+        })?;
 
     {
         let mut ports: Array<&mut MapData, u64> = Array::try_from(map_mut(&mut ebpf, "PORTS")?)
@@ -433,6 +448,17 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         reset_reasons: kl.reset_reasons,
         tc,
     })
+}
+
+/// Whether a kernel release predates BPF ring buffers (Linux 5.8), which
+/// every event goes through.
+fn before_ringbuf(release: &str) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let v = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    // An unreadable release says nothing.
+    v.0 > 0 && v < (5, 8)
 }
 
 /// The names as the kernel keeps them: at most 15 bytes, NUL-padded, split
@@ -822,6 +848,29 @@ mod tests {
         assert!(e.len() < 400, "{e}");
         let empty = error_chain(&std::io::Error::other("load failed. Verifier output: "));
         assert_eq!(empty, "load failed");
+    }
+
+    #[test]
+    fn kernels_before_5_8_have_no_ring_buffer() {
+        assert!(before_ringbuf("5.4.0-200-generic"));
+        assert!(before_ringbuf("4.19.0-27-cloud-amd64"));
+        assert!(!before_ringbuf("5.8.0"));
+        assert!(!before_ringbuf("5.10.0-46-cloud-amd64"));
+        assert!(!before_ringbuf("6.12.118+deb13-cloud-amd64"));
+        assert!(!before_ringbuf("unknown"));
+        let e = LoadError::NoRingBuf(
+            "5.4.0".into(),
+            Box::new(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                name: "EVENTS".into(),
+                io_error: std::io::Error::from_raw_os_error(22),
+            })),
+        );
+        let text = error_chain(&e);
+        assert!(
+            text.contains("need Linux 5.8 or newer, this is 5.4.0"),
+            "{text}"
+        );
+        assert!(text.contains("failed to create map `EVENTS`"), "{text}");
     }
 
     #[test]
