@@ -830,7 +830,8 @@ async fn reader_task(
                 let _ = out.flush();
                 false
             }
-            Some(o) = obs_rx.recv() => {
+            Some(mut o) = obs_rx.recv() => {
+                observe::stamp_wall(&mut o, cx.boot_to_unix_ns);
                 corr.push_observation(o);
                 false
             }

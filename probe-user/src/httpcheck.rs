@@ -1,7 +1,8 @@
 //! The apiserver seen from HTTP: the `/readyz` and `/healthz` poller (on the
 //! local instance, directly) and the active prober (through the LB URL, as
-//! seed 000's test pod did, but classifying every failure). Both feed the
-//! correlation engine with boot-clock timestamps, the kernel's clock.
+//! a client pod would, but classifying every failure). Both feed the
+//! correlation engine with boot-clock timestamps, the kernel's clock; the
+//! daemon adds the wall time a kernel event at that instant gets.
 
 use std::{sync::Arc, time::Duration};
 

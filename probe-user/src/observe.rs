@@ -297,6 +297,16 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
     })
 }
 
+/// Gives an observation from the poller, prober or pod watcher the wall
+/// time a kernel event at the same boot-clock instant gets: they stamp only
+/// `t_ns` (the boot clock orders every source on one axis), and without a
+/// wall time their phases and verdict windows had none in the report.
+pub fn stamp_wall(o: &mut Observation, boot_to_unix_ns: i128) {
+    if o.wall.is_none() {
+        o.wall = Some(crate::event::rfc3339(i128::from(o.t_ns) + boot_to_unix_ns));
+    }
+}
+
 /// Where `--record` writes observations (JSON lines, the engine's input).
 pub struct Recorder {
     out: std::io::BufWriter<std::fs::File>,
@@ -368,5 +378,36 @@ mod tests {
         let line = serde_json::to_string(&o).expect("json");
         let back = drainwatch_correlate::parse_jsonl(&line).expect("parse");
         assert_eq!(back, vec![o]);
+    }
+
+    #[test]
+    fn poller_observations_get_the_wall_time_of_a_kernel_event_at_that_instant() {
+        let cx = DecodeContext {
+            boot_to_unix_ns: 1_700_000_000_000_000_000,
+            ..DecodeContext::plain()
+        };
+        let mut r = RawEvent::zeroed();
+        r.kind = kind::LISTEN_CLOSE;
+        r.family = AF_INET;
+        r.sport = 6443;
+        r.old_state = tcp_state::LISTEN;
+        r.state = tcp_state::CLOSE;
+        r.ts_ns = 42_500_000_123;
+        let kernel = observation(&decode(&r, &cx).expect("decode"), 1).expect("obs");
+        let mut red = Observation {
+            id: 0,
+            t_ns: r.ts_ns,
+            wall: None,
+            instance: None,
+            source: drainwatch_correlate::Source::Poller,
+            kind: Obs::ReadyzChanged { ready: false },
+        };
+        stamp_wall(&mut red, cx.boot_to_unix_ns);
+        assert_eq!(red.wall, kernel.wall);
+        assert_eq!(red.wall.as_deref(), Some("2023-11-14T22:14:02.500000Z"));
+        // A wall time the source set itself is kept.
+        red.wall = Some("given".into());
+        stamp_wall(&mut red, cx.boot_to_unix_ns);
+        assert_eq!(red.wall.as_deref(), Some("given"));
     }
 }

@@ -292,6 +292,20 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
         phase_t("listener_closed"),
     );
     assert!(term <= red && red < closed, "{tl:#}");
+    // The poller's phase has a wall time like the kernel's: same clock, same form.
+    let wall = |name: &str| {
+        tl["phases"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["kind"] == name))
+            .and_then(|p| p["wall"].as_str())
+            .unwrap_or_else(|| panic!("{name} phase without a wall time: {tl:#}"))
+            .to_string()
+    };
+    let (red_wall, closed_wall) = (wall("readyz_red"), wall("listener_closed"));
+    assert!(
+        red_wall.len() == closed_wall.len() && red_wall < closed_wall,
+        "{red_wall} {closed_wall}"
+    );
     let delay = (closed - term) as f64 / 1e9;
     assert!(
         (1.5..3.0).contains(&delay),
