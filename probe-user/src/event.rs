@@ -277,15 +277,18 @@ pub struct Wire {
     /// Seconds since the flow's first packet seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_age_seconds: Option<f64>,
-    /// Resets: seconds since the flow's previous packet.
+    /// Resets: seconds from the flow's previous packet to the RST. Not the
+    /// idle time when the RST answers this host's own packet (then it is
+    /// the RST's round trip): that is `silence_seconds`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_seconds: Option<f64>,
-    /// Resets: seconds since the flow's previous payload.
+    pub since_previous_packet_seconds: Option<f64>,
+    /// Resets: seconds from the flow's previous payload to the RST.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_payload_seconds: Option<f64>,
-    /// Resets: the silence the reset ended. When the RST answers this
-    /// host's own packet (a middlebox that forgot the flow resets the first
-    /// packet after the silence), it is the gap before that packet.
+    pub since_previous_payload_seconds: Option<f64>,
+    /// Resets: the silence the reset ended, i.e. the idle time. When the RST
+    /// answers this host's own packet (a middlebox that forgot the flow
+    /// resets the first packet after the silence), it is the gap before that
+    /// packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub silence_seconds: Option<f64>,
     /// Resets: the RST answered this host's own packet (so the silence is the
@@ -345,8 +348,8 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
         peer_ttl: None,
         origin: None,
         flow_age_seconds: (f & flags::FLOW_FROM_SYN != 0).then(|| secs(raw.duration_ns)),
-        idle_seconds: None,
-        idle_payload_seconds: None,
+        since_previous_packet_seconds: None,
+        since_previous_payload_seconds: None,
         silence_seconds: None,
         answered_packet: false,
         keepalive: None,
@@ -365,8 +368,8 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
                 _ => "unknown",
             });
             let [idle, idle_payload, gap, ka] = raw.aux;
-            w.idle_seconds = Some(secs(idle));
-            w.idle_payload_seconds = (idle_payload != 0).then(|| secs(idle_payload));
+            w.since_previous_packet_seconds = Some(secs(idle));
+            w.since_previous_payload_seconds = (idle_payload != 0).then(|| secs(idle_payload));
             let answers_ours = f & flags::LAST_OPPOSITE != 0 && f & flags::INGRESS != 0;
             w.answered_packet = answers_ours;
             // Both come from the kernel's packet clock; a bogus record must
@@ -919,7 +922,13 @@ mod tests {
             Some(3.0002),
             "gap before our packet + idle"
         );
-        assert_eq!(w.idle_seconds, Some(0.0002));
+        // The RST came 0.2 ms after our packet: that is not the idle time.
+        assert_eq!(w.since_previous_packet_seconds, Some(0.0002));
+        assert_eq!(w.since_previous_payload_seconds, Some(3.2));
+        let json = serde_json::to_value(&w).expect("json");
+        assert_eq!(json["silence_seconds"], 3.0002);
+        assert_eq!(json["since_previous_packet_seconds"], 0.0002);
+        assert!(json.get("idle_seconds").is_none(), "{json}");
         assert_eq!(w.keepalive.as_deref(), Some("none"));
         assert_eq!(e.sock_id, None);
         assert!(
@@ -1157,7 +1166,7 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        // 2020-10-26T06:02:01Z, seed 002's curl timestamp.
+        // 2020-10-26T06:02:01Z, a curl timestamp from a reported incident.
         assert_eq!(
             rfc3339(1_603_692_121_000_000_000),
             "2020-10-26T06:02:01.000000Z"

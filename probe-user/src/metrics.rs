@@ -346,7 +346,7 @@ impl Metrics {
             pod_running: gauge(
                 &r,
                 "drainwatch_apiserver_pod_running",
-                "1 while the apiserver pod's phase is Running (seed 000's gauge), from the Kubernetes API.",
+                "1 while the apiserver pod's phase is Running, from the Kubernetes API.",
                 &["pod"],
             )?,
             pod_ready: gauge(
@@ -388,7 +388,7 @@ impl Metrics {
                 let g = GaugeVec::new(
                     Opts::new(
                         "drainwatch_lb_detection_seconds",
-                        "Measured time t from /readyz red to the last new connection through the LB (seed 001: must stay below shutdown-delay).",
+                        "Measured time t from /readyz red to the last new connection through the LB (must stay below shutdown-delay).",
                     ),
                     &["instance"],
                 )?;
