@@ -172,6 +172,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3-kubernetes",
     "prometheus",
     "chromium",
+    "nghttp2-server",
+    "nghttp2-client",
+    "apache2-bin",
 ];
 /// Extra Debian packages the benchmarks drive.
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace", "bpfcc-tools", "nghttp2-client"];
