@@ -142,7 +142,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         metrics.set_listeners(port, n);
     }
     metrics.source_up.with_label_values(&["kernel"]).set(1);
-    if opts.load.wire.is_some() {
+    if let Some(w) = &opts.load.wire {
+        // Hooks attach where the watched traffic crosses (the --netns
+        // namespace's own interfaces when it names one), so any attached
+        // classifier sees it.
         let tc = loaded
             .hooks
             .iter()
@@ -151,6 +154,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .source_up
             .with_label_values(&["wire"])
             .set(i64::from(tc));
+        if tc {
+            tracing::info!("wire observer: TC classifier on {}", w.place());
+        } else {
+            tracing::warn!(
+                "wire observer: no TC classifier attached on {}; wire events are off",
+                w.place()
+            );
+        }
     }
     for (source, why) in &opts.http.off {
         metrics.source_up.with_label_values(&[source]).set(0);

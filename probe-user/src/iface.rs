@@ -26,19 +26,58 @@ pub fn l2_len(arphrd: u32) -> Option<u32> {
     }
 }
 
-fn read_u32(path: &str) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// Index and ARPHRD link type of `name` in the calling thread's network
+/// namespace. Asked with ioctls on a socket, not read from /sys/class/net:
+/// sysfs shows the namespace it was mounted in, not the one a thread that
+/// entered another namespace (see [`in_netns`]) is in.
+fn index_and_type(name: &str) -> Result<(u32, u32), String> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| format!("--iface {name:?}: not an interface name"))?;
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(format!(
+            "--iface {name:?}: longer than an interface name can be"
+        ));
+    }
+    // SAFETY: a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(format!(
+            "--iface {name}: no such interface in this network namespace"
+        ));
+    }
+    // SAFETY: plain syscall; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "--iface {name}: cannot open a socket to ask its link type: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr of the ifreq we own.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the fd opened above.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(format!("--iface {name}: cannot read its link type: {err}"));
+    }
+    // SAFETY: SIOCGIFHWADDR sets the hwaddr member of the union.
+    let kind = u32::from(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family });
+    Ok((index, kind))
 }
 
-/// Looks an interface up by name; the error names it.
+/// Looks an interface up by name in the calling thread's network
+/// namespace; the error names it.
 pub fn lookup(name: &str) -> Result<Iface, String> {
     if name.is_empty() || name.contains('/') || name.contains("..") {
         return Err(format!("--iface {name:?}: not an interface name"));
     }
-    let index = read_u32(&format!("/sys/class/net/{name}/ifindex"))
-        .ok_or_else(|| format!("--iface {name}: no such interface in this network namespace"))?;
-    let kind = read_u32(&format!("/sys/class/net/{name}/type"))
-        .ok_or_else(|| format!("--iface {name}: cannot read its link type"))?;
+    let (index, kind) = index_and_type(name)?;
     let l2_len = l2_len(kind).ok_or_else(|| {
         format!("--iface {name}: link type {kind} is not supported (Ethernet, loopback and L3 tunnels are)")
     })?;
@@ -47,6 +86,39 @@ pub fn lookup(name: &str) -> Result<Iface, String> {
         index,
         l2_len,
     })
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path`
+/// (such as /run/netns/NAME or /proc/PID/ns/net), so that interface
+/// lookups, netlink and TCX attachment by ifindex happen there while the
+/// daemon's own threads stay where they are.
+pub fn in_netns<T: Send>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let ns = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("network-namespace thread panicked")))
+    })
+}
+
+/// Whether `path` is the network namespace this process runs in.
+pub fn is_own_netns(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (theirs, ours) = (
+        std::fs::metadata(path)?,
+        std::fs::metadata("/proc/self/ns/net")?,
+    );
+    Ok(theirs.ino() == ours.ino() && theirs.dev() == ours.dev())
 }
 
 /// The default: loopback plus every interface that is up and has an

@@ -88,6 +88,20 @@ pub struct WireOptions {
     /// Where the ledger of added filters and qdiscs is kept (see
     /// [`leftovers`](crate::leftovers)); `None`: in memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The network namespace `ifaces` are in and the classifier attaches
+    /// in (`--netns PATH` naming another one); `None`: the daemon's own.
+    pub netns: Option<std::path::PathBuf>,
+}
+
+impl WireOptions {
+    /// Where the classifier attaches, for `--check` and log lines.
+    pub fn place(&self) -> String {
+        let names: Vec<&str> = self.ifaces.iter().map(|i| i.name.as_str()).collect();
+        match &self.netns {
+            Some(p) => format!("{} in network namespace {}", names.join(", "), p.display()),
+            None => format!("{} in drainwatch's own network namespace", names.join(", ")),
+        }
+    }
 }
 
 /// How the TC classifier is attached.
@@ -593,37 +607,19 @@ fn attach_wire(
                 continue;
             }
         };
-        for i in &w.ifaces {
-            let name = format!("tc {what} {}", i.name);
-            let p: &mut SchedClassifier = match ebpf.program_mut(prog).map(TryInto::try_into) {
-                Some(Ok(p)) => p,
-                _ => continue,
-            };
-            // TCX links (Linux 6.6+) first; the clsact qdisc and a netlink
-            // filter otherwise.
-            let tcx = match w.attach {
-                TcAttach::Netlink => None,
-                TcAttach::Auto | TcAttach::Tcx => Some(p.attach_with_options(
-                    &i.name,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )),
-            };
-            let result = match tcx {
-                Some(Ok(_)) => Ok(()),
-                Some(Err(e)) if w.attach == TcAttach::Tcx => Err(error_chain(&e)),
-                Some(Err(_)) | None => attach_netlink(p, i, attach_type, what, ledger),
-            };
-            match result {
-                Ok(()) => hooks.push(Hook {
-                    name,
-                    state: HookState::Attached,
-                    insns,
-                }),
-                Err(why) => {
-                    tracing::warn!("{name} unavailable: {why}");
+        match &w.netns {
+            None => attach_tc(ebpf, w, prog, attach_type, what, insns, hooks, ledger),
+            Some(path) => {
+                // TCX and netlink attach by ifindex in the calling thread's
+                // namespace: a thread that entered the chosen one does it.
+                let entered = crate::iface::in_netns(path, || {
+                    attach_tc(ebpf, w, prog, attach_type, what, insns, hooks, ledger)
+                });
+                if let Err(e) = entered {
+                    let why = format!("cannot enter network namespace {}: {e}", path.display());
+                    tracing::warn!("tc {what} classifier unavailable: {why}; wire events are off");
                     hooks.push(Hook {
-                        name,
+                        name: format!("tc {what} (netns {})", path.display()),
                         state: HookState::Unavailable(why),
                         insns,
                     });
@@ -632,6 +628,70 @@ fn attach_wire(
         }
     }
     Ok(())
+}
+
+/// Attaches the loaded classifier `prog` to every interface of `w` in the
+/// calling thread's network namespace.
+#[allow(clippy::too_many_arguments)]
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    w: &WireOptions,
+    prog: &str,
+    attach_type: TcAttachType,
+    what: &str,
+    insns: Option<usize>,
+    hooks: &mut Vec<Hook>,
+    ledger: &mut Ledger,
+) {
+    for i in &w.ifaces {
+        let name = match &w.netns {
+            Some(p) => format!("tc {what} {} (netns {})", i.name, p.display()),
+            None => format!("tc {what} {}", i.name),
+        };
+        let p: &mut SchedClassifier = match ebpf.program_mut(prog).map(TryInto::try_into) {
+            Some(Ok(p)) => p,
+            _ => continue,
+        };
+        // TCX links (Linux 6.6+) first; the clsact qdisc and a netlink
+        // filter otherwise.
+        let tcx = match w.attach {
+            TcAttach::Netlink => None,
+            TcAttach::Auto | TcAttach::Tcx => Some(p.attach_with_options(
+                &i.name,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )),
+        };
+        let result = match tcx {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) if w.attach == TcAttach::Tcx => Err(error_chain(&e)),
+                // A netlink filter and qdisc outlive the process; the ledger
+                // and the detach on exit remove them in the daemon's own
+                // namespace, where the same ifindex is another interface.
+                // TCX links die with their fd, wherever they are.
+                Some(Err(e)) if w.netns.is_some() => Err(format!(
+                    "{}; in another network namespace only TCX links (Linux 6.6+) are used, not a netlink filter that could outlive drainwatch there",
+                    error_chain(&e)
+                )),
+                None if w.netns.is_some() => Err("--tc-attach netlink: in another network namespace only TCX links (Linux 6.6+) are used, not a netlink filter that could outlive drainwatch there".to_string()),
+                Some(Err(_)) | None => attach_netlink(p, i, attach_type, what, ledger),
+            };
+        match result {
+            Ok(()) => hooks.push(Hook {
+                name,
+                state: HookState::Attached,
+                insns,
+            }),
+            Err(why) => {
+                tracing::warn!("{name} unavailable: {why}");
+                hooks.push(Hook {
+                    name,
+                    state: HookState::Unavailable(why),
+                    insns,
+                });
+            }
+        }
+    }
 }
 
 /// Attaches `p` as a netlink filter on `dev`, creating the clsact qdisc if

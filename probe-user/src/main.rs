@@ -443,23 +443,47 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     ports.sort_unstable();
     ports.dedup();
+    // `--netns PATH` naming another namespace: its traffic crosses its own
+    // interfaces, so the classifier attaches there (our interfaces never
+    // see it), and interfaces are looked up there.
+    let wire_netns = match args.netns.as_str() {
+        "all" | "self" => None,
+        path => {
+            let p = std::path::PathBuf::from(path);
+            let own =
+                iface::is_own_netns(&p).map_err(|e| anyhow::anyhow!("--netns {path}: {e}"))?;
+            (!own).then_some(p)
+        }
+    };
     let wire = if args.no_wire {
         None
     } else {
-        let ifaces = if args.ifaces.is_empty() {
-            iface::default_ifaces()
-        } else {
-            args.ifaces
-                .iter()
-                .map(|n| iface::lookup(n))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| anyhow::anyhow!(e))?
+        let pick = || {
+            if args.ifaces.is_empty() {
+                Ok(iface::default_ifaces())
+            } else {
+                args.ifaces
+                    .iter()
+                    .map(|n| iface::lookup(n))
+                    .collect::<Result<Vec<_>, _>>()
+            }
         };
+        let ifaces = match &wire_netns {
+            None => pick(),
+            Some(p) => iface::in_netns(p, pick).map_err(|e| {
+                anyhow::anyhow!("--netns {}: cannot list its interfaces: {e}", p.display())
+            })?,
+        }
+        .map_err(|e| match &wire_netns {
+            Some(p) => anyhow::anyhow!("{e} (looked up in network namespace {})", p.display()),
+            None => anyhow::anyhow!(e),
+        })?;
         Some(loader::WireOptions {
             ifaces,
             flow_table: args.flow_table,
             attach: args.tc_attach,
             state_dir: Some(args.state_dir.clone()),
+            netns: wire_netns,
         })
     };
     // The addresses of the host drainwatch observes: those of the --netns
@@ -685,6 +709,10 @@ fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
     }
     println!("ports       {:?}", load.ports);
     println!("ring buffer {} bytes", load.ringbuf_bytes);
+    match &load.wire {
+        Some(w) => println!("wire        TC classifier on {}", w.place()),
+        None => println!("wire        off (--no-wire)"),
+    }
     let loaded = loader::load(load)?;
     println!("hooks:");
     let mut core_ok = false;

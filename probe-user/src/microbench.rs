@@ -22,6 +22,7 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
             flow_table: 1024,
             attach: loader::TcAttach::Auto,
             state_dir: None,
+            netns: None,
         }),
         watch_comms: Vec::new(),
         netns: None,

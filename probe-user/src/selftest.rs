@@ -182,6 +182,7 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
             flow_table: DEFAULT_FLOW_TABLE,
             attach: loader::TcAttach::Auto,
             state_dir: None,
+            netns: None,
         })
     };
     let opts = LoadOptions {

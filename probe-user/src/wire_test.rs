@@ -39,6 +39,7 @@ fn rig() -> Option<Rig> {
             flow_table: 1024,
             attach: loader::TcAttach::Auto,
             state_dir: None,
+            netns: None,
         }),
         watch_comms: Vec::new(),
         netns: None,
