@@ -712,12 +712,17 @@ fn h1_upgrade_end(ctx: &TcContext, p: &Pkt) -> Upgrade {
     let Some(buf) = H2C_SCRATCH.get_ptr_mut(0) else {
         return Upgrade::Lost;
     };
-    let n = p.payload_len.min(H2C_HEAD_MAX);
-    // The helper's length must be provably 1..=H2C_HEAD_MAX; LLVM folds
-    // the bound checks into one the verifier cannot follow, so the value
-    // goes through memory and a mask it must keep.
-    // SAFETY: reading a local.
-    let n = unsafe { core::ptr::read_volatile(&n) };
+    let at = buf as *mut u32;
+    // The helper's length must be provably 1..=H2C_HEAD_MAX, and the
+    // verifier then tracks it precisely back to where it came from: the
+    // packet's payload length, which would make every state that differs
+    // in it distinct (the whole classifier walked over twice as long).
+    // Through the map value the length is a fresh unknown, bounded by the
+    // mask; LLVM cannot fold the mask away either.
+    // SAFETY: the first 4 bytes of the map value.
+    unsafe { core::ptr::write_volatile(at, p.payload_len.min(H2C_HEAD_MAX)) };
+    // SAFETY: as above.
+    let n = unsafe { core::ptr::read_volatile(at) };
     if n < 16 {
         return Upgrade::Lost;
     }
