@@ -620,6 +620,11 @@ fn item_of(cfg: &Config, o: &Observation) -> Option<(Item, bool)> {
             },
             _ => return None,
         },
+        Obs::StreamCut { client, .. } => Item::Cut {
+            key: Some(*client),
+            what: "closed by the server while its response was streaming (a watch)".to_string(),
+            strong: true,
+        },
         Obs::AcceptQueueReset { client, server } => Item::AcceptQueueReset {
             path: cfg.classify(client, server),
         },
@@ -720,6 +725,7 @@ fn client_of(k: &Obs) -> Option<SocketAddr> {
         | Obs::ResetSent { client, .. }
         | Obs::ResetReceived { client, .. }
         | Obs::AcceptQueueReset { client, .. }
+        | Obs::StreamCut { client, .. }
         | Obs::ConnClosed { client, .. } => Some(*client),
         Obs::WireReset { client, .. } | Obs::ProbeResult { client, .. } => *client,
         _ => None,
@@ -1700,7 +1706,13 @@ fn compute<'a>(
                     }
                     (
                         Cause::InflightCutAtTimeout,
-                        text::timeout_cut(inst.as_deref(), n, seconds, cfg.request_timeout_s),
+                        text::timeout_cut(
+                            inst.as_deref(),
+                            n,
+                            seconds,
+                            cfg.request_timeout_s,
+                            &whats(&g),
+                        ),
                         Some(Measured::RequestTimeout {
                             seconds,
                             configured_s: cfg.request_timeout_s,

@@ -88,7 +88,13 @@
 //!   timeline.
 //!   A /readyz flap without a shutdown is not measured.
 //! - Cuts are strong or weak. Strong: a server close with a request
-//!   outstanding (the kernel saw the client's data last), a deliberate
+//!   outstanding (the kernel saw the client's data last), a server close
+//!   while its response was streaming ([`Obs::StreamCut`]: with the wire
+//!   observer, the server kept sending payloads above 128 bytes for over a
+//!   second after the client's last payload above 40 bytes, i.e. a watch;
+//!   blind spots: a watch quiet since its first events, a multiplexed
+//!   HTTP/2 connection whose client keeps sending requests, and a slow
+//!   response sent in bursts over a second then closed idle), a deliberate
 //!   abort (`TCP_ABORT_ON_CLOSE`) of an open connection, a failed prober
 //!   request other than refused and GOAWAY (5xx included). Weak: an RST
 //!   over unread data (`TCP_ABORT_ON_DATA`), an abort in a close already

@@ -311,6 +311,15 @@ pub enum Obs {
         #[serde(default)]
         pending_request: Option<bool>,
     },
+    /// The apiserver closed a connection first while its response was
+    /// still streaming (it kept sending for over a second after the
+    /// client's last request: a watch): the stream was cut.
+    StreamCut {
+        /// The other end.
+        client: SocketAddr,
+        /// The apiserver's end.
+        server: SocketAddr,
+    },
     /// An RST seen on the wire by the TC classifier.
     WireReset {
         /// Client end, when known.

@@ -43,6 +43,8 @@ pub enum Cause {
     SigkillAfterGrace,
     /// SIGKILL with no SIGTERM before it: no graceful shutdown at all (the
     /// OOM killer, a force delete with `--grace-period=0`, a runtime kill).
+    /// Serialized as its metric label, `killed_without_sigterm`.
+    #[serde(rename = "killed_without_sigterm")]
     KilledWithoutTerm,
     /// Failed probe requests that no instance's lifecycle explains.
     Unexplained,

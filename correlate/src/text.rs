@@ -123,15 +123,17 @@ pub(crate) fn timeout_cut(
     n: usize,
     seconds: f64,
     configured: Option<f64>,
+    whats: &[String],
 ) -> (String, String) {
     let cfgd = configured
         .map(|c| format!(" (request timeout {c:.0} s)"))
         .unwrap_or_default();
     (
         format!(
-            "{} still in flight on {} were cut {seconds:.1} s after it stopped listening, at the request timeout{cfgd}",
+            "{} still in flight on {} were cut {seconds:.1} s after it stopped listening, at the request timeout{cfgd}: {}",
             plural(n, "request", "requests"),
-            who(inst)
+            who(inst),
+            whats.join(", ")
         ),
         "requests and watches must finish or be re-established within the request timeout: make clients retry or resume watches, and keep long requests below it".into(),
     )

@@ -94,6 +94,10 @@ pub mod flags {
     /// Reset sent by a server socket in ESTABLISHED or CLOSE_WAIT that the
     /// application never accepted: a listener closed with it still queued.
     pub const NEVER_ACCEPTED: u32 = 1 << 14;
+    /// Closed (with [`CLOSE_CHECKED`]): this end closed first while its
+    /// response was still streaming (it kept sending for over a second
+    /// after the peer's last request): a watch cut.
+    pub const RESPONSE_STREAMING: u32 = 1 << 15;
 }
 
 /// One event, written by the kernel programs and decoded by the daemon.

@@ -54,7 +54,31 @@ pub struct Flow {
     pub h2_head: [u32; 2],
     /// ... and a GOAWAY's last-stream-id and error code (its bytes 9..17).
     pub h2_tail: [u64; 2],
+    /// The first and the latest payload bigger than [`STREAM_PAYLOAD`] this
+    /// host sent since the peer's last one bigger than [`SMALL_PAYLOAD`]
+    /// (0 when none): a
+    /// response that kept coming for longer than [`STREAM_SPREAD_NS`] after
+    /// its request was streaming (a watch). A server that closes a
+    /// connection in that state cuts the stream.
+    pub stream_from_ns: u64,
+    pub stream_last_ns: u64,
 }
+
+/// How long after its request a response must still be sending for the
+/// connection to count as streaming (a watch) rather than a reply that is
+/// done. Blind spots: a watch quiet since its first events, and a
+/// multiplexed HTTP/2 connection whose client keeps sending requests, do not
+/// look streaming; a slow response sent in bursts over more than this, then
+/// an idle connection closed gracefully, does.
+pub const STREAM_SPREAD_NS: u64 = 1_000_000_000;
+
+/// The least payload a streamed response's segment carries to count for
+/// [`STREAM_SPREAD_NS`]: a watch event is a JSON or protobuf object of a
+/// few hundred bytes; a server's HTTP/2 PING, GOAWAY, SETTINGS or
+/// WINDOW_UPDATE is well under this even with TLS 1.2's larger record
+/// overhead (seen: 56 and 84 bytes), and such keepalive traffic must not
+/// make an idle connection look streaming.
+pub const STREAM_PAYLOAD: u32 = 128;
 
 /// A flow closed both ways is dropped from the table once it has been
 /// silent this long (the last ACK and any retransmission are past).
@@ -93,7 +117,7 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Flow>() == 144);
+const _: () = assert!(core::mem::size_of::<Flow>() == 160);
 
 #[cfg(test)]
 mod tests {

@@ -238,6 +238,11 @@ fn request_pending(sk: u64, tuple: &Tuple) -> u8 {
     {
         return if f.big_dir == 1 {
             sock_flags::CLOSE_CHECKED | sock_flags::REQUEST_PENDING
+        } else if f.stream_last_ns.saturating_sub(f.stream_from_ns)
+            >= probe_common::STREAM_SPREAD_NS
+            && f.stream_from_ns != 0
+        {
+            sock_flags::CLOSE_CHECKED | sock_flags::RESPONSE_STREAMING
         } else {
             sock_flags::CLOSE_CHECKED
         };
@@ -283,6 +288,9 @@ fn closed(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
         }
         if close_bits & sock_flags::REQUEST_PENDING != 0 {
             ev.flags |= flags::REQUEST_PENDING;
+        }
+        if close_bits & sock_flags::RESPONSE_STREAMING != 0 {
+            ev.flags |= flags::RESPONSE_STREAMING;
         }
         if est != 0 {
             ev.duration_ns = ts.saturating_sub(est);

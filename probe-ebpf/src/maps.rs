@@ -52,7 +52,8 @@ pub struct SockInfo {
     /// reported with the state the connection was really in.
     pub prev_state: u8,
     pub flags: u8,
-    /// `flags::CLOSE_CHECKED` / `REQUEST_PENDING` (as bits 0/1), set when this
+    /// `flags::CLOSE_CHECKED` / `REQUEST_PENDING` / `RESPONSE_STREAMING`
+    /// (as bits 0/1/2), set when this
     /// end leaves ESTABLISHED for FIN_WAIT1 (it closed first).
     pub close_bits: u8,
 }
@@ -65,6 +66,8 @@ pub mod sock_flags {
     /// `SockInfo::close_bits`.
     pub const CLOSE_CHECKED: u8 = 1;
     pub const REQUEST_PENDING: u8 = 2;
+    /// The server's response was still streaming (see `Flow::stream_from_ns`).
+    pub const RESPONSE_STREAMING: u8 = 4;
 }
 
 #[map]

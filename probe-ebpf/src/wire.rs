@@ -346,6 +346,8 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
                 _pad: [0; 2],
                 h2_head: [0; 2],
                 h2_tail: [0; 2],
+                stream_from_ns: 0,
+                stream_last_ns: 0,
             };
             if FLOWS.insert(key, fresh, 0).is_err() {
                 return None;
@@ -428,6 +430,15 @@ fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
         f.last_payload_ns = ts;
         if p.payload_len > probe_common::SMALL_PAYLOAD {
             f.big_dir = dir as u8 + 1;
+            if ingress {
+                f.stream_from_ns = 0;
+                f.stream_last_ns = 0;
+            } else if p.payload_len > probe_common::STREAM_PAYLOAD {
+                if f.stream_from_ns == 0 {
+                    f.stream_from_ns = ts;
+                }
+                f.stream_last_ns = ts;
+            }
         }
         h2_scan(ctx, &p, f, dir);
     } else if syn && f.h2[dir] == h2::START {

@@ -149,6 +149,11 @@ pub struct Event {
     /// client was still owed an answer then (its data came last).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_pending: Option<bool>,
+    /// Closed, accepted connections this end closed first: its response
+    /// was still streaming then (a watch: it kept sending for over a second
+    /// after the client's last request). Only the wire observer tells.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub response_streaming: bool,
     /// Reset sent by a server socket (ESTABLISHED or CLOSE_WAIT) that the
     /// application never accepted: its listener closed with it still in the
     /// accept queue. Absent where the kernel's layout is unknown.
@@ -623,6 +628,9 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         no_socket: f & flags::NO_SOCKET != 0,
         request_pending: (kind == EventKind::Closed && f & flags::CLOSE_CHECKED != 0)
             .then_some(f & flags::REQUEST_PENDING != 0),
+        response_streaming: kind == EventKind::Closed
+            && f & flags::CLOSE_CHECKED != 0
+            && f & flags::RESPONSE_STREAMING != 0,
         // Orphaned sockets (closed by the application) have no `struct
         // socket` either, but they are past ESTABLISHED and CLOSE_WAIT.
         never_accepted: (kind == EventKind::ResetSent
@@ -720,6 +728,9 @@ impl Event {
         }
         if self.no_socket {
             s.push_str(" no-socket");
+        }
+        if self.response_streaming {
+            s.push_str(" response-streaming (cut)");
         }
         if self.never_accepted == Some(true) {
             s.push_str(" never-accepted (accept queue)");

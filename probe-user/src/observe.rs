@@ -193,6 +193,18 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         // A close is evidence only when the server closed first with a
         // request still owed (a cut); every other close, two per connection,
         // would only fill the engine's memory.
+        // The server closed first while its response was streaming: the
+        // stream (a watch) was cut.
+        EventKind::Closed
+            if ev.direction == Some("passive")
+                && ev.response_streaming
+                && matches!(ev.old_state, Some("FIN_WAIT1" | "FIN_WAIT2")) =>
+        {
+            Obs::StreamCut {
+                client: r?,
+                server: l?,
+            }
+        }
         EventKind::Closed
             if !(ev.direction == Some("passive") && ev.request_pending == Some(true)) =>
         {
