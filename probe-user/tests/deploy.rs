@@ -1015,7 +1015,7 @@ fn prometheus_rule_spec() -> Value {
 }
 
 #[test]
-fn alert_rules_parse_and_cover_the_seeds() {
+fn alert_rules_parse_and_cover_each_failure() {
     let rule = yaml_docs(
         &read(&deploy_dir().join("base/prometheusrule.yaml")),
         "prometheusrule.yaml",
@@ -1092,7 +1092,7 @@ fn dashboard() -> Value {
 }
 
 #[test]
-fn dashboard_shows_seed_000s_view_on_one_time_axis() {
+fn dashboard_shows_a_rollout_on_one_time_axis() {
     let d = dashboard();
     assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "uid");
     assert!(
