@@ -1,4 +1,4 @@
-"""Seed 002's Watcher/Updater pair on the real Python Kubernetes client.
+"""A Watcher/Updater pair on the real Python Kubernetes client.
 
 watcher: watches one configmap and records every event it receives.
 updater: creates the configmap, then replaces it every --period on a fresh connection.

@@ -1,12 +1,15 @@
 //! The apiserver stand-in: HTTPS (h2 and http/1.1 by ALPN) on 6443, optional cleartext
 //! h2c, health endpoints, the [`crate::k8s`] API surface, and kube-apiserver's shutdown
-//! sequence (seed 001's E1..E5) with knobs for the failure modes of seeds 000 and 003.
+//! sequence with knobs for its failure modes (no shutdown delay, a hard close, SIGTERM
+//! ignored until SIGKILL).
 //!
-//! Graceful sequence on SIGTERM: E1 `sigterm` + E2 `readyz_red` at once; keep accepting
-//! for the shutdown delay; E3 `listener_closed`, then every open connection is asked to
-//! shut down gracefully (`goaway_sent`: hyper sends HTTP/2 GOAWAY, HTTP/1 closes after
-//! the current response); in-flight requests and watches get up to the request timeout
-//! (`drained`), E4 `requests_cut` aborts what remains; E5 `exit`.
+//! Graceful sequence on SIGTERM, as kube-apiserver does it with
+//! `--shutdown-delay-duration`: `sigterm` and `readyz_red` at once; keep accepting for the
+//! shutdown delay; `listener_closed`, then every open connection is asked to shut down
+//! gracefully (`goaway_sent`: hyper sends HTTP/2 GOAWAY, HTTP/1 closes after the current
+//! response); in-flight requests and watches get up to the request timeout (`drained`),
+//! `requests_cut` aborts what remains; `exit`. The names are the lifecycle records in
+//! `truth.json`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,7 +51,7 @@ pub enum ShutdownMode {
     /// Graceful, but stop listening at once (shutdown-delay-duration 0).
     NoDelay,
     /// After the delay, close the listener and every connection at once, like Go's
-    /// `http.Server.Close()` (seed 003).
+    /// `http.Server.Close()` instead of `Shutdown()`.
     HardClose,
     /// Record SIGTERM and carry on serving, so the grace period ends in SIGKILL.
     IgnoreTerm,
@@ -223,7 +226,7 @@ pub async fn serve(cfg: Config) -> Result<(), ApiserverError> {
     });
     state
         .store
-        .seed(&cfg.name, cfg.shutdown_delay.as_secs_f64());
+        .populate(&cfg.name, cfg.shutdown_delay.as_secs_f64());
     // Installed before listening so an early SIGTERM is never the default (fatal) action.
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
     state.record(
@@ -559,7 +562,8 @@ async fn handle(
             return Ok(health(&path, q.contains_key("verbose"), &state));
         }
         "/lab/slow" => {
-            // A request that takes a while: the in-flight work seeds 001 and 003 drain or cut.
+            // A request that takes a while: the in-flight work a graceful shutdown drains and
+            // a hard close, the request timeout or a SIGKILL cuts.
             let ms: u64 = q.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
             // `&record` asks for a lifecycle record once the request is being served, so a
             // test can act (SIGTERM) knowing it is in flight instead of guessing with a sleep.

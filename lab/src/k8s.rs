@@ -165,9 +165,10 @@ impl Store {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Seeds the objects seed 000's test reads: the apiserver's config configmap and
-    /// its own pod in `openshift-kube-apiserver`.
-    pub fn seed(&self, instance: &str, shutdown_delay_s: f64) {
+    /// Creates the objects the lab's clients read: the apiserver's config configmap (as
+    /// OpenShift keeps it, with `shutdown-delay-duration`), its own pod in
+    /// `openshift-kube-apiserver`, and `kube-root-ca.crt`.
+    pub fn populate(&self, instance: &str, shutdown_delay_s: f64) {
         let ns = "openshift-kube-apiserver";
         let config = json!({"apiServerArguments": {"shutdown-delay-duration": [format!("{shutdown_delay_s}s")]}});
         let _ = self.upsert(

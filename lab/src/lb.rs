@@ -14,7 +14,9 @@ use crate::procs::{self, Proc, ProcError};
 use crate::record::Recorder;
 use crate::topo::{Lab, TopoError};
 
-/// Health check timing (seed 001's terms).
+/// Health check timing, in the terms cloud load balancers document (AWS NLB target
+/// groups, GCP and Azure health probes): interval, timeout, unhealthy and healthy
+/// thresholds.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// Time between checks.
@@ -28,7 +30,7 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// Seed 001's worst case from readyz turning red to out of service:
+    /// The worst case from readyz turning red to out of service:
     /// `fall` checks, each lasting up to an interval (the first may start just before
     /// readyz turned red).
     pub fn worst_case_detection(&self) -> Duration {
@@ -209,7 +211,7 @@ pub fn conntrack_idle_reset(lab: &Lab, router: &str, idle: Duration) -> Result<(
 
 /// The LAN subnet used by the LB scenarios.
 pub const LAN: [u8; 3] = [198, 18, 1];
-/// The apiserver VIP (the `api-int` address of seed 000).
+/// The apiserver VIP (the internal LB address clients use, `api-int` on OpenShift).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
 #[cfg(test)]
@@ -226,8 +228,8 @@ mod tests {
     }
 
     #[test]
-    fn seed_001_worst_case() {
-        // seed 001: interval 10 s, timeout 10 s, unhealthy threshold 2 -> 30 s.
+    fn aws_nlb_worst_case() {
+        // AWS NLB's HTTPS check at interval 10 s, timeout 10 s, unhealthy threshold 2 -> 30 s.
         let hc = HealthCheck {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(10),

@@ -1,4 +1,4 @@
-//! drainwatch lab: the seeds' rollout scenarios reproduced on one machine.
+//! drainwatch lab: apiserver rollout failure scenarios reproduced on one machine.
 //!
 //! Every host is a network namespace named `dwlab-<run id>-<host>`, joined by veth pairs
 //! (through a bridge namespace where a LAN is needed). Load balancers are real (HAProxy,

@@ -1,5 +1,5 @@
-//! A bounded load generator that records every request's outcome, the way seed 000's
-//! test and OpenShift's disruption samplers do: new-connection mode (one TCP+TLS
+//! A bounded load generator that records every request's outcome, the way OpenShift's
+//! disruption samplers do: new-connection mode (one TCP+TLS
 //! connection per request, sees `connection refused`) and reused-connection mode (one
 //! long-lived connection, sees GOAWAY and resets; retries once like client-go does for
 //! requests the server provably did not process).

@@ -1,4 +1,4 @@
-//! `drainwatch-lab`: runs the seed scenarios, and is also every process the lab starts
+//! `drainwatch-lab`: runs the rollout scenarios, and is also every process the lab starts
 //! inside its namespaces (apiserver stand-in, load generator, timer server and client).
 
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use drainwatch_lab::{cmd, timer, topo};
 #[derive(Parser)]
 #[command(
     name = "drainwatch-lab",
-    about = "The seeds' rollout scenarios, reproduced in network namespaces"
+    about = "Apiserver rollout failure scenarios, reproduced in network namespaces"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -97,7 +97,7 @@ enum Cmd {
     },
     /// The benchmarks' bounded load generator: one JSON result line.
     BenchLoad(drainwatch_lab::benchload::LoadArgs),
-    /// Seed 002's timer server.
+    /// A timer server: writes the time on each connection every PERIOD, keepalive off.
     TimerServer {
         /// `ADDR=PERIOD`, e.g. `0.0.0.0:8600=600s`; repeatable.
         #[arg(long = "port", required = true)]

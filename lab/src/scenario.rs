@@ -1,4 +1,4 @@
-//! The seed scenarios: build a topology, start apiservers, load balancers, clients and
+//! The scenarios: build a topology, start apiservers, load balancers, clients and
 //! captures, roll the apiserver(s), then gather every record into one [`Truth`].
 
 use std::collections::BTreeMap;
@@ -23,21 +23,22 @@ use crate::tls::{self, TlsError};
 use crate::topo::{Lab, TopoError};
 pub use crate::truth::Truth;
 
-/// The scenarios, one per seed finding.
+/// The scenarios, one per rollout failure (and one rollout done right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
-    /// Seed 000: GCP's ILB hairpins a master's own traffic to its local apiserver.
+    /// GCP's internal passthrough LB delivers a master's own traffic to the VIP to its local
+    /// apiserver, health check or not: refused while it restarts.
     GcpIlbRollout,
-    /// Seeds 000/001: NLB with a health check fast enough for the shutdown delay.
+    /// NLB with a health check fast enough for the shutdown delay: no client errors.
     AwsNlbRollout,
-    /// Seed 001: worst-case detection longer than the shutdown delay.
+    /// Worst-case LB detection longer than the shutdown delay: new connections refused.
     AwsNlbSlowHealthcheck,
-    /// Seed 002: a middlebox resets flows idle past its timeout.
+    /// A middlebox resets flows idle past its timeout (Azure LB's TCP reset on idle).
     AzureIdleReset,
-    /// Seed 003: `http.Server.Close()` instead of `Shutdown()`.
+    /// `http.Server.Close()` instead of `Shutdown()`: in-flight requests cut.
     HardClose,
-    /// Seed 003: the process outlives its grace period and is SIGKILLed.
+    /// The process outlives its grace period and is SIGKILLed.
     SigkillAfterGrace,
 }
 
@@ -195,8 +196,9 @@ struct Timing {
 }
 
 impl Timing {
-    /// seed 000/001: 70 s delay, 60 s request timeout, 135 s grace; AWS's check
-    /// (HTTPS /readyz, interval 10 s, timeout 10 s, unhealthy threshold 2).
+    /// The real-world timings the scenarios scale down, an OpenShift control plane on
+    /// AWS: 70 s shutdown delay, 60 s request timeout, 135 s grace; the NLB target
+    /// group's check (HTTPS /readyz, interval 10 s, timeout 10 s, unhealthy threshold 2).
     fn openshift() -> Self {
         Timing {
             shutdown_delay: 70.0,
@@ -590,7 +592,8 @@ impl Run {
     }
 
     /// Starts a real API client (curl or kubectl) in a bounded shell loop on `host`, one
-    /// process and one new connection per request, like seed 000's test.
+    /// process and one new connection per request, like a client that does not reuse
+    /// connections.
     fn start_api_loop(
         &mut self,
         host: &str,
@@ -765,7 +768,7 @@ async fn lan_scenario(
     match scenario {
         Scenario::AwsNlbRollout => roll = vec!["m1", "m2", "m3"],
         Scenario::AwsNlbSlowHealthcheck => {
-            // seed 001: delay 30 s, but a check whose worst case is far beyond it.
+            // Delay 30 s, but a check whose worst case is far beyond it.
             t.shutdown_delay = 30.0;
             t.restart_gap = 30.0;
             t.hc_interval = 20.0;
@@ -773,7 +776,7 @@ async fn lan_scenario(
             t.hc_fall = 3;
         }
         Scenario::HardClose => {
-            // seed 003's Close() instead of Shutdown(), after a delay the LB check fits
+            // Go's Close() instead of Shutdown(), after a delay the LB check fits
             // in: whatever fails here fails because of the close alone.
             mode = ShutdownMode::HardClose;
         }
@@ -904,7 +907,7 @@ async fn lan_scenario(
     run.finish(scenario).await
 }
 
-/// Seed 002: client -- router -- server, the router a conntrack middlebox that resets
+/// Client -- router -- server, the router a conntrack middlebox that resets
 /// flows idle past the timeout, plus HAProxy on the router as the variant that resets
 /// both sides at the timeout.
 async fn azure(opts: &RunOpts, scale: f64) -> Result<Truth, ScenarioError> {
@@ -969,7 +972,7 @@ async fn azure(opts: &RunOpts, scale: f64) -> Result<Truth, ScenarioError> {
     let mut ts = procs::spawn("timer-server", &server_ns, &run.bin, &timer_args)?;
     run.lab.track_pid(ts.pid);
     ts.wait_for("LISTENING", Duration::from_secs(10)).await?;
-    // The apiserver behind the same middlebox, for seed 002's Watcher/Updater pair.
+    // The apiserver behind the same middlebox, for the Python Watcher/Updater pair.
     run.master_addrs.insert("server".into(), server);
     run.start_apiserver("server", ShutdownMode::Graceful)
         .await?;
@@ -1055,7 +1058,7 @@ async fn azure(opts: &RunOpts, scale: f64) -> Result<Truth, ScenarioError> {
     let p = procs::spawn("updater", &client_ns, python, &updater)?;
     run.lab.track_pid(p.pid);
     procs_.push(p);
-    // Seed 002's own client: `curl --no-keepalive --http0.9` to the 600 s port, once
+    // A client without keepalive: `curl --no-keepalive --http0.9` to the 600 s port, once
     // through the resetting LB and once through the conntrack middlebox.
     for (name, target) in [
         ("lb-curl", SocketAddr::from((slb_c, 18600))),
@@ -1114,7 +1117,7 @@ enum ApiClient {
 enum ShellClient {
     /// curl GET of the API, HTTP status as detail.
     Curl,
-    /// curl of a raw TCP stream (HTTP/0.9, seed 002): exit 0 means the peer closed it.
+    /// curl of a raw TCP stream (HTTP/0.9, the timer server): exit 0 means the peer closed it.
     CurlRaw,
     /// kubectl (client-go), first error line as detail.
     Kubectl,
@@ -1207,7 +1210,7 @@ fn kubectl_outcome(exit: i32, detail: &str) -> Outcome {
 /// The Python interpreter that has Debian's python3-kubernetes.
 pub const PYTHON: &str = "/usr/bin/python3";
 
-/// Seed 002's Watcher/Updater on the Python Kubernetes client.
+/// The Watcher/Updater pair on the Python Kubernetes client.
 const PY_CLIENT: &str = include_str!("../py/kube_client.py");
 
 /// Writes a kubeconfig for the lab's apiserver (token auth, lab CA).

@@ -1,5 +1,5 @@
-//! Seed 002's timer-server (a TCP server writing the time on a fixed period, TCP
-//! keepalive deliberately off) and a long-lived client for it, with or without keepalive.
+//! A timer server (a TCP server writing the time on a fixed period, TCP keepalive
+//! deliberately off: the long-lived, mostly idle connection an idle timeout cuts) and a long-lived client for it, with or without keepalive.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,7 +104,8 @@ pub async fn serve(
 
 async fn serve_conn(s: TcpStream, peer: SocketAddr, period: Duration, r: Arc<Recorder>) {
     let conn = peer.to_string();
-    // Seed 002: the server intentionally leaves TCP keepalive off.
+    // The server intentionally leaves TCP keepalive off: only the client's can keep
+    // the flow alive in a middlebox.
     let _ = socket2::SockRef::from(&s).set_keepalive(false);
     rec(&r, "server", &conn, "connected", None, None);
     let (mut rd, mut wr) = s.into_split();
@@ -139,7 +140,7 @@ async fn serve_conn(s: TcpStream, peer: SocketAddr, period: Duration, r: Arc<Rec
                     }
                 }
             }
-            // Reading too is what reveals an RST promptly, as the seed's tcpdump did.
+            // Reading too is what reveals an RST promptly (a capture shows it at once).
             n = rd.read(&mut buf) => match n {
                 Ok(0) => { rec(&r, "server", &conn, "closed", Some(Outcome::Eof), None); return; }
                 Ok(_) => {}

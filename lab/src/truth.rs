@@ -1,4 +1,4 @@
-//! Ground truth of a scenario run, and what it shows: the findings in seed terms and
+//! Ground truth of a scenario run, and what it shows: the findings in plain words and
 //! a short human timeline. Pure: no I/O, so recorded runs can be re-read and judged.
 
 use std::collections::BTreeMap;
@@ -86,7 +86,9 @@ impl Truth {
         self.timer.iter().filter(|t| t.who == who).collect()
     }
 
-    /// What the run shows, in seed terms (E1..E5 of seed 001), one line per fact.
+    /// What the run shows, one line per fact: for each master rolled, whether the LB took
+    /// it out before its listener closed (its detection time, from /readyz turning red,
+    /// shorter than the shutdown delay), and what was cut.
     pub fn findings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut rolled: Vec<&str> = self
@@ -125,12 +127,12 @@ impl Truth {
             });
             match (red, closed, down) {
                 (Some(r), Some(c), Some(d)) if d < c => out.push(format!(
-                    "{m}: E2 + t < E3 holds: the LB took it out {:.2}s after readyz turned red, {:.2}s before the listener closed",
+                    "{m}: LB out in time: the LB took it out {:.2}s after readyz turned red, {:.2}s before the listener closed",
                     (d - r) as f64 / 1e9,
                     (c - d) as f64 / 1e9
                 )),
                 (Some(r), Some(c), Some(d)) => out.push(format!(
-                    "{m}: E2 + t < E3 violated: the LB took it out {:.2}s after readyz turned red, {:.2}s after the listener closed",
+                    "{m}: LB out too late: the LB took it out {:.2}s after readyz turned red, {:.2}s after the listener closed",
                     (d - r) as f64 / 1e9,
                     (d - c) as f64 / 1e9
                 )),

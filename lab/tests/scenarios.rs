@@ -1,4 +1,4 @@
-//! Each scenario reproduces its seed's finding, judged from ground truth alone, and
+//! Each scenario reproduces the rollout failure it is named after, judged from ground truth alone, and
 //! leaves nothing behind. Needs root (network namespaces); skips with a reason otherwise.
 
 use std::path::PathBuf;
@@ -84,7 +84,7 @@ async fn gcp_ilb_rollout_refuses_only_the_rolling_master_itself() {
         .map(|l| l.t_ns)
         .find(|&x| x > closed)
         .expect("m1 listened again");
-    // Seed 000: the master's own traffic to the VIP is hairpinned to its local
+    // The master's own traffic to the VIP is hairpinned to its local
     // apiserver, which refuses while it is not listening.
     for c in ["m1-new", "m1-reuse", "m1-curl", "m1-kubectl"] {
         let refused: Vec<_> = t
@@ -133,10 +133,11 @@ async fn aws_nlb_rollout_with_a_fast_health_check_has_no_client_errors() {
             t.lb.iter()
                 .find(|e| e.server == m && e.state == "DOWN" && e.t_ns >= red)
                 .expect("LB took the instance out");
-        // Seed 001: E2 + t < E3.
+        // The LB took it out before the listener closed: its detection time, from
+        // readyz turning red, is shorter than the shutdown delay.
         assert!(
             down.t_ns < closed,
-            "{m}: LB detection {:.2}s after E2 is not before E3",
+            "{m}: LB detection {:.2}s after readyz turned red is not before the listener closed",
             secs(red, down.t_ns)
         );
         assert!(
@@ -167,7 +168,10 @@ async fn aws_nlb_slow_health_check_sends_traffic_to_a_closed_listener() {
             .find(|e| e.server == "m1" && e.state == "DOWN" && e.t_ns >= red)
             .map(|e| e.t_ns)
             .expect("LB took m1 out eventually");
-    assert!(down > closed, "the slow check detected m1 before E3");
+    assert!(
+        down > closed,
+        "the slow check detected m1 before its listener closed"
+    );
     let errors = t.errors_of("worker-new");
     assert!(
         !errors.is_empty(),
@@ -355,7 +359,7 @@ async fn azure_idle_reset_drops_idle_connections_without_keepalive() {
         "server side not reset together with the client side"
     );
 
-    // Seed 002's curl: through the resetting LB the stream ends at the idle timeout
+    // curl without keepalive: through the resetting LB the stream ends at the idle timeout
     // (HAProxy sends FIN then RST, so curl exits 0 rather than 56); through the conntrack
     // middlebox curl is never told and runs into its own time limit.
     let curl = |c: &str| *t.requests_of(c).first().expect("curl ran");
@@ -371,7 +375,7 @@ async fn azure_idle_reset_drops_idle_connections_without_keepalive() {
     );
     assert_eq!(curl("ct-curl").outcome, Outcome::Timeout);
 
-    // Seed 002's Watcher/Updater on python3-kubernetes: the watch without keepalive
+    // The Watcher/Updater pair on python3-kubernetes: the watch without keepalive
     // silently misses the update made after the idle timeout; with keepalive it sees it.
     let updated = |w: &str| {
         t.watchers

@@ -415,8 +415,8 @@ fn graceful_shutdown_follows_kube_apiserver() {
         return;
     }
     let mut s = Standin::start("graceful", "graceful", "1500ms", "2s");
-    // Requests in flight across E3 (T + 1.5 s): one finishes within the request timeout
-    // (E3 + 2 s), one does not. Both are known to be served before SIGTERM (their
+    // Requests in flight when the listener closes (T + 1.5 s): one finishes within the
+    // request timeout (2 s after the close), one does not. Both are known to be served before SIGTERM (their
     // `slow_started` records), so they cannot miss the listener, however slow curl
     // starts here.
     let ca = s.dir.join("pki/ca.crt");
@@ -440,7 +440,7 @@ fn graceful_shutdown_follows_kube_apiserver() {
     let cut = slow(8000);
     let started = await_records(&s.lifecycle_path(), "slow_started", 2);
     let t0 = s.sigterm();
-    // E2: readyz red at once (the record follows the switch), the server still serves
+    // readyz red at once (the record follows the switch), the server still serves
     // (shutdown delay).
     s.await_record("readyz_red");
     let (rc, body) = s.curl(&["-w", "%{http_code}"], "https://127.0.0.1:6443/readyz");
@@ -460,7 +460,7 @@ fn graceful_shutdown_follows_kube_apiserver() {
         "healthz {:?} after SIGTERM, within the 1.5 s shutdown delay",
         t0.elapsed()
     );
-    // E3: not listening any more, from the record on (it follows the close).
+    // The listener closed: not listening any more, from the record on (it follows the close).
     s.await_record("listener_closed");
     let (rc, _) = s.curl(&[], "https://127.0.0.1:6443/healthz");
     assert_eq!(
@@ -481,8 +481,8 @@ fn graceful_shutdown_follows_kube_apiserver() {
     );
 
     let (term, red, closed) = (s.at("sigterm"), s.at("readyz_red"), s.at("listener_closed"));
-    // The drained request was in flight across E3: it started before SIGTERM and
-    // lasted 2.5 s, so it ends after E3 (T + 1.5 s) unless it started over 1 s before
+    // The drained request was in flight when the listener closed: it started before
+    // SIGTERM and lasted 2.5 s, so it ends after the close (T + 1.5 s) unless it started over 1 s before
     // the SIGTERM, which only a stalled test could make happen.
     let done_start = started
         .iter()
@@ -491,7 +491,7 @@ fn graceful_shutdown_follows_kube_apiserver() {
         .t_ns;
     assert!(
         term - done_start < 1_000_000_000,
-        "the 2.5 s request started {} ms before SIGTERM: not in flight across E3",
+        "the 2.5 s request started {} ms before SIGTERM: not in flight when the listener closed",
         (term - done_start) / 1_000_000
     );
     assert!(
@@ -508,7 +508,7 @@ fn graceful_shutdown_follows_kube_apiserver() {
     let timeout = (cut_at - closed) as f64 / 1e9;
     assert!(
         (timeout - 2.0).abs() < 0.2,
-        "requests cut {timeout:.3}s after E3"
+        "requests cut {timeout:.3}s after the listener closed"
     );
     assert!(s.at("goaway_sent") >= closed && s.at("exit") >= cut_at);
 }
