@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Path;
 
-/// A load balancer's health check, as configured (seed 001's table).
+/// A load balancer's health check, as configured: the interval, timeout and
+/// unhealthy threshold every cloud LB documents (AWS NLB target group, GCP
+/// health check, Azure health probe).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// Seconds between checks.
@@ -20,10 +22,11 @@ pub struct HealthCheck {
 
 impl HealthCheck {
     /// Worst-case seconds from /readyz turning red to the LB taking the
-    /// backend out: the last good check just before E2, then `threshold`
-    /// failing checks one interval apart, the last one failing only at its
-    /// timeout, which cannot outlast the interval since checks are
-    /// independent (seed 001: 2 x 10 s + 10 s = 30 s; the lab's formula).
+    /// backend out: the last good check just before /readyz turned red, then
+    /// `threshold` failing checks one interval apart, the last one failing
+    /// only at its timeout, which cannot outlast the interval since checks
+    /// are independent (an NLB check at 10 s / 10 s / 2: 2 x 10 s + 10 s =
+    /// 30 s; the lab's formula).
     pub fn worst_case_s(&self) -> f64 {
         f64::from(self.unhealthy_threshold) * self.interval_s + self.timeout_s.min(self.interval_s)
     }
@@ -51,10 +54,12 @@ pub struct Config {
     /// `35.191.0.0/16`, `130.211.0.0/22`): their connections are not
     /// client traffic.
     pub health_check_sources: Vec<Cidr>,
-    /// `shutdown-delay-duration` in seconds (E3 - E2), used when the
-    /// listener close is not observed.
+    /// kube-apiserver's `--shutdown-delay-duration` in seconds (from /readyz
+    /// turning red to the listener closing), used when the listener close
+    /// is not observed.
     pub shutdown_delay_s: Option<f64>,
-    /// The apiserver's request timeout (E4 - E3), seconds.
+    /// The apiserver's request timeout (`--request-timeout`: how long
+    /// in-flight requests may run on after the listener closed), seconds.
     pub request_timeout_s: Option<f64>,
     /// `terminationGracePeriodSeconds`.
     pub grace_period_s: Option<f64>,
@@ -63,8 +68,9 @@ pub struct Config {
     /// How close in time two things must be to be "the same moment"
     /// (a cut at the listener close, a reset at SIGKILL), seconds.
     pub tolerance_s: f64,
-    /// kube-apiserver turns /readyz red on SIGTERM (E1 = E2): when no
-    /// /readyz poller reports for an instance, E2 is inferred at SIGTERM.
+    /// kube-apiserver turns /readyz red on SIGTERM: when no /readyz poller
+    /// reports for an instance, /readyz is taken to have turned red at
+    /// SIGTERM.
     pub readyz_red_on_sigterm: bool,
 }
 

@@ -732,16 +732,17 @@ fn client_of(k: &Obs) -> Option<SocketAddr> {
     }
 }
 
-/// The trailing run of arrivals via the LB after E2 that are at least half
-/// a check interval apart: once the LB has taken the instance out, only its
-/// health checks still arrive, at the check interval, while client traffic
+/// The trailing run of arrivals via the LB after /readyz turned red
+/// (`red_at`) that are at least half a check interval apart: once the LB
+/// has taken the instance out, only its health checks still arrive, at the
+/// check interval, while client traffic
 /// (denser than that) has stopped. The check right after the last client
 /// is found by the rhythm: one interval (within 15 %) before the run.
 /// Returns their ids.
-fn health_check_train(arr: &[&It], e2: u64, interval_s: f64) -> Vec<u64> {
+fn health_check_train(arr: &[&It], red_at: u64, interval_s: f64) -> Vec<u64> {
     let interval = secs_to_ns(interval_s);
     let min_gap = interval / 2;
-    let mut after: Vec<&It> = arr.iter().copied().filter(|i| i.t > e2).collect();
+    let mut after: Vec<&It> = arr.iter().copied().filter(|i| i.t > red_at).collect();
     let mut out = Vec::new();
     let mut first = None;
     while after.len() >= 2 {
@@ -1155,7 +1156,7 @@ const HARD_CLOSE_LEAD_NS: u64 = 50_000_000;
 
 fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> CutClass {
     let tol = cfg.tolerance_ns();
-    let e3 = c.t(PhaseKind::ListenerClosed);
+    let closed_at = c.t(PhaseKind::ListenerClosed);
     if let Some(k) = c.t(PhaseKind::Sigkill) {
         // Kernel evidence is timed exactly: the kill's cuts are the sockets
         // the dying process's exit closes. An RST alone over unread data is
@@ -1168,8 +1169,8 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
             return CutClass::Sigkill;
         }
     }
-    if let (Some(e3), Some(rt)) = (e3, cfg.request_timeout_s) {
-        let at = e3.saturating_add(secs_to_ns(rt));
+    if let (Some(closed_at), Some(rt)) = (closed_at, cfg.request_timeout_s) {
+        let at = closed_at.saturating_add(secs_to_ns(rt));
         let slack = tol.max(secs_to_ns(rt * 0.05));
         if t.abs_diff(at) <= slack {
             return CutClass::Timeout;
@@ -1184,7 +1185,7 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
         // meeting data the client still sent, not a cut request.
         return CutClass::Unexplained;
     }
-    let Some(e3) = e3 else {
+    let Some(closed_at) = closed_at else {
         return CutClass::Unexplained;
     };
     // Once the instance listens again, resets are the new process's
@@ -1195,7 +1196,7 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
     if cfg.request_timeout_s.is_none()
         && !c.has(PhaseKind::Sigkill)
         && c.t(PhaseKind::Exit)
-            .is_some_and(|x| t > e3.saturating_add(tol) && t.abs_diff(x) <= tol)
+            .is_some_and(|x| t > closed_at.saturating_add(tol) && t.abs_diff(x) <= tol)
     {
         // No configured timeout: a cut right before exit, after a drain
         // period, is the request timeout firing.
@@ -1213,20 +1214,22 @@ fn classify_cut(c: &Cycle, cfg: &Config, t: u64, probe: bool, strong: bool) -> C
         // shutting down if it did so from the listener's close (the same
         // close call may come just before) until the process exited; before
         // that it was serving as usual, after it a new process is.
-        let from = e3.saturating_sub(HARD_CLOSE_LEAD_NS);
-        let until = c.t(PhaseKind::Exit).map_or(e3.saturating_add(tol), |x| {
-            x.saturating_add(HARD_CLOSE_LEAD_NS)
-        });
+        let from = closed_at.saturating_sub(HARD_CLOSE_LEAD_NS);
+        let until = c
+            .t(PhaseKind::Exit)
+            .map_or(closed_at.saturating_add(tol), |x| {
+                x.saturating_add(HARD_CLOSE_LEAD_NS)
+            });
         return if t >= from && t <= until {
             CutClass::Hard
         } else {
             CutClass::Unexplained
         };
     }
-    if t.abs_diff(e3) <= tol {
+    if t.abs_diff(closed_at) <= tol {
         return CutClass::Hard;
     }
-    if t.saturating_add(tol) >= e3 {
+    if t.saturating_add(tol) >= closed_at {
         CutClass::Hard
     } else {
         CutClass::Unexplained
@@ -1434,7 +1437,7 @@ fn compute<'a>(
         .collect();
     if let Some(hc) = cfg.health_check {
         for ((inst, n), arr) in &arrivals {
-            let Some(e2) =
+            let Some(red_at) =
                 cyc_ref(&Some(inst.clone()), Some(*n)).and_then(|c| c.t(PhaseKind::ReadyzRed))
             else {
                 continue;
@@ -1444,7 +1447,7 @@ fn compute<'a>(
                 .copied()
                 .filter(|i| !health_checks.contains(&i.id))
                 .collect();
-            health_checks.extend(health_check_train(&clients, e2, hc.interval_s));
+            health_checks.extend(health_check_train(&clients, red_at, hc.interval_s));
         }
     }
     let mut checks_ignored: BTreeMap<(String, usize), usize> = BTreeMap::new();
@@ -1461,10 +1464,10 @@ fn compute<'a>(
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
             continue;
         };
-        let e3 = c
+        let closed_at = c
             .and_then(|c| c.marks.get(&PhaseKind::ListenerClosed))
             .filter(|m| m.t <= first.t);
-        let (from, from_wall) = match e3 {
+        let (from, from_wall) = match closed_at {
             Some(m) => (m.t, m.wall.clone()),
             None => (first.t, first.wall.clone()),
         };
@@ -1503,10 +1506,10 @@ fn compute<'a>(
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
             continue;
         };
-        let e3 = c
+        let closed_at = c
             .and_then(|c| c.marks.get(&PhaseKind::ListenerClosed))
             .filter(|m| m.t <= first.t.saturating_add(tol));
-        let (from, from_wall) = match e3 {
+        let (from, from_wall) = match closed_at {
             Some(m) => (m.t.min(first.t), m.wall.clone()),
             None => (first.t, first.wall.clone()),
         };
@@ -1514,7 +1517,7 @@ fn compute<'a>(
         let (sentence, fix) =
             text::accept_queue_reset(inst.as_deref(), path, group.attempts.len(), seconds);
         let mut g = group;
-        if let Some(m) = e3 {
+        if let Some(m) = closed_at {
             g.extra_ids.extend(m.ids.iter().copied());
         }
         drafts.push(Draft {
@@ -1533,13 +1536,16 @@ fn compute<'a>(
     let mut lb: BTreeMap<(String, usize), LbDetection> = BTreeMap::new();
     for (inst, cs) in &cycles {
         for (n, c) in cs.iter().enumerate() {
-            // A /readyz flap without a shutdown has no E3 to race.
+            // A /readyz flap without a shutdown has no listener close to race.
             let Some(red) = c.marks.get(&PhaseKind::ReadyzRed).filter(|_| c.shut_down()) else {
                 continue;
             };
-            let e2 = red.t;
+            let red_at = red.t;
             let hc = cfg.health_check.map(|h| h.worst_case_s());
-            if let Some(closed) = c.t(PhaseKind::ListenerClosed).filter(|e3| *e3 < e2) {
+            if let Some(closed) = c
+                .t(PhaseKind::ListenerClosed)
+                .filter(|closed_at| *closed_at < red_at)
+            {
                 // Killed or crashed: the listener went before /readyz could
                 // warn the LB, so there is no detection time to speak of.
                 lb.insert(
@@ -1552,24 +1558,24 @@ fn compute<'a>(
                         hc_worst_case_s: hc,
                         note: format!(
                             "not measurable: the listener closed {:.1} s before /readyz turned red, so the LB had no warning",
-                            dsecs(closed, e2)
+                            dsecs(closed, red_at)
                         ),
                         evidence: red.ids.clone(),
                     },
                 );
                 continue;
             }
-            let e3 = c
+            let closed_at = c
                 .t(PhaseKind::ListenerClosed)
-                .filter(|e3| *e3 >= e2)
+                .filter(|closed_at| *closed_at >= red_at)
                 .or_else(|| {
                     cfg.shutdown_delay_s
-                        .map(|d| e2.saturating_add(secs_to_ns(d)))
+                        .map(|d| red_at.saturating_add(secs_to_ns(d)))
                 });
-            let delay = e3.map(|e3| dsecs(e2, e3));
+            let delay = closed_at.map(|closed_at| dsecs(red_at, closed_at));
             let after: Vec<&It> = arrivals
                 .get(&(inst.clone(), n))
-                .map(|v| v.iter().copied().filter(|i| i.t > e2).collect())
+                .map(|v| v.iter().copied().filter(|i| i.t > red_at).collect())
                 .unwrap_or_default();
             let Some(last) = after.iter().max_by_key(|i| (i.t, i.id)) else {
                 lb.insert(
@@ -1586,8 +1592,8 @@ fn compute<'a>(
                 );
                 continue;
             };
-            let t = dsecs(e2, last.t);
-            let holds = e3.map(|e3| last.t < e3);
+            let t = dsecs(red_at, last.t);
+            let holds = closed_at.map(|closed_at| last.t < closed_at);
             let mut evidence: Vec<u64> = red
                 .ids
                 .iter()
@@ -1617,9 +1623,11 @@ fn compute<'a>(
                 evidence,
             };
             if holds == Some(false) {
-                let e3 = e3.unwrap_or(e2);
-                let late: Vec<Vec<&It>> =
-                    dedupe(after.iter().copied().filter(|i| i.t >= e3).collect(), tol);
+                let closed_at = closed_at.unwrap_or(red_at);
+                let late: Vec<Vec<&It>> = dedupe(
+                    after.iter().copied().filter(|i| i.t >= closed_at).collect(),
+                    tol,
+                );
                 let mut g = Group::new(late);
                 g.extra_ids.extend(red.ids.iter().copied());
                 if let Some(m) = c.marks.get(&PhaseKind::ListenerClosed) {
@@ -1630,13 +1638,13 @@ fn compute<'a>(
                     .get(&PhaseKind::ListenerClosed)
                     .and_then(|m| m.wall.clone());
                 let (sentence, fix) =
-                    text::lb_slow(inst, g.attempts.len(), &det, dsecs(e3, last.t));
+                    text::lb_slow(inst, g.attempts.len(), &det, dsecs(closed_at, last.t));
                 drafts.push(Draft {
                     cause: Cause::LbDetectionSlow,
                     instance: Some(inst.clone()),
                     cycle: Some(n),
                     group: g,
-                    window: Some((e3, last.t, e3_wall, last.wall.clone())),
+                    window: Some((closed_at, last.t, e3_wall, last.wall.clone())),
                     sentence,
                     fix,
                     measured: Some(Measured::LbDetection(det.clone())),
@@ -1686,11 +1694,13 @@ fn compute<'a>(
             }
             let g = Group::new(attempts);
             let n = g.attempts.len();
-            let e3 = c.and_then(|c| c.t(PhaseKind::ListenerClosed));
+            let closed_at = c.and_then(|c| c.t(PhaseKind::ListenerClosed));
             let (cause, (sentence, fix), measured) = match class {
                 CutClass::Timeout => {
                     let first = g.first().map(|f| f.t).unwrap_or_default();
-                    let seconds = e3.map(|e3| dsecs(e3, first)).unwrap_or(0.0);
+                    let seconds = closed_at
+                        .map(|closed_at| dsecs(closed_at, first))
+                        .unwrap_or(0.0);
                     if let (Some(i), Some(cn)) = (&inst, cyc) {
                         let wall = g.first().and_then(|f| f.wall.clone());
                         cut_phase.insert(

@@ -100,7 +100,7 @@ pub enum Measured {
         /// Last refusal minus listener close (or first refusal).
         seconds: f64,
     },
-    /// The LB's detection time t: from /readyz turning red to the last new
+    /// The LB's detection time: from /readyz turning red to the last new
     /// connection through the LB.
     LbDetection(LbDetection),
     /// Seconds from listener close to the cut.

@@ -1444,7 +1444,7 @@ fn lab_hc(interval: f64, fall: u32) -> Config {
 }
 
 #[test]
-fn lb_health_checks_after_e3_are_not_refused_clients() {
+fn lb_health_checks_after_the_listener_closed_are_not_refused_clients() {
     // aws-nlb-rollout, scaled: /readyz red at 0, LB out at 2.5 s, listener
     // closed at 7 s, relisten 10 s.
     let cfg = lab_hc(1.0, 2);
@@ -1468,7 +1468,7 @@ fn lb_health_checks_after_e3_are_not_refused_clients() {
 }
 
 #[test]
-fn slow_health_check_measures_t_from_client_traffic() {
+fn slow_health_check_measures_detection_time_from_client_traffic() {
     // aws-nlb-slow-healthcheck, scaled: delay 3 s, checks every 2 s x 3:
     // clients keep arriving (refused) until the LB takes m1 out at 6.5 s.
     let cfg = lab_hc(2.0, 3);

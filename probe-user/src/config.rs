@@ -1,6 +1,7 @@
 //! The config file for `drainwatch run`: a TOML file whose keys are the
 //! flags' own names (`port = [6443]`, `metrics-addr = "..."`, `no-wire =
-//! true`, ...). Precedence, highest first: command-line flag, environment
+//! true`, ...), for the kernel-side and output flags [`FileConfig`] lists;
+//! the others come from the command line or the environment. Precedence, highest first: command-line flag, environment
 //! variable (`DRAINWATCH_` + the flag in upper snake case, e.g.
 //! `DRAINWATCH_METRICS_ADDR`), config file, built-in default.
 
@@ -9,7 +10,10 @@ use std::path::Path;
 use clap::{ArgMatches, parser::ValueSource};
 use serde::Deserialize;
 
-/// Every `drainwatch run` flag, as a config-file key.
+/// The `drainwatch run` flags a config file may set, as its keys: ports,
+/// output, metrics address, kernel and wire-observer settings, watched
+/// process names and network namespace. The correlation, poller, prober and
+/// pod-watch flags are not among them (an unknown key is an error).
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {

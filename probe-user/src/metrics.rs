@@ -388,7 +388,7 @@ impl Metrics {
                 let g = GaugeVec::new(
                     Opts::new(
                         "drainwatch_lb_detection_seconds",
-                        "Measured time t from /readyz red to the last new connection through the LB (must stay below shutdown-delay).",
+                        "Measured LB detection time: from /readyz turning red to the last new connection through the LB (must stay below the apiserver's --shutdown-delay-duration).",
                     ),
                     &["instance"],
                 )?;

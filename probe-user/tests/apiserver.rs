@@ -131,7 +131,7 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
             }
         },
     );
-    // Seed 000's gauge: the pod is Running (and Ready), from the Kubernetes API.
+    // The pod-phase gauge: the pod is Running (and Ready), from the Kubernetes API.
     let pod = |d: &Daemon, what: &str| {
         parse_metric(
             &d.metrics(),

@@ -326,8 +326,8 @@ fn sum_counts(vs: &[&Value]) -> u64 {
     vs.iter().map(|v| v["count"].as_u64().expect("count")).sum()
 }
 
-/// Seed 000: GCP's ILB hairpins a master's own traffic to the VIP back to
-/// itself, whatever the health check says.
+/// A GCP internal passthrough LB delivers a master's own traffic to the VIP
+/// back to itself, whatever the health check says.
 #[test]
 fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     let _g = serial();
@@ -344,7 +344,7 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
         .count() as u64;
     assert!(
         refused_by_m1_clients > 0,
-        "the scenario reproduces seed 000"
+        "the scenario reproduces the hairpin refusals"
     );
     // Every refusal of m1's own clients through the VIP is a hairpin verdict.
     let hairpin: Vec<&Value> = o
@@ -360,7 +360,7 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     );
     assert!(hairpin.iter().all(|v| v["instance"] == "m1"));
     // Nothing else went wrong, except what the clients saw: the LB took m1
-    // out in time (E2 + t < E3), drainwatch's own poller is not a client.
+    // out before its listener closed, drainwatch's own poller is not a client.
     // A connection accepted just before the listener closed and aborted by
     // the stand-in as it shut down is a cut a client saw (reset, EOF): a
     // hard-close verdict may name those, never more of them than there were.
@@ -396,7 +396,7 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     assert_eq!(
         lb,
         Some(true),
-        "E2 + t < E3 measured as holding; {}",
+        "the LB measured as taking m1 out before its listener closed; {}",
         o.dump()
     );
 
@@ -430,7 +430,7 @@ fn gcp_hairpin_verdict_counts_every_refused_client_request() {
     );
 }
 
-/// Seed 001 done right: an NLB whose check takes the master out well within
+/// An NLB whose check takes the master out well within
 /// the shutdown delay, all three masters rolled: no disruption at all.
 #[test]
 fn aws_nlb_rollout_gives_no_verdicts() {
@@ -464,8 +464,9 @@ fn aws_nlb_rollout_gives_no_verdicts() {
     }
 }
 
-/// Seed 001's slow check: the LB keeps sending new connections after the
-/// listener closed. The verdict measures the LB's detection time t; the
+/// A check too slow for the shutdown delay: the LB keeps sending new
+/// connections after the listener closed. The verdict measures the LB's
+/// detection time; the
 /// truth is when HAProxy marked m1 DOWN.
 #[test]
 fn aws_nlb_slow_health_check_measures_lb_detection() {
@@ -509,7 +510,7 @@ fn aws_nlb_slow_health_check_measures_lb_detection() {
     );
 }
 
-/// Seed 003: `Close()` instead of `Shutdown()`: the requests in flight at
+/// `Close()` instead of `Shutdown()`: the requests in flight at
 /// the listener's close are cut, and the verdict counts exactly those.
 #[test]
 fn hard_close_verdict_counts_the_cut_requests() {
@@ -563,7 +564,7 @@ fn hard_close_verdict_counts_the_cut_requests() {
     assert_eq!(o.verdicts().len(), 1, "nothing else: {}", o.dump());
 }
 
-/// Seed 001's grace period too short: SIGKILL cuts what was in flight; the
+/// A grace period too short: SIGKILL cuts what was in flight; the
 /// LB, which had not noticed yet, sends new connections to the dead master.
 #[test]
 fn sigkill_after_grace_verdict_measures_the_grace_period() {
@@ -604,7 +605,7 @@ fn sigkill_after_grace_verdict_measures_the_grace_period() {
     assert_via_lb_counts(&o, &via_lb, new_failed);
 }
 
-/// Seed 002: the SLB's idle timeout resets idle connections; drainwatch on
+/// An Azure-style LB's idle timeout resets idle connections; drainwatch on
 /// the server infers the timeout from the resets.
 #[test]
 fn azure_idle_reset_infers_the_idle_timeout() {

@@ -6,9 +6,11 @@
 //! - `test`: set-up, rustfmt and clippy checks, then every test (the kernel
 //!   tests need root and run for real); `--repeat N` runs the
 //!   timing-sensitive test binaries N times each instead.
-//! - `check`: `drainwatch run --check` after set-up and build.
-//! - `vm-test`: `drainwatch selftest` on Debian's 6.1 and 6.12 kernels under
-//!   QEMU and natively, with an instruction budget per program.
+//! - `lint`: rustfmt and clippy for every crate, the eBPF one included.
+//! - `lab`: a lab scenario (`drainwatch-lab run`) as root.
+//! - `vm-test`: `drainwatch selftest` on Debian's 5.10, 6.1 and 6.12 kernels
+//!   under QEMU and natively, with an instruction budget per program.
+//! - `soak`: the long-run bounds check; `bench`: the benchmarks.
 //! - `fuzz`: the cargo-fuzz targets in `fuzz/` (parsers of untrusted
 //!   input), seeded from the repository's fixtures, each for a bounded time.
 
@@ -79,9 +81,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// `drainwatch selftest` on Debian's newest 6.1 and 6.12 cloud kernels
-    /// under QEMU, and natively when nothing else uses BPF here; checks each
-    /// program's verified instruction count against a budget.
+    /// `drainwatch selftest` on Debian's newest 5.10, 6.1 and 6.12 cloud
+    /// kernels under QEMU, and natively when nothing else uses BPF here;
+    /// checks each program's verified instruction count against a budget.
     VmTest,
     /// Fuzz the parsers of untrusted input (tracefs formats, ring-buffer
     /// records, captures, manifests, kubeconfigs, recordings) for a bounded
