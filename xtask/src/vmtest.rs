@@ -152,7 +152,12 @@ const INSN_BUDGET: &[(&str, [usize; 3])] = &[
     ("tracepoint:sched:sched_process_exec", [1_500, 1_500, 1_500]),
     ("kprobe:tcp_connect", [3_250, 2_950, 2_950]),
     ("kprobe:tcp_reset", [5_050, 2_900, 2_900]),
-    ("tc:ingress", [432_650, 32_300, 36_250]),
+    // Raised knowingly: HTTP/2 after an h2c upgrade (a bounded scan for the
+    // 101's header block end) and frame headers resumed inside a segment or
+    // finished from the next one. Ingress grew (6.12: 27058 -> 36810, 6.18:
+    // 29995 -> 36538); egress did not (6.12: 29891 -> 29058), and 6.1 fell
+    // both ways (ingress 321485 -> 263975, egress 384208 -> 287123).
+    ("tc:ingress", [432_650, 46_000, 45_700]),
     ("tc:egress", [475_450, 35_900, 39_750]),
 ];
 
