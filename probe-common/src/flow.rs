@@ -147,6 +147,8 @@ mod tests {
             _pad: [0; 2],
             h2_head: [0; 2],
             h2_tail: [0; 2],
+            stream_from_ns: 0,
+            stream_last_ns: 0,
         }
     }
 
