@@ -21,39 +21,10 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(format!("dwt-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let listen = format!("{}:6443", pair.server_v4);
-    let mut standin = common::start_standin(
-        &pair.server,
-        &dir,
-        &[
-            "--name",
-            "m1",
-            "--mode",
-            "graceful",
-            "--listen",
-            &listen,
-            "--shutdown-delay",
-            "2s",
-            "--request-timeout",
-            "2s",
-            "--startup-delay",
-            "100ms",
-            "--san",
-            &pair.server_v4,
-        ],
-    );
+    let mut standin = common::graceful_standin(&pair, &dir, "2s", "2s");
     let ca = dir.join("pki/ca.crt");
     let rec = dir.join("rec.jsonl");
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{}:6443\n    certificate-authority: {}\nusers:\n- name: lab\n  user:\n    token: not-logged\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n",
-            pair.server_v4,
-            ca.display()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = common::standin_kubeconfig(&pair, &dir, "not-logged");
     let url = format!("https://{}:6443/", pair.server_v4);
     let d = Daemon::start_in(
         Some(&pair.server),
@@ -154,8 +125,8 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     );
     // Roll it: SIGTERM, as the kubelet does.
     // SAFETY: signalling the stand-in we started.
-    unsafe { libc::kill(standin.id() as i32, libc::SIGTERM) };
-    let _ = standin.wait();
+    unsafe { libc::kill(standin.0.id() as i32, libc::SIGTERM) };
+    let _ = standin.0.wait();
     // The daemon sees the roll through its pollers, its watch and the kernel, each
     // on its own schedule: wait until each of them has (the assertions below say which
     // one did not, with what was seen).

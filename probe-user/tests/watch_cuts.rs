@@ -120,38 +120,9 @@ fn watches_cut(signal: i32, cause: &str) {
     let pair = Pair::new();
     let dir = std::env::temp_dir().join(format!("dwt-watch-{}-{signal}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let listen = format!("{}:6443", pair.server_v4);
-    let mut standin = common::start_standin(
-        &pair.server,
-        &dir,
-        &[
-            "--name",
-            "m1",
-            "--mode",
-            "graceful",
-            "--listen",
-            &listen,
-            "--shutdown-delay",
-            "1s",
-            "--request-timeout",
-            "2s",
-            "--startup-delay",
-            "100ms",
-            "--san",
-            &pair.server_v4,
-        ],
-    );
+    let mut standin = common::graceful_standin(&pair, &dir, "1s", "2s");
     let lifecycle = dir.join("lifecycle.jsonl");
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{}:6443\n    certificate-authority: {}\nusers:\n- name: lab\n  user:\n    token: lab\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: default\ncurrent-context: lab\n",
-            pair.server_v4,
-            dir.join("pki/ca.crt").display()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = common::standin_kubeconfig(&pair, &dir, "lab");
     let kc = kubeconfig.to_str().expect("utf8").to_string();
     let d = Daemon::start_in(
         Some(&pair.server),
@@ -242,9 +213,10 @@ fn watches_cut(signal: i32, cause: &str) {
     // The rollout: SIGTERM, /readyz red, listener closed after 1 s, what is
     // still open is cut 2 s later.
     // SAFETY: signalling the stand-in we started.
-    unsafe { libc::kill(standin.id() as i32, signal) };
+    unsafe { libc::kill(standin.0.id() as i32, signal) };
     wait_for(Duration::from_secs(20), "the stand-in to exit", || {
         standin
+            .0
             .try_wait()
             .map_err(|e| e.to_string())?
             .map(|_| ())

@@ -702,3 +702,64 @@ pub fn start_standin(ns: &str, dir: &std::path::Path, args: &[&str]) -> Child {
     }
     child
 }
+
+/// A child process killed (and reaped) when dropped, so that a failing
+/// test leaves no server running in a deleted namespace.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The lab's stand-in in `pair`'s server namespace on `server_v4:6443`,
+/// shutting down gracefully after `delay` and cutting what is still open
+/// `timeout` later; ready when this returns, killed when dropped.
+pub fn graceful_standin(
+    pair: &Pair,
+    dir: &std::path::Path,
+    delay: &str,
+    timeout: &str,
+) -> KillOnDrop {
+    let listen = format!("{}:6443", pair.server_v4);
+    KillOnDrop(start_standin(
+        &pair.server,
+        dir,
+        &[
+            "--name",
+            "m1",
+            "--mode",
+            "graceful",
+            "--listen",
+            &listen,
+            "--shutdown-delay",
+            delay,
+            "--request-timeout",
+            timeout,
+            "--startup-delay",
+            "100ms",
+            "--san",
+            &pair.server_v4,
+        ],
+    ))
+}
+
+/// A kubeconfig in `dir` for the stand-in of [`graceful_standin`]: its CA,
+/// bearer `token`, namespace `default`.
+pub fn standin_kubeconfig(pair: &Pair, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{}:6443\n    certificate-authority: {}\nusers:\n- name: lab\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: default\ncurrent-context: lab\n",
+            pair.server_v4,
+            dir.join("pki/ca.crt").display()
+        ),
+    )
+    .expect("kubeconfig");
+    kubeconfig
+}
