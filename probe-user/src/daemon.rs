@@ -136,7 +136,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .set(i64::from(opts.load.ringbuf_bytes));
     for h in &loaded.hooks {
         let up = i64::from(h.state == HookState::Attached);
-        metrics.hook_attached.with_label_values(&[&h.name]).set(up);
+        metrics
+            .hook_attached
+            .with_label_values(&[&h.name()])
+            .set(up);
     }
     for (port, n) in scan_listeners(&watched) {
         metrics.set_listeners(port, n);
@@ -149,7 +152,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let tc = loaded
             .hooks
             .iter()
-            .any(|h| h.name.starts_with("tc ") && h.state == HookState::Attached);
+            .any(|h| h.program.is_tc() && h.attached());
         metrics
             .source_up
             .with_label_values(&["wire"])
@@ -397,11 +400,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
-    let attached: Vec<&str> = loaded
+    let attached: Vec<String> = loaded
         .hooks
         .iter()
-        .filter(|h| h.state == HookState::Attached)
-        .map(|h| h.name.as_str())
+        .filter(|h| h.attached())
+        .map(|h| h.name())
         .collect();
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(

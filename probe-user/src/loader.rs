@@ -16,12 +16,14 @@ use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayou
 use crate::{
     btf,
     iface::Iface,
+    kernel::programs::{Attach, Feature, Kind, PROGRAMS, Program, Spec},
     leftovers::{self, Ledger, TcFilter},
     tracefs,
 };
 
 /// The compiled kernel programs, embedded at build time.
-static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+pub(crate) static PROBES: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -45,23 +47,7 @@ pub enum LoadError {
     Ledger(#[from] leftovers::LedgerError),
 }
 
-/// How one hook fared on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookState {
-    Attached,
-    /// Present on this kernel but deliberately not used.
-    Standby(String),
-    Unavailable(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct Hook {
-    /// e.g. `tracepoint sock:inet_sock_set_state`, `kprobe tcp_connect`.
-    pub name: String,
-    pub state: HookState,
-    /// Instructions the verifier accepted, when known.
-    pub insns: Option<usize>,
-}
+pub use crate::kernel::programs::{Hook, HookState};
 
 /// Options for [`load`].
 pub struct LoadOptions {
@@ -167,25 +153,82 @@ pub fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
     words.into_iter().collect()
 }
 
+/// What the loader learned about this kernel before loading: the layouts
+/// the programs get, and which hooks can work.
+struct KernelFacts {
+    root: std::path::PathBuf,
+    tracepoints: tracefs::KernelLayouts,
+    layouts: Layouts,
+    sock: SockLayout,
+    tcp_sock: TcpSockLayout,
+    proc: probe_common::ProcLayout,
+    netns: probe_common::NetnsLayout,
+}
+
+/// Loads the object and attaches every program of the table
+/// ([`crate::kernel::programs::PROGRAMS`]) this host and `opts` allow.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let missing = missing_privileges();
     if !missing.is_empty() {
         return Err(LoadError::NoPrivilege(missing.join(" and ")));
     }
-    // Locking memory for maps is unlimited on cgroup-accounted kernels; raise
-    // the rlimit for older ones and ignore failure.
+    raise_memlock();
+    let facts = kernel_facts(opts)?;
+    let mut ebpf = open_object(opts, &facts)?;
+    write_ports(&mut ebpf, &opts.ports)?;
+    write_watched_processes(&mut ebpf, opts)?;
+
+    let mut hooks: Vec<Hook> = Vec::new();
+    for spec in PROGRAMS.iter().filter(|s| !s.program.is_tc()) {
+        let hook = match precondition(spec, opts, &facts) {
+            Err(state) => {
+                if let HookState::Unavailable(why) = &state {
+                    tracing::warn!(
+                        "{} unavailable: {why}; {} is off",
+                        spec.attach,
+                        spec.feature.what()
+                    );
+                }
+                Hook::new(spec.program, state, None)
+            }
+            Ok(()) => load_attach(&mut ebpf, spec, &hooks)?,
+        };
+        if hook.program == Program::KprobeTcpConnect && hook.attached() {
+            // The kprobe reports connects; the tracepoint stops doing so.
+            let mut rt: Array<&mut MapData, u32> = Array::try_from(map_mut(&mut ebpf, "RUNTIME")?)
+                .map_err(|e| LoadError::Map("RUNTIME", e))?;
+            rt.set(RUNTIME_KPROBE_CONNECT, 1, 0)
+                .map_err(|e| LoadError::Map("RUNTIME", e))?;
+        }
+        hooks.push(hook);
+    }
+    let tc = attach_wire_ledgered(&mut ebpf, opts, &mut hooks)?;
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        reset_reasons: facts.tracepoints.reset_reasons,
+        tc,
+    })
+}
+
+/// Locking memory for maps is unlimited on cgroup-accounted kernels; raise
+/// the rlimit for older ones and ignore failure.
+fn raise_memlock() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: plain syscall with a valid pointer.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
 
+/// Reads tracefs and the kernel's BTF for the layouts the programs get.
+fn kernel_facts(opts: &LoadOptions) -> Result<KernelFacts, LoadError> {
     let root = tracefs::ensure_mounted()?;
-    let kl = tracefs::kernel_layouts(&root);
-    let layouts: Layouts = kl.layouts.unwrap_or(Layouts::ABSENT);
+    let tracepoints = tracefs::kernel_layouts(&root);
+    let layouts: Layouts = tracepoints.layouts.unwrap_or(Layouts::ABSENT);
     if layouts.set_state.present == 0 {
-        let why = kl
+        let why = tracepoints
             .unusable
             .iter()
             .find(|(n, _)| n == "inet_sock_set_state")
@@ -194,7 +237,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         return Err(LoadError::NoCore(why));
     }
     let vmlinux = btf::Btf::from_file(Path::new(btf::VMLINUX_BTF));
-    let sock_layout = match (&vmlinux, opts.kprobes) {
+    let sock = match (&vmlinux, opts.kprobes) {
         (Ok(b), true) => b.sock_layout().unwrap_or_else(|e| {
             tracing::info!("kprobe path off: struct sock offsets unknown ({e})");
             SockLayout::ABSENT
@@ -205,7 +248,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
         _ => SockLayout::ABSENT,
     };
-    let tcp_sock_layout = match &vmlinux {
+    let tcp_sock = match &vmlinux {
         Ok(b) => b.tcp_sock_layout().unwrap_or_else(|e| {
             tracing::info!("the socket's view of received RSTs is off: {e}");
             TcpSockLayout::ABSENT
@@ -215,12 +258,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             TcpSockLayout::ABSENT
         }
     };
-
-    let flow_table = opts
-        .wire
-        .as_ref()
-        .map(|w| w.flow_table)
-        .unwrap_or(probe_common::DEFAULT_FLOW_TABLE);
     let read_fmt = |cat: &str, name: &str| match tracefs::read_format(&root, cat, name) {
         Ok(f) => f,
         Err(e) => {
@@ -230,12 +267,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     let signal_fmt = read_fmt("signal", "signal_generate");
     let exit_fmt = read_fmt("sched", "sched_process_exit");
-    let proc_layout =
-        tracefs::proc_layout(signal_fmt.as_ref(), exit_fmt.as_ref()).unwrap_or_else(|e| {
-            tracing::warn!("process lifecycle events are off: {e}");
-            probe_common::ProcLayout::ABSENT
-        });
-    let netns_layout = match &vmlinux {
+    let proc = tracefs::proc_layout(signal_fmt.as_ref(), exit_fmt.as_ref()).unwrap_or_else(|e| {
+        tracing::warn!("process lifecycle events are off: {e}");
+        probe_common::ProcLayout::ABSENT
+    });
+    let netns = match &vmlinux {
         Ok(b) => b
             .netns_layout()
             .unwrap_or(probe_common::NetnsLayout::ABSENT),
@@ -245,25 +281,43 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // before aya parses the same BTF for its own relocations, so the two
     // (each a few times the 5 MiB file) are not held at once.
     drop(vmlinux);
-    if opts.netns.is_some() && netns_layout.present == 0 {
+    if opts.netns.is_some() && netns.present == 0 {
         return Err(LoadError::NoCore(
             "--netns needs the kernel's BTF (/sys/kernel/btf/vmlinux) to read a socket's namespace"
                 .into(),
         ));
     }
+    Ok(KernelFacts {
+        root,
+        tracepoints,
+        layouts,
+        sock,
+        tcp_sock,
+        proc,
+        netns,
+    })
+}
+
+/// The object with this kernel's layouts and the options' sizes written in.
+fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
+    let flow_table = opts
+        .wire
+        .as_ref()
+        .map(|w| w.flow_table)
+        .unwrap_or(probe_common::DEFAULT_FLOW_TABLE);
     let netns_filter: u32 = opts.netns.unwrap_or(0);
     let has_l3_ifaces: u32 = opts
         .wire
         .as_ref()
         .map(|w| u32::from(w.ifaces.iter().any(|i| i.l2_len != 14)))
         .unwrap_or(0);
-    let mut ebpf = EbpfLoader::new()
-        .override_global("LAYOUTS", &layouts, true)
-        .override_global("SOCK_LAYOUT", &sock_layout, true)
-        .override_global("TCP_SOCK_LAYOUT", &tcp_sock_layout, true)
+    EbpfLoader::new()
+        .override_global("LAYOUTS", &k.layouts, true)
+        .override_global("SOCK_LAYOUT", &k.sock, true)
+        .override_global("TCP_SOCK_LAYOUT", &k.tcp_sock, true)
         .override_global("HAS_L3_IFACES", &has_l3_ifaces, true)
-        .override_global("PROC_LAYOUT", &proc_layout, true)
-        .override_global("NETNS_LAYOUT", &netns_layout, true)
+        .override_global("PROC_LAYOUT", &k.proc, true)
+        .override_global("NETNS_LAYOUT", &k.netns, true)
         .override_global("NETNS_FILTER", &netns_filter, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
@@ -279,189 +333,190 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 }
                 _ => LoadError::Load(e),
             }
-        })?;
+        })
+}
 
-    {
-        let mut ports: Array<&mut MapData, u64> = Array::try_from(map_mut(&mut ebpf, "PORTS")?)
+fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), LoadError> {
+    let mut map: Array<&mut MapData, u64> =
+        Array::try_from(map_mut(ebpf, "PORTS")?).map_err(|e| LoadError::Map("PORTS", e))?;
+    for (idx, word) in port_bitmap(ports) {
+        debug_assert!(idx < PORT_BITMAP_WORDS);
+        map.set(idx, word, 0)
             .map_err(|e| LoadError::Map("PORTS", e))?;
-        for (idx, word) in port_bitmap(&opts.ports) {
-            debug_assert!(idx < PORT_BITMAP_WORDS);
-            ports
-                .set(idx, word, 0)
-                .map_err(|e| LoadError::Map("PORTS", e))?;
-        }
     }
+    Ok(())
+}
 
-    let mut hooks = Vec::new();
-    let mut receive_reset_attached = false;
-    for (category, name, prog) in tracefs::TRACEPOINTS {
-        let hook_name = format!("tracepoint {category}:{name}");
-        if let Some((_, why)) = kl.unusable.iter().find(|(n, _)| n == name) {
-            tracing::warn!("{hook_name} unavailable: {why}; the events it feeds are off");
-            hooks.push(Hook {
-                name: hook_name,
-                state: HookState::Unavailable(why.clone()),
-                insns: None,
-            });
-            continue;
-        }
-        let result = load_attach_tracepoint(&mut ebpf, prog, category, name);
-        match result {
-            Ok(insns) => {
-                if name == "tcp_receive_reset" {
-                    receive_reset_attached = true;
-                }
-                hooks.push(Hook {
-                    name: hook_name,
-                    state: HookState::Attached,
-                    insns,
-                });
-            }
-            Err(e) => {
-                let why = error_chain(&e);
-                if name == "inet_sock_set_state" {
-                    return Err(LoadError::NoCore(why));
-                }
-                tracing::warn!("{hook_name} unavailable: {why}; the events it feeds are off");
-                hooks.push(Hook {
-                    name: hook_name,
-                    state: HookState::Unavailable(why),
-                    insns: None,
-                });
+/// Whether the host and the options let `spec` be tried; the hook's state
+/// when not.
+fn precondition(spec: &Spec, opts: &LoadOptions, k: &KernelFacts) -> Result<(), HookState> {
+    match spec.attach {
+        Attach::Tracepoint { category, name } if spec.feature == Feature::ProcessLifecycle => {
+            let understood = match spec.program {
+                Program::SignalGenerate => k.proc.signal_present != 0,
+                Program::SchedProcessExit => k.proc.exit_present != 0,
+                _ => k.root.join("events").join(category).join(name).exists(),
+            };
+            if understood {
+                Ok(())
+            } else {
+                Err(HookState::Unavailable(
+                    "tracepoint not present in this kernel or its record not understood".into(),
+                ))
             }
         }
+        Attach::Tracepoint { name, .. } => {
+            match k.tracepoints.unusable.iter().find(|(n, _)| n == name) {
+                Some((_, why)) => Err(HookState::Unavailable(why.clone())),
+                None => Ok(()),
+            }
+        }
+        Attach::Kprobe { .. } if !opts.kprobes => {
+            Err(HookState::Standby("disabled by --no-kprobes".into()))
+        }
+        Attach::Kprobe { .. } if k.sock.present == 0 => Err(HookState::Unavailable(
+            "struct sock offsets not found in BTF".into(),
+        )),
+        Attach::Kprobe { .. } | Attach::Tc { .. } => Ok(()),
     }
+}
 
-    for (func, prog) in [
-        ("tcp_connect", "kprobe_tcp_connect"),
-        ("tcp_reset", "kprobe_tcp_reset"),
-    ] {
-        let hook_name = format!("kprobe {func}");
-        if !opts.kprobes {
-            hooks.push(Hook {
-                name: hook_name,
-                state: HookState::Standby("disabled by --no-kprobes".into()),
-                insns: None,
-            });
-            continue;
+/// Loads one tracepoint or kprobe program and attaches it, unless a
+/// program it stands in for is already attached. Fails only for a required
+/// program; any other failure is the hook's state.
+fn load_attach(ebpf: &mut Ebpf, spec: &Spec, earlier: &[Hook]) -> Result<Hook, LoadError> {
+    let insns = match load_program(ebpf, spec) {
+        Ok(n) => n,
+        Err(e) => {
+            let why = match spec.kind {
+                Kind::KProbe => format!("verifier rejected it: {}", error_chain(&e)),
+                _ => error_chain(&e),
+            };
+            return unavailable(spec, why, None);
         }
-        if sock_layout.present == 0 {
-            hooks.push(Hook {
-                name: hook_name,
-                state: HookState::Unavailable("struct sock offsets not found in BTF".into()),
-                insns: None,
-            });
-            continue;
+    };
+    if let Some(primary) = spec.stands_in_for
+        && earlier.iter().any(|h| h.program == primary && h.attached())
+    {
+        let why = format!(
+            "loaded and verified; {} is used instead",
+            primary.spec().attach
+        );
+        return Ok(Hook::new(spec.program, HookState::Standby(why), insns));
+    }
+    let attached = (|| -> Result<(), aya::programs::ProgramError> {
+        let p = ebpf
+            .program_mut(spec.object_name)
+            .ok_or(aya::programs::ProgramError::NotLoaded)?;
+        match spec.attach {
+            Attach::Tracepoint { category, name } => {
+                let p: &mut TracePoint = p.try_into()?;
+                p.attach(category, name)?;
+            }
+            Attach::Kprobe { function } => {
+                let p: &mut KProbe = p.try_into()?;
+                p.attach(function, 0)?;
+            }
+            Attach::Tc { .. } => unreachable!("classifiers attach per interface"),
         }
-        let loaded = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
-            let p: &mut KProbe = ebpf
-                .program_mut(prog)
-                .ok_or(aya::programs::ProgramError::NotLoaded)?
-                .try_into()?;
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Ok(Hook::new(spec.program, HookState::Attached, insns)),
+        Err(e) if spec.kind == Kind::KProbe => {
+            let why = format!(
+                "loaded and verified, but attaching failed (kernel without kprobes?): {}",
+                error_chain(&e)
+            );
+            tracing::info!("{} not used: {why}; tracepoints cover it", spec.attach);
+            Ok(Hook::new(spec.program, HookState::Unavailable(why), insns))
+        }
+        Err(e) => unavailable(spec, error_chain(&e), insns),
+    }
+}
+
+/// A program that failed: fatal when required, else a warning and its state.
+fn unavailable(spec: &Spec, why: String, insns: Option<usize>) -> Result<Hook, LoadError> {
+    if spec.required {
+        return Err(LoadError::NoCore(why));
+    }
+    tracing::warn!(
+        "{} unavailable: {why}; {} is off",
+        spec.attach,
+        spec.feature.what()
+    );
+    Ok(Hook::new(spec.program, HookState::Unavailable(why), insns))
+}
+
+/// Loads (verifies) one program of the table; returns the instructions
+/// the verifier accepted, where the kernel says.
+fn load_program(
+    ebpf: &mut Ebpf,
+    spec: &Spec,
+) -> Result<Option<usize>, aya::programs::ProgramError> {
+    let p = ebpf
+        .program_mut(spec.object_name)
+        .ok_or(aya::programs::ProgramError::NotLoaded)?;
+    let info = match spec.kind {
+        Kind::TracePoint => {
+            let p: &mut TracePoint = p.try_into()?;
             p.load()?;
-            Ok(p.info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count())
-                .map(|n| n as usize))
-        })();
-        let insns = match loaded {
-            Ok(i) => i,
-            Err(e) => {
-                let why = format!("verifier rejected it: {}", error_chain(&e));
-                tracing::warn!("{hook_name} unavailable: {why}");
-                hooks.push(Hook {
-                    name: hook_name,
-                    state: HookState::Unavailable(why),
-                    insns: None,
-                });
-                continue;
-            }
-        };
-        if func == "tcp_reset" && receive_reset_attached {
-            hooks.push(Hook {
-                name: hook_name,
-                state: HookState::Standby(
-                    "loaded and verified; tracepoint tcp:tcp_receive_reset is used instead".into(),
-                ),
-                insns,
-            });
-            continue;
+            p.info()
         }
-        let attached = (|| -> Result<(), aya::programs::ProgramError> {
-            let p: &mut KProbe = ebpf
-                .program_mut(prog)
-                .ok_or(aya::programs::ProgramError::NotLoaded)?
-                .try_into()?;
-            p.attach(func, 0)?;
-            Ok(())
-        })();
-        match attached {
-            Ok(()) => {
-                if func == "tcp_connect" {
-                    let mut rt: Array<&mut MapData, u32> =
-                        Array::try_from(map_mut(&mut ebpf, "RUNTIME")?)
-                            .map_err(|e| LoadError::Map("RUNTIME", e))?;
-                    rt.set(RUNTIME_KPROBE_CONNECT, 1, 0)
-                        .map_err(|e| LoadError::Map("RUNTIME", e))?;
-                }
-                hooks.push(Hook {
-                    name: hook_name,
-                    state: HookState::Attached,
-                    insns,
-                });
-            }
-            Err(e) => {
-                let why = format!(
-                    "loaded and verified, but attaching failed (kernel without kprobes?): {}",
-                    error_chain(&e)
-                );
-                tracing::info!("{hook_name} not used: {why}; tracepoints cover it");
-                hooks.push(Hook {
-                    name: hook_name,
-                    state: HookState::Unavailable(why),
-                    insns,
-                });
-            }
+        Kind::KProbe => {
+            let p: &mut KProbe = p.try_into()?;
+            p.load()?;
+            p.info()
+        }
+        Kind::Classifier => {
+            let p: &mut SchedClassifier = p.try_into()?;
+            p.load()?;
+            p.info()
+        }
+    };
+    Ok(info
+        .ok()
+        .and_then(|i| i.verified_instruction_count())
+        .map(|n| n as usize))
+}
+
+/// The wire observer: cleans up after dead instances, opens the ledger of
+/// what it adds, attaches the classifiers. Without `--wire`, both are on
+/// standby.
+fn attach_wire_ledgered(
+    ebpf: &mut Ebpf,
+    opts: &LoadOptions,
+    hooks: &mut Vec<Hook>,
+) -> Result<Ledger, LoadError> {
+    let Some(w) = &opts.wire else {
+        for p in [Program::TcIngress, Program::TcEgress] {
+            hooks.push(Hook::new(
+                p,
+                HookState::Standby("disabled by --no-wire".into()),
+                None,
+            ));
+        }
+        return Ok(Ledger::new(None)?);
+    };
+    if let Some(dir) = &w.state_dir {
+        let c = leftovers::clean_dead(dir);
+        if c.filters + c.qdiscs > 0 {
+            tracing::info!(
+                "cleaned up after {} instance(s) that did not exit cleanly: {} tc filter(s), {} qdisc(s)",
+                c.ledgers,
+                c.filters,
+                c.qdiscs
+            );
         }
     }
-
-    attach_proc(&mut ebpf, &root, opts, &proc_layout, &mut hooks)?;
-
-    let mut tc = Ledger::new(None)?;
-    match &opts.wire {
-        Some(w) => {
-            if let Some(dir) = &w.state_dir {
-                let c = leftovers::clean_dead(dir);
-                if c.filters + c.qdiscs > 0 {
-                    tracing::info!(
-                        "cleaned up after {} instance(s) that did not exit cleanly: {} tc filter(s), {} qdisc(s)",
-                        c.ledgers,
-                        c.filters,
-                        c.qdiscs
-                    );
-                }
-            }
-            tc = Ledger::new(w.state_dir.as_deref()).or_else(|e| {
-                tracing::warn!(
-                    "{e}; a TC filter left by a kill -9 will not be cleaned up at the next start"
-                );
-                Ledger::new(None)
-            })?;
-            attach_wire(&mut ebpf, w, &mut hooks, &mut tc)?
-        }
-        None => hooks.push(Hook {
-            name: "tc classifier".into(),
-            state: HookState::Standby("disabled by --no-wire".into()),
-            insns: None,
-        }),
-    }
-
-    Ok(Loaded {
-        ebpf,
-        hooks,
-        reset_reasons: kl.reset_reasons,
-        tc,
-    })
+    let mut tc = Ledger::new(w.state_dir.as_deref()).or_else(|e| {
+        tracing::warn!(
+            "{e}; a TC filter left by a kill -9 will not be cleaned up at the next start"
+        );
+        Ledger::new(None)
+    })?;
+    attach_wire(ebpf, w, hooks, &mut tc)?;
+    Ok(tc)
 }
 
 /// Whether a kernel release predates BPF ring buffers (Linux 5.8), which
@@ -488,13 +543,9 @@ pub fn comm_words(name: &str) -> [u64; 2] {
     [u64::from_ne_bytes(lo), u64::from_ne_bytes(hi)]
 }
 
-fn attach_proc(
-    ebpf: &mut Ebpf,
-    root: &Path,
-    opts: &LoadOptions,
-    layout: &probe_common::ProcLayout,
-    hooks: &mut Vec<Hook>,
-) -> Result<(), LoadError> {
+/// The watched process names, and the processes already running that are
+/// watched: by name, and the owners of watched listeners.
+fn write_watched_processes(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), LoadError> {
     {
         let mut names: Array<&mut MapData, [u64; 2]> =
             Array::try_from(map_mut(ebpf, "WATCH_COMM_NAMES")?)
@@ -510,54 +561,11 @@ fn attach_proc(
                 .map_err(|e| LoadError::Map("WATCH_COMM_NAMES", e))?;
         }
     }
-    // Processes already running: by name, and the owners of watched listeners.
+    let mut watched: HashMap<&mut MapData, u32, u8> =
+        HashMap::try_from(map_mut(ebpf, "WATCHED")?).map_err(|e| LoadError::Map("WATCHED", e))?;
+    for (pid, why) in crate::procscan::watched_processes(&opts.watch_comms, &opts.ports, opts.netns)
     {
-        let mut watched: HashMap<&mut MapData, u32, u8> =
-            HashMap::try_from(map_mut(ebpf, "WATCHED")?)
-                .map_err(|e| LoadError::Map("WATCHED", e))?;
-        for (pid, why) in
-            crate::procscan::watched_processes(&opts.watch_comms, &opts.ports, opts.netns)
-        {
-            let _ = watched.insert(pid, why, 0);
-        }
-    }
-    for (category, name, prog) in tracefs::PROC_TRACEPOINTS {
-        let hook_name = format!("tracepoint {category}:{name}");
-        let understood = match name {
-            "signal_generate" => layout.signal_present != 0,
-            "sched_process_exit" => layout.exit_present != 0,
-            _ => root.join("events").join(category).join(name).exists(),
-        };
-        if !understood {
-            let why =
-                "tracepoint not present in this kernel or its record not understood".to_string();
-            tracing::warn!(
-                "{hook_name} unavailable: {why}; process lifecycle events it feeds are off"
-            );
-            hooks.push(Hook {
-                name: hook_name,
-                state: HookState::Unavailable(why),
-                insns: None,
-            });
-            continue;
-        }
-        let result = load_attach_tracepoint(ebpf, prog, category, name);
-        match result {
-            Ok(insns) => hooks.push(Hook {
-                name: hook_name,
-                state: HookState::Attached,
-                insns,
-            }),
-            Err(e) => {
-                let why = error_chain(&e);
-                tracing::warn!("{hook_name} unavailable: {why}");
-                hooks.push(Hook {
-                    name: hook_name,
-                    state: HookState::Unavailable(why),
-                    insns: None,
-                });
-            }
-        }
+        let _ = watched.insert(pid, why, 0);
     }
     Ok(())
 }
@@ -576,53 +584,38 @@ fn attach_wire(
                 .map_err(|e| LoadError::Map("IFACE_L2", e))?;
         }
     }
-    for (prog, attach_type, what) in [
-        ("tc_ingress", TcAttachType::Ingress, "ingress"),
-        ("tc_egress", TcAttachType::Egress, "egress"),
-    ] {
-        let loaded = (|| -> Result<Option<usize>, aya::programs::ProgramError> {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(prog)
-                .ok_or(aya::programs::ProgramError::NotLoaded)?
-                .try_into()?;
-            p.load()?;
-            Ok(p.info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count())
-                .map(|n| n as usize))
-        })();
-        let insns = match loaded {
+    for spec in PROGRAMS.iter().filter(|s| s.program.is_tc()) {
+        let insns = match load_program(ebpf, spec) {
             Ok(n) => n,
             Err(e) => {
                 let mut why = error_chain(&e);
                 if why.contains("Operation not permitted") {
                     why = format!("needs CAP_NET_ADMIN ({why})");
                 }
-                tracing::warn!("tc {what} classifier unavailable: {why}; wire events are off");
-                hooks.push(Hook {
-                    name: format!("tc {what}"),
-                    state: HookState::Unavailable(why),
-                    insns: None,
-                });
+                tracing::warn!(
+                    "{} classifier unavailable: {why}; wire events are off",
+                    spec.attach
+                );
+                hooks.push(Hook::new(spec.program, HookState::Unavailable(why), None));
                 continue;
             }
         };
         match &w.netns {
-            None => attach_tc(ebpf, w, prog, attach_type, what, insns, hooks, ledger),
+            None => attach_tc(ebpf, w, spec, insns, hooks, ledger),
             Some(path) => {
                 // TCX and netlink attach by ifindex in the calling thread's
                 // namespace: a thread that entered the chosen one does it.
-                let entered = crate::iface::in_netns(path, || {
-                    attach_tc(ebpf, w, prog, attach_type, what, insns, hooks, ledger)
-                });
+                let entered =
+                    crate::iface::in_netns(path, || attach_tc(ebpf, w, spec, insns, hooks, ledger));
                 if let Err(e) = entered {
                     let why = format!("cannot enter network namespace {}: {e}", path.display());
-                    tracing::warn!("tc {what} classifier unavailable: {why}; wire events are off");
-                    hooks.push(Hook {
-                        name: format!("tc {what} (netns {})", path.display()),
-                        state: HookState::Unavailable(why),
-                        insns,
-                    });
+                    tracing::warn!(
+                        "{} classifier unavailable: {why}; wire events are off",
+                        spec.attach
+                    );
+                    let mut h = Hook::new(spec.program, HookState::Unavailable(why), insns);
+                    h.place = Some(format!("(netns {})", path.display()));
+                    hooks.push(h);
                 }
             }
         }
@@ -632,26 +625,29 @@ fn attach_wire(
 
 /// Attaches the loaded classifier `prog` to every interface of `w` in the
 /// calling thread's network namespace.
-#[allow(clippy::too_many_arguments)]
 fn attach_tc(
     ebpf: &mut Ebpf,
     w: &WireOptions,
-    prog: &str,
-    attach_type: TcAttachType,
-    what: &str,
+    spec: &Spec,
     insns: Option<usize>,
     hooks: &mut Vec<Hook>,
     ledger: &mut Ledger,
 ) {
+    let (attach_type, what) = match spec.attach {
+        Attach::Tc { ingress: true } => (TcAttachType::Ingress, "ingress"),
+        _ => (TcAttachType::Egress, "egress"),
+    };
     for i in &w.ifaces {
-        let name = match &w.netns {
-            Some(p) => format!("tc {what} {} (netns {})", i.name, p.display()),
-            None => format!("tc {what} {}", i.name),
+        let place = match &w.netns {
+            Some(p) => format!("{} (netns {})", i.name, p.display()),
+            None => i.name.clone(),
         };
-        let p: &mut SchedClassifier = match ebpf.program_mut(prog).map(TryInto::try_into) {
-            Some(Ok(p)) => p,
-            _ => continue,
-        };
+        let name = format!("{} {place}", spec.attach);
+        let p: &mut SchedClassifier =
+            match ebpf.program_mut(spec.object_name).map(TryInto::try_into) {
+                Some(Ok(p)) => p,
+                _ => continue,
+            };
         // TCX links (Linux 6.6+) first; the clsact qdisc and a netlink
         // filter otherwise.
         let tcx = match w.attach {
@@ -676,21 +672,16 @@ fn attach_tc(
                 None if w.netns.is_some() => Err("--tc-attach netlink: in another network namespace only TCX links (Linux 6.6+) are used, not a netlink filter that could outlive drainwatch there".to_string()),
                 Some(Err(_)) | None => attach_netlink(p, i, attach_type, what, ledger),
             };
-        match result {
-            Ok(()) => hooks.push(Hook {
-                name,
-                state: HookState::Attached,
-                insns,
-            }),
+        let state = match result {
+            Ok(()) => HookState::Attached,
             Err(why) => {
                 tracing::warn!("{name} unavailable: {why}");
-                hooks.push(Hook {
-                    name,
-                    state: HookState::Unavailable(why),
-                    insns,
-                });
+                HookState::Unavailable(why)
             }
-        }
+        };
+        let mut h = Hook::new(spec.program, state, insns);
+        h.place = Some(place);
+        hooks.push(h);
     }
 }
 
@@ -753,28 +744,6 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadE
         name,
         aya::maps::MapError::InvalidName { name: name.into() },
     ))
-}
-
-/// Loads tracepoint program `prog` and attaches it to `category:name`;
-/// returns the instructions the verifier accepted.
-fn load_attach_tracepoint(
-    ebpf: &mut Ebpf,
-    prog: &str,
-    category: &str,
-    name: &str,
-) -> Result<Option<usize>, aya::programs::ProgramError> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or(aya::programs::ProgramError::NotLoaded)?
-        .try_into()?;
-    p.load()?;
-    let insns = p
-        .info()
-        .ok()
-        .and_then(|i| i.verified_instruction_count())
-        .map(|n| n as usize);
-    p.attach(category, name)?;
-    Ok(insns)
 }
 
 /// An error and its sources on one line.

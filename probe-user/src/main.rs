@@ -9,6 +9,7 @@ mod daemon;
 mod event;
 mod httpcheck;
 mod iface;
+mod kernel;
 mod kubeconfig;
 mod kubewatch;
 mod leftovers;
@@ -722,12 +723,12 @@ fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
             .map(|n| format!(" ({n} insns verified)"))
             .unwrap_or_default();
         let line = match &h.state {
-            HookState::Attached => format!("  used         {}{insns}", h.name),
-            HookState::Standby(why) => format!("  standby      {}{insns}: {why}", h.name),
-            HookState::Unavailable(why) => format!("  unavailable  {}{insns}: {why}", h.name),
+            HookState::Attached => format!("  used         {}{insns}", h.name()),
+            HookState::Standby(why) => format!("  standby      {}{insns}: {why}", h.name()),
+            HookState::Unavailable(why) => format!("  unavailable  {}{insns}: {why}", h.name()),
         };
         println!("{line}");
-        if h.name.ends_with("inet_sock_set_state") && h.state == HookState::Attached {
+        if h.program == kernel::programs::Program::InetSockSetState && h.attached() {
             core_ok = true;
         }
     }

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use crate::{
     event::{DecodeContext, Event, EventKind, decode, parse_raw},
+    kernel::programs::{Attach, PROGRAMS, Program},
     loader::{self, HookState, LoadOptions, WireOptions},
     tracefs,
 };
@@ -118,28 +119,29 @@ fn kernel_version(release: &str) -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
-/// The kernel that added `sock:inet_sk_error_report`: before it, a connect
-/// that fails without an RST (timeout, ICMP error) has no error report, and
-/// is reported as `connect_aborted` without its errno when the socket goes.
-const ERROR_REPORT_SINCE: (u32, u32) = (5, 14);
-
 /// The kernel that reports how many instructions the verifier processed
 /// (`bpf_prog_info.verified_insns`).
 const VERIFIED_INSNS_SINCE: (u32, u32) = (5, 16);
 
-/// Tracepoints this kernel is expected not to have, with why.
-fn tracepoints_absent_by_design(release: &str) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if kernel_version(release) < ERROR_REPORT_SINCE {
-        out.push((
-            "tracepoint sock:inet_sk_error_report",
-            format!(
-                "added in Linux {}.{}; {release} reports connects that fail without an RST as connect_aborted, without errno",
-                ERROR_REPORT_SINCE.0, ERROR_REPORT_SINCE.1
-            ),
-        ));
-    }
-    out
+/// Tracepoints this kernel is expected not to have, with why: the program
+/// table's rows whose attach point came after this release.
+fn tracepoints_absent_by_design(release: &str) -> Vec<(String, String)> {
+    let v = kernel_version(release);
+    PROGRAMS
+        .iter()
+        .filter(|s| matches!(s.attach, Attach::Tracepoint { .. }) && v < s.since)
+        .map(|s| {
+            (
+                s.attach.to_string(),
+                format!(
+                    "added in Linux {}.{}; without it on {release}: {} is off",
+                    s.since.0,
+                    s.since.1,
+                    s.feature.what()
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Whether this kernel can attach kprobes at all (kprobe events in tracefs).
@@ -206,17 +208,17 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
     let mut kprobe_attached = false;
     for h in &loaded.hooks {
         if let Some(n) = h.insns {
-            println!("INSNS {} {n}", hook_token(&h.name));
+            println!("INSNS {} {n}", hook_token(&h.name()));
         }
         let (state, why) = match &h.state {
             HookState::Attached => ("attached", String::new()),
             HookState::Standby(w) => ("standby", w.clone()),
             HookState::Unavailable(w) => ("unavailable", w.clone()),
         };
-        if h.name == "kprobe tcp_connect" && h.state == HookState::Attached {
+        if h.program == Program::KprobeTcpConnect && h.attached() {
             kprobe_attached = true;
         }
-        hooks.push(json!({"hook": h.name, "state": state, "insns": h.insns, "why": why}));
+        hooks.push(json!({"hook": h.name(), "state": state, "insns": h.insns, "why": why}));
     }
     println!(
         "KPROBE {}",
@@ -227,26 +229,22 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
         }
     );
     let absent_by_design = tracepoints_absent_by_design(&release);
-    let attached = |n: &str| {
-        loaded
-            .hooks
-            .iter()
-            .any(|h| h.name == n && h.state == HookState::Attached)
-    };
-    let tp_missing: Vec<String> = tracefs::TRACEPOINTS
+    let attached = |n: &str| loaded.hooks.iter().any(|h| h.name() == n && h.attached());
+    let tp_missing: Vec<String> = PROGRAMS
         .iter()
-        .map(|(c, n, _)| format!("tracepoint {c}:{n}"))
+        .filter(|s| matches!(s.attach, Attach::Tracepoint { .. }))
+        .map(|s| s.attach.to_string())
         .filter(|n| !attached(n) && !absent_by_design.iter().any(|(a, _)| a == n))
         .collect();
     // Expected absent, yet there: the version cut is wrong, say so.
     let unexpected: Vec<&str> = absent_by_design
         .iter()
-        .map(|(n, _)| *n)
+        .map(|(n, _)| n.as_str())
         .filter(|n| attached(n))
         .collect();
     let expected_absent: BTreeMap<&str, &str> = absent_by_design
         .iter()
-        .map(|(n, why)| (*n, why.as_str()))
+        .map(|(n, why)| (n.as_str(), why.as_str()))
         .collect();
     report.check(
         "tracepoints_attached",
@@ -275,7 +273,7 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
         let tc_ok = loaded
             .hooks
             .iter()
-            .any(|h| h.name.starts_with("tc ") && h.state == HookState::Attached);
+            .any(|h| h.program.is_tc() && h.attached());
         report.check("tc_attached_lo", tc_ok, json!({}));
     }
 

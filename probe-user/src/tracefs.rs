@@ -244,14 +244,16 @@ pub fn read_format(
     }
 }
 
-/// The tracepoints the programs use, as (category, name, program name).
-pub const TRACEPOINTS: [(&str, &str, &str); 6] = [
-    ("sock", "inet_sock_set_state", "inet_sock_set_state"),
-    ("sock", "inet_sk_error_report", "inet_sk_error_report"),
-    ("tcp", "tcp_retransmit_skb", "tcp_retransmit_skb"),
-    ("tcp", "tcp_destroy_sock", "tcp_destroy_sock"),
-    ("tcp", "tcp_send_reset", "tcp_send_reset"),
-    ("tcp", "tcp_receive_reset", "tcp_receive_reset"),
+/// The socket tracepoints whose records the programs read, as (category,
+/// name): their layouts come from tracefs. The program table
+/// (`kernel::programs`) has a row for each; a test checks the two agree.
+pub const TRACEPOINTS: [(&str, &str); 6] = [
+    ("sock", "inet_sock_set_state"),
+    ("sock", "inet_sk_error_report"),
+    ("tcp", "tcp_retransmit_skb"),
+    ("tcp", "tcp_destroy_sock"),
+    ("tcp", "tcp_send_reset"),
+    ("tcp", "tcp_receive_reset"),
 ];
 
 fn offset_of(
@@ -345,13 +347,6 @@ pub fn tp_layout(f: &TraceFormat) -> Result<TpLayout, TracefsError> {
     Ok(l)
 }
 
-/// The process-lifecycle tracepoints: (category, name, program name).
-pub const PROC_TRACEPOINTS: [(&str, &str, &str); 3] = [
-    ("signal", "signal_generate", "signal_generate"),
-    ("sched", "sched_process_exit", "sched_process_exit"),
-    ("sched", "sched_process_exec", "sched_process_exec"),
-];
-
 /// Offsets of `signal:signal_generate` and `sched:sched_process_exit`.
 pub fn proc_layout(
     signal: Option<&TraceFormat>,
@@ -395,7 +390,7 @@ fn absent_why(name: &str) -> String {
 pub fn kernel_layouts(root: &Path) -> KernelLayouts {
     let mut layouts = Layouts::ABSENT;
     let mut out = KernelLayouts::default();
-    for (category, name, _) in TRACEPOINTS {
+    for (category, name) in TRACEPOINTS {
         let slot = match name {
             "inet_sock_set_state" => &mut layouts.set_state,
             "inet_sk_error_report" => &mut layouts.error_report,
@@ -515,7 +510,7 @@ mod tests {
     #[test]
     fn every_fixture_builds_a_layout() {
         for kernel in ["linux-6.1", "linux-6.18"] {
-            for (cat, name, _) in TRACEPOINTS {
+            for (cat, name) in TRACEPOINTS {
                 let l = tp_layout(&fixture(kernel, cat, name))
                     .unwrap_or_else(|e| panic!("{kernel} {name}: {e}"));
                 assert_eq!(l.present, 1);
