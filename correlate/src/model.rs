@@ -114,6 +114,18 @@ pub enum ResetOrigin {
     Unknown,
 }
 
+impl ResetOrigin {
+    /// Bounded label value, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetOrigin::Peer => "peer",
+            ResetOrigin::Middlebox => "middlebox",
+            ResetOrigin::Local => "local",
+            ResetOrigin::Unknown => "unknown",
+        }
+    }
+}
+
 /// TCP keepalive on a flow, as far as it is known.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,6 +148,16 @@ pub enum Direction {
     Sent,
     /// Received by the apiserver (a client going away).
     Received,
+}
+
+impl Direction {
+    /// Bounded label value, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
 }
 
 /// How the prober used its connection.

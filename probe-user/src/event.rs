@@ -4,9 +4,11 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
 };
 
 use bytes::Buf;
+use drainwatch_correlate::{Direction, Keepalive, ResetOrigin};
 use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, origin, sock_view, tcp_state};
 use serde::Serialize;
 
@@ -210,8 +212,9 @@ pub fn signal_name(n: u32) -> &'static str {
 /// the same reason (a timestamp the socket never set).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SocketView {
-    /// e.g. "30s", "7200s (default)" or "none".
-    pub keepalive: String,
+    /// Serialized as e.g. "30s", "7200s (default)" or "none".
+    #[serde(serialize_with = "as_text")]
+    pub keepalive: SocketKeepalive,
     /// Seconds since the socket last received data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_rx_seconds: Option<f64>,
@@ -221,6 +224,84 @@ pub struct SocketView {
     /// Seconds since it last received an ACK.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_ack_seconds: Option<f64>,
+}
+
+/// A socket's keepalive setting when an RST arrived.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SocketKeepalive {
+    /// SO_KEEPALIVE off.
+    Off,
+    /// On, with the system's `net.ipv4.tcp_keepalive_time` (when readable).
+    Default(Option<Duration>),
+    /// On, with the socket's own TCP_KEEPIDLE.
+    Time(Duration),
+}
+
+impl std::fmt::Display for SocketKeepalive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketKeepalive::Off => f.write_str("none"),
+            SocketKeepalive::Default(Some(d)) => write!(f, "{} (default)", secs_text(*d)),
+            SocketKeepalive::Default(None) => f.write_str("on (default time)"),
+            SocketKeepalive::Time(d) => f.write_str(&secs_text(*d)),
+        }
+    }
+}
+
+/// Keepalive on a flow, as the wire observer saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FlowKeepalive {
+    /// No probe seen on the flow.
+    None,
+    /// Probes seen, interval not measured yet.
+    Seen,
+    /// Probes seen this far apart.
+    Interval(Duration),
+}
+
+impl std::fmt::Display for FlowKeepalive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlowKeepalive::None => f.write_str("none"),
+            FlowKeepalive::Seen => f.write_str("seen"),
+            FlowKeepalive::Interval(d) => f.write_str(&secs_text(*d)),
+        }
+    }
+}
+
+impl From<FlowKeepalive> for Keepalive {
+    fn from(k: FlowKeepalive) -> Keepalive {
+        match k {
+            FlowKeepalive::None => Keepalive::None,
+            FlowKeepalive::Seen => Keepalive::Seen,
+            FlowKeepalive::Interval(d) => Keepalive::Interval(d.as_secs_f64()),
+        }
+    }
+}
+
+/// "30s", "0.25s": whole seconds without a fraction, else to the millisecond.
+fn secs_text(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        let t = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", t.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// Serializes a value by its `Display` text.
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn opt_as_text<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// Whether a socket in TCP state `state` has set its last-received,
@@ -245,14 +326,14 @@ fn socket_view(raw: &RawEvent, cx: &DecodeContext, age: Option<f64>) -> Option<S
     let hz = f64::from(cx.hz?);
     let [rx, tx, ack, ka] = raw.aux;
     let keepalive = if raw.aux32 & sock_view::KEEPALIVE == 0 {
-        "none".to_string()
+        SocketKeepalive::Off
     } else if ka == 0 {
-        match cx.default_keepalive_secs {
-            Some(s) => format!("{s}s (default)"),
-            None => "on (default time)".to_string(),
-        }
+        SocketKeepalive::Default(cx.default_keepalive_secs.map(Duration::from_secs))
     } else {
-        format!("{:.0}s", ka as f64 / hz)
+        // Jiffies: exact in milliseconds at every HZ the kernel allows.
+        SocketKeepalive::Time(Duration::from_millis(
+            ka.saturating_mul(1000) / u64::from(cx.hz?),
+        ))
     };
     let meaningful = idle_times_meaningful(raw.state);
     // One jiffy of slack: the age is nanoseconds, the idle times jiffies.
@@ -272,13 +353,13 @@ fn socket_view(raw: &RawEvent, cx: &DecodeContext, age: Option<f64>) -> Option<S
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Wire {
     /// "received" (ingress) or "sent" (egress).
-    pub direction: &'static str,
+    pub direction: Direction,
     pub ttl: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_ttl: Option<u8>,
     /// Resets: "peer", "middlebox", "local" or "unknown".
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub origin: Option<&'static str>,
+    pub origin: Option<ResetOrigin>,
     /// Seconds since the flow's first packet seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_age_seconds: Option<f64>,
@@ -300,9 +381,12 @@ pub struct Wire {
     /// gap before that packet).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub answered_packet: bool,
-    /// Resets: keepalive on the flow, e.g. "30s", "seen" or "none".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keepalive: Option<String>,
+    /// Resets: keepalive on the flow, serialized as e.g. "30s", "seen" or "none".
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_as_text"
+    )]
+    pub keepalive: Option<FlowKeepalive>,
     /// Keepalive probes: seconds since the previous probe (absent for the first).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_interval_seconds: Option<f64>,
@@ -345,9 +429,9 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
     let f = raw.flags;
     let mut w = Wire {
         direction: if f & flags::INGRESS != 0 {
-            "received"
+            Direction::Received
         } else {
-            "sent"
+            Direction::Sent
         },
         ttl: raw.ttl,
         peer_ttl: None,
@@ -367,10 +451,10 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
         EventKind::WireReset => {
             w.peer_ttl = (raw.peer_ttl != 0).then_some(raw.peer_ttl);
             w.origin = Some(match raw.origin {
-                origin::PEER => "peer",
-                origin::MIDDLEBOX => "middlebox",
-                origin::LOCAL => "local",
-                _ => "unknown",
+                origin::PEER => ResetOrigin::Peer,
+                origin::MIDDLEBOX => ResetOrigin::Middlebox,
+                origin::LOCAL => ResetOrigin::Local,
+                _ => ResetOrigin::Unknown,
             });
             let [idle, idle_payload, gap, ka] = raw.aux;
             w.since_previous_packet_seconds = Some(secs(idle));
@@ -385,11 +469,11 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
                 secs(idle)
             });
             w.keepalive = Some(if ka != 0 {
-                format!("{:.0}s", secs(ka))
+                FlowKeepalive::Interval(Duration::from_nanos(ka))
             } else if f & flags::FLOW_KEEPALIVE != 0 {
-                "seen".into()
+                FlowKeepalive::Seen
             } else {
-                "none".into()
+                FlowKeepalive::None
             });
         }
         EventKind::Keepalive => {
@@ -748,9 +832,9 @@ impl Event {
             }
         }
         if let Some(w) = &self.wire {
-            s.push_str(&format!(" {}", w.direction));
+            s.push_str(&format!(" {}", w.direction.as_str()));
             if let Some(o) = w.origin {
-                s.push_str(&format!(" from {o} (ttl {}", w.ttl));
+                s.push_str(&format!(" from {} (ttl {}", o.as_str(), w.ttl));
                 if let Some(p) = w.peer_ttl {
                     s.push_str(&format!(", peer ttl {p}"));
                 }
@@ -926,7 +1010,10 @@ mod tests {
         r.aux = [200_000, 3_200_000_000, 3_000_000_000, 0];
         let e = decode(&r, &DecodeContext::plain()).expect("decode");
         let w = e.wire.clone().expect("wire");
-        assert_eq!((w.direction, w.origin), ("received", Some("middlebox")));
+        assert_eq!(
+            (w.direction, w.origin),
+            (Direction::Received, Some(ResetOrigin::Middlebox))
+        );
         assert_eq!(w.peer_ttl, Some(63));
         assert_eq!(
             w.silence_seconds,
@@ -940,7 +1027,8 @@ mod tests {
         assert_eq!(json["silence_seconds"], 3.0002);
         assert_eq!(json["since_previous_packet_seconds"], 0.0002);
         assert!(json.get("idle_seconds").is_none(), "{json}");
-        assert_eq!(w.keepalive.as_deref(), Some("none"));
+        assert_eq!(w.keepalive, Some(FlowKeepalive::None));
+        assert_eq!(json["keepalive"], "none");
         assert_eq!(e.sock_id, None);
         assert!(
             e.human().contains("from middlebox (ttl 64, peer ttl 63)"),
@@ -994,7 +1082,46 @@ mod tests {
             (w.keepalive_interval_seconds, w.keepalive_count),
             (Some(1.0), Some(3))
         );
-        assert_eq!(w.direction, "sent");
+        assert_eq!(w.direction, Direction::Sent);
+    }
+
+    /// Keepalive travels as a duration from decode to correlation: a
+    /// sub-second interval is not rounded away (it was, as "{:.0}s" text
+    /// parsed back: 1.5 s became 2 s, 0.4 s became 0 s).
+    #[test]
+    fn keepalive_keeps_sub_second_precision() {
+        let mut r = raw(kind::WIRE_RESET);
+        r.flags = flags::INGRESS;
+        r.aux = [1_000_000_000, 0, 0, 1_500_000_000];
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        let w = e.wire.clone().expect("wire");
+        let ka = w.keepalive.expect("keepalive");
+        assert_eq!(ka, FlowKeepalive::Interval(Duration::from_millis(1500)));
+        assert_eq!(Keepalive::from(ka), Keepalive::Interval(1.5));
+        assert_eq!(serde_json::to_value(&w).expect("json")["keepalive"], "1.5s");
+        r.aux[3] = 400_000_000;
+        let w = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .wire
+            .expect("wire");
+        assert_eq!(
+            w.keepalive.map(Keepalive::from),
+            Some(Keepalive::Interval(0.4))
+        );
+        // The socket's own setting, in jiffies: 375 at HZ 250 is 1.5 s.
+        let mut r = raw(kind::RESET_RECEIVED);
+        r.state = tcp_state::ESTABLISHED;
+        r.aux32 = sock_view::PRESENT | sock_view::KEEPALIVE;
+        r.aux = [0, 0, 0, 375];
+        let v = decode(&r, &DecodeContext::plain())
+            .expect("decode")
+            .socket
+            .expect("view");
+        assert_eq!(
+            v.keepalive,
+            SocketKeepalive::Time(Duration::from_millis(1500))
+        );
+        assert_eq!(v.keepalive.to_string(), "1.5s");
     }
 
     #[test]
@@ -1007,7 +1134,7 @@ mod tests {
             .expect("decode")
             .socket
             .expect("view");
-        assert_eq!(v.keepalive, "7200s (default)");
+        assert_eq!(v.keepalive.to_string(), "7200s (default)");
         assert_eq!(
             (v.idle_rx_seconds, v.idle_tx_seconds, v.idle_ack_seconds),
             (Some(3.0), Some(1.0), Some(2.0))
@@ -1017,13 +1144,13 @@ mod tests {
             .expect("decode")
             .socket
             .expect("view");
-        assert_eq!(v.keepalive, "1s");
+        assert_eq!(v.keepalive.to_string(), "1s");
         r.aux32 = sock_view::PRESENT;
         let v = decode(&r, &DecodeContext::plain())
             .expect("decode")
             .socket
             .expect("view");
-        assert_eq!(v.keepalive, "none");
+        assert_eq!(v.keepalive.to_string(), "none");
         r.aux32 = 0;
         assert_eq!(
             decode(&r, &DecodeContext::plain()).expect("decode").socket,
@@ -1062,7 +1189,7 @@ mod tests {
             let e = decode(&r, &DecodeContext::plain()).expect("decode");
             let v = e.socket.as_ref().expect("view");
             // The keepalive setting is the socket's own, meaningful in every state.
-            assert_eq!(v.keepalive, "10s", "state {state}");
+            assert_eq!(v.keepalive.to_string(), "10s", "state {state}");
             let want = present.then_some((2.0, 1.0, 0.5));
             let got = v
                 .idle_rx_seconds

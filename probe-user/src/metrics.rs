@@ -14,6 +14,8 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
+use drainwatch_correlate::{Direction, ResetOrigin};
+
 use crate::event::{Event, EventKind};
 
 /// Every metric the daemon exports.
@@ -551,11 +553,11 @@ impl Metrics {
             EventKind::ListenClose => self.listener_delta(p, -1),
             EventKind::WireReset => {
                 if let Some(w) = &e.wire {
-                    let origin = w.origin.unwrap_or("unknown");
+                    let origin = w.origin.unwrap_or(ResetOrigin::Unknown).as_str();
                     self.wire_resets
-                        .with_label_values(&[p, w.direction, origin])
+                        .with_label_values(&[p, w.direction.as_str(), origin])
                         .inc();
-                    if w.direction == "received"
+                    if w.direction == Direction::Received
                         && let Some(s) = w.silence_seconds
                     {
                         self.reset_idle_seconds
@@ -567,7 +569,7 @@ impl Metrics {
             EventKind::Keepalive => {
                 if let Some(w) = &e.wire {
                     self.keepalive_probes
-                        .with_label_values(&[p, w.direction])
+                        .with_label_values(&[p, w.direction.as_str()])
                         .inc();
                 }
             }
@@ -575,7 +577,7 @@ impl Metrics {
                 if let Some(w) = &e.wire {
                     let code = w.error_code.unwrap_or("UNKNOWN");
                     self.goaways
-                        .with_label_values(&[p, w.direction, code])
+                        .with_label_values(&[p, w.direction.as_str(), code])
                         .inc();
                 }
             }

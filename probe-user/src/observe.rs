@@ -249,40 +249,22 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         EventKind::ProcessExec => Obs::ProcessStart { pid: ev.pid },
         EventKind::WireReset => {
             let w = ev.wire.as_ref()?;
-            if w.direction != "received" {
+            if w.direction != Direction::Received {
                 return None;
             }
             Obs::WireReset {
                 client: l,
                 server: r,
-                origin: match w.origin {
-                    Some("peer") => ResetOrigin::Peer,
-                    Some("middlebox") => ResetOrigin::Middlebox,
-                    Some("local") => ResetOrigin::Local,
-                    _ => ResetOrigin::Unknown,
-                },
+                origin: w.origin.unwrap_or(ResetOrigin::Unknown),
                 silence_s: w.silence_seconds?,
                 answered_packet: Some(w.answered_packet),
-                keepalive: match (w.keepalive.as_deref(), w.keepalive_interval_seconds) {
-                    (Some("none"), _) => Keepalive::None,
-                    (Some("seen"), _) => Keepalive::Seen,
-                    (Some(k), _) => k
-                        .trim_end_matches('s')
-                        .parse()
-                        .map(Keepalive::Interval)
-                        .unwrap_or(Keepalive::Unknown),
-                    _ => Keepalive::Unknown,
-                },
+                keepalive: w.keepalive.map_or(Keepalive::Unknown, Keepalive::from),
             }
         }
         EventKind::Goaway => {
             let w = ev.wire.as_ref()?;
             Obs::Goaway {
-                direction: if w.direction == "received" {
-                    Direction::Received
-                } else {
-                    Direction::Sent
-                },
+                direction: w.direction,
                 last_stream_id: w.last_stream_id?,
                 error_code: w.error_code?.to_string(),
             }

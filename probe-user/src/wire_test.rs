@@ -3,6 +3,7 @@
 //! malformed ones that must produce no event. Needs root.
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use drainwatch_correlate::{Direction, ResetOrigin};
 use pnet_packet::tcp::TcpFlags;
 use probe_common::wire_stat as ws;
 
@@ -105,7 +106,7 @@ fn crafted_packets_give_exact_events_and_malformed_ones_none() {
     assert_eq!(evs[0].kind, EventKind::WireReset);
     assert_eq!(
         (w.direction, w.origin, w.ttl),
-        ("received", Some("unknown"), 64)
+        (Direction::Received, Some(ResetOrigin::Unknown), 64)
     );
     assert_eq!(
         evs[0].local.map(|a| a.to_string()).unwrap_or_default(),
@@ -233,7 +234,7 @@ fn goaway_is_found_across_frames_and_split_ones_are_counted() {
     assert_eq!(evs[0].kind, EventKind::Goaway);
     assert_eq!(
         (w.direction, w.last_stream_id, w.error_code),
-        ("sent", Some(1), Some("NO_ERROR"))
+        (Direction::Sent, Some(1), Some("NO_ERROR"))
     );
 
     // The client side: preface, then a GOAWAY with an error in the same packet.
@@ -363,7 +364,7 @@ fn shared_h2_segmentation_cases_through_the_classifier() {
                 let w = e.wire.as_ref().expect("wire");
                 let code = w.error_code.expect("code");
                 (
-                    w.direction == "sent",
+                    w.direction == Direction::Sent,
                     w.last_stream_id.expect("id"),
                     (0..14)
                         .find(|&i| drainwatch_ops::pcap::flows::h2_error_name(i) == code)
