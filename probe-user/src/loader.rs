@@ -184,7 +184,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             Err(state) => {
                 if let HookState::Unavailable(why) = &state {
                     tracing::warn!(
-                        "{} unavailable: {why}; {} is off",
+                        "{} unavailable: {why}; the events it feeds are off: {}",
                         spec.attach,
                         spec.feature.what()
                     );
@@ -441,7 +441,7 @@ fn unavailable(spec: &Spec, why: String, insns: Option<usize>) -> Result<Hook, L
         return Err(LoadError::NoCore(why));
     }
     tracing::warn!(
-        "{} unavailable: {why}; {} is off",
+        "{} unavailable: {why}; the events it feeds are off: {}",
         spec.attach,
         spec.feature.what()
     );

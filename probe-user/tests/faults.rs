@@ -434,7 +434,7 @@ fn a_missing_tracefs_is_mounted_and_a_missing_tracepoint_turns_off_only_its_even
         lines[0]
     );
     assert!(
-        lines[0].contains("the events it feeds are off"),
+        lines[0].contains("the events it feeds are off: RSTs this host received"),
         "{}",
         lines[0]
     );

@@ -129,10 +129,11 @@ impl Capture {
         let l = lines.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
+                let listening = line.contains("listening on");
+                l.lock().expect("lines").push(line);
+                if listening {
                     let _ = tx.send(());
                 }
-                l.lock().expect("lines").push(line);
             }
         });
         rx.recv_timeout(Duration::from_secs(10))

@@ -416,12 +416,17 @@ impl Daemon {
         let st = stderr_text.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("drainwatch ready") {
+                // Kept before readiness is signalled: a test that reads the
+                // log once the daemon is ready finds the ready line in it.
+                let ready = line.contains("drainwatch ready");
+                {
+                    let mut s = st.lock().expect("stderr");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+                if ready {
                     let _ = ready_tx.send(());
                 }
-                let mut s = st.lock().expect("stderr");
-                s.push_str(&line);
-                s.push('\n');
             }
         });
         let mut d = Daemon {
