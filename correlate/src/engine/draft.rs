@@ -1,0 +1,195 @@
+//! What the stages pass each other: connection-level items, the attempts
+//! they group into, and the verdict drafts the causes make of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::model::{Keepalive, Path};
+use crate::output::{Cause, Measured, Verdict};
+
+/// Instance and rollout an item belongs to, as far as known.
+pub(super) type Owner = (Option<String>, Option<usize>);
+
+/// A connection-level fact, normalised from the observation kinds.
+#[derive(Debug, Clone)]
+pub(super) enum Item {
+    /// A refused SYN; key identifies the attempt across observers.
+    Refusal { key: Option<SocketAddr>, path: Path },
+    /// A new connection accepted by the instance.
+    Arrival { path: Path },
+    /// A connection or request cut; `what` says how it was seen. `strong`
+    /// when a request is known to have been cut (a server close with a
+    /// request outstanding, a failed probe); an abortive RST alone is weak:
+    /// after a GOAWAY it is the graceful close of a connection the client
+    /// still wrote to.
+    Cut {
+        key: Option<SocketAddr>,
+        what: String,
+        strong: bool,
+    },
+    /// A queued, never-accepted connection reset at listener close.
+    AcceptQueueReset { path: Path },
+    /// A probe request failed because of a GOAWAY.
+    ProbeGoaway,
+    /// A middlebox reset an idle flow; `answered` when it answered a
+    /// packet after the silence.
+    IdleReset {
+        silence_s: f64,
+        keepalive: Keepalive,
+        answered: bool,
+    },
+}
+
+/// An item with where and when it was seen.
+#[derive(Debug, Clone)]
+pub(super) struct It {
+    pub(super) t: u64,
+    pub(super) id: u64,
+    pub(super) client: Option<SocketAddr>,
+    pub(super) wall: Option<String>,
+    pub(super) inst: Option<String>,
+    pub(super) probe: bool,
+    pub(super) item: Item,
+}
+
+/// How far apart kernel sightings of one connection attempt can be (ns).
+const SAME_ATTEMPT_NS: u64 = 10_000_000;
+
+/// Merges items that are one attempt seen twice (kernel and prober, or
+/// both ends of a local connection): same client address within the tolerance.
+pub(super) fn dedupe(items: Vec<&It>, tol: u64) -> Vec<Vec<&It>> {
+    let mut groups: Vec<Vec<&It>> = Vec::new();
+    let mut last_by_key: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    for it in items {
+        let key = match &it.item {
+            Item::Refusal { key, .. } | Item::Cut { key, .. } => *key,
+            _ => None,
+        };
+        if let Some(k) = key {
+            // The same attempt seen twice: by the prober and the kernel
+            // (within `tol`), or by several kernel hooks (the RST sent, the
+            // RST received, the refused connect: microseconds apart). Two
+            // kernel sightings further apart are two attempts that reused a
+            // source port.
+            if let Some(&g) = last_by_key.get(&k)
+                && groups[g].last().is_some_and(|p| {
+                    let window = if p.probe || it.probe {
+                        tol
+                    } else {
+                        tol.min(SAME_ATTEMPT_NS)
+                    };
+                    it.t.saturating_sub(p.t) <= window
+                })
+            {
+                groups[g].push(it);
+                continue;
+            }
+            last_by_key.insert(k, groups.len());
+        }
+        groups.push(vec![it]);
+    }
+    groups
+}
+
+/// The attempts a verdict counts, and further evidence it cites.
+pub(super) struct Group<'a> {
+    pub(super) attempts: Vec<Vec<&'a It>>,
+    pub(super) extra_ids: Vec<u64>,
+}
+
+impl<'a> Group<'a> {
+    pub(super) fn new(attempts: Vec<Vec<&'a It>>) -> Group<'a> {
+        Group {
+            attempts,
+            extra_ids: Vec::new(),
+        }
+    }
+
+    pub(super) fn first(&self) -> Option<&'a It> {
+        self.attempts
+            .iter()
+            .flatten()
+            .min_by_key(|i| (i.t, i.id))
+            .copied()
+    }
+
+    pub(super) fn last(&self) -> Option<&'a It> {
+        self.attempts
+            .iter()
+            .flatten()
+            .max_by_key(|i| (i.t, i.id))
+            .copied()
+    }
+
+    pub(super) fn evidence(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .attempts
+            .iter()
+            .flatten()
+            .map(|i| i.id)
+            .chain(self.extra_ids.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// How the cuts among the attempts were seen, each once.
+    pub(super) fn whats(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .attempts
+            .iter()
+            .flatten()
+            .filter_map(|i| match &i.item {
+                Item::Cut { what, .. } => Some(what.clone()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// A verdict before its window and count are settled.
+pub(super) struct Draft<'a> {
+    pub(super) cause: Cause,
+    pub(super) instance: Option<String>,
+    pub(super) cycle: Option<usize>,
+    pub(super) group: Group<'a>,
+    /// Start, end and their wall-clock times; `None`: the group's first and
+    /// last item.
+    pub(super) window: Option<(u64, u64, Option<String>, Option<String>)>,
+    pub(super) sentence: String,
+    pub(super) fix: String,
+    pub(super) measured: Option<Measured>,
+}
+
+impl Draft<'_> {
+    pub(super) fn finish(self) -> Option<Verdict> {
+        let (start, end, ws, we) = match self.window {
+            Some(w) => w,
+            None => {
+                let (f, l) = (self.group.first()?, self.group.last()?);
+                (f.t, l.t, f.wall.clone(), l.wall.clone())
+            }
+        };
+        Some(Verdict {
+            cause: self.cause,
+            instance: self.instance,
+            cycle: self.cycle,
+            window: (start, end),
+            window_wall: (ws, we),
+            count: self.group.attempts.len() as u64,
+            evidence: self.group.evidence(),
+            sentence: format!("{}; fix: {}", self.sentence, self.fix),
+            fix: self.fix,
+            measured: self.measured,
+        })
+    }
+}
+
+/// Seconds from `a` to `b` (negative when `b` is earlier).
+pub(super) fn dsecs(a: u64, b: u64) -> f64 {
+    (b as f64 - a as f64) / 1e9
+}
