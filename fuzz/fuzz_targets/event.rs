@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../probe-user/src/event.rs"]
+#[path = "../../probe-user/src/decode/event.rs"]
 mod event;
 
 fuzz_target!(|data: &[u8]| {

@@ -13,7 +13,7 @@ use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../probe-user/src/kubeconfig.rs"]
+#[path = "../../probe-user/src/sources/kubeconfig.rs"]
 mod kubeconfig;
 
 const NAME: &str = "fuzz/kubelet.conf";

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../probe-user/src/tracefs.rs"]
+#[path = "../../probe-user/src/kernel/tracefs.rs"]
 mod tracefs;
 
 const NAME: &str = "fuzz/events/tcp/tcp_send_reset/format";

@@ -331,7 +331,7 @@ mod tests {
     /// every program of the object has a row.
     #[test]
     fn the_table_matches_the_embedded_object() {
-        let obj = aya_obj::Object::parse(crate::loader::PROBES).expect("the embedded object");
+        let obj = aya_obj::Object::parse(crate::kernel::load::PROBES).expect("the embedded object");
         for s in PROGRAMS {
             let p = obj.programs.get(s.object_name).unwrap_or_else(|| {
                 panic!(
@@ -397,7 +397,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(rows, crate::tracefs::TRACEPOINTS.to_vec());
+        assert_eq!(rows, crate::kernel::tracefs::TRACEPOINTS.to_vec());
     }
 
     #[test]

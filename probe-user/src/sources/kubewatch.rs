@@ -23,7 +23,10 @@ use kube::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::{httpcheck::boot_ns, kubeconfig::kubeconfig_error, metrics::Metrics};
+use crate::{
+    export::metrics::Metrics,
+    sources::{http::boot_ns, kubeconfig::kubeconfig_error},
+};
 
 /// Where the pod watcher's credentials come from, in the order kubectl and
 /// client-go's `Config::infer` try them.
@@ -113,7 +116,7 @@ async fn client(w: &PodWatch) -> anyhow::Result<Client> {
         let mut kc = Kubeconfig::default();
         for f in files {
             kc = kc
-                .merge(crate::kubeconfig::load(f)?)
+                .merge(crate::sources::kubeconfig::load(f)?)
                 .map_err(|e| kubeconfig_error(&what, &e))?;
         }
         Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

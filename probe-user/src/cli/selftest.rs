@@ -23,10 +23,12 @@ use probe_common::{DEFAULT_FLOW_TABLE, DEFAULT_RINGBUF_BYTES, LOST_LAYOUT, LOST_
 use serde_json::json;
 
 use crate::{
-    event::{DecodeContext, Event, EventKind, decode, parse_raw},
-    kernel::programs::{Attach, PROGRAMS, Program},
-    loader::{self, HookState, LoadOptions, WireOptions},
-    tracefs,
+    decode::event::{DecodeContext, Event, EventKind, decode, parse_raw},
+    kernel::{
+        load::{self as loader, HookState, LoadOptions, WireOptions},
+        programs::{Attach, PROGRAMS, Program},
+        tracefs,
+    },
 };
 
 #[derive(clap::Args)]
@@ -164,11 +166,11 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
             missing.join(" and ")
         );
     }
-    let btf = std::path::Path::new(crate::btf::VMLINUX_BTF).exists();
+    let btf = std::path::Path::new(crate::kernel::btf::VMLINUX_BTF).exists();
     report.check(
         "btf",
         btf,
-        json!({"path": crate::btf::VMLINUX_BTF, "present": btf}),
+        json!({"path": crate::kernel::btf::VMLINUX_BTF, "present": btf}),
     );
     let root = tracefs::ensure_mounted()
         .map_err(|e| anyhow::anyhow!("tracefs is not mounted and cannot be: {e}"))?;
@@ -177,7 +179,7 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
     let wire = if args.no_wire {
         None
     } else {
-        let lo = crate::iface::lookup("lo")
+        let lo = crate::kernel::iface::lookup("lo")
             .map_err(|e| anyhow::anyhow!("the loopback interface: {e}"))?;
         Some(WireOptions {
             ifaces: vec![lo],
@@ -287,8 +289,8 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
             boot_to_unix_ns: crate::daemon::boot_to_unix_ns(),
             sock_key: crate::daemon::random_key(),
             reset_reasons,
-            hz: crate::clock::kernel_hz(Duration::from_millis(120)),
-            default_keepalive_secs: crate::clock::default_keepalive_secs(),
+            hz: crate::kernel::clock::kernel_hz(Duration::from_millis(120)),
+            default_keepalive_secs: crate::kernel::clock::default_keepalive_secs(),
         },
         port: args.port,
         ignored: BTreeMap::new(),

@@ -6,9 +6,9 @@
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use pnet_packet::tcp::TcpFlags;
 
-use crate::{
+use crate::kernel::{
     craft::{seg, v4, v6},
-    loader::{self, LoadOptions, WireOptions},
+    load::{self as loader, LoadOptions, WireOptions},
 };
 
 pub fn run(repeat: u32) -> anyhow::Result<()> {

@@ -8,9 +8,11 @@ use pnet_packet::tcp::TcpFlags;
 use probe_common::wire_stat as ws;
 
 use crate::{
-    craft::{CLIENT, SERVER, ext, seg, v4, v4_between, v6},
-    event::{DecodeContext, Event, EventKind, decode, parse_raw},
-    loader::{self, LoadOptions, WireOptions},
+    decode::event::{DecodeContext, Event, EventKind, decode, parse_raw},
+    kernel::{
+        craft::{CLIENT, SERVER, ext, seg, v4, v4_between, v6},
+        load::{self as loader, LoadOptions, WireOptions},
+    },
 };
 
 struct Rig {

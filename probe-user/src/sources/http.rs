@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::{net::TcpStream, sync::mpsc, sync::watch};
 
-use crate::metrics::Metrics;
+use crate::export::metrics::Metrics;
 
 /// How TLS servers are checked.
 #[derive(Clone)]

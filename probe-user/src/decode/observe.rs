@@ -3,11 +3,11 @@
 //! and for recordings, so `drainwatch analyze` of a recording gives the
 //! verdicts the live daemon gave.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::net::IpAddr;
 
 use drainwatch_correlate::{Direction, Keepalive, Obs, Observation, ResetOrigin, Signal, Source};
 
-use crate::event::{Event, EventKind};
+use crate::decode::event::{Event, EventKind};
 
 /// This host's name: the instance a verdict names when `--instance` is not given.
 pub fn hostname() -> Option<String> {
@@ -101,7 +101,7 @@ impl OwnConnections {
 
     /// Whether `ev` belongs to one of this process's own connections.
     pub fn is_own(&mut self, ev: &Event) -> bool {
-        use crate::event::EventKind as K;
+        use crate::decode::event::EventKind as K;
         let Some((l, r)) = ev.local.zip(ev.remote) else {
             return false;
         };
@@ -151,7 +151,7 @@ impl OwnConnections {
 /// nothing about the apiserver: only one sent from a watched (server) port
 /// is a refused connection.
 pub fn stray_client_reset(ev: &Event, watched: &[u16]) -> bool {
-    ev.kind == crate::event::EventKind::ResetSent
+    ev.kind == crate::decode::event::EventKind::ResetSent
         && ev.no_socket
         && ev.local.is_some_and(|l| !watched.contains(&l.port()))
 }
@@ -297,53 +297,16 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
 /// wall time their phases and verdict windows had none in the report.
 pub fn stamp_wall(o: &mut Observation, boot_to_unix_ns: i128) {
     if o.wall.is_none() {
-        o.wall = Some(crate::event::rfc3339(i128::from(o.t_ns) + boot_to_unix_ns));
-    }
-}
-
-/// Where `--record` writes observations (JSON lines, the engine's input).
-pub struct Recorder {
-    out: std::io::BufWriter<std::fs::File>,
-    pub path: PathBuf,
-}
-
-impl Recorder {
-    /// Creates the file and writes its header: the engine configuration, so
-    /// `analyze FILE` reproduces the live verdicts with no flags.
-    pub fn create(
-        path: PathBuf,
-        config: &drainwatch_correlate::Config,
-    ) -> anyhow::Result<Recorder> {
-        use anyhow::Context as _;
-        use std::io::Write as _;
-        let f = std::fs::File::create(&path)
-            .with_context(|| format!("cannot create --record file {}", path.display()))?;
-        let mut out = std::io::BufWriter::new(f);
-        let header = drainwatch_correlate::RecordingHeader {
-            drainwatch_recording: 1,
-            config: config.clone(),
-        };
-        serde_json::to_writer(&mut out, &header)?;
-        writeln!(out).with_context(|| format!("writing --record file {}", path.display()))?;
-        Ok(Recorder { out, path })
-    }
-
-    pub fn write(&mut self, o: &Observation) -> std::io::Result<()> {
-        use std::io::Write as _;
-        let line = serde_json::to_string(o).map_err(std::io::Error::other)?;
-        writeln!(self.out, "{line}")
-    }
-
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        use std::io::Write as _;
-        self.out.flush()
+        o.wall = Some(crate::decode::event::rfc3339(
+            i128::from(o.t_ns) + boot_to_unix_ns,
+        ));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{DecodeContext, decode};
+    use crate::decode::event::{DecodeContext, decode};
     use probe_common::{AF_INET, RawEvent, flags, kind, tcp_state};
 
     #[test]

@@ -18,7 +18,7 @@ use std::{
 use aya::maps::Map;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::export::metrics::Metrics;
 
 /// How often the maps are walked.
 const INTERVAL: Duration = Duration::from_secs(15);

@@ -13,11 +13,11 @@ use aya::{
 };
 use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout, TcpSockLayout};
 
-use crate::{
+use crate::kernel::{
     btf,
     iface::Iface,
-    kernel::programs::{Attach, Feature, Kind, PROGRAMS, Program, Spec},
     leftovers::{self, Ledger, TcFilter},
+    programs::{Attach, Feature, Kind, PROGRAMS, Program, Spec},
     tracefs,
 };
 
@@ -72,7 +72,7 @@ pub struct WireOptions {
     pub flow_table: u32,
     pub attach: TcAttach,
     /// Where the ledger of added filters and qdiscs is kept (see
-    /// [`leftovers`](crate::leftovers)); `None`: in memory only.
+    /// [`leftovers`](crate::kernel::leftovers)); `None`: in memory only.
     pub state_dir: Option<std::path::PathBuf>,
     /// The network namespace `ifaces` are in and the classifier attaches
     /// in (`--netns PATH` naming another one); `None`: the daemon's own.
@@ -563,7 +563,8 @@ fn write_watched_processes(ebpf: &mut Ebpf, opts: &LoadOptions) -> Result<(), Lo
     }
     let mut watched: HashMap<&mut MapData, u32, u8> =
         HashMap::try_from(map_mut(ebpf, "WATCHED")?).map_err(|e| LoadError::Map("WATCHED", e))?;
-    for (pid, why) in crate::procscan::watched_processes(&opts.watch_comms, &opts.ports, opts.netns)
+    for (pid, why) in
+        crate::kernel::procscan::watched_processes(&opts.watch_comms, &opts.ports, opts.netns)
     {
         let _ = watched.insert(pid, why, 0);
     }
@@ -605,8 +606,9 @@ fn attach_wire(
             Some(path) => {
                 // TCX and netlink attach by ifindex in the calling thread's
                 // namespace: a thread that entered the chosen one does it.
-                let entered =
-                    crate::iface::in_netns(path, || attach_tc(ebpf, w, spec, insns, hooks, ledger));
+                let entered = crate::kernel::iface::in_netns(path, || {
+                    attach_tc(ebpf, w, spec, insns, hooks, ledger)
+                });
                 if let Err(e) = entered {
                     let why = format!("cannot enter network namespace {}: {e}", path.display());
                     tracing::warn!(

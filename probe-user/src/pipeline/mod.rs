@@ -1,0 +1,131 @@
+//! The pipeline: the one task that owns per-event state. Each kernel
+//! record is decoded, counted, printed (the single sink for text and JSON
+//! lines), fed to the correlation engine and to the live idle-reset
+//! inference; the HTTP side's observations join it here.
+
+pub mod correlation;
+pub mod record;
+
+use std::sync::Arc;
+
+use drainwatch_correlate::{
+    Obs, Observation, ResetOrigin,
+    idle::{IdleResets, IdleSample},
+};
+
+use crate::{
+    decode::{
+        event::{DecodeContext, Event, decode, parse_raw},
+        observe,
+    },
+    export::metrics::Metrics,
+};
+pub use correlation::Correlation;
+
+/// How events are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Nothing; metrics only.
+    None,
+}
+
+/// Everything the per-event path owns.
+pub struct Pipeline {
+    pub cx: DecodeContext,
+    pub metrics: Arc<Metrics>,
+    pub watched: Vec<u16>,
+    pub output: Output,
+    pub idle: IdleResets,
+    pub corr: Correlation,
+}
+
+impl Pipeline {
+    /// Decodes one ring-buffer record, counts it, prints it, correlates it,
+    /// and reports an idle-reset cluster when this record completes one.
+    pub fn record(&mut self, buf: &[u8], out: &mut impl std::io::Write) {
+        let ev = match parse_raw(buf).and_then(|raw| decode(&raw, &self.cx)) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.metrics.lost_counter("decode").inc();
+                tracing::warn!("undecodable event ({e}); counted as lost");
+                return;
+            }
+        };
+        self.metrics.observe(&ev, &self.watched);
+        self.corr.push(&ev, &self.metrics, &self.watched);
+        let line = match self.output {
+            Output::Text => Some(ev.human()),
+            Output::Json => serde_json::to_string(&ev).ok(),
+            Output::None => None,
+        };
+        if let Some(line) = line
+            && writeln!(out, "{line}").is_err()
+        {
+            tracing::debug!("stdout closed; event not printed");
+        }
+        self.idle_finding(&ev, out);
+    }
+
+    /// An observation from the HTTP side (poller, prober, pod watch), on the
+    /// kernel's time axis.
+    pub fn observation(&mut self, mut o: Observation) {
+        observe::stamp_wall(&mut o, self.cx.boot_to_unix_ns);
+        self.corr.push_observation(o);
+    }
+
+    /// New and changed verdicts, and the totals as metrics; with `last`,
+    /// the final report.
+    pub fn report(&mut self, out: &mut impl std::io::Write, last: bool) {
+        self.corr.report(&self.metrics, self.output, out, last);
+    }
+
+    /// The live idle-reset finding, from the engine's own rule (correlate's
+    /// `idle::infer`), fed through the same event -> observation mapping.
+    fn idle_finding(&mut self, ev: &Event, out: &mut impl std::io::Write) {
+        let Some(Obs::WireReset {
+            origin,
+            silence_s,
+            answered_packet,
+            keepalive,
+            ..
+        }) = observe::observation(ev, 0).map(|o| o.kind)
+        else {
+            return;
+        };
+        let sample = IdleSample {
+            silence_s,
+            answered: answered_packet == Some(true),
+            keepalive,
+        };
+        let Some(c) = self.idle.observe(
+            ev.ts_boot_ns,
+            sample,
+            origin == ResetOrigin::Middlebox,
+            self.corr.engine.config().tolerance_s,
+        ) else {
+            return;
+        };
+        tracing::warn!("{c}");
+        self.metrics
+            .inferred_idle_timeout
+            .with_label_values(&[c.origin])
+            .set(c.inference.timeout_s);
+        let line = match self.output {
+            Output::Text => Some(format!("FINDING idle-reset cluster: {c}")),
+            Output::Json => serde_json::to_string(&serde_json::json!({
+                "finding": "idle_reset_cluster",
+                "summary": c.to_string(),
+                "cluster": c,
+            }))
+            .ok(),
+            Output::None => None,
+        };
+        if let Some(line) = line {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Producers, one per file: each reads one source and hands on what it saw
+//! (to the pipeline, or straight to the metrics for counters).
+
+pub mod http;
+pub mod kernel_log;
+pub mod kubeconfig;
+pub mod kubewatch;
+pub mod loss;
+pub mod occupancy;
+pub mod program_stats;
+pub mod ringbuf;
+pub mod wire_stats;
