@@ -1,0 +1,56 @@
+//! Cuts sorted among the request timeout, GOAWAY and unexplained failures (`engine/causes/cuts.rs`, `timeout_cut.rs`, `goaway.rs`, `unexplained.rs`).
+
+use super::*;
+
+#[test]
+fn inflight_cut_at_request_timeout_and_goaway_failures() {
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.readyz(0.0, false);
+    b.listen(70.0, false, 100);
+    b.goaway(70.0);
+    // A request raced the GOAWAY and failed with it.
+    b.probe(70.5, ProbeMode::Reused, None, ProbeOutcome::Goaway);
+    // Cut 60 s after the listener closed: two server-side cuts and the prober's 504.
+    b.k(
+        130.0,
+        Obs::ConnClosed {
+            client: sa(LB, 1),
+            server: sa(M1, 6443),
+            by_server: true,
+            pending_request: Some(true),
+        },
+    );
+    b.rst(130.0, sa(LB, 2), "TCP_ABORT_ON_CLOSE");
+    b.probe(130.1, ProbeMode::Reused, None, ProbeOutcome::Ok(504));
+    b.exit(130.2, None);
+    let r = run(&base(), &b);
+    let v = only(&r, Cause::InflightCutAtTimeout);
+    assert_eq!(v.count, 3);
+    match v.measured {
+        Some(Measured::RequestTimeout { seconds, .. }) => assert!((seconds - 60.0).abs() < 1e-9),
+        ref m => panic!("{m:?}"),
+    }
+    let g = only(&r, Cause::GoawayThenFailed);
+    assert_eq!(g.count, 1);
+    assert_eq!(g.evidence.len(), 2, "the failure and the GOAWAY");
+    assert_eq!(r.verdicts.len(), 2);
+    let cut = phase(&r, "m1", 0, PhaseKind::RequestsCut).expect("requests cut");
+    assert_eq!(cut.t_ns, 130 * S);
+}
+
+#[test]
+fn timeout_inferred_without_configured_request_timeout() {
+    let cfg = Config {
+        request_timeout_s: None,
+        ..base()
+    };
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.readyz(0.0, false);
+    b.listen(7.0, false, 100);
+    b.rst(13.0, sa(LB, 2), "TCP_ABORT_ON_CLOSE");
+    b.exit(13.1, None);
+    let r = run(&cfg, &b);
+    assert_eq!(causes(&r), vec![Cause::InflightCutAtTimeout]);
+}
