@@ -1,476 +1,171 @@
-//! Prometheus metrics and the HTTP endpoint that serves them.
+//! Prometheus metrics, declared as one table grouped by area.
 //!
 //! Labels are bounded: `port` takes only watched ports, `state` and
 //! `reason` only kernel enum names; no per-address labels.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use drainwatch_correlate::{Direction, ResetOrigin};
 
 use crate::decode::event::{Event, EventKind};
 
-/// Every metric the daemon exports.
-pub struct Metrics {
-    /// `events` per kind, resolved once (indexed by `EventKind as usize`):
-    /// a label lookup per event is a hash of the label strings.
-    events_by_kind: Vec<IntCounter>,
-    pub registry: Registry,
-    pub connect_attempts: IntCounterVec,
-    pub connect_established: IntCounterVec,
-    pub connect_refused: IntCounterVec,
-    pub connect_timeouts: IntCounterVec,
-    pub connect_failures: IntCounterVec,
-    pub accepted: IntCounterVec,
-    pub closed: IntCounterVec,
-    pub handshake_seconds: HistogramVec,
-    pub lifetime_seconds: HistogramVec,
-    pub resets: IntCounterVec,
-    pub reset_reasons: IntCounterVec,
-    pub listeners: IntGaugeVec,
-    pub listener_up: IntGaugeVec,
-    pub events: IntCounterVec,
-    pub events_lost: IntCounterVec,
-    pub events_lost_by_kind: IntCounterVec,
-    pub correlation_ignored: IntCounterVec,
-    pub hook_attached: IntGaugeVec,
-    pub build_info: IntGaugeVec,
-    pub ringbuf_bytes: IntGauge,
-    pub wire_resets: IntCounterVec,
-    pub reset_idle_seconds: HistogramVec,
-    pub keepalive_probes: IntCounterVec,
-    pub goaways: IntCounterVec,
-    pub inferred_idle_timeout: GaugeVec,
-    pub wire_uninspected: IntCounterVec,
-    pub wire_packets: IntCounter,
-    pub wire_malformed: IntCounter,
-    pub flow_entries: IntGauge,
-    pub flow_evictions: IntCounter,
-    pub flows_closed_removed: IntCounter,
-    pub flow_table_size: IntGauge,
-    pub apiserver_health: IntGaugeVec,
-    pub pod_running: IntGaugeVec,
-    pub pod_ready: IntGaugeVec,
-    pub source_up: IntGaugeVec,
-    pub probe_requests: IntCounterVec,
-    pub disruptions: IntCounterVec,
-    pub disruption_seconds: prometheus::CounterVec,
-    pub lb_detection_seconds: GaugeVec,
-    pub phase_timestamp: GaugeVec,
-    pub process_signals: IntCounterVec,
-    pub process_exits: IntCounter,
-    pub program_run_seconds: prometheus::CounterVec,
-    pub program_runs: IntCounterVec,
-    pub map_entries: IntGaugeVec,
-    pub map_capacity: IntGaugeVec,
-    pub correlation_observations: IntGauge,
-    pub correlation_rollouts: IntGauge,
-    pub correlation_verdicts: IntGauge,
+/// Declares [`Metrics`]: one field per row, registered in this order.
+macro_rules! metrics_table {
+    ($( $field:ident : $ty:ty = ($name:literal, $help:literal, [$($label:literal),*] $(, $buckets:expr)?) ),* $(,)?) => {
+        /// Every metric the daemon exports.
+        pub struct Metrics {
+            /// `events` per kind, resolved once (indexed by `EventKind as
+            /// usize`): a label lookup per event is a hash of the label strings.
+            events_by_kind: Vec<IntCounter>,
+            pub registry: Registry,
+            $( #[doc = $help] pub $field: $ty, )*
+        }
+
+        /// Every metric's name and help, in the table's order.
+        pub const DECLARED: &[(&str, &str)] = &[$( ($name, $help), )*];
+
+        impl Metrics {
+            fn register(r: Registry) -> prometheus::Result<Metrics> {
+                Ok(Metrics {
+                    events_by_kind: Vec::new(),
+                    $( $field: declare(&r, $name, $help, &[$($label),*], metrics_table!(@buckets $($buckets)?))?, )*
+                    registry: r,
+                })
+            }
+        }
+    };
+    (@buckets) => { &[] };
+    (@buckets $b:expr) => { $b };
 }
 
-fn counter(
-    reg: &Registry,
+metrics_table! {
+    // Connections on watched ports (kernel tracepoints).
+    connect_attempts: IntCounterVec = ("drainwatch_connect_attempts_total", "Connect attempts (SYN sent) to or from a watched port.", ["port"]),
+    connect_established: IntCounterVec = ("drainwatch_connect_established_total", "Connects that completed the handshake.", ["port"]),
+    connect_refused: IntCounterVec = ("drainwatch_connect_refused_total", "Connects refused: the SYN was answered by an RST.", ["port"]),
+    connect_timeouts: IntCounterVec = ("drainwatch_connect_timeouts_total", "Connects that timed out after SYN retransmits.", ["port"]),
+    connect_failures: IntCounterVec = ("drainwatch_connect_failures_total", "Connects that failed otherwise: `error` (ICMP and other socket errors) or `aborted` (closed by the application during the handshake).", ["port", "cause"]),
+    accepted: IntCounterVec = ("drainwatch_connections_accepted_total", "Connections accepted by a local listener on a watched port.", ["port"]),
+    closed: IntCounterVec = ("drainwatch_connections_closed_total", "Established connections that reached CLOSE, by the state they left.", ["port", "from_state"]),
+    handshake_seconds: HistogramVec = ("drainwatch_handshake_seconds", "Time from SYN sent to ESTABLISHED for connects this host made.", ["port"], &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0, 7.0, 15.0,]),
+    lifetime_seconds: HistogramVec = ("drainwatch_connection_lifetime_seconds", "Lifetime of closed connections, from ESTABLISHED to CLOSE.", ["port"], &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 240.0, 600.0, 3600.0, 86400.0,]),
+    listeners: IntGaugeVec = ("drainwatch_listeners", "Listening sockets on a watched port.", ["port"]),
+    listener_up: IntGaugeVec = ("drainwatch_listener_up", "1 while at least one socket listens on the watched port.", ["port"]),
+    // RSTs as the kernel saw them.
+    resets: IntCounterVec = ("drainwatch_resets_total", "RSTs sent or received on watched ports, by the TCP state they hit.", ["port", "direction", "state"]),
+    reset_reasons: IntCounterVec = ("drainwatch_reset_reasons_total", "RSTs this host sent, by the kernel's reset reason.", ["port", "reason"]),
+    // The wire (TC classifier): RST origin and silence, keepalives, GOAWAYs, the flow table.
+    wire_resets: IntCounterVec = ("drainwatch_wire_resets_total", "RSTs seen on the wire by the TC classifier, by direction and by who sent them (peer, middlebox, local, unknown).", ["port", "direction", "origin"]),
+    reset_idle_seconds: HistogramVec = ("drainwatch_reset_idle_seconds", "Silence before an RST received on the wire, by origin.", ["port", "origin"], &[0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 600.0, 1800.0, 3600.0,]),
+    keepalive_probes: IntCounterVec = ("drainwatch_keepalive_probes_total", "TCP keepalive probes seen on the wire.", ["port", "direction"]),
+    goaways: IntCounterVec = ("drainwatch_goaway_total", "HTTP/2 GOAWAY frames seen in cleartext HTTP/2, by direction and error code.", ["port", "direction", "error_code"]),
+    inferred_idle_timeout: GaugeVec = ("drainwatch_inferred_idle_timeout_seconds", "Idle timeout inferred from resets that cluster at one silence (0 until three agree).", ["origin"]),
+    wire_uninspected: IntCounterVec = ("drainwatch_wire_uninspected_total", "Flows or frames the classifier could not inspect for HTTP/2, by reason.", ["reason"]),
+    wire_packets: IntCounter = ("drainwatch_wire_packets_total", "Packets on watched ports the classifier looked at.", []),
+    wire_malformed: IntCounter = ("drainwatch_wire_malformed_packets_total", "Packets on watched ports with impossible headers, ignored.", []),
+    flow_entries: IntGauge = ("drainwatch_flow_table_entries", "Flows in the wire observer's table.", []),
+    flow_evictions: IntCounter = ("drainwatch_flow_evictions_total", "Flows the full table evicted (least recently used) to make room.", []),
+    flows_closed_removed: IntCounter = ("drainwatch_flows_closed_removed_total", "Closed flows (FIN both ways and 5 s silent, or one way and 120 s) the daemon removed from the flow table.", []),
+    flow_table_size: IntGauge = ("drainwatch_flow_table_size", "Capacity of the wire observer's flow table.", []),
+    // The apiserver from outside: health polls, its pod, probes through the LB, its process.
+    apiserver_health: IntGaugeVec = ("drainwatch_apiserver_health", "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).", ["instance", "check"]),
+    pod_running: IntGaugeVec = ("drainwatch_apiserver_pod_running", "1 while the apiserver pod's phase is Running, from the Kubernetes API.", ["pod"]),
+    pod_ready: IntGaugeVec = ("drainwatch_apiserver_pod_ready", "1 while the apiserver pod's Ready condition is True.", ["pod"]),
+    probe_requests: IntCounterVec = ("drainwatch_probe_requests_total", "Active probe requests through the LB, by target, mode, method and HTTP status or error class (refused, reset, timeout, goaway, tls, eof).", ["target", "mode", "method", "code"]),
+    process_signals: IntCounterVec = ("drainwatch_process_signals_total", "Signals generated for watched processes (the apiserver, or a watched listener's owner).", ["signal"]),
+    process_exits: IntCounter = ("drainwatch_process_exits_total", "Watched processes that exited.", []),
+    // Verdicts: the correlation engine's disruptions and rollout phases.
+    disruptions: IntCounterVec = ("drainwatch_disruptions_total", "Disruptions (failed connections or requests) the correlation engine attributed to a cause.", ["cause"]),
+    disruption_seconds: CounterVec = ("drainwatch_disruption_seconds_total", "Length of the disruption windows, by cause.", ["cause"]),
+    lb_detection_seconds: GaugeVec = ("drainwatch_lb_detection_seconds", "Measured LB detection time: from /readyz turning red to the last new connection through the LB (must stay below the apiserver's --shutdown-delay-duration).", ["instance"]),
+    phase_timestamp: GaugeVec = ("drainwatch_lifecycle_phase_timestamp_seconds", "Boot-clock time of the latest rollout phase per instance (sigterm, readyz_red, listener_closed, ...).", ["instance", "phase"]),
+    // drainwatch itself: events and losses, hooks, sources, kernel programs, maps, the engine's size.
+    events: IntCounterVec = ("drainwatch_events_total", "Events decoded from the kernel, by kind.", ["kind"]),
+    events_lost: IntCounterVec = ("drainwatch_events_lost_total", "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).", ["stage"]),
+    events_lost_by_kind: IntCounterVec = ("drainwatch_events_lost_by_kind_total", "Events lost because the kernel ring buffer was full, by event kind (they sum to stage=\"kernel_ringbuf_full\"): received + lost per kind is what happened.", ["kind"]),
+    correlation_ignored: IntCounterVec = ("drainwatch_correlation_ignored_total", "Events kept out of the correlation on purpose: `own_connection` (drainwatch's own /readyz poller and prober connections, which would otherwise look like clients).", ["reason"]),
+    hook_attached: IntGaugeVec = ("drainwatch_hook_attached", "1 when the kernel hook is attached, 0 when unavailable on this host.", ["hook"]),
+    build_info: IntGaugeVec = ("drainwatch_build_info", "Build and kernel information; always 1.", ["version", "kernel"]),
+    ringbuf_bytes: IntGauge = ("drainwatch_ringbuf_bytes", "Size of the kernel event ring buffer.", []),
+    source_up: IntGaugeVec = ("drainwatch_source_up", "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer).", ["source"]),
+    program_run_seconds: CounterVec = ("drainwatch_program_run_seconds_total", "Kernel time spent in each drainwatch program (only with --bpf-stats).", ["program"]),
+    program_runs: IntCounterVec = ("drainwatch_program_runs_total", "Runs of each drainwatch program (only with --bpf-stats).", ["program"]),
+    map_entries: IntGaugeVec = ("drainwatch_map_entries", "Entries in each BPF hash or LRU map, counted every 15 s.", ["map"]),
+    map_capacity: IntGaugeVec = ("drainwatch_map_capacity", "Capacity (max_entries) of each BPF hash or LRU map.", ["map"]),
+    correlation_observations: IntGauge = ("drainwatch_correlation_observations", "Observations the correlation engine holds (the last ten minutes and any rollout in progress; older ones are archived).", []),
+    correlation_rollouts: IntGauge = ("drainwatch_correlation_rollouts", "Rollout timelines the correlation engine keeps, archived ones included (one per rollout).", []),
+    correlation_verdicts: IntGauge = ("drainwatch_correlation_verdicts", "Verdicts the correlation engine keeps, archived ones included.", []),
+}
+
+/// A metric type the table can declare.
+trait Declare: prometheus::core::Collector + Clone + Sized + 'static {
+    fn make(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> prometheus::Result<Self>;
+}
+
+impl Declare for IntCounterVec {
+    fn make(name: &str, help: &str, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        IntCounterVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Declare for IntGaugeVec {
+    fn make(name: &str, help: &str, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        IntGaugeVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Declare for GaugeVec {
+    fn make(name: &str, help: &str, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        GaugeVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Declare for CounterVec {
+    fn make(name: &str, help: &str, labels: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        CounterVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Declare for HistogramVec {
+    fn make(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> prometheus::Result<Self> {
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+    }
+}
+
+impl Declare for IntCounter {
+    fn make(name: &str, help: &str, _: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        IntCounter::new(name, help)
+    }
+}
+
+impl Declare for IntGauge {
+    fn make(name: &str, help: &str, _: &[&str], _: &[f64]) -> prometheus::Result<Self> {
+        IntGauge::new(name, help)
+    }
+}
+
+/// Creates one metric and registers it.
+fn declare<T: Declare>(
+    r: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-fn gauge(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    reg.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn histogram(
-    reg: &Registry,
-    name: &str,
-    help: &str,
-    buckets: Vec<f64>,
-) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["port"])?;
-    reg.register(Box::new(h.clone()))?;
-    Ok(h)
+    buckets: &[f64],
+) -> prometheus::Result<T> {
+    let m = T::make(name, help, labels, buckets)?;
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
 }
 
 impl Metrics {
     pub fn new(watched: &[u16]) -> prometheus::Result<Metrics> {
-        let r = Registry::new();
-        let mut m = Metrics {
-            events_by_kind: Vec::new(),
-            connect_attempts: counter(
-                &r,
-                "drainwatch_connect_attempts_total",
-                "Connect attempts (SYN sent) to or from a watched port.",
-                &["port"],
-            )?,
-            connect_established: counter(
-                &r,
-                "drainwatch_connect_established_total",
-                "Connects that completed the handshake.",
-                &["port"],
-            )?,
-            connect_refused: counter(
-                &r,
-                "drainwatch_connect_refused_total",
-                "Connects refused: the SYN was answered by an RST.",
-                &["port"],
-            )?,
-            connect_timeouts: counter(
-                &r,
-                "drainwatch_connect_timeouts_total",
-                "Connects that timed out after SYN retransmits.",
-                &["port"],
-            )?,
-            connect_failures: counter(
-                &r,
-                "drainwatch_connect_failures_total",
-                "Connects that failed otherwise: `error` (ICMP and other socket errors) or `aborted` (closed by the application during the handshake).",
-                &["port", "cause"],
-            )?,
-            accepted: counter(
-                &r,
-                "drainwatch_connections_accepted_total",
-                "Connections accepted by a local listener on a watched port.",
-                &["port"],
-            )?,
-            closed: counter(
-                &r,
-                "drainwatch_connections_closed_total",
-                "Established connections that reached CLOSE, by the state they left.",
-                &["port", "from_state"],
-            )?,
-            handshake_seconds: histogram(
-                &r,
-                "drainwatch_handshake_seconds",
-                "Time from SYN sent to ESTABLISHED for connects this host made.",
-                vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 3.0, 7.0, 15.0,
-                ],
-            )?,
-            lifetime_seconds: histogram(
-                &r,
-                "drainwatch_connection_lifetime_seconds",
-                "Lifetime of closed connections, from ESTABLISHED to CLOSE.",
-                vec![
-                    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 240.0, 600.0, 3600.0, 86400.0,
-                ],
-            )?,
-            resets: counter(
-                &r,
-                "drainwatch_resets_total",
-                "RSTs sent or received on watched ports, by the TCP state they hit.",
-                &["port", "direction", "state"],
-            )?,
-            reset_reasons: counter(
-                &r,
-                "drainwatch_reset_reasons_total",
-                "RSTs this host sent, by the kernel's reset reason.",
-                &["port", "reason"],
-            )?,
-            listeners: gauge(
-                &r,
-                "drainwatch_listeners",
-                "Listening sockets on a watched port.",
-                &["port"],
-            )?,
-            listener_up: gauge(
-                &r,
-                "drainwatch_listener_up",
-                "1 while at least one socket listens on the watched port.",
-                &["port"],
-            )?,
-            events: counter(
-                &r,
-                "drainwatch_events_total",
-                "Events decoded from the kernel, by kind.",
-                &["kind"],
-            )?,
-            events_lost: counter(
-                &r,
-                "drainwatch_events_lost_total",
-                "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).",
-                &["stage"],
-            )?,
-            events_lost_by_kind: counter(
-                &r,
-                "drainwatch_events_lost_by_kind_total",
-                "Events lost because the kernel ring buffer was full, by event kind (they sum to stage=\"kernel_ringbuf_full\"): received + lost per kind is what happened.",
-                &["kind"],
-            )?,
-            correlation_ignored: counter(
-                &r,
-                "drainwatch_correlation_ignored_total",
-                "Events kept out of the correlation on purpose: `own_connection` (drainwatch's own /readyz poller and prober connections, which would otherwise look like clients).",
-                &["reason"],
-            )?,
-            hook_attached: gauge(
-                &r,
-                "drainwatch_hook_attached",
-                "1 when the kernel hook is attached, 0 when unavailable on this host.",
-                &["hook"],
-            )?,
-            build_info: gauge(
-                &r,
-                "drainwatch_build_info",
-                "Build and kernel information; always 1.",
-                &["version", "kernel"],
-            )?,
-            ringbuf_bytes: {
-                let g = IntGauge::new(
-                    "drainwatch_ringbuf_bytes",
-                    "Size of the kernel event ring buffer.",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            wire_resets: counter(
-                &r,
-                "drainwatch_wire_resets_total",
-                "RSTs seen on the wire by the TC classifier, by direction and by who sent them (peer, middlebox, local, unknown).",
-                &["port", "direction", "origin"],
-            )?,
-            reset_idle_seconds: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "drainwatch_reset_idle_seconds",
-                        "Silence before an RST received on the wire, by origin.",
-                    )
-                    .buckets(vec![
-                        0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 600.0,
-                        1800.0, 3600.0,
-                    ]),
-                    &["port", "origin"],
-                )?;
-                r.register(Box::new(h.clone()))?;
-                h
-            },
-            keepalive_probes: counter(
-                &r,
-                "drainwatch_keepalive_probes_total",
-                "TCP keepalive probes seen on the wire.",
-                &["port", "direction"],
-            )?,
-            goaways: counter(
-                &r,
-                "drainwatch_goaway_total",
-                "HTTP/2 GOAWAY frames seen in cleartext HTTP/2, by direction and error code.",
-                &["port", "direction", "error_code"],
-            )?,
-            inferred_idle_timeout: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "drainwatch_inferred_idle_timeout_seconds",
-                        "Idle timeout inferred from resets that cluster at one silence (0 until three agree).",
-                    ),
-                    &["origin"],
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            wire_uninspected: counter(
-                &r,
-                "drainwatch_wire_uninspected_total",
-                "Flows or frames the classifier could not inspect for HTTP/2, by reason.",
-                &["reason"],
-            )?,
-            wire_packets: {
-                let c = IntCounter::new(
-                    "drainwatch_wire_packets_total",
-                    "Packets on watched ports the classifier looked at.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            wire_malformed: {
-                let c = IntCounter::new(
-                    "drainwatch_wire_malformed_packets_total",
-                    "Packets on watched ports with impossible headers, ignored.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            flow_entries: {
-                let g = IntGauge::new(
-                    "drainwatch_flow_table_entries",
-                    "Flows in the wire observer's table.",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            flow_evictions: {
-                let c = IntCounter::new(
-                    "drainwatch_flow_evictions_total",
-                    "Flows the full table evicted (least recently used) to make room.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            flows_closed_removed: {
-                let c = IntCounter::new(
-                    "drainwatch_flows_closed_removed_total",
-                    "Closed flows (FIN both ways and 5 s silent, or one way and 120 s) the daemon removed from the flow table.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            flow_table_size: {
-                let g = IntGauge::new(
-                    "drainwatch_flow_table_size",
-                    "Capacity of the wire observer's flow table.",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            apiserver_health: gauge(
-                &r,
-                "drainwatch_apiserver_health",
-                "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).",
-                &["instance", "check"],
-            )?,
-            pod_running: gauge(
-                &r,
-                "drainwatch_apiserver_pod_running",
-                "1 while the apiserver pod's phase is Running, from the Kubernetes API.",
-                &["pod"],
-            )?,
-            pod_ready: gauge(
-                &r,
-                "drainwatch_apiserver_pod_ready",
-                "1 while the apiserver pod's Ready condition is True.",
-                &["pod"],
-            )?,
-            source_up: gauge(
-                &r,
-                "drainwatch_source_up",
-                "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer).",
-                &["source"],
-            )?,
-            probe_requests: counter(
-                &r,
-                "drainwatch_probe_requests_total",
-                "Active probe requests through the LB, by target, mode, method and HTTP status or error class (refused, reset, timeout, goaway, tls, eof).",
-                &["target", "mode", "method", "code"],
-            )?,
-            disruptions: counter(
-                &r,
-                "drainwatch_disruptions_total",
-                "Disruptions (failed connections or requests) the correlation engine attributed to a cause.",
-                &["cause"],
-            )?,
-            disruption_seconds: {
-                let c = prometheus::CounterVec::new(
-                    Opts::new(
-                        "drainwatch_disruption_seconds_total",
-                        "Length of the disruption windows, by cause.",
-                    ),
-                    &["cause"],
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            lb_detection_seconds: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "drainwatch_lb_detection_seconds",
-                        "Measured LB detection time: from /readyz turning red to the last new connection through the LB (must stay below the apiserver's --shutdown-delay-duration).",
-                    ),
-                    &["instance"],
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            phase_timestamp: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "drainwatch_lifecycle_phase_timestamp_seconds",
-                        "Boot-clock time of the latest rollout phase per instance (sigterm, readyz_red, listener_closed, ...).",
-                    ),
-                    &["instance", "phase"],
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            process_signals: counter(
-                &r,
-                "drainwatch_process_signals_total",
-                "Signals generated for watched processes (the apiserver, or a watched listener's owner).",
-                &["signal"],
-            )?,
-            process_exits: {
-                let c = IntCounter::new(
-                    "drainwatch_process_exits_total",
-                    "Watched processes that exited.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            program_run_seconds: {
-                let c = prometheus::CounterVec::new(
-                    Opts::new(
-                        "drainwatch_program_run_seconds_total",
-                        "Kernel time spent in each drainwatch program (only with --bpf-stats).",
-                    ),
-                    &["program"],
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            program_runs: counter(
-                &r,
-                "drainwatch_program_runs_total",
-                "Runs of each drainwatch program (only with --bpf-stats).",
-                &["program"],
-            )?,
-            map_entries: gauge(
-                &r,
-                "drainwatch_map_entries",
-                "Entries in each BPF hash or LRU map, counted every 15 s.",
-                &["map"],
-            )?,
-            map_capacity: gauge(
-                &r,
-                "drainwatch_map_capacity",
-                "Capacity (max_entries) of each BPF hash or LRU map.",
-                &["map"],
-            )?,
-            correlation_observations: {
-                let g = IntGauge::new(
-                    "drainwatch_correlation_observations",
-                    "Observations the correlation engine holds (the last ten minutes and any rollout in progress; older ones are archived).",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            correlation_rollouts: {
-                let g = IntGauge::new(
-                    "drainwatch_correlation_rollouts",
-                    "Rollout timelines the correlation engine keeps, archived ones included (one per rollout).",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            correlation_verdicts: {
-                let g = IntGauge::new(
-                    "drainwatch_correlation_verdicts",
-                    "Verdicts the correlation engine keeps, archived ones included.",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            registry: r,
-        };
+        let mut m = Metrics::register(Registry::new())?;
         for p in watched {
             let port = p.to_string();
             let l = [port.as_str()];
@@ -634,5 +329,39 @@ impl Metrics {
             tracing::warn!("encoding metrics failed: {e}");
         }
         buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_registers_every_metric_once_with_zeros_for_watched_ports() {
+        let m = Metrics::new(&[6443]).expect("metrics");
+        let mut names: Vec<&str> = DECLARED.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DECLARED.len(), "a name declared twice");
+        assert!(
+            DECLARED
+                .iter()
+                .all(|(n, h)| n.starts_with("drainwatch_") && !h.is_empty())
+        );
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains("drainwatch_connect_refused_total{port=\"6443\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("drainwatch_disruptions_total{cause=\"accept_queue_reset\"} 0"));
+        // Histograms keep their buckets.
+        m.handshake_seconds
+            .with_label_values(&["6443"])
+            .observe(0.0003);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains("drainwatch_handshake_seconds_bucket{port=\"6443\",le=\"0.0005\"} 1"),
+            "{text}"
+        );
     }
 }
