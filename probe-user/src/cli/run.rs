@@ -325,56 +325,10 @@ pub fn apply_config_file(
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pods = pod_watch(&args);
-    let mut ports = if args.ports.is_empty() {
-        DEFAULT_PORTS.to_vec()
-    } else {
-        args.ports
-    };
-    ports.sort_unstable();
-    ports.dedup();
-    // `--netns PATH` naming another namespace: its traffic crosses its own
-    // interfaces, so the classifier attaches there (our interfaces never
-    // see it), and interfaces are looked up there.
-    let wire_netns = match args.netns.as_str() {
-        "all" | "self" => None,
-        path => {
-            let p = std::path::PathBuf::from(path);
-            let own =
-                iface::is_own_netns(&p).map_err(|e| anyhow::anyhow!("--netns {path}: {e}"))?;
-            (!own).then_some(p)
-        }
-    };
-    let wire = if args.no_wire {
-        None
-    } else {
-        let pick = || {
-            if args.ifaces.is_empty() {
-                Ok(iface::default_ifaces())
-            } else {
-                args.ifaces
-                    .iter()
-                    .map(|n| iface::lookup(n))
-                    .collect::<Result<Vec<_>, _>>()
-            }
-        };
-        let ifaces = match &wire_netns {
-            None => pick(),
-            Some(p) => iface::in_netns(p, pick).map_err(|e| {
-                anyhow::anyhow!("--netns {}: cannot list its interfaces: {e}", p.display())
-            })?,
-        }
-        .map_err(|e| match &wire_netns {
-            Some(p) => anyhow::anyhow!("{e} (looked up in network namespace {})", p.display()),
-            None => anyhow::anyhow!(e),
-        })?;
-        Some(loader::WireOptions {
-            ifaces,
-            flow_table: args.flow_table,
-            attach: args.tc_attach,
-            state_dir: Some(args.state_dir.clone()),
-            netns: wire_netns,
-        })
-    };
+    let load = load_options(&args)?;
+    if args.check {
+        return check(&load);
+    }
     // The addresses of the host drainwatch observes: those of the --netns
     // namespace when it names one, else of the namespace it runs in.
     let local_addrs = match args.netns.as_str() {
@@ -382,6 +336,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         path => observe::local_addrs_in(std::path::Path::new(path))
             .map_err(|e| anyhow::anyhow!("--netns {path}: cannot read its addresses: {e}"))?,
     };
+    let http = http_checks(&args, pods)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(daemon::run(RunOptions {
+        load,
+        output: args.output,
+        metrics_addr: args.metrics_addr,
+        bpf_stats: args.bpf_stats,
+        correlate: args.correlate,
+        local_addrs,
+        record: args.record,
+        http,
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the loader needs: ports, sizes, hooks wanted, the wire observer's
+/// interfaces (of the --netns namespace when it names one), the namespace
+/// filter.
+fn load_options(args: &RunArgs) -> anyhow::Result<LoadOptions> {
+    let mut ports = if args.ports.is_empty() {
+        DEFAULT_PORTS.to_vec()
+    } else {
+        args.ports.clone()
+    };
+    ports.sort_unstable();
+    ports.dedup();
     let netns = match args.netns.as_str() {
         "all" => None,
         other => {
@@ -396,22 +379,70 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let load = LoadOptions {
+    Ok(LoadOptions {
         ports,
         ringbuf_bytes: args.ringbuf_bytes,
         kernel_log_level: args.kernel_log_level,
         kprobes: !args.no_kprobes,
-        wire,
+        wire: wire_options(args)?,
         watch_comms: args.watch_comms.clone(),
         netns,
+    })
+}
+
+/// The wire observer's interfaces and table, unless `--no-wire`.
+fn wire_options(args: &RunArgs) -> anyhow::Result<Option<loader::WireOptions>> {
+    // `--netns PATH` naming another namespace: its traffic crosses its own
+    // interfaces, so the classifier attaches there (our interfaces never
+    // see it), and interfaces are looked up there.
+    let wire_netns = match args.netns.as_str() {
+        "all" | "self" => None,
+        path => {
+            let p = std::path::PathBuf::from(path);
+            let own =
+                iface::is_own_netns(&p).map_err(|e| anyhow::anyhow!("--netns {path}: {e}"))?;
+            (!own).then_some(p)
+        }
     };
-    if args.check {
-        return check(&load);
+    if args.no_wire {
+        return Ok(None);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let pick = || {
+        if args.ifaces.is_empty() {
+            Ok(iface::default_ifaces())
+        } else {
+            args.ifaces
+                .iter()
+                .map(|n| iface::lookup(n))
+                .collect::<Result<Vec<_>, _>>()
+        }
+    };
+    let ifaces = match &wire_netns {
+        None => pick(),
+        Some(p) => iface::in_netns(p, pick).map_err(|e| {
+            anyhow::anyhow!("--netns {}: cannot list its interfaces: {e}", p.display())
+        })?,
+    }
+    .map_err(|e| match &wire_netns {
+        Some(p) => anyhow::anyhow!("{e} (looked up in network namespace {})", p.display()),
+        None => anyhow::anyhow!(e),
+    })?;
+    Ok(Some(loader::WireOptions {
+        ifaces,
+        flow_table: args.flow_table,
+        attach: args.tc_attach,
+        state_dir: Some(args.state_dir.clone()),
+        netns: wire_netns,
+    }))
+}
+
+/// The HTTP side: TLS trust, the local /readyz poller, the probers (from
+/// `--probe-url` and `--probe-kubeconfig`), the pod watch. A wrong probe
+/// kubeconfig turns the prober off, not the daemon.
+fn http_checks(
+    args: &RunArgs,
+    pods: Option<kubewatch::PodWatch>,
+) -> anyhow::Result<daemon::HttpChecks> {
     let mut probe_urls = args.probe_urls.clone();
     let mut cas: Vec<(String, Vec<u8>)> = Vec::new();
     let mut insecure = args.insecure_skip_tls_verify;
@@ -464,7 +495,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             drainwatch_correlate::ProbeMode::Reused,
         ],
     };
-    let http = daemon::HttpChecks {
+    Ok(daemon::HttpChecks {
         tls,
         apiserver: args.apiserver_url.clone(),
         readyz_interval: args.readyz_interval,
@@ -475,18 +506,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         probe_interval: args.probe_interval,
         pods,
         off,
-    };
-    rt.block_on(daemon::run(RunOptions {
-        load,
-        output: args.output,
-        metrics_addr: args.metrics_addr,
-        bpf_stats: args.bpf_stats,
-        correlate: args.correlate,
-        local_addrs,
-        record: args.record,
-        http,
-    }))?;
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// The pod watcher, if it has credentials: `--kubeconfig`, `$KUBECONFIG`,
