@@ -192,7 +192,7 @@ impl Config {
 
     /// The connection's client is an LB health checker (by
     /// `health_check_sources`; checks from `lb_addrs` are told apart by
-    /// their rhythm, see the crate docs).
+    /// their rhythm, see `src/engine/causes/lb_detection.rs`).
     pub fn is_health_check_source(&self, client: &SocketAddr) -> bool {
         self.health_check_sources
             .iter()
@@ -218,6 +218,10 @@ impl Config {
     /// Linux picks as source when the VIP sits on `lo`), is the local
     /// hairpin; any other VIP destination, or a proxying LB's source
     /// address, is via the LB; this node's own address is direct.
+    ///
+    /// Blind spot: LBs that preserve the client address and dial the node
+    /// address directly (AWS NLB instance targets) look direct unless the
+    /// adapter sets the path.
     pub fn classify(&self, client: &SocketAddr, server: &SocketAddr) -> Path {
         let (c, s) = (client.ip(), server.ip());
         let client_local =
