@@ -128,6 +128,9 @@ pub struct Event {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_state: Option<&'static str>,
+    /// `old_state` as the kernel numbers it, for comparisons.
+    #[serde(skip)]
+    pub old_state_code: Option<u8>,
     /// Handshake time (established, accepted), lifetime (closed, resets) or
     /// time since the attempt (failed connects), in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,7 +146,7 @@ pub struct Event {
     pub comm: Option<String>,
     /// "active" (this host connected), "passive" (accepted) or absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub direction: Option<&'static str>,
+    pub direction: Option<ConnDirection>,
     /// The RST was sent with no socket behind it (nothing listening).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_socket: bool,
@@ -347,6 +350,26 @@ fn socket_view(raw: &RawEvent, cx: &DecodeContext, age: Option<f64>) -> Option<S
         idle_tx_seconds: idle(tx),
         idle_ack_seconds: idle(ack),
     })
+}
+
+/// Which end opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnDirection {
+    /// This host connected.
+    Active,
+    /// This host accepted it.
+    Passive,
+}
+
+impl Event {
+    /// Whether this end closed first: it left ESTABLISHED for FIN_WAIT.
+    pub fn closed_first(&self) -> bool {
+        matches!(
+            self.old_state_code,
+            Some(tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2)
+        )
+    }
 }
 
 /// Wire details of a `wire_reset`, `keepalive` or `goaway` event.
@@ -683,9 +706,9 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
             .unwrap_or_else(|| format!("REASON_{}", raw.reason))
     });
     let direction = if f & flags::ACTIVE != 0 {
-        Some("active")
+        Some(ConnDirection::Active)
     } else if f & flags::PASSIVE != 0 {
-        Some("passive")
+        Some(ConnDirection::Passive)
     } else {
         None
     };
@@ -702,6 +725,7 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         remote,
         state: state_name(raw.state),
         old_state: (raw.old_state != 0).then(|| state_name(raw.old_state)),
+        old_state_code: (raw.old_state != 0).then_some(raw.old_state),
         duration_seconds,
         errno,
         reset_reason,
@@ -756,7 +780,9 @@ impl Event {
         };
         match self.kind {
             EventKind::ListenOpen | EventKind::ListenClose => local.port(),
-            _ if watched.contains(&remote.port()) && self.direction != Some("passive") => {
+            _ if watched.contains(&remote.port())
+                && self.direction != Some(ConnDirection::Passive) =>
+            {
                 remote.port()
             }
             _ if watched.contains(&local.port()) => local.port(),
@@ -927,7 +953,7 @@ mod tests {
         assert_eq!((e.state, e.old_state), ("CLOSE", Some("SYN_SENT")));
         assert_eq!(e.errno, Some(111));
         assert_eq!(e.duration_seconds, Some(0.00025));
-        assert_eq!(e.direction, Some("active"));
+        assert_eq!(e.direction, Some(ConnDirection::Active));
         assert_eq!(e.time, "1970-01-01T00:00:05.000000Z");
         assert_eq!(e.service_port(&[6443]), 6443);
         let j = serde_json::to_value(&e).expect("json");

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use drainwatch_correlate::{Direction, Keepalive, Obs, Observation, ResetOrigin, Signal, Source};
 
-use crate::decode::event::{Event, EventKind};
+use crate::decode::event::{ConnDirection, Event, EventKind};
 
 /// This host's name: the instance a verdict names when `--instance` is not given.
 pub fn hostname() -> Option<String> {
@@ -158,8 +158,44 @@ pub fn stray_client_reset(ev: &Event, watched: &[u16]) -> bool {
 
 /// The observation an event is for the engine, if any.
 pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
-    let (l, r) = (ev.local, ev.remote);
     let kind = match ev.kind {
+        EventKind::Closed => closed(ev)?,
+        EventKind::WireReset | EventKind::Goaway => wire(ev)?,
+        EventKind::ListenOpen
+        | EventKind::ListenClose
+        | EventKind::Signal
+        | EventKind::ProcessExit
+        | EventKind::ProcessExec => process(ev)?,
+        EventKind::Refused
+        | EventKind::Accepted
+        | EventKind::ResetSent
+        | EventKind::ResetReceived => connection(ev)?,
+        EventKind::ConnectAttempt
+        | EventKind::Established
+        | EventKind::TimedOut
+        | EventKind::ConnectError
+        | EventKind::ConnectAborted
+        | EventKind::Keepalive => return None,
+    };
+    let source = if ev.wire.is_some() {
+        Source::Wire
+    } else {
+        Source::Kernel
+    };
+    Some(Observation {
+        id,
+        t_ns: ev.ts_boot_ns,
+        wall: Some(ev.time.to_string()),
+        instance: None,
+        source,
+        kind,
+    })
+}
+
+/// Refusals, accepts and RSTs.
+fn connection(ev: &Event) -> Option<Obs> {
+    let (l, r) = (ev.local, ev.remote);
+    Some(match ev.kind {
         EventKind::Refused => Obs::Refused {
             client: l?,
             server: r?,
@@ -172,7 +208,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         },
         // A local client's own RST (it aborted its connection) is the
         // client's doing, not the apiserver's.
-        EventKind::ResetSent if ev.direction == Some("active") => return None,
+        EventKind::ResetSent if ev.direction == Some(ConnDirection::Active) => return None,
         EventKind::ResetSent if ev.never_accepted == Some(true) => Obs::AcceptQueueReset {
             client: r?,
             server: l?,
@@ -184,7 +220,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
             state: Some(ev.state.to_string()),
         },
         // The apiserver's socket got an RST from its client: the client aborted.
-        EventKind::ResetReceived if ev.direction == Some("passive") => return None,
+        EventKind::ResetReceived if ev.direction == Some(ConnDirection::Passive) => return None,
         EventKind::ResetReceived => Obs::ResetReceived {
             client: l?,
             server: r?,
@@ -195,10 +231,20 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         // would only fill the engine's memory.
         // The server closed first while its response was streaming: the
         // stream (a watch) was cut.
+        _ => return None,
+    })
+}
+
+/// A close is evidence only when the server closed first with a request
+/// still owed (a cut) or a response still streaming (a watch cut); every
+/// other close, two per connection, would only fill the engine's memory.
+fn closed(ev: &Event) -> Option<Obs> {
+    let (l, r) = (ev.local, ev.remote);
+    Some(match ev.kind {
         EventKind::Closed
-            if ev.direction == Some("passive")
+            if ev.direction == Some(ConnDirection::Passive)
                 && ev.response_streaming
-                && matches!(ev.old_state, Some("FIN_WAIT1" | "FIN_WAIT2")) =>
+                && ev.closed_first() =>
         {
             Obs::StreamCut {
                 client: r?,
@@ -206,21 +252,30 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
             }
         }
         EventKind::Closed
-            if !(ev.direction == Some("passive") && ev.request_pending == Some(true)) =>
+            if !(ev.direction == Some(ConnDirection::Passive)
+                && ev.request_pending == Some(true)) =>
         {
             return None;
         }
         EventKind::Closed => {
-            let passive = ev.direction == Some("passive");
+            let passive = ev.direction == Some(ConnDirection::Passive);
             let (client, server) = if passive { (r?, l?) } else { (l?, r?) };
             Obs::ConnClosed {
                 client,
                 server,
                 // This end closed first when it left ESTABLISHED for FIN_WAIT.
-                by_server: passive && matches!(ev.old_state, Some("FIN_WAIT1" | "FIN_WAIT2")),
+                by_server: passive && ev.closed_first(),
                 pending_request: if passive { ev.request_pending } else { None },
             }
         }
+        _ => return None,
+    })
+}
+
+/// Listeners and the watched processes' lifecycle.
+fn process(ev: &Event) -> Option<Obs> {
+    let l = ev.local;
+    Some(match ev.kind {
         EventKind::ListenOpen => Obs::ListenerOpened {
             addr: l,
             pid: ev.pid,
@@ -247,6 +302,14 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
             code: None,
         },
         EventKind::ProcessExec => Obs::ProcessStart { pid: ev.pid },
+        _ => return None,
+    })
+}
+
+/// What the wire observer saw: RSTs received and GOAWAYs.
+fn wire(ev: &Event) -> Option<Obs> {
+    let (l, r) = (ev.local, ev.remote);
+    Some(match ev.kind {
         EventKind::WireReset => {
             let w = ev.wire.as_ref()?;
             if w.direction != Direction::Received {
@@ -269,25 +332,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
                 error_code: w.error_code?.to_string(),
             }
         }
-        EventKind::ConnectAttempt
-        | EventKind::Established
-        | EventKind::TimedOut
-        | EventKind::ConnectError
-        | EventKind::ConnectAborted
-        | EventKind::Keepalive => return None,
-    };
-    let source = if ev.wire.is_some() {
-        Source::Wire
-    } else {
-        Source::Kernel
-    };
-    Some(Observation {
-        id,
-        t_ns: ev.ts_boot_ns,
-        wall: Some(ev.time.to_string()),
-        instance: None,
-        source,
-        kind,
+        _ => return None,
     })
 }
 
