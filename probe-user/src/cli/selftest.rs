@@ -154,6 +154,64 @@ fn kernel_has_kprobes(tracefs_root: &std::path::Path) -> bool {
 
 fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
     let release = crate::daemon::kernel_release();
+    let (loaded, kprobe_attached) = load_and_check_hooks(args, report, &release)?;
+    let reset_reasons = loaded.reset_reasons.clone();
+    let mut ebpf = loaded.ebpf;
+    let _tc = loaded.tc;
+    let mut reader = Reader {
+        ring: loader::take_events(&mut ebpf)
+            .map_err(|e| anyhow::anyhow!("the EVENTS ring buffer: {e}"))?,
+        cx: DecodeContext {
+            boot_to_unix_ns: crate::daemon::boot_to_unix_ns(),
+            sock_key: crate::daemon::random_key(),
+            reset_reasons,
+            hz: crate::kernel::clock::kernel_hz(Duration::from_millis(120)),
+            default_keepalive_secs: crate::kernel::clock::default_keepalive_secs(),
+        },
+        port: args.port,
+        ignored: BTreeMap::new(),
+        undecodable: 0,
+    };
+    let lost: PerCpuArray<MapData, u64> =
+        loader::take_lost(&mut ebpf).map_err(|e| anyhow::anyhow!("the LOST counters: {e}"))?;
+    let wait = Duration::from_secs(args.wait.clamp(1, 120));
+    // Whatever happened on the port before the first scenario is not ours.
+    std::thread::sleep(Duration::from_millis(100));
+    let stale = reader.drain();
+    if !stale.is_empty() {
+        tracing::warn!(
+            "{} events on port {} before the test started",
+            stale.len(),
+            args.port
+        );
+    }
+
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let server = SocketAddr::new(lo, args.port);
+    refused_connect(&mut reader, report, server, wait, &release, kprobe_attached);
+    connect_exchange_close(&mut reader, report, server, wait);
+    abortive_close(&mut reader, report, server, wait);
+    listener_open_close(&mut reader, report, server, wait);
+    let ring_full = loader::percpu_total(&lost, LOST_RINGBUF_FULL);
+    let layout = loader::percpu_total(&lost, LOST_LAYOUT);
+    report.check(
+        "nothing_lost",
+        ring_full == 0 && layout == 0 && reader.undecodable == 0,
+        json!({"kernel_ringbuf_full": ring_full, "kernel_layout": layout,
+               "undecodable": reader.undecodable, "other_kinds_seen": reader.ignored}),
+    );
+    drop(ebpf);
+    Ok(())
+}
+
+/// Loads every program as `run` does and checks each hook against what
+/// this kernel should give; returns what was loaded and whether the kprobe
+/// path is on.
+fn load_and_check_hooks(
+    args: &SelftestArgs,
+    report: &mut Report,
+    release: &str,
+) -> anyhow::Result<(loader::Loaded, bool)> {
     let missing = loader::missing_privileges();
     report.check(
         "privileges",
@@ -205,6 +263,29 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
         )
     })?;
 
+    let kprobe_attached = check_hooks(
+        report,
+        &loaded,
+        release,
+        args.no_wire,
+        &root,
+        kprobes_expected,
+    );
+    Ok((loaded, kprobe_attached))
+}
+
+/// Checks every hook against what this kernel should give: each tracepoint
+/// attached unless the table says this release lacks it, verified sizes
+/// where the kernel reports them, the kprobe path where kprobes exist, the
+/// classifier on loopback. Returns whether the kprobe path is on.
+fn check_hooks(
+    report: &mut Report,
+    loaded: &loader::Loaded,
+    release: &str,
+    no_wire: bool,
+    root: &std::path::Path,
+    kprobes_expected: bool,
+) -> bool {
     // Every hook, its state and verified size.
     let mut hooks = Vec::new();
     let mut kprobe_attached = false;
@@ -230,7 +311,7 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
             "unavailable"
         }
     );
-    let absent_by_design = tracepoints_absent_by_design(&release);
+    let absent_by_design = tracepoints_absent_by_design(release);
     let attached = |n: &str| loaded.hooks.iter().any(|h| h.name() == n && h.attached());
     let tp_missing: Vec<String> = PROGRAMS
         .iter()
@@ -257,7 +338,7 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
     // Before 5.16 the kernel does not say how much the verifier walked: no
     // `INSNS` lines, and vm-test has no budget to hold them to.
     let counted = loaded.hooks.iter().any(|h| h.insns.is_some());
-    let counts_expected = kernel_version(&release) >= VERIFIED_INSNS_SINCE;
+    let counts_expected = kernel_version(release) >= VERIFIED_INSNS_SINCE;
     report.check(
         "verified_insns_reported",
         counted == counts_expected,
@@ -269,9 +350,9 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
     report.check(
         "kprobe_path",
         kprobe_attached == kprobes_expected,
-        json!({"kernel_has_kprobes": kernel_has_kprobes(&root), "expected": kprobes_expected, "attached": kprobe_attached}),
+        json!({"kernel_has_kprobes": kernel_has_kprobes(root), "expected": kprobes_expected, "attached": kprobe_attached}),
     );
-    if !args.no_wire {
+    if !no_wire {
         let tc_ok = loaded
             .hooks
             .iter()
@@ -279,212 +360,187 @@ fn selftest(args: &SelftestArgs, report: &mut Report) -> anyhow::Result<()> {
         report.check("tc_attached_lo", tc_ok, json!({}));
     }
 
-    let reset_reasons = loaded.reset_reasons.clone();
-    let mut ebpf = loaded.ebpf;
-    let _tc = loaded.tc;
-    let mut reader = Reader {
-        ring: loader::take_events(&mut ebpf)
-            .map_err(|e| anyhow::anyhow!("the EVENTS ring buffer: {e}"))?,
-        cx: DecodeContext {
-            boot_to_unix_ns: crate::daemon::boot_to_unix_ns(),
-            sock_key: crate::daemon::random_key(),
-            reset_reasons,
-            hz: crate::kernel::clock::kernel_hz(Duration::from_millis(120)),
-            default_keepalive_secs: crate::kernel::clock::default_keepalive_secs(),
-        },
-        port: args.port,
-        ignored: BTreeMap::new(),
-        undecodable: 0,
-    };
-    let lost: PerCpuArray<MapData, u64> =
-        loader::take_lost(&mut ebpf).map_err(|e| anyhow::anyhow!("the LOST counters: {e}"))?;
-    let wait = Duration::from_secs(args.wait.clamp(1, 120));
-    // Whatever happened on the port before the first scenario is not ours.
-    std::thread::sleep(Duration::from_millis(100));
-    let stale = reader.drain();
-    if !stale.is_empty() {
-        tracing::warn!(
-            "{} events on port {} before the test started",
-            stale.len(),
-            args.port
-        );
-    }
+    kprobe_attached
+}
 
-    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let server = SocketAddr::new(lo, args.port);
+/// A refused connect: nothing listens.
+fn refused_connect(
+    reader: &mut Reader,
+    report: &mut Report,
+    server: SocketAddr,
+    wait: Duration,
+    release: &str,
+    kprobe_attached: bool,
+) {
     let me = std::process::id();
-
-    // 1. A refused connect: nothing listens.
-    {
-        let outcome = match TcpStream::connect_timeout(&server, Duration::from_secs(5)) {
-            Ok(_) => Err(format!(
-                "connect to {server} succeeded: something listens there"
-            )),
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
-            Err(e) => Err(format!("connect to {server}: {e} (expected refused)")),
-        };
-        // Before 6.10 `tcp:tcp_send_reset` fires only for RSTs sent by a full
-        // socket: the listener-less RST that refuses a SYN is not traced.
-        let expected: &[&str] = if no_socket_rst_traced(&release) {
-            &["connect_attempt", "reset_sent", "reset_received", "refused"]
-        } else {
-            &["connect_attempt", "reset_received", "refused"]
-        };
-        let evs = reader.collect(expected, wait);
-        let kinds = kinds(&evs);
-        let mut problems = Vec::new();
-        if let Err(e) = outcome {
-            problems.push(e);
-        }
-        if kinds != expected {
-            problems.push(format!("kinds {kinds:?}, expected {expected:?} in order"));
-        }
-        if let Some(a) = of(&evs, EventKind::ConnectAttempt).first() {
-            if a.kprobe != kprobe_attached {
-                problems.push(format!(
-                    "connect_attempt from the kprobe: {}, kprobe attached: {kprobe_attached}",
-                    a.kprobe
-                ));
-            }
-            let port = a.local.map(|l| l.port()).unwrap_or(0);
-            if kprobe_attached && port == 0 {
-                problems.push("the kprobe's connect_attempt lacks the source port".into());
-            }
-            if a.pid != Some(me) {
-                problems.push(format!("connect_attempt pid {:?}, expected {me}", a.pid));
-            }
-        }
-        if let Some(r) = of(&evs, EventKind::Refused).first()
-            && (r.errno != Some(111) || r.remote != Some(server))
-        {
+    let outcome = match TcpStream::connect_timeout(&server, Duration::from_secs(5)) {
+        Ok(_) => Err(format!(
+            "connect to {server} succeeded: something listens there"
+        )),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+        Err(e) => Err(format!("connect to {server}: {e} (expected refused)")),
+    };
+    // Before 6.10 `tcp:tcp_send_reset` fires only for RSTs sent by a full
+    // socket: the listener-less RST that refuses a SYN is not traced.
+    let expected: &[&str] = if no_socket_rst_traced(release) {
+        &["connect_attempt", "reset_sent", "reset_received", "refused"]
+    } else {
+        &["connect_attempt", "reset_received", "refused"]
+    };
+    let evs = reader.collect(expected, wait);
+    let kinds = kinds(&evs);
+    let mut problems = Vec::new();
+    if let Err(e) = outcome {
+        problems.push(e);
+    }
+    if kinds != expected {
+        problems.push(format!("kinds {kinds:?}, expected {expected:?} in order"));
+    }
+    if let Some(a) = of(&evs, EventKind::ConnectAttempt).first() {
+        if a.kprobe != kprobe_attached {
             problems.push(format!(
-                "refused: errno {:?} remote {:?}, expected 111 and {server}",
-                r.errno, r.remote
+                "connect_attempt from the kprobe: {}, kprobe attached: {kprobe_attached}",
+                a.kprobe
             ));
         }
-        if let Some(s) = of(&evs, EventKind::ResetSent).first()
-            && !s.no_socket
+        let port = a.local.map(|l| l.port()).unwrap_or(0);
+        if kprobe_attached && port == 0 {
+            problems.push("the kprobe's connect_attempt lacks the source port".into());
+        }
+        if a.pid != Some(me) {
+            problems.push(format!("connect_attempt pid {:?}, expected {me}", a.pid));
+        }
+    }
+    if let Some(r) = of(&evs, EventKind::Refused).first()
+        && (r.errno != Some(111) || r.remote != Some(server))
+    {
+        problems.push(format!(
+            "refused: errno {:?} remote {:?}, expected 111 and {server}",
+            r.errno, r.remote
+        ));
+    }
+    if let Some(s) = of(&evs, EventKind::ResetSent).first()
+        && !s.no_socket
+    {
+        problems.push("reset_sent is not marked no_socket".into());
+    }
+    check_events(report, "refused_connect", &evs, problems);
+}
+
+/// Connect, accept, exchange, close.
+fn connect_exchange_close(
+    reader: &mut Reader,
+    report: &mut Report,
+    server: SocketAddr,
+    wait: Duration,
+) {
+    let outcome = exchange(server);
+    let expected = [
+        ("listen_open", 1),
+        ("connect_attempt", 1),
+        ("established", 1),
+        ("accepted", 1),
+        ("closed", 2),
+        ("listen_close", 1),
+    ];
+    let evs = reader.collect_counts(&expected, wait);
+    let mut problems = count_problems(&evs, &expected);
+    if let Err(e) = outcome {
+        problems.push(e);
+    }
+    if let Some(e) = of(&evs, EventKind::Established).first() {
+        let hs = e.duration_seconds.unwrap_or(-1.0);
+        if !(0.0..5.0).contains(&hs) || hs == 0.0 {
+            problems.push(format!("handshake time {hs}"));
+        }
+        if let Some(a) = of(&evs, EventKind::Accepted).first()
+            && a.remote != e.local
         {
-            problems.push("reset_sent is not marked no_socket".into());
+            problems.push(format!(
+                "accepted remote {:?} is not the client {:?}",
+                a.remote, e.local
+            ));
         }
-        check_events(report, "refused_connect", &evs, problems);
     }
-
-    // 2. connect, accept, exchange, close.
-    {
-        let outcome = exchange(server);
-        let expected = [
-            ("listen_open", 1),
-            ("connect_attempt", 1),
-            ("established", 1),
-            ("accepted", 1),
-            ("closed", 2),
-            ("listen_close", 1),
-        ];
-        let evs = reader.collect_counts(&expected, wait);
-        let mut problems = count_problems(&evs, &expected);
-        if let Err(e) = outcome {
-            problems.push(e);
+    for c in of(&evs, EventKind::Closed) {
+        let life = c.duration_seconds.unwrap_or(-1.0);
+        if !(0.15..10.0).contains(&life) {
+            problems.push(format!("closed lifetime {life} does not cover the 200 ms"));
         }
-        if let Some(e) = of(&evs, EventKind::Established).first() {
-            let hs = e.duration_seconds.unwrap_or(-1.0);
-            if !(0.0..5.0).contains(&hs) || hs == 0.0 {
-                problems.push(format!("handshake time {hs}"));
-            }
-            if let Some(a) = of(&evs, EventKind::Accepted).first()
-                && a.remote != e.local
-            {
-                problems.push(format!(
-                    "accepted remote {:?} is not the client {:?}",
-                    a.remote, e.local
-                ));
-            }
-        }
-        for c in of(&evs, EventKind::Closed) {
-            let life = c.duration_seconds.unwrap_or(-1.0);
-            if !(0.15..10.0).contains(&life) {
-                problems.push(format!("closed lifetime {life} does not cover the 200 ms"));
-            }
-        }
-        check_events(report, "connect_exchange_close", &evs, problems);
     }
+    check_events(report, "connect_exchange_close", &evs, problems);
+}
 
-    // 3. An SO_LINGER 0 close: RST sent by the client, received by the server.
-    {
-        let outcome = abortive(server);
-        let expected = [
-            ("listen_open", 1),
-            ("connect_attempt", 1),
-            ("established", 1),
-            ("accepted", 1),
-            ("reset_sent", 1),
-            ("reset_received", 1),
-            ("closed", 2),
-            ("listen_close", 1),
-        ];
-        let evs = reader.collect_counts(&expected, wait);
-        let mut problems = count_problems(&evs, &expected);
-        if let Err(e) = outcome {
-            problems.push(e);
-        }
-        let sent = of(&evs, EventKind::ResetSent);
-        let recv = of(&evs, EventKind::ResetReceived);
-        if let (Some(s), Some(r)) = (sent.first(), recv.first()) {
-            if s.state != "ESTABLISHED" || r.state != "ESTABLISHED" {
-                problems.push(format!(
-                    "reset states sent {} received {}, expected ESTABLISHED",
-                    s.state, r.state
-                ));
-            }
-            if r.local != Some(server) || r.remote != s.local {
-                problems.push(format!(
-                    "reset_received {:?} <- {:?} does not match reset_sent from {:?}",
-                    r.local, r.remote, s.local
-                ));
-            }
-        }
-        check_events(report, "abortive_close", &evs, problems);
+/// An SO_LINGER 0 close: RST sent by the client, received by the server.
+fn abortive_close(reader: &mut Reader, report: &mut Report, server: SocketAddr, wait: Duration) {
+    let outcome = abortive(server);
+    let expected = [
+        ("listen_open", 1),
+        ("connect_attempt", 1),
+        ("established", 1),
+        ("accepted", 1),
+        ("reset_sent", 1),
+        ("reset_received", 1),
+        ("closed", 2),
+        ("listen_close", 1),
+    ];
+    let evs = reader.collect_counts(&expected, wait);
+    let mut problems = count_problems(&evs, &expected);
+    if let Err(e) = outcome {
+        problems.push(e);
     }
-
-    // 4. A listener opens and closes.
-    {
-        let outcome = TcpListener::bind(server)
-            .map(|l| {
-                std::thread::sleep(Duration::from_millis(100));
-                drop(l);
-            })
-            .map_err(|e| format!("bind {server}: {e}"));
-        let expected = ["listen_open", "listen_close"];
-        let evs = reader.collect(&expected, wait);
-        let kinds = kinds(&evs);
-        let mut problems = Vec::new();
-        if let Err(e) = outcome {
-            problems.push(e);
+    let sent = of(&evs, EventKind::ResetSent);
+    let recv = of(&evs, EventKind::ResetReceived);
+    if let (Some(s), Some(r)) = (sent.first(), recv.first()) {
+        if s.state != "ESTABLISHED" || r.state != "ESTABLISHED" {
+            problems.push(format!(
+                "reset states sent {} received {}, expected ESTABLISHED",
+                s.state, r.state
+            ));
         }
-        if kinds != expected {
-            problems.push(format!("kinds {kinds:?}, expected {expected:?} in order"));
+        if r.local != Some(server) || r.remote != s.local {
+            problems.push(format!(
+                "reset_received {:?} <- {:?} does not match reset_sent from {:?}",
+                r.local, r.remote, s.local
+            ));
         }
-        for e in &evs {
-            if e.pid != Some(me) || e.local != Some(server) {
-                problems.push(format!(
-                    "{} pid {:?} local {:?}, expected {me} and {server}",
-                    e.kind, e.pid, e.local
-                ));
-            }
-        }
-        check_events(report, "listener_open_close", &evs, problems);
     }
+    check_events(report, "abortive_close", &evs, problems);
+}
 
-    let ring_full = loader::percpu_total(&lost, LOST_RINGBUF_FULL);
-    let layout = loader::percpu_total(&lost, LOST_LAYOUT);
-    report.check(
-        "nothing_lost",
-        ring_full == 0 && layout == 0 && reader.undecodable == 0,
-        json!({"kernel_ringbuf_full": ring_full, "kernel_layout": layout,
-               "undecodable": reader.undecodable, "other_kinds_seen": reader.ignored}),
-    );
-    drop(ebpf);
-    Ok(())
+/// A listener opens and closes.
+fn listener_open_close(
+    reader: &mut Reader,
+    report: &mut Report,
+    server: SocketAddr,
+    wait: Duration,
+) {
+    let me = std::process::id();
+    let outcome = TcpListener::bind(server)
+        .map(|l| {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(l);
+        })
+        .map_err(|e| format!("bind {server}: {e}"));
+    let expected = ["listen_open", "listen_close"];
+    let evs = reader.collect(&expected, wait);
+    let kinds = kinds(&evs);
+    let mut problems = Vec::new();
+    if let Err(e) = outcome {
+        problems.push(e);
+    }
+    if kinds != expected {
+        problems.push(format!("kinds {kinds:?}, expected {expected:?} in order"));
+    }
+    for e in &evs {
+        if e.pid != Some(me) || e.local != Some(server) {
+            problems.push(format!(
+                "{} pid {:?} local {:?}, expected {me} and {server}",
+                e.kind, e.pid, e.local
+            ));
+        }
+    }
+    check_events(report, "listener_open_close", &evs, problems);
 }
 
 fn kinds(evs: &[Event]) -> Vec<&'static str> {
