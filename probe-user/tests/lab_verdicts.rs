@@ -300,7 +300,9 @@ fn failed_during(o: &Observed, prefix: &str, from_ns: u64, to_ns: u64) -> u64 {
         .iter()
         .filter(|r| {
             r["start_ns"].as_u64().is_some_and(|s| s <= to_ns)
-                && r["end_ns"].as_u64().is_some_and(|e| e + 50_000_000 >= from_ns)
+                && r["end_ns"]
+                    .as_u64()
+                    .is_some_and(|e| e + 50_000_000 >= from_ns)
         })
         .count() as u64
 }
