@@ -5,7 +5,7 @@
 //! and overlapping segments, a lost segment, more frames in one segment
 //! than the kernel reads, h2c upgrades. One list for both followers: the
 //! pcap parser's test (`ops/src/pcap/tests.rs`) and the kernel classifier's
-//! (`probe-user/src/wire_test.rs`, the real program through
+//! (`probe-user/src/kernel/wire_test.rs`, the real program through
 //! `BPF_PROG_TEST_RUN`) expect exactly the same GOAWAYs and uninspected
 //! counts from every case, so the two cannot drift apart.
 

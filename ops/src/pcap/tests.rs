@@ -550,7 +550,7 @@ fn ipv6_segments_decode() {
 
 /// The shared segmentation cases through the pcap follower: exactly the
 /// GOAWAYs and uninspected counts each case names (the kernel classifier's
-/// test in probe-user/src/wire_test.rs runs the same list).
+/// test in probe-user/src/kernel/wire_test.rs runs the same list).
 #[test]
 fn shared_h2_segmentation_cases() {
     use super::h2cases::{CLIENT_ISN, SERVER_ISN, cases};
