@@ -165,6 +165,28 @@ pub(super) struct Draft<'a> {
     pub(super) measured: Option<Measured>,
 }
 
+impl<'a> Draft<'a> {
+    /// A verdict whose window is its group's first and last item, with
+    /// nothing measured.
+    pub(super) fn new(
+        cause: Cause,
+        (instance, cycle): Owner,
+        group: Group<'a>,
+        (sentence, fix): (String, String),
+    ) -> Draft<'a> {
+        Draft {
+            cause,
+            instance,
+            cycle,
+            group,
+            window: None,
+            sentence,
+            fix,
+            measured: None,
+        }
+    }
+}
+
 impl Draft<'_> {
     pub(super) fn finish(self) -> Option<Verdict> {
         let (start, end, ws, we) = match self.window {

@@ -30,16 +30,7 @@ pub(in crate::engine) fn cut_draft<'a>(
     if let Some(c) = c {
         g.extra_ids.extend(c.goaways.iter().copied());
     }
-    Draft {
-        cause: Cause::GoawayThenFailed,
-        instance: inst,
-        cycle: cyc,
-        group: g,
-        window: None,
-        sentence,
-        fix,
-        measured: None,
-    }
+    Draft::new(Cause::GoawayThenFailed, (inst, cyc), g, (sentence, fix))
 }
 
 /// One verdict per rollout with prober requests failed by a GOAWAY.
@@ -54,16 +45,12 @@ pub(in crate::engine) fn probe_verdicts<'a>(
             g.extra_ids.extend(c.goaways.iter().copied());
         }
         let (sentence, fix) = sentence(inst.as_deref(), g.attempts.len());
-        drafts.push(Draft {
-            cause: Cause::GoawayThenFailed,
-            instance: inst,
-            cycle: cyc,
-            group: g,
-            window: None,
-            sentence,
-            fix,
-            measured: None,
-        });
+        drafts.push(Draft::new(
+            Cause::GoawayThenFailed,
+            (inst, cyc),
+            g,
+            (sentence, fix),
+        ));
     }
 }
 

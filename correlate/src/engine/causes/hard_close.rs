@@ -49,16 +49,7 @@ pub(in crate::engine) fn during_shutdown(
 /// The verdict for a rollout's hard-closed connections.
 pub(in crate::engine) fn draft<'a>((inst, cyc): Owner, g: Group<'a>) -> Draft<'a> {
     let (sentence, fix) = sentence(inst.as_deref(), g.attempts.len(), &g.whats());
-    Draft {
-        cause: Cause::HardClose,
-        instance: inst,
-        cycle: cyc,
-        group: g,
-        window: None,
-        sentence,
-        fix,
-        measured: None,
-    }
+    Draft::new(Cause::HardClose, (inst, cyc), g, (sentence, fix))
 }
 
 /// What the verdict says, and its fix.

@@ -11,16 +11,7 @@ use super::super::draft::{Draft, Group, Owner};
 /// The verdict for failures nothing explains.
 pub(in crate::engine) fn draft<'a>((inst, cyc): Owner, g: Group<'a>) -> Draft<'a> {
     let (sentence, fix) = sentence(inst.as_deref(), g.attempts.len(), &g.whats());
-    Draft {
-        cause: Cause::Unexplained,
-        instance: inst,
-        cycle: cyc,
-        group: g,
-        window: None,
-        sentence,
-        fix,
-        measured: None,
-    }
+    Draft::new(Cause::Unexplained, (inst, cyc), g, (sentence, fix))
 }
 
 /// What the verdict says, and its fix.
