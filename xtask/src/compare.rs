@@ -105,6 +105,11 @@ enum Cfg {
     None,
     DrainwatchFull,
     DrainwatchTp,
+    /// The same two with `--baseline BIN` (an earlier build), interleaved
+    /// with the current one in the same rounds: a regression check that
+    /// run-to-run noise (±15-25 % here) cannot hide.
+    BaselineFull,
+    BaselineTp,
     Tcpdump,
     BpftracePrint,
     BpftraceCount,
@@ -113,10 +118,12 @@ enum Cfg {
 }
 
 impl Cfg {
-    const ALL: [Cfg; 8] = [
+    const ALL: [Cfg; 10] = [
         Cfg::None,
         Cfg::DrainwatchFull,
         Cfg::DrainwatchTp,
+        Cfg::BaselineFull,
+        Cfg::BaselineTp,
         Cfg::Tcpdump,
         Cfg::BpftracePrint,
         Cfg::BpftraceCount,
@@ -129,12 +136,23 @@ impl Cfg {
             Cfg::None => "C0 none",
             Cfg::DrainwatchFull => "C1 drainwatch (tp + TC)",
             Cfg::DrainwatchTp => "C1 drainwatch (tp only)",
+            Cfg::BaselineFull => "C1b baseline build (tp + TC)",
+            Cfg::BaselineTp => "C1b baseline build (tp only)",
             Cfg::Tcpdump => "C2 tcpdump -w",
             Cfg::BpftracePrint => "C3 bpftrace (print)",
             Cfg::BpftraceCount => "C3 bpftrace (count)",
             Cfg::Tcpstates => "C4 tcpstates-bpfcc",
             Cfg::Tcplife => "C4 tcplife-bpfcc",
         }
+    }
+}
+
+impl Cfg {
+    fn is_drainwatch(self) -> bool {
+        matches!(
+            self,
+            Cfg::DrainwatchFull | Cfg::DrainwatchTp | Cfg::BaselineFull | Cfg::BaselineTp
+        )
     }
 }
 
@@ -180,7 +198,7 @@ impl Observer {
                     out,
                 });
             }
-            Cfg::DrainwatchFull | Cfg::DrainwatchTp => {
+            Cfg::DrainwatchFull | Cfg::DrainwatchTp | Cfg::BaselineFull | Cfg::BaselineTp => {
                 let addr = "127.0.0.1:19977";
                 metrics = Some(format!("http://{addr}/metrics"));
                 cmd.arg(dw).args([
@@ -193,7 +211,7 @@ impl Observer {
                     "--metrics-addr",
                     addr,
                 ]);
-                if cfg == Cfg::DrainwatchTp {
+                if matches!(cfg, Cfg::DrainwatchTp | Cfg::BaselineTp) {
                     cmd.arg("--no-wire");
                 }
             }
@@ -240,7 +258,9 @@ impl Observer {
         loop {
             let text = std::fs::read_to_string(&self.out).unwrap_or_default();
             let ready = match self.cfg {
-                Cfg::DrainwatchFull | Cfg::DrainwatchTp => text.contains("drainwatch ready"),
+                Cfg::DrainwatchFull | Cfg::DrainwatchTp | Cfg::BaselineFull | Cfg::BaselineTp => {
+                    text.contains("drainwatch ready")
+                }
                 Cfg::Tcpdump => text.contains("listening on"),
                 Cfg::BpftracePrint | Cfg::BpftraceCount => text.contains("Attaching"),
                 Cfg::Tcpstates => text.contains("SKADDR") || text.contains("C-PID"),
@@ -315,7 +335,7 @@ impl Observer {
     /// Events delivered so far, and events counted as lost (drainwatch).
     fn delivered(&self) -> (f64, f64) {
         match self.cfg {
-            Cfg::DrainwatchFull | Cfg::DrainwatchTp => {
+            c if c.is_drainwatch() => {
                 let Some(url) = &self.metrics else {
                     return (0.0, 0.0);
                 };
@@ -513,6 +533,7 @@ fn have(tool: &str) -> bool {
 
 pub fn compare(
     dw: &Path,
+    baseline: Option<&Path>,
     lab: &Path,
     rounds: u32,
     secs: f64,
@@ -554,8 +575,13 @@ pub fn compare(
             if unavailable.contains_key(&ci) {
                 continue;
             }
+            let bin = match (cfg, baseline) {
+                (Cfg::BaselineFull | Cfg::BaselineTp, Some(b)) => b,
+                (Cfg::BaselineFull | Cfg::BaselineTp, None) => continue,
+                _ => dw,
+            };
             eprintln!("round {}/{rounds}: {}", round + 1, cfg.name());
-            let obs = match Observer::start(*cfg, dw, out_dir) {
+            let obs = match Observer::start(*cfg, bin, out_dir) {
                 Ok(o) => o,
                 Err(e) => {
                     let why = format!("{e:#}");

@@ -148,6 +148,10 @@ enum BenchCmd {
         /// Seconds per workload and configuration.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// An earlier build of `drainwatch` to run in the same rounds as this
+        /// one (rows "C1b baseline build"): a regression check.
+        #[arg(long, value_name = "BIN")]
+        baseline: Option<PathBuf>,
     },
     /// Loss accounting and recovery under stress: a burst of connections,
     /// the daemon SIGSTOPped for 5 s under load, daemon and load on one CPU.
@@ -577,12 +581,23 @@ fn main() -> anyhow::Result<()> {
             bench::wire(&bin, rounds.max(1), seconds.clamp(1, 30))
         }
         Cmd::Bench {
-            which: BenchCmd::Compare { rounds, seconds },
+            which:
+                BenchCmd::Compare {
+                    rounds,
+                    seconds,
+                    baseline,
+                },
         } => {
+            if let Some(b) = &baseline
+                && !b.is_file()
+            {
+                bail!("--baseline {}: not a file", b.display());
+            }
             let all: Vec<&str> = APT_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
             let (bin, lab, target) = bench_binaries(&all)?;
             compare::compare(
                 &bin,
+                baseline.as_deref(),
                 &lab,
                 rounds.max(1),
                 seconds.clamp(0.5, 30.0),
