@@ -1,9 +1,9 @@
-//! `cargo xtask fuzz`: the cargo-fuzz targets in `fuzz/`, each seeded from
+//! `cargo xtask fuzz`: the cargo-fuzz targets in `fuzz/`, each started from
 //! the repository's real inputs and run for a bounded time.
 //!
 //! The corpus each run grows stays in `<target>/fuzz/corpus/<name>` (a later
-//! run starts from it); the seeds are copied into `<target>/fuzz/seeds/<name>`
-//! on every run; `fuzz/regressions/<name>` holds every input that once
+//! run starts from it); the starting inputs are copied into
+//! `<target>/fuzz/inputs/<name>` on every run; `fuzz/regressions/<name>` holds every input that once
 //! crashed, run first each time. A crash fails with the input's path.
 
 use std::{
@@ -17,12 +17,12 @@ use anyhow::{Context as _, bail};
 
 use crate::{apt_install, cargo, have, root_dir, run};
 
-/// Where a target's seeds come from, relative to the repository: files, or
+/// Where a target's starting inputs come from, relative to the repository: files, or
 /// every file under a directory whose name ends in one of `exts` (all when
 /// empty).
 struct Target {
     name: &'static str,
-    seeds: &'static [&'static str],
+    inputs: &'static [&'static str],
     exts: &'static [&'static str],
     /// Files outside the repository (the running kernel's tracefs).
     host: &'static [&'static str],
@@ -31,7 +31,7 @@ struct Target {
 const TARGETS: &[Target] = &[
     Target {
         name: "tracefs",
-        seeds: &["probe-user/tests/fixtures"],
+        inputs: &["probe-user/tests/fixtures"],
         exts: &["format"],
         host: &[
             "/sys/kernel/tracing/events/sock/inet_sock_set_state/format",
@@ -42,38 +42,38 @@ const TARGETS: &[Target] = &[
     },
     Target {
         name: "event",
-        seeds: &["fuzz/seeds/event"],
+        inputs: &["fuzz/inputs/event"],
         exts: &[],
         host: &[],
     },
     Target {
         name: "pcap",
-        seeds: &["fuzz/seeds/pcap"],
+        inputs: &["fuzz/inputs/pcap"],
         exts: &[],
         host: &[],
     },
     Target {
         name: "audit",
-        seeds: &["ops/tests/fixtures", "deploy"],
+        inputs: &["ops/tests/fixtures", "deploy"],
         exts: &["yaml", "yml"],
         host: &[],
     },
     Target {
         name: "kubeconfig",
-        seeds: &["fuzz/seeds/kubeconfig"],
+        inputs: &["fuzz/inputs/kubeconfig"],
         exts: &[],
         host: &[],
     },
     Target {
         name: "recording",
-        seeds: &["ops/tests/fixtures"],
+        inputs: &["ops/tests/fixtures"],
         exts: &["jsonl"],
         host: &[],
     },
 ];
 
-/// Seeds larger than this would only slow every iteration down.
-const MAX_SEED_BYTES: u64 = 64 << 10;
+/// Starting inputs larger than this would only slow every iteration down.
+const MAX_INPUT_BYTES: u64 = 64 << 10;
 
 fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR")
@@ -101,17 +101,17 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn copy_seeds(t: &Target, root: &Path, into: &Path) -> anyhow::Result<usize> {
+fn copy_inputs(t: &Target, root: &Path, into: &Path) -> anyhow::Result<usize> {
     let _ = fs::remove_dir_all(into);
     fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
     let mut files = Vec::new();
-    for s in t.seeds {
+    for s in t.inputs {
         collect(&root.join(s), t.exts, &mut files)?;
     }
     files.extend(t.host.iter().map(PathBuf::from).filter(|p| p.is_file()));
     let mut n = 0;
     for f in files {
-        if fs::metadata(&f).map(|m| m.len()).unwrap_or(u64::MAX) > MAX_SEED_BYTES {
+        if fs::metadata(&f).map(|m| m.len()).unwrap_or(u64::MAX) > MAX_INPUT_BYTES {
             continue;
         }
         // Flattened, with the path kept in the name so sources never collide.
@@ -123,9 +123,10 @@ fn copy_seeds(t: &Target, root: &Path, into: &Path) -> anyhow::Result<usize> {
             .replace('/', "_");
         // Tracefs files report size 0 and cannot be copied with fs::copy's
         // size hint: read and write them.
-        let data = fs::read(&f).with_context(|| format!("reading seed {}", f.display()))?;
+        let data =
+            fs::read(&f).with_context(|| format!("reading starting input {}", f.display()))?;
         fs::write(into.join(name), data)
-            .with_context(|| format!("writing seed into {}", into.display()))?;
+            .with_context(|| format!("writing starting input into {}", into.display()))?;
         n += 1;
     }
     Ok(n)
@@ -194,21 +195,24 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for t in selected {
         let corpus = work.join("corpus").join(t.name);
-        let seeds = work.join("seeds").join(t.name);
+        let inputs = work.join("inputs").join(t.name);
         let artifacts = work.join("artifacts").join(t.name);
         let regressions = fuzz_dir.join("regressions").join(t.name);
         for d in [&corpus, &artifacts, &regressions] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let n = copy_seeds(t, &root, &seeds)?;
+        let n = copy_inputs(t, &root, &inputs)?;
         let log_path = work.join(format!("{}.log", t.name));
         let log = fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        eprintln!("xtask: fuzz {} for {seconds} s ({n} seeds)", t.name);
+        eprintln!(
+            "xtask: fuzz {} for {seconds} s ({n} starting inputs)",
+            t.name
+        );
         let status = cargo()
             .current_dir(&fuzz_dir)
             .args(["+nightly", "fuzz", "run", "--dev", t.name])
-            .args([&corpus, &seeds, &regressions])
+            .args([&corpus, &inputs, &regressions])
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             // A parser that needs more than this for one input is a bug.

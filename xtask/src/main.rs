@@ -12,7 +12,7 @@
 //!   under QEMU and natively, with an instruction budget per program.
 //! - `soak`: the long-run bounds check; `bench`: the benchmarks.
 //! - `fuzz`: the cargo-fuzz targets in `fuzz/` (parsers of untrusted
-//!   input), seeded from the repository's fixtures, each for a bounded time.
+//!   input), started from the repository's fixtures, each for a bounded time.
 
 use std::{
     env,
