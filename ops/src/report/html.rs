@@ -258,6 +258,10 @@ svg .title{font-size:12px;font-weight:600;fill:#444}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}\
 .input{font-size:13px;color:#444}";
 
+// Long (about 350 lines) and not split yet: its four sections (lifecycle
+// lanes, one row per verdict, outcome buckets, error rate) share the running
+// `y` cursor and the legend state the lanes collect (`present`, `gauges`).
+// The split owed is one function per section over a small layout struct.
 fn svg(input: &Input, axis: &Axis) -> String {
     let r = &input.report;
     let mut body = String::new();
