@@ -53,7 +53,14 @@ impl Correlation {
         })
     }
 
-    pub fn push(&mut self, ev: &Event, metrics: &Metrics, watched: &[u16]) {
+    /// Feeds `obs`, the observation `ev` maps to, unless `ev` is kept out.
+    pub fn push(
+        &mut self,
+        ev: &Event,
+        obs: Option<drainwatch_correlate::Observation>,
+        metrics: &Metrics,
+        watched: &[u16],
+    ) {
         if observe::stray_client_reset(ev, watched) {
             return;
         }
@@ -64,7 +71,7 @@ impl Correlation {
                 .inc();
             return;
         }
-        if let Some(o) = observe::observation(ev, 0) {
+        if let Some(o) = obs {
             self.push_observation(o);
         }
     }

@@ -15,7 +15,7 @@ use drainwatch_correlate::{
 
 use crate::{
     decode::{
-        event::{DecodeContext, Event, decode, parse_raw},
+        event::{DecodeContext, decode, parse_raw},
         observe,
     },
     export::metrics::Metrics,
@@ -56,7 +56,26 @@ impl Pipeline {
             }
         };
         self.metrics.observe(&ev, &self.watched);
-        self.corr.push(&ev, &self.metrics, &self.watched);
+        // One mapping per event, for the engine and the live idle finding.
+        let obs = observe::observation(&ev, 0);
+        let idle_sample = match obs.as_ref().map(|o| &o.kind) {
+            Some(&Obs::WireReset {
+                origin,
+                silence_s,
+                answered_packet,
+                keepalive,
+                ..
+            }) => Some((
+                IdleSample {
+                    silence_s,
+                    answered: answered_packet == Some(true),
+                    keepalive,
+                },
+                origin == ResetOrigin::Middlebox,
+            )),
+            _ => None,
+        };
+        self.corr.push(&ev, obs, &self.metrics, &self.watched);
         let line = match self.output {
             Output::Text => Some(ev.human()),
             Output::Json => serde_json::to_string(&ev).ok(),
@@ -67,7 +86,9 @@ impl Pipeline {
         {
             tracing::debug!("stdout closed; event not printed");
         }
-        self.idle_finding(&ev, out);
+        if let Some((sample, middlebox)) = idle_sample {
+            self.idle_finding(ev.ts_boot_ns, sample, middlebox, out);
+        }
     }
 
     /// An observation from the HTTP side (poller, prober, pod watch), on the
@@ -84,27 +105,18 @@ impl Pipeline {
     }
 
     /// The live idle-reset finding, from the engine's own rule (correlate's
-    /// `idle::infer`), fed through the same event -> observation mapping.
-    fn idle_finding(&mut self, ev: &Event, out: &mut impl std::io::Write) {
-        let Some(Obs::WireReset {
-            origin,
-            silence_s,
-            answered_packet,
-            keepalive,
-            ..
-        }) = observe::observation(ev, 0).map(|o| o.kind)
-        else {
-            return;
-        };
-        let sample = IdleSample {
-            silence_s,
-            answered: answered_packet == Some(true),
-            keepalive,
-        };
+    /// `idle::infer`), fed the same observation as the engine.
+    fn idle_finding(
+        &mut self,
+        t_ns: u64,
+        sample: IdleSample,
+        middlebox: bool,
+        out: &mut impl std::io::Write,
+    ) {
         let Some(c) = self.idle.observe(
-            ev.ts_boot_ns,
+            t_ns,
             sample,
-            origin == ResetOrigin::Middlebox,
+            middlebox,
             self.corr.engine.config().tolerance_s,
         ) else {
             return;
