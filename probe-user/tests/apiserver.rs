@@ -64,7 +64,7 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
         parse_metric(
             &d.metrics(),
             &format!(
-                "drainwatch_apiserver_health{{check=\"readyz\",instance=\"{}:6443\"}}",
+                "drainwatch_apiserver_health{{apiserver=\"{}:6443\",check=\"readyz\"}}",
                 pair.server_v4
             ),
         )

@@ -1,7 +1,9 @@
 //! Prometheus metrics, declared as one table grouped by area.
 //!
 //! Labels are bounded: `port` takes only watched ports, `state` and
-//! `reason` only kernel enum names; no per-address labels.
+//! `reason` only kernel enum names; no per-address labels. The apiserver an
+//! observation belongs to is the label `apiserver`, not `instance`:
+//! Prometheus sets `instance` to the scrape target and would overwrite it.
 
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -71,7 +73,7 @@ metrics_table! {
     flows_closed_removed: IntCounter = ("drainwatch_flows_closed_removed_total", "Closed flows (FIN both ways and 5 s silent, or one way and 120 s) the daemon removed from the flow table.", []),
     flow_table_size: IntGauge = ("drainwatch_flow_table_size", "Capacity of the wire observer's flow table.", []),
     // The apiserver from outside: health polls, its pod, probes through the LB, its process.
-    apiserver_health: IntGaugeVec = ("drainwatch_apiserver_health", "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).", ["instance", "check"]),
+    apiserver_health: IntGaugeVec = ("drainwatch_apiserver_health", "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).", ["apiserver", "check"]),
     pod_running: IntGaugeVec = ("drainwatch_apiserver_pod_running", "1 while the apiserver pod's phase is Running, from the Kubernetes API.", ["pod"]),
     pod_ready: IntGaugeVec = ("drainwatch_apiserver_pod_ready", "1 while the apiserver pod's Ready condition is True.", ["pod"]),
     probe_requests: IntCounterVec = ("drainwatch_probe_requests_total", "Active probe requests through the LB, by target, mode, method and HTTP status or error class (refused, reset, timeout, goaway, tls, eof).", ["target", "mode", "method", "code"]),
@@ -80,8 +82,8 @@ metrics_table! {
     // Verdicts: the correlation engine's disruptions and rollout phases.
     disruptions: IntCounterVec = ("drainwatch_disruptions_total", "Disruptions (failed connections or requests) the correlation engine attributed to a cause.", ["cause"]),
     disruption_seconds: CounterVec = ("drainwatch_disruption_seconds_total", "Length of the disruption windows, by cause.", ["cause"]),
-    lb_detection_seconds: GaugeVec = ("drainwatch_lb_detection_seconds", "Measured LB detection time: from /readyz turning red to the last new connection through the LB (must stay below the apiserver's --shutdown-delay-duration).", ["instance"]),
-    phase_timestamp: GaugeVec = ("drainwatch_lifecycle_phase_timestamp_seconds", "Boot-clock time of the latest rollout phase per instance (sigterm, readyz_red, listener_closed, ...).", ["instance", "phase"]),
+    lb_detection_seconds: GaugeVec = ("drainwatch_lb_detection_seconds", "Measured LB detection time: from /readyz turning red to the last new connection through the LB (must stay below the apiserver's --shutdown-delay-duration).", ["apiserver"]),
+    phase_timestamp: GaugeVec = ("drainwatch_lifecycle_phase_timestamp_seconds", "When the latest rollout of each apiserver reached each phase (sigterm, readyz_red, listener_closed, ...), Unix time in seconds.", ["apiserver", "phase"]),
     // drainwatch itself: events and losses, hooks, sources, kernel programs, maps, the engine's size.
     events: IntCounterVec = ("drainwatch_events_total", "Events decoded from the kernel, by kind.", ["kind"]),
     events_lost: IntCounterVec = ("drainwatch_events_lost_total", "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).", ["stage"]),
@@ -166,6 +168,11 @@ fn declare<T: Declare>(
 impl Metrics {
     pub fn new(watched: &[u16]) -> prometheus::Result<Metrics> {
         let mut m = Metrics::register(Registry::new())?;
+        // The daemon's own CPU, memory and file descriptors (process_*), from
+        // /proc/self: the usual exporter metrics, for its resource limits.
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         for p in watched {
             let port = p.to_string();
             let l = [port.as_str()];
@@ -354,6 +361,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("drainwatch_disruptions_total{cause=\"accept_queue_reset\"} 0"));
+        // The process collector: the daemon's own resources.
+        for family in [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}: {text}"
+            );
+        }
         // Histograms keep their buckets.
         m.handshake_seconds
             .with_label_values(&["6443"])

@@ -101,6 +101,7 @@ impl Correlation {
         output: Output,
         out: &mut impl std::io::Write,
         last: bool,
+        boot_to_unix_ns: i128,
     ) {
         if let Some(r) = &mut self.recorder {
             let _ = r.flush();
@@ -110,7 +111,7 @@ impl Correlation {
         if last {
             print_final(&report, output, out);
         }
-        self.export(&report, metrics);
+        self.export(&report, metrics, boot_to_unix_ns);
         // Keep memory and the per-second recomputation bounded: closes
         // outside any rollout are forgotten after 5 s, and what is
         // older than ten minutes is archived (its verdicts and totals kept),
@@ -167,8 +168,10 @@ impl Correlation {
     }
 
     /// The engine's totals as metrics: counters only grow, even if a late
-    /// observation reclassifies a verdict.
-    fn export(&mut self, report: &Report, metrics: &Metrics) {
+    /// observation reclassifies a verdict. Phase times go out as Unix
+    /// seconds (`boot_to_unix_ns` is the offset the events' wall times use),
+    /// which is what Grafana and PromQL's `time()` compare against.
+    fn export(&mut self, report: &Report, metrics: &Metrics, boot_to_unix_ns: i128) {
         for (cause, t) in &report.summary.by_cause {
             let prev = self.exported.entry(cause.clone()).or_insert((0, 0.0));
             if t.disruptions > prev.0 {
@@ -196,9 +199,14 @@ impl Correlation {
             metrics
                 .phase_timestamp
                 .with_label_values(&[&p.instance, &p.phase])
-                .set(p.t_ns as f64 / 1e9);
+                .set(unix_seconds(p.t_ns, boot_to_unix_ns));
         }
     }
+}
+
+/// A boot-clock instant as Unix time in seconds.
+fn unix_seconds(boot_ns: u64, boot_to_unix_ns: i128) -> f64 {
+    (i128::from(boot_ns) + boot_to_unix_ns) as f64 / 1e9
 }
 
 /// The whole final report (JSON) or a count (text), as the daemon exits.
@@ -215,5 +223,18 @@ fn print_final(report: &Report, output: Output, out: &mut impl std::io::Write) {
     };
     if let Some(line) = line {
         let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_seconds;
+
+    #[test]
+    fn phase_times_are_unix_seconds() {
+        // 100 s after boot, on a host that booted at 2026-12-07T00:00:00Z.
+        let booted = 1_796_601_600_000_000_000_i128;
+        assert_eq!(unix_seconds(100_000_000_000, booted), 1_796_601_700.0);
+        assert_eq!(unix_seconds(1_500_000_000, booted), 1_796_601_601.5);
     }
 }

@@ -101,7 +101,13 @@ impl Pipeline {
     /// New and changed verdicts, and the totals as metrics; with `last`,
     /// the final report.
     pub fn report(&mut self, out: &mut impl std::io::Write, last: bool) {
-        self.corr.report(&self.metrics, self.output, out, last);
+        self.corr.report(
+            &self.metrics,
+            self.output,
+            out,
+            last,
+            self.cx.boot_to_unix_ns,
+        );
     }
 
     /// The live idle-reset finding, from the engine's own rule (correlate's
