@@ -235,6 +235,44 @@ pub enum PhaseKind {
 }
 
 impl PhaseKind {
+    /// Every phase, in the order a rollout goes through them.
+    pub const ALL: [PhaseKind; 13] = [
+        PhaseKind::Sigterm,
+        PhaseKind::ReadyzRed,
+        PhaseKind::HealthzRed,
+        PhaseKind::PodNotRunning,
+        PhaseKind::ListenerClosed,
+        PhaseKind::GoawaySent,
+        PhaseKind::Drained,
+        PhaseKind::RequestsCut,
+        PhaseKind::Sigkill,
+        PhaseKind::Exit,
+        PhaseKind::ListeningAgain,
+        PhaseKind::PodRunning,
+        PhaseKind::Ready,
+    ];
+
+    /// Its 1-based position in [`PhaseKind::ALL`]: the number the
+    /// `drainwatch_lifecycle_phase` gauge carries (a match, so that a new
+    /// phase cannot be forgotten here).
+    pub fn number(self) -> usize {
+        match self {
+            PhaseKind::Sigterm => 1,
+            PhaseKind::ReadyzRed => 2,
+            PhaseKind::HealthzRed => 3,
+            PhaseKind::PodNotRunning => 4,
+            PhaseKind::ListenerClosed => 5,
+            PhaseKind::GoawaySent => 6,
+            PhaseKind::Drained => 7,
+            PhaseKind::RequestsCut => 8,
+            PhaseKind::Sigkill => 9,
+            PhaseKind::Exit => 10,
+            PhaseKind::ListeningAgain => 11,
+            PhaseKind::PodRunning => 12,
+            PhaseKind::Ready => 13,
+        }
+    }
+
     /// Bounded label value.
     pub fn label(self) -> &'static str {
         match self {

@@ -1044,6 +1044,11 @@ fn alert_rules_parse_and_cover_each_failure() {
             "DrainwatchLbDetectionSlowerThanShutdownDelay",
             "drainwatch_disruptions_total{cause=\"lb_detection_slow\"}",
         ),
+        ("DrainwatchSourceDown", "(drainwatch_source_up) == 0"),
+        (
+            "DrainwatchMetricsAbsent",
+            "absent(drainwatch_build_info{job=\"drainwatch\"})",
+        ),
     ] {
         let expr = alerts
             .get(alert)
@@ -1053,6 +1058,40 @@ fn alert_rules_parse_and_cover_each_failure() {
             "{alert} does not use {needle}: {expr}"
         );
     }
+    // Every alert links its runbook, which exists and answers the
+    // operator's three questions.
+    let runbooks = deploy_dir().join("../docs/runbooks");
+    for g in spec["groups"].as_array().expect("groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            let Some(alert) = r["alert"].as_str() else {
+                continue;
+            };
+            let url = r["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert}: no runbook_url"));
+            assert!(
+                url.starts_with("https://") && url.ends_with(&format!("/docs/runbooks/{alert}.md")),
+                "{alert}: runbook_url {url}"
+            );
+            let text = read(&runbooks.join(format!("{alert}.md")));
+            assert!(
+                text.starts_with(&format!("# {alert}\n")),
+                "{alert}.md title"
+            );
+            for section in ["## What it means", "## How to confirm", "## What to change"] {
+                assert!(text.contains(section), "{alert}.md has no {section:?}");
+            }
+        }
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&runbooks)
+        .expect("docs/runbooks")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = alerts.keys().map(|a| format!("{a}.md")).collect();
+    expected.sort();
+    assert_eq!(files, expected, "one runbook per alert, none stale");
+
     // The structural check rejects what it should.
     let mut bad = rule[0].clone();
     bad["spec"]["groups"][0]["rules"][0]["for"] = Value::from("1 minute");
@@ -1069,21 +1108,63 @@ fn alert_rules_parse_and_cover_each_failure() {
         return;
     };
     assert!(version.status.success());
-    let file = std::env::temp_dir().join(format!("drainwatch-rules-{}.yaml", std::process::id()));
+    // The rules as Prometheus reads them (the PrometheusRule's spec), next
+    // to the unit tests that name them rules.yaml.
+    let dir = std::env::temp_dir().join(format!("drainwatch-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("rules dir");
+    let file = dir.join("rules.yaml");
     std::fs::write(&file, serde_yaml_ng::to_string(&spec).expect("yaml")).expect("write rules");
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .expect("promtool");
-    let _ = std::fs::remove_file(&file);
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/alerts.test.yaml");
+    let unit_text = read(&unit);
+    std::fs::write(dir.join("alerts.test.yaml"), &unit_text).expect("write unit tests");
+    let promtool = |args: &[&str]| {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}: {text}");
+        text
+    };
+    let checked = promtool(&["check", "rules", "rules.yaml"]);
     assert!(
-        out.status.success(),
-        "promtool check rules: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        checked.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+        "{checked}"
     );
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    eprintln!("{}", checked.trim());
+    let tested = promtool(&["test", "rules", "alerts.test.yaml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Each alert has a unit test that fires it and one that must not.
+    let unit: Value = serde_yaml_ng::from_str(&unit_text).expect("alerts.test.yaml");
+    let mut firing = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for t in unit["tests"].as_array().expect("tests") {
+        for a in t["alert_rule_test"].as_array().expect("alert_rule_test") {
+            let name = a["alertname"].as_str().expect("alertname").to_string();
+            if a["exp_alerts"].as_array().is_some_and(|e| e.is_empty()) {
+                quiet.insert(name);
+            } else {
+                firing.insert(name);
+            }
+        }
+    }
+    let all: BTreeSet<String> = alerts.keys().cloned().collect();
+    assert_eq!(firing, all, "an alert without a unit test that fires it");
+    assert_eq!(
+        quiet, all,
+        "an alert without a unit test that must not fire"
+    );
+    eprintln!(
+        "promtool test rules: {} alerts, {}",
+        all.len(),
+        tested.trim()
+    );
 }
 
 fn dashboard() -> Value {
@@ -1103,7 +1184,10 @@ fn dashboard_shows_a_rollout_on_one_time_axis() {
     let mut ys = Vec::new();
     for p in panels {
         let title = p["title"].as_str().expect("title");
-        assert_eq!(p["type"], "timeseries", "{title}: time series only");
+        assert!(
+            matches!(p["type"].as_str(), Some("timeseries" | "state-timeline")),
+            "{title}: panels on the time axis only"
+        );
         assert_eq!(p["gridPos"]["x"], 0, "{title}: full width, stacked");
         assert_eq!(p["gridPos"]["w"], 24, "{title}: full width, stacked");
         for k in ["timeFrom", "timeShift"] {
@@ -1131,8 +1215,72 @@ fn dashboard_shows_a_rollout_on_one_time_axis() {
         "drainwatch_wire_resets_total",
         "drainwatch_goaway_total",
         "drainwatch_events_lost_total",
+        "drainwatch_lifecycle_phase",
+        "drainwatch_lifecycle_phase_timestamp_seconds",
+        "drainwatch_probe_requests_total",
+        "drainwatch_lb_detection_seconds",
+        "drainwatch_disruptions_total",
+        "drainwatch_apiserver_health",
+        "process_resident_memory_bytes",
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
+    }
+    // The phases as a state timeline, one row per apiserver (the label
+    // Prometheus does not overwrite), its numbers mapped to the daemon's
+    // phase names in the daemon's order.
+    let timeline = panels
+        .iter()
+        .find(|p| {
+            p["type"] == "state-timeline"
+                && p["targets"][0]["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("drainwatch_lifecycle_phase{"))
+        })
+        .expect("a state timeline of the phases");
+    let expr = timeline["targets"][0]["expr"].as_str().expect("expr");
+    assert!(expr.contains("by (apiserver)"), "{expr}");
+    assert_eq!(timeline["targets"][0]["legendFormat"], "{{apiserver}}");
+    let mapping = &timeline["fieldConfig"]["defaults"]["mappings"][0]["options"];
+    for k in drainwatch_correlate::PhaseKind::ALL {
+        assert_eq!(
+            mapping[k.number().to_string()]["text"],
+            k.label(),
+            "state timeline value {}",
+            k.number()
+        );
+    }
+    assert_eq!(
+        mapping.as_object().map(|m| m.len()),
+        Some(drainwatch_correlate::PhaseKind::ALL.len())
+    );
+    // Verdicts and phases as annotations on every panel; the phases' time is
+    // the metric's value (Unix seconds, Grafana wants milliseconds).
+    let ann = d["annotations"]["list"].as_array().expect("annotations");
+    assert!(ann.iter().any(|a| {
+        a["expr"]
+            .as_str()
+            .is_some_and(|e| e.contains("drainwatch_disruptions_total"))
+            && a["titleFormat"]
+                .as_str()
+                .is_some_and(|t| t.contains("{{cause}}"))
+    }));
+    let phases = ann
+        .iter()
+        .find(|a| {
+            a["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("drainwatch_lifecycle_phase_timestamp_seconds"))
+        })
+        .expect("a phase annotation");
+    assert_eq!(phases["useValueForTime"], true);
+    assert!(
+        phases["expr"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("* 1000"))
+    );
+    for a in ann {
+        assert_eq!(a["datasource"]["uid"], "${datasource}");
+        check_balanced(a["expr"].as_str().expect("expr")).expect("annotation");
     }
     // Shipped as a ConfigMap too: the same JSON.
     let cm = render("base")
@@ -1151,6 +1299,9 @@ fn dashboard_queries(d: &Value) -> Vec<String> {
             q.extend(t["expr"].as_str().map(String::from));
         }
     }
+    for a in d["annotations"]["list"].as_array().into_iter().flatten() {
+        q.extend(a["expr"].as_str().map(String::from));
+    }
     for v in d["templating"]["list"].as_array().into_iter().flatten() {
         q.extend(v["definition"].as_str().map(String::from));
         q.extend(v["query"]["query"].as_str().map(String::from));
@@ -1158,20 +1309,23 @@ fn dashboard_queries(d: &Value) -> Vec<String> {
     q
 }
 
-/// `drainwatch_*` identifiers in PromQL text.
+/// `drainwatch_*` and `process_*` (the daemon's process metrics)
+/// identifiers in PromQL text.
 fn metric_names(queries: &[String]) -> BTreeSet<String> {
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut out = BTreeSet::new();
     for q in queries {
-        let mut rest = q.as_str();
-        while let Some(i) = rest.find("drainwatch_") {
-            let before = rest[..i].chars().last();
-            let tail = &rest[i..];
-            let len = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
-            if !before.is_some_and(ident) {
-                out.insert(tail[..len].to_string());
+        for prefix in ["drainwatch_", "process_"] {
+            let mut rest = q.as_str();
+            while let Some(i) = rest.find(prefix) {
+                let before = rest[..i].chars().last();
+                let tail = &rest[i..];
+                let len = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
+                if !before.is_some_and(ident) {
+                    out.insert(tail[..len].to_string());
+                }
+                rest = &tail[len..];
             }
-            rest = &tail[len..];
         }
     }
     out
@@ -1553,11 +1707,13 @@ fn family_of(name: &str, fams: &BTreeMap<String, String>) -> Option<String> {
     })
 }
 
-/// IPv4 TCP sockets of this namespace (`/proc/net/tcp`) on `port` at either end:
+/// IPv4 TCP sockets of this thread's namespace on `port` at either end:
 /// (local port, remote port, state, receive queue). For a listener the receive queue
-/// is its accept queue.
+/// is its accept queue. `thread-self`: `/proc/net` is the main thread's
+/// namespace, not that of a thread that joined a test namespace.
 fn tcp_sockets(port: u16) -> Vec<(u16, u16, u8, u32)> {
-    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let text =
+        std::fs::read_to_string("/proc/thread-self/net/tcp").expect("/proc/thread-self/net/tcp");
     let hex_port = |a: &str| {
         a.rsplit_once(':')
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
@@ -1666,8 +1822,8 @@ fn drive_traffic(port: u16) {
 }
 
 #[test]
-fn daemon_with_daemonset_caps_serves_probes_and_every_metric_used() {
-    if !root_or_skip("daemon_with_daemonset_caps_serves_probes_and_every_metric_used") {
+fn daemon_with_daemonset_caps_serves_probes_and_fits_its_memory_limit() {
+    if !root_or_skip("daemon_with_daemonset_caps_serves_probes_and_fits_its_memory_limit") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1740,50 +1896,9 @@ fn daemon_with_daemonset_caps_serves_probes_and_every_metric_used() {
         assert_eq!(code, 200, "probe {path}");
     }
 
-    // Every metric the dashboard and the alerts use.
-    let mut uses: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for m in metric_names(&dashboard_queries(&dashboard())) {
-        uses.entry(m).or_default().push("dashboard");
-    }
-    let spec = prometheus_rule_spec();
-    let exprs: Vec<String> = spec["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
-        .filter_map(|r| r["expr"].as_str().map(String::from))
-        .collect();
-    for m in metric_names(&exprs) {
-        uses.entry(m).or_default().push("alerts");
-    }
-    assert!(
-        uses.len() >= 8,
-        "too few metrics found in the queries: {uses:?}"
-    );
-
+    // Traffic on the watched port, so the peak RSS below is under load
+    // (the metrics the dashboard and alerts use: the rollout test below).
     drive_traffic(watched);
-    let missing = |fams: &BTreeMap<String, String>| -> Vec<String> {
-        uses.iter()
-            .filter(|(m, _)| family_of(m, fams).is_none())
-            .map(|(m, u)| format!("{m} (used by {})", u.join(", ")))
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (fams, text) = loop {
-        let (_, text) = get(d.addr, "/metrics").expect("scrape");
-        let fams = families(&text);
-        if missing(&fams).is_empty() || Instant::now() > deadline {
-            break (fams, text);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    let absent = missing(&fams);
-    assert!(
-        absent.is_empty(),
-        "metrics used but not on /metrics after traffic:\n{}\nfamilies present: {:?}\n{text}",
-        absent.join("\n"),
-        fams.keys().collect::<Vec<_>>()
-    );
 
     // Memory: the RSS target and the container limit.
     let status = read(Path::new(&format!("/proc/{pid}/status")));
@@ -1822,6 +1937,190 @@ fn daemon_with_daemonset_caps_serves_probes_and_every_metric_used() {
     let st = d.child.wait().expect("wait");
     assert!(st.success(), "drainwatch exited {st} on SIGTERM");
     eprintln!("daemon test took {:?}", started.elapsed());
+}
+
+/// Every metric the dashboard (panels, annotations, variables) and the
+/// alert rules use, with who uses it.
+fn metrics_used() -> BTreeMap<String, Vec<&'static str>> {
+    let mut uses: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for m in metric_names(&dashboard_queries(&dashboard())) {
+        uses.entry(m).or_default().push("dashboard");
+    }
+    let spec = prometheus_rule_spec();
+    let exprs: Vec<String> = spec["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["expr"].as_str().map(String::from))
+        .collect();
+    for m in metric_names(&exprs) {
+        uses.entry(m).or_default().push("alerts");
+    }
+    uses
+}
+
+/// Unix time now, seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_metrics_a_rolled_daemon_exports() {
+    if !root_or_skip("dashboard_and_alerts_use_only_metrics_a_rolled_daemon_exports") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let uses = metrics_used();
+    assert!(
+        uses.len() >= 15,
+        "too few metrics found in the queries: {uses:?}"
+    );
+    let before = unix_now();
+    // A real rollout: the lab's apiserver stand-in, polled, probed and
+    // rolled with SIGTERM; a client connecting through "the LB" (--lb-addr:
+    // the client namespace's address) after /readyz turned red gives the
+    // LB detection time; loopback traffic on a second watched port gives
+    // the wire's metrics (RST origin, GOAWAY).
+    let pair = common::Pair::new();
+    let dir = std::env::temp_dir().join(format!("dwt-dash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut standin = common::graceful_standin(&pair, &dir, "2s", "2s");
+    let ca = dir.join("pki/ca.crt");
+    let kubeconfig = common::standin_kubeconfig(&pair, &dir, "dash");
+    let url = format!("https://{}:6443/", pair.server_v4);
+    let other = common::free_port();
+    let d = common::Daemon::start_in(
+        Some(&pair.server),
+        &[
+            "--port",
+            "6443",
+            "--port",
+            &other.to_string(),
+            "--instance",
+            "m1",
+            "--apiserver-url",
+            &url,
+            "--apiserver-ca",
+            ca.to_str().expect("utf8"),
+            "--readyz-interval",
+            "200ms",
+            "--probe-kubeconfig",
+            kubeconfig.to_str().expect("utf8"),
+            "--probe-interval",
+            "100ms",
+            "--shutdown-delay",
+            "2s",
+            "--request-timeout",
+            "2s",
+            "--lb-addr",
+            &pair.client_v4,
+        ],
+    );
+    let readyz = format!(
+        "drainwatch_apiserver_health{{apiserver=\"{}:6443\",check=\"readyz\"}}",
+        pair.server_v4
+    );
+    common::wait_for(Duration::from_secs(10), "/readyz polled green", || {
+        (d.metric(&readyz) == 1.0)
+            .then_some(())
+            .ok_or_else(|| d.metrics())
+    });
+    // SAFETY: signalling the stand-in we started.
+    unsafe { libc::kill(standin.0.id() as i32, libc::SIGTERM) };
+    common::wait_for(Duration::from_secs(10), "/readyz polled red", || {
+        (d.metric(&readyz) == 0.0)
+            .then_some(())
+            .ok_or_else(|| d.metrics())
+    });
+    // A new connection through the LB during the shutdown delay.
+    let server = format!("{}:6443", pair.server_v4);
+    pair.in_client(move || {
+        let at: SocketAddr = server.parse().expect("addr");
+        let c = TcpStream::connect_timeout(&at, Duration::from_secs(2))
+            .expect("the stand-in still accepts during its shutdown delay");
+        drop(c);
+    });
+    let _ = standin.0.wait();
+    // The rollout's series first: a listener on the other port opened and
+    // closed would be a phase of this apiserver too (node-local, same
+    // instance), so the wire's traffic comes after.
+    let lb_series = "drainwatch_lb_detection_seconds{apiserver=\"m1\"}";
+    let text = common::wait_for(
+        Duration::from_secs(20),
+        "the rollout's phases and LB detection time on /metrics",
+        || {
+            let text = d.metrics();
+            if text.contains(lb_series)
+                && text.contains("drainwatch_lifecycle_phase_timestamp_seconds{apiserver=\"m1\",phase=\"listener_closed\"}")
+            {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
+    // Phase times are Unix seconds (not the boot clock), labelled by
+    // apiserver; the state timeline's gauge is a phase number.
+    let after = unix_now();
+    for phase in ["sigterm", "readyz_red", "listener_closed"] {
+        let t = common::parse_metric(
+            &text,
+            &format!(
+                "drainwatch_lifecycle_phase_timestamp_seconds{{apiserver=\"m1\",phase=\"{phase}\"}}"
+            ),
+        );
+        assert!(
+            (before..=after).contains(&t),
+            "{phase} at {t}, not within the test's Unix time [{before}, {after}]:\n{text}"
+        );
+    }
+    let number = common::parse_metric(&text, "drainwatch_lifecycle_phase{apiserver=\"m1\"}");
+    assert!(
+        number >= drainwatch_correlate::PhaseKind::ListenerClosed.number() as f64
+            && number <= drainwatch_correlate::PhaseKind::ALL.len() as f64,
+        "phase number {number}"
+    );
+    let lb = common::parse_metric(&text, lb_series);
+    assert!(
+        (0.0..2.0).contains(&lb),
+        "LB detection {lb} s, inside the 2 s delay"
+    );
+
+    pair.in_server(move || drive_traffic(other));
+    let missing = |fams: &BTreeMap<String, String>| -> Vec<String> {
+        uses.iter()
+            .filter(|(m, _)| family_of(m, fams).is_none())
+            .map(|(m, u)| format!("{m} (used by {})", u.join(", ")))
+            .collect()
+    };
+    let text = common::wait_for(
+        Duration::from_secs(20),
+        "every metric the dashboard and the alerts use on /metrics",
+        || {
+            let text = d.metrics();
+            let absent = missing(&families(&text));
+            if absent.is_empty() {
+                Ok(text)
+            } else {
+                Err(format!("missing:\n{}\n{text}", absent.join("\n")))
+            }
+        },
+    );
+    eprintln!(
+        "{} metrics used by the dashboard and the alerts, all on /metrics: {:?}",
+        uses.len(),
+        uses.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        !text.contains("instance=\""),
+        "no series carries an instance label:\n{text}"
+    );
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

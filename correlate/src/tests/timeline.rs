@@ -151,3 +151,18 @@ fn wall_clock_is_carried_through() {
     let e1 = phase(&r, "m1", 0, PhaseKind::Sigterm).expect("sigterm");
     assert_eq!(e1.wall.as_deref(), Some("t+100"));
 }
+
+#[test]
+fn phase_numbers_follow_the_rollout_order() {
+    let mut sorted = PhaseKind::ALL.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted,
+        PhaseKind::ALL,
+        "ALL in declaration order, once each"
+    );
+    for (i, k) in PhaseKind::ALL.iter().enumerate() {
+        assert_eq!(k.number(), i + 1, "{k:?}");
+    }
+}

@@ -84,6 +84,7 @@ metrics_table! {
     disruption_seconds: CounterVec = ("drainwatch_disruption_seconds_total", "Length of the disruption windows, by cause.", ["cause"]),
     lb_detection_seconds: GaugeVec = ("drainwatch_lb_detection_seconds", "Measured LB detection time: from /readyz turning red to the last new connection through the LB (must stay below the apiserver's --shutdown-delay-duration).", ["apiserver"]),
     phase_timestamp: GaugeVec = ("drainwatch_lifecycle_phase_timestamp_seconds", "When the latest rollout of each apiserver reached each phase (sigterm, readyz_red, listener_closed, ...), Unix time in seconds.", ["apiserver", "phase"]),
+    phase_current: IntGaugeVec = ("drainwatch_lifecycle_phase", "The furthest phase the latest rollout of each apiserver has reached, by its number in rollout order: 1 sigterm, 2 readyz_red, 3 healthz_red, 4 pod_not_running, 5 listener_closed, 6 goaway_sent, 7 drained, 8 requests_cut, 9 sigkill, 10 exit, 11 listening_again, 12 pod_running, 13 ready (a state timeline maps them back to names).", ["apiserver"]),
     // drainwatch itself: events and losses, hooks, sources, kernel programs, maps, the engine's size.
     events: IntCounterVec = ("drainwatch_events_total", "Events decoded from the kernel, by kind.", ["kind"]),
     events_lost: IntCounterVec = ("drainwatch_events_lost_total", "Events lost: `kernel_ringbuf_full` (ring buffer full), `kernel_layout` (record unreadable with the layout given at load), `decode` (records the daemon could not parse).", ["stage"]),

@@ -1,7 +1,7 @@
 //! The correlation stage: observations to the engine (and the recording),
 //! verdicts printed once each (again when they grow), totals exported.
 
-use drainwatch_correlate::Report;
+use drainwatch_correlate::{PhaseKind, Report};
 
 use crate::{
     decode::{event::Event, observe},
@@ -195,11 +195,27 @@ impl Correlation {
                 .with_label_values(&[instance])
                 .set(*t);
         }
+        // The furthest phase in rollout order, not the latest in time: the
+        // /healthz poll can report red after the exit, which would move a
+        // state timeline backwards.
+        let mut furthest: std::collections::BTreeMap<&str, usize> = Default::default();
         for p in &report.summary.phases {
             metrics
                 .phase_timestamp
                 .with_label_values(&[&p.instance, &p.phase])
                 .set(unix_seconds(p.t_ns, boot_to_unix_ns));
+            let number = PhaseKind::ALL
+                .iter()
+                .find(|k| k.label() == p.phase)
+                .map_or(0, |k| k.number());
+            let e = furthest.entry(&p.instance).or_default();
+            *e = (*e).max(number);
+        }
+        for (instance, number) in furthest {
+            metrics
+                .phase_current
+                .with_label_values(&[instance])
+                .set(i64::try_from(number).unwrap_or(0));
         }
     }
 }
