@@ -500,3 +500,56 @@ spec:
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
 }
+
+/// The short-sleep web Deployment with `drainwatch.io/ignore` set to `ignore`.
+fn waived(ignore: &str) -> String {
+    SHORT_SLEEP.replacen(
+        "metadata: {name: web, namespace: prod}",
+        &format!("metadata: {{name: web, namespace: prod, annotations: {{drainwatch.io/ignore: \"{ignore}\"}}}}"),
+        1,
+    )
+}
+
+#[test]
+fn audit_ignore_annotation_waives_named_rules_and_says_so() {
+    let (pass, out) = audit_run(&["-f", "-"], SHORT_SLEEP).unwrap();
+    assert!(!pass, "{out}");
+    // Waived: the finding is listed as ignored and does not fail the audit.
+    let (pass, out) = audit_run(&["-f", "-"], &waived("drain-window")).unwrap();
+    assert!(pass, "{out}");
+    assert!(
+        out.contains(
+            "ignored ERROR Deployment prod/web, container web [drain-window]: waived by drainwatch.io/ignore on the object"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 object(s) audited (2 clean), 0 skipped: 0 error(s), 0 warning(s), 0 info, 1 ignored: PASS"),
+        "{out}"
+    );
+    let (_, json) = audit_run(&["-f", "-", "--output", "json"], &waived("drain-window")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["summary"]["ignored"], 1);
+    assert_eq!(v["objects"][0]["ignored"][0]["rule"], "drain-window");
+    assert_eq!(
+        v["objects"][0]["findings"].as_array().map(Vec::len),
+        Some(0)
+    );
+    // Another rule waived: the drain-window finding still fails.
+    let (pass, out) = audit_run(&["-f", "-"], &waived("readiness-probe, grace-period")).unwrap();
+    assert!(!pass, "{out}");
+    assert!(
+        out.contains("[drain-window]") && !out.contains("ignored"),
+        "{out}"
+    );
+    // A typo is an error naming the annotation, the value and the rules.
+    let e = audit_run(&["-f", "-"], &waived("drain-widow")).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("document 1")
+            && msg.contains("drainwatch.io/ignore")
+            && msg.contains("\"drain-widow\" is not a rule")
+            && msg.contains("drain-window"),
+        "{msg}"
+    );
+}

@@ -481,11 +481,9 @@ fn check_kustomization(v: &Value, dir: &Path) -> Result<(), String> {
         .into_iter()
         .flatten()
     {
-        for f in g
-            .get("files")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        for f in ["files", "envs"]
+            .iter()
+            .flat_map(|k| g.get(*k).and_then(Value::as_array).into_iter().flatten())
         {
             let f = f
                 .as_str()
@@ -712,16 +710,37 @@ fn overlays_render_for_their_control_plane() {
             BTreeMap::from([(role.to_string(), String::new())]),
             "{ctx}: nodeSelector"
         );
+        // Every common control-plane taint, in every overlay: kubeadm's
+        // control-plane (and master before 1.24), OpenShift's master, RKE2
+        // and k3s's CriticalAddonsOnly (any effect) and etcd NoExecute.
         let tols = pod.tolerations.clone().unwrap_or_default();
+        for (key, effect) in [
+            ("node-role.kubernetes.io/control-plane", Some("NoSchedule")),
+            ("node-role.kubernetes.io/master", Some("NoSchedule")),
+            ("CriticalAddonsOnly", None),
+            ("node-role.kubernetes.io/etcd", Some("NoExecute")),
+        ] {
+            assert!(
+                tols.iter().any(|t| t.key.as_deref() == Some(key)
+                    && t.operator.as_deref() == Some("Exists")
+                    && t.effect.as_deref() == effect
+                    && t.value.is_none()),
+                "{ctx}: no toleration for {key} {effect:?}: {tols:?}"
+            );
+        }
         assert!(
-            tols.iter().any(|t| t.key.as_deref() == Some(role)
-                && t.operator.as_deref() == Some("Exists")
-                && t.effect.as_deref() == Some("NoSchedule")),
-            "{ctx}: no NoSchedule toleration for {role}: {tols:?}"
+            tols.iter().any(|t| t.key.as_deref() == Some(role)),
+            "{ctx}: its own control-plane taint"
         );
-        assert!(
-            tols.iter().all(|t| t.key.as_deref() == Some(role)),
-            "{ctx}: tolerates more than its control-plane taint: {tols:?}"
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("system-node-critical"),
+            "{ctx}: priorityClassName"
+        );
+        assert_eq!(
+            pod.dns_policy.as_deref(),
+            Some("ClusterFirstWithHostNet"),
+            "{ctx}: hostNetwork pods resolve cluster names only with ClusterFirstWithHostNet"
         );
         assert_eq!(pod.host_network, Some(true), "{ctx}: hostNetwork");
         assert_eq!(pod.host_pid, Some(true), "{ctx}: hostPID");
@@ -822,24 +841,106 @@ fn overlays_render_for_their_control_plane() {
             ("/sys/kernel/btf", true),
             ("/sys/kernel/tracing", true),
             ("/sys/fs/bpf", true),
-            ("/var/lib/kubelet/kubeconfig", true),
         ] {
             assert_eq!(mounts.get(path), Some(&ro), "{ctx}: mount {path}");
         }
-        let kubeconfig = pod
-            .volumes
+        let host_path = |name: &str| {
+            pod.volumes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.host_path)
+                .map(|h| h.path)
+        };
+        let values: BTreeMap<String, Option<String>> = c
+            .env
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .find(|v| v.name == "kubelet-kubeconfig")
-            .and_then(|v| v.host_path)
-            .expect("kubelet kubeconfig volume");
-        let want = if overlay.starts_with("kubeadm") {
-            "/etc/kubernetes/kubelet.conf"
+            .map(|e| (e.name, e.value))
+            .collect();
+        if overlay.starts_with("kubeadm") {
+            // The prober goes through controlPlaneEndpoint, never through
+            // kubelet.conf: kubeadm's ControlPlaneKubeletLocalMode points
+            // that at the local apiserver.
+            assert!(
+                !values.contains_key("DRAINWATCH_PROBE_KUBECONFIG"),
+                "{ctx}: {values:?}"
+            );
+            assert!(
+                !mounts.contains_key("/var/lib/kubelet/kubeconfig"),
+                "{ctx}: {mounts:?}"
+            );
+            assert_eq!(host_path("kubelet-kubeconfig"), None, "{ctx}");
+            assert_eq!(
+                host_path("cluster-ca").as_deref(),
+                Some("/etc/kubernetes/pki/ca.crt"),
+                "{ctx}"
+            );
+            assert_eq!(
+                mounts.get("/etc/kubernetes/pki/ca.crt"),
+                Some(&true),
+                "{ctx}"
+            );
+            assert_eq!(
+                values.get("DRAINWATCH_APISERVER_CA"),
+                Some(&Some("/etc/kubernetes/pki/ca.crt".to_string())),
+                "{ctx}"
+            );
+            let from = c.env_from.clone().unwrap_or_default();
+            let cm_name = from
+                .iter()
+                .find_map(|f| f.config_map_ref.as_ref().map(|r| r.name.clone()))
+                .unwrap_or_else(|| panic!("{ctx}: no envFrom ConfigMap: {from:?}"));
+            let cm = find(&objs, "ConfigMap", "drainwatch", &cm_name)
+                .unwrap_or_else(|| panic!("{ctx}: ConfigMap {cm_name} not rendered"));
+            let url = str_at(cm, "/data/DRAINWATCH_PROBE_URL");
+            assert!(
+                url.starts_with("https://") && url.ends_with("/readyz"),
+                "{ctx}: probe URL {url}"
+            );
         } else {
-            "/var/lib/kubelet/kubeconfig"
-        };
-        assert_eq!(kubeconfig.path, want, "{ctx}: kubelet kubeconfig");
+            assert_eq!(
+                mounts.get("/var/lib/kubelet/kubeconfig"),
+                Some(&true),
+                "{ctx}"
+            );
+            assert_eq!(
+                host_path("kubelet-kubeconfig").as_deref(),
+                Some("/var/lib/kubelet/kubeconfig"),
+                "{ctx}: kubelet kubeconfig"
+            );
+            assert_eq!(
+                values.get("DRAINWATCH_PROBE_KUBECONFIG"),
+                Some(&Some("/var/lib/kubelet/kubeconfig".to_string())),
+                "{ctx}"
+            );
+        }
+
+        // drainwatch's own audit passes its manifests, with the rule the
+        // DaemonSet knowingly waives listed as ignored.
+        let file =
+            std::env::temp_dir().join(format!("drainwatch-{overlay}-{}.yaml", std::process::id()));
+        let docs: Vec<String> = objs
+            .iter()
+            .map(|o| serde_yaml_ng::to_string(o).expect("yaml"))
+            .collect();
+        std::fs::write(&file, docs.join("---\n")).expect("write rendered");
+        let out = Command::new(BIN)
+            .args(["audit", "-f"])
+            .arg(&file)
+            .output()
+            .expect("drainwatch audit");
+        let _ = std::fs::remove_file(&file);
+        let text = output_text(&out);
+        assert!(out.status.success(), "{ctx}: drainwatch audit:\n{text}");
+        assert!(
+            text.contains(
+                "ignored ERROR DaemonSet drainwatch/drainwatch, container drainwatch [drain-window]"
+            ) && text.contains("0 error(s), 0 warning(s), 0 info, 1 ignored: PASS"),
+            "{ctx}: {text}"
+        );
 
         // RBAC: read-only, in the apiserver namespaces of this distribution.
         let mut role_namespaces = BTreeSet::new();
@@ -998,6 +1099,53 @@ fn overlays_render_for_their_control_plane() {
                 !objs.iter().any(|o| o.pointer("/metadata/namespace")
                     == Some(&Value::from("openshift-kube-apiserver"))),
                 "{ctx}: refers to an OpenShift namespace"
+            );
+        }
+    }
+}
+
+#[test]
+fn monitoring_labels_component_sets_the_operator_selector_labels() {
+    // A user's overlay outside deploy/, as the component's comment shows it.
+    let dir = std::env::temp_dir().join(format!("drainwatch-monlabels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // kustomize takes only relative roots: up from the temporary folder to /.
+    let up = "../".repeat(dir.components().count() - 1);
+    let deploy = deploy_dir().canonicalize().expect("deploy dir");
+    let rel = deploy.to_str().expect("utf8").trim_start_matches('/');
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources: [{up}{rel}/overlays/kubeadm]\ncomponents: [{up}{rel}/components/monitoring-labels]\n"
+        ),
+    )
+    .expect("kustomization");
+    let out = Command::new(KUBECTL)
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .expect("kubectl");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let objs = yaml_docs(&String::from_utf8_lossy(&out.stdout), "rendered");
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let o = find(&objs, kind, "drainwatch", "drainwatch").expect(kind);
+        assert_eq!(
+            o["metadata"]["labels"]["release"], "kube-prometheus-stack",
+            "{kind}"
+        );
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/name"],
+            "drainwatch"
+        );
+    }
+    // Nothing else is labelled.
+    for o in &objs {
+        if !["ServiceMonitor", "PrometheusRule"].contains(&o["kind"].as_str().unwrap_or("")) {
+            assert!(
+                o["metadata"]["labels"].get("release").is_none(),
+                "{}",
+                label(o)
             );
         }
     }

@@ -43,7 +43,9 @@ use rules::{Finding, RuleConfig, Severity};
         drainwatch.io/lb-health-check (e.g. \"interval=10s,timeout=5s,unhealthy=2\" or \
         \"preset=aws-nlb\") take precedence over the flags. An in-process shutdown delay can \
         be declared with the pod annotation drainwatch.io/shutdown-delay (and \
-        drainwatch.io/request-timeout). Other kinds are skipped with a note (errors with \
+        drainwatch.io/request-timeout). An object that knowingly differs waives rules with \
+        drainwatch.io/ignore (comma-separated rule ids, e.g. \"drain-window\"): their findings \
+        are listed as ignored and do not fail the audit. Other kinds are skipped with a note (errors with \
         --strict). Exit status 0 = no error or warning findings, 1 = findings."
 )]
 pub struct AuditArgs {
@@ -107,6 +109,10 @@ pub struct ObjectReport {
     pub consumer: ConsumerModel,
     /// Its findings.
     pub findings: Vec<Finding>,
+    /// Findings of rules the object waives with the `drainwatch.io/ignore` annotation:
+    /// reported, not counted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<Finding>,
 }
 
 /// The audit of all inputs.
@@ -131,6 +137,8 @@ pub struct Summary {
     pub warnings: usize,
     /// Infos.
     pub infos: usize,
+    /// Findings waived by `drainwatch.io/ignore`.
+    pub ignored: usize,
 }
 
 /// Runs `audit`, printing to stdout. Exit code 0 when there are no error or warning
@@ -231,8 +239,13 @@ pub fn audit(loaded: Loaded, cfg: &RuleConfig) -> anyhow::Result<AuditReport> {
             )
         };
         let consumer = rules::consumer_model(&w.annotations, cfg).with_context(context)?;
-        let findings = rules::audit_pod_with(w.spec_path, &w.annotations, &w.spec, cfg, &consumer)
-            .with_context(context)?;
+        let waived = rules::ignored_rules(&w.annotations).with_context(context)?;
+        let (ignored, findings): (Vec<Finding>, Vec<Finding>) =
+            rules::audit_pod_with(w.spec_path, &w.annotations, &w.spec, cfg, &consumer)
+                .with_context(context)?
+                .into_iter()
+                .partition(|f| waived.contains(f.rule));
+        summary.ignored += ignored.len();
         for f in &findings {
             match f.severity {
                 Severity::Error => summary.errors += 1,
@@ -244,6 +257,7 @@ pub fn audit(loaded: Loaded, cfg: &RuleConfig) -> anyhow::Result<AuditReport> {
             object: w.object,
             consumer,
             findings,
+            ignored,
         });
     }
     Ok(AuditReport {
@@ -275,6 +289,18 @@ pub fn render_text(r: &AuditReport) -> String {
             s.push_str(&format!("  suggest: {}\n\n", f.suggested));
         }
     }
+    for o in &r.objects {
+        for f in &o.ignored {
+            s.push_str(&format!(
+                "ignored {} {}, container {} [{}]: waived by {} on the object\n",
+                f.severity,
+                o.object,
+                f.container,
+                f.rule,
+                rules::IGNORE_ANNOTATION
+            ));
+        }
+    }
     for sk in &r.skipped {
         s.push_str(&format!(
             "note: {} (document {}): skipped {} {}: {}\n",
@@ -287,8 +313,13 @@ pub fn render_text(r: &AuditReport) -> String {
         );
     }
     let clean = r.objects.iter().filter(|o| o.findings.is_empty()).count();
+    let ignored = if r.summary.ignored > 0 {
+        format!(", {} ignored", r.summary.ignored)
+    } else {
+        String::new()
+    };
     s.push_str(&format!(
-        "{} object(s) audited ({} clean), {} skipped: {} error(s), {} warning(s), {} info: {}\n",
+        "{} object(s) audited ({} clean), {} skipped: {} error(s), {} warning(s), {} info{ignored}: {}\n",
         r.objects.len(),
         clean,
         r.skipped.len(),

@@ -27,6 +27,50 @@ pub const REQUEST_TIMEOUT_ANNOTATION: &str = "drainwatch.io/request-timeout";
 /// kubectl's annotation naming the pod's main container.
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 
+/// Annotation (object or pod template) waiving rules for an object that knowingly differs:
+/// a comma-separated list of rule ids, e.g. `drain-window,readiness-probe`. The waived
+/// findings are still reported, as ignored, and do not fail the audit.
+pub const IGNORE_ANNOTATION: &str = "drainwatch.io/ignore";
+
+/// Every rule id a finding can carry.
+pub const RULES: &[&str] = &[
+    "consumer-model",
+    "drain-window",
+    "grace-period",
+    "prestop-sleep-exceeds-grace",
+    "prestop-unknown",
+    "readiness-probe",
+    "sidecar-prestop",
+    "sidecar-prestop-exceeds-grace",
+    "sidecar-prestop-short",
+];
+
+/// The rules [`IGNORE_ANNOTATION`] waives for an object with these annotations; an
+/// unknown rule id is an error (a typo would otherwise waive nothing, silently).
+pub fn ignored_rules(
+    annotations: &BTreeMap<String, String>,
+) -> Result<std::collections::BTreeSet<&'static str>, RuleError> {
+    let Some(value) = annotations.get(IGNORE_ANNOTATION) else {
+        return Ok(Default::default());
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for id in value.split(',').map(str::trim) {
+        match RULES.iter().find(|r| **r == id) {
+            Some(r) => {
+                out.insert(*r);
+            }
+            None => {
+                return Err(RuleError::AnnotationValue {
+                    key: IGNORE_ANNOTATION,
+                    value: value.clone(),
+                    reason: format!("{id:?} is not a rule; the rules are {}", RULES.join(", ")),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Kubernetes default for an unset `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// kube-apiserver's default `--request-timeout` (kube-apiserver reference: 1m0s).
