@@ -112,14 +112,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listener = export::http::bind(opts.metrics_addr).await?;
+    let api = Arc::new(export::api::Api::new(export::api::EVENT_BUFFER));
     tasks.spawn(export::http::task(
         listener,
         metrics.clone(),
+        api.clone(),
         ready.clone(),
         stop_rx.clone(),
     ));
     let obs_rx = spawn_http_sources(&opts, &metrics, &mut tasks, &stop_rx);
-    let pipeline = pipeline(&opts, reset_reasons, &metrics)?;
+    let pipeline = pipeline(&opts, reset_reasons, &metrics, api)?;
     let events = loader::take_events(&mut ebpf)?;
     tasks.spawn(sources::ringbuf::task(
         events,
@@ -296,6 +298,7 @@ fn pipeline(
     opts: &RunOptions,
     reset_reasons: Vec<(u64, String)>,
     metrics: &Arc<Metrics>,
+    api: Arc<export::api::Api>,
 ) -> anyhow::Result<Pipeline> {
     let cx = DecodeContext {
         boot_to_unix_ns: boot_to_unix_ns(),
@@ -315,7 +318,7 @@ fn pipeline(
         watched: opts.load.ports.clone(),
         output: opts.output,
         idle: Default::default(),
-        corr: Correlation::new(config, opts.record.clone())?,
+        corr: Correlation::new(config, opts.record.clone(), api)?,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics`, `/healthz` and `/readyz`.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and the JSON API
+//! under `/api/v1/` (see [`crate::export::api`]).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -7,13 +8,15 @@ use hyper::{Request, Response, body::Bytes, server::conn::http1, service::servic
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::export::metrics::Metrics;
+use crate::export::{api::Api, metrics::Metrics};
 
-/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (200 once every core
-/// hook is attached and the event reader runs, 503 before) until dropped.
+/// Serves `/metrics`, `/healthz` (alive), `/readyz` (200 once every core
+/// hook is attached and the event reader runs, 503 before) and the API
+/// until dropped.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    api: Arc<Api>,
     ready: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
@@ -26,12 +29,14 @@ pub async fn serve(
             }
         };
         let metrics = metrics.clone();
+        let api = api.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
+                let api = api.clone();
                 let is_ready = ready.load(std::sync::atomic::Ordering::Relaxed);
-                async move { Ok::<_, Infallible>(respond(&req, &metrics, is_ready)) }
+                async move { Ok::<_, Infallible>(respond(&req, &metrics, &api, is_ready)) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -46,14 +51,24 @@ pub async fn serve(
 fn respond(
     req: &Request<hyper::body::Incoming>,
     metrics: &Metrics,
+    api: &Api,
     ready: bool,
 ) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match req.uri().path() {
+    let path = req.uri().path();
+    let (status, ctype, body) = match path {
         "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
         "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
         "/readyz" if ready => (200, "text/plain", b"ok\n".to_vec()),
         "/readyz" => (503, "text/plain", b"starting\n".to_vec()),
-        _ => (404, "text/plain", b"not found; try /metrics\n".to_vec()),
+        _ if path.starts_with("/api/") => {
+            let (status, body) = api.respond(path, req.uri().query());
+            (status, "application/json", body)
+        }
+        _ => (
+            404,
+            "text/plain",
+            b"not found; try /metrics or /api/v1/verdicts\n".to_vec(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
@@ -75,11 +90,12 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn task(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    api: Arc<Api>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     tokio::select! {
-        _ = serve(listener, metrics, ready) => {}
+        _ = serve(listener, metrics, api, ready) => {}
         _ = stop.changed() => {}
     }
     Ok(())

@@ -3,9 +3,11 @@
 
 use drainwatch_correlate::{PhaseKind, Report};
 
+use std::sync::Arc;
+
 use crate::{
     decode::{event::Event, observe},
-    export::metrics::Metrics,
+    export::{api::Api, metrics::Metrics},
     pipeline::{Output, record::Recorder},
 };
 
@@ -34,13 +36,17 @@ pub struct Correlation {
     /// Totals already exported (counters never go down even if a late
     /// observation reclassifies a verdict).
     exported: std::collections::HashMap<String, (u64, f64)>,
+    /// The JSON API: every event, and the verdicts and timelines of each report.
+    api: Arc<Api>,
 }
 
 impl Correlation {
-    /// The engine with `config`, recording to `record` if given.
+    /// The engine with `config`, recording to `record` if given, serving
+    /// what it sees and concludes through `api`.
     pub fn new(
         config: drainwatch_correlate::Config,
         record: Option<std::path::PathBuf>,
+        api: Arc<Api>,
     ) -> anyhow::Result<Correlation> {
         Ok(Correlation {
             engine: drainwatch_correlate::Engine::new(config.clone())
@@ -50,6 +56,7 @@ impl Correlation {
             next_id: 0,
             reported: Default::default(),
             exported: Default::default(),
+            api,
         })
     }
 
@@ -61,6 +68,8 @@ impl Correlation {
         metrics: &Metrics,
         watched: &[u16],
     ) {
+        // Every decoded event, as on stdout with --output json.
+        self.api.push_event(ev);
         if observe::stray_client_reset(ev, watched) {
             return;
         }
@@ -112,6 +121,7 @@ impl Correlation {
             print_final(&report, output, out);
         }
         self.export(&report, metrics, boot_to_unix_ns);
+        self.api.set_report(&report);
         // Keep memory and the per-second recomputation bounded: closes
         // outside any rollout are forgotten after 5 s, and what is
         // older than ten minutes is archived (its verdicts and totals kept),

@@ -515,6 +515,33 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// GET `path` (with its query) on the metrics listener with curl:
+    /// (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.metrics_addr);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "curl"]);
+                c
+            }
+            None => Command::new("curl"),
+        };
+        let out = cmd
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("GET {path}: no status from curl: {text:?}"));
+        let code = code
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("GET {path}: status {code:?}"));
+        (code, body.to_string())
+    }
+
     /// The value of one series, e.g. `drainwatch_connect_refused_total{port="6443"}`.
     pub fn metric(&self, series: &str) -> f64 {
         parse_metric(&self.metrics(), series)
