@@ -38,8 +38,12 @@ pub mod kind {
     /// flow's previous probe in the same direction (0 = first), `aux32` the
     /// probe count, `duration_ns` the flow's age.
     pub const KEEPALIVE: u8 = 14;
-    /// An HTTP/2 GOAWAY frame in cleartext HTTP/2; `aux32` is the
-    /// last-stream-id, `reason` the error code.
+    /// An HTTP/2 GOAWAY frame: seen in cleartext HTTP/2 on the wire, or
+    /// (with [`flags::FROM_UPROBE`]) written or read by a Go program's
+    /// HTTP/2 code, TLS or not. `aux32` is the last-stream-id, `reason` the
+    /// error code. From a uprobe: [`flags::INGRESS`] when received, `pid`/
+    /// `comm` the process, `duration_ns` the debug data's length and `aux[0..3]`
+    /// its first 24 bytes.
     pub const GOAWAY: u8 = 15;
     /// A signal generated for a watched process (the apiserver, or whatever
     /// owns a watched listener): `reason` is the signal number, `pid`/`comm`
@@ -50,8 +54,12 @@ pub mod kind {
     pub const PROCESS_EXIT: u8 = 17;
     /// A process with a watched name started (exec): `pid`/`comm`.
     pub const PROCESS_EXEC: u8 = 18;
+    /// An HTTP/2 RST_STREAM REFUSED_STREAM written or read by a Go
+    /// program (always [`flags::FROM_UPROBE`]): `aux32` the stream id,
+    /// `reason` the error code, [`flags::INGRESS`] when received.
+    pub const RST_STREAM: u8 = 19;
     /// One past the highest kind; for validation in the decoder.
-    pub const MAX: u8 = 19;
+    pub const MAX: u8 = 20;
 }
 
 /// Bits in [`RawEvent::flags`].
@@ -98,6 +106,19 @@ pub mod flags {
     /// response was still streaming (it kept sending for over a second
     /// after the peer's last request): a watch cut.
     pub const RESPONSE_STREAMING: u32 = 1 << 15;
+    /// Reported by a uprobe in a Go program's HTTP/2 code.
+    pub const FROM_UPROBE: u32 = 1 << 16;
+    /// Uprobe events: the copy of HTTP/2 bundled in `net/http` (else
+    /// `golang.org/x/net/http2`).
+    pub const GO_BUNDLE: u32 = 1 << 17;
+    /// Uprobe events: the connection's socket was not found (an unknown
+    /// wrapper around it: `aux[3]` is the wrapper's method address, link
+    /// time); the addresses are empty.
+    pub const UNATTRIBUTED: u32 = 1 << 18;
+    /// Uprobe events: received by the server side (`serverConn`), or by the
+    /// client side (without this bit); for sent frames the role is unknown
+    /// to the hook and this bit is clear.
+    pub const GO_SERVER: u32 = 1 << 19;
 }
 
 /// One event, written by the kernel programs and decoded by the daemon.

@@ -7,10 +7,12 @@
 
 pub mod event;
 pub mod flow;
+pub mod goh2;
 pub mod layout;
 
 pub use event::*;
 pub use flow::*;
+pub use goh2::*;
 pub use layout::*;
 
 /// Number of `u64` words in the watched-port bitmap (65536 ports / 64).

@@ -21,7 +21,7 @@ fn read<T>(sk: u64, off: u16) -> Option<T> {
 
 /// Reads the socket's tuple if either port is watched.
 #[inline(always)]
-fn sock_tuple(sk: u64) -> Option<Tuple> {
+pub(crate) fn sock_tuple(sk: u64) -> Option<Tuple> {
     let l = SOCK_LAYOUT.load();
     if l.present == 0 {
         return None;

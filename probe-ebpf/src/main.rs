@@ -1,11 +1,13 @@
 //! drainwatch's kernel programs. Thin entry points; the work is in one
 //! module per area: `conn` (connection lifecycle), `reset` (RSTs), `kprobe`
-//! (the kprobe path), `wire` (the TC classifier).
+//! (the kprobe path), `wire` (the TC classifier), `goh2` (uprobes in Go
+//! programs' HTTP/2 code).
 #![no_std]
 #![no_main]
 
 mod conn;
 mod event;
+mod goh2;
 mod kprobe;
 mod maps;
 mod netns;
@@ -14,7 +16,7 @@ mod reset;
 mod wire;
 
 use aya_ebpf::{
-    macros::{classifier, kprobe, tracepoint},
+    macros::{classifier, kprobe, tracepoint, uprobe},
     programs::{ProbeContext, TcContext, TracePointContext},
 };
 
@@ -81,6 +83,22 @@ pub fn kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_tcp_reset(ctx: ProbeContext) -> u32 {
     let _ = kprobe::tcp_reset(&ctx);
+    0
+}
+
+/// Attached by the daemon in Go binaries, at each HTTP/2 GOAWAY and
+/// RST_STREAM writer and reader (see `goh2`); 5.15+, with attach cookies.
+#[uprobe]
+pub fn go_h2_cookie(ctx: ProbeContext) -> u32 {
+    let _ = goh2::hook_cookie(&ctx);
+    0
+}
+
+/// The same for kernels without attach cookies (the verifier there rejects
+/// the cookie helper).
+#[uprobe]
+pub fn go_h2(ctx: ProbeContext) -> u32 {
+    let _ = goh2::hook(&ctx);
     0
 }
 

@@ -121,8 +121,35 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let obs_rx = spawn_http_sources(&opts, &metrics, &mut tasks, &stop_rx);
-    let pipeline = pipeline(&opts, reset_reasons, &metrics, api)?;
+    let mut pipeline = pipeline(&opts, reset_reasons, &metrics, api)?;
     let events = loader::take_events(&mut ebpf)?;
+    // Last: the Go uprobes' task takes the object (it attaches per binary
+    // from there); dropping it when that task ends detaches everything.
+    let go_program = hooks
+        .iter()
+        .find(|h| h.state == kernel::programs::HookState::Standby(loader::GO_PER_BINARY.into()))
+        .map(|h| h.program);
+    let ebpf = if let Some(program) = go_program {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        pipeline.go_hints = Some(tx);
+        let mut names = opts.load.watch_comms.clone();
+        names.extend(opts.load.go_clients.iter().cloned());
+        tasks.spawn(sources::goh2::task(
+            ebpf,
+            sources::goh2::Options {
+                names,
+                ports: opts.load.ports.clone(),
+                netns: opts.load.netns,
+                cookies: program == kernel::programs::Program::GoHttp2Cookie,
+            },
+            rx,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        None
+    } else {
+        Some(ebpf)
+    };
     tasks.spawn(sources::ringbuf::task(
         events,
         pipeline,
@@ -319,6 +346,7 @@ fn pipeline(
         output: opts.output,
         idle: Default::default(),
         corr: Correlation::new(config, opts.record.clone(), api)?,
+        go_hints: None,
     })
 }
 

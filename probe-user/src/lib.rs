@@ -10,6 +10,7 @@
 //! - [`pipeline`]: the one task that owns per-event state: idle inference,
 //!   correlation, the single sink that writes text or JSON, the recording.
 //! - [`export`]: the metrics, declared by area, and the HTTP endpoint.
+//! - [`gobin`]: pure: where to hook a Go binary's HTTP/2 code (fuzzed).
 //!
 //! [`daemon`] wires them together for `drainwatch run`.
 
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod daemon;
 pub mod decode;
 pub mod export;
+pub mod gobin;
 pub mod kernel;
 pub mod pipeline;
 pub mod sources;

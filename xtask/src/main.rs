@@ -26,6 +26,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod compare;
 mod fuzz;
+mod gofixtures;
 mod repeat;
 mod soak;
 mod vmtest;
@@ -74,6 +75,10 @@ enum Cmd {
     },
     /// rustfmt and clippy (-D warnings) for every crate, the eBPF one included.
     Lint,
+    /// Fetch Debian's Go 1.19, 1.22 and 1.24 (a private apt index; the host
+    /// is untouched) and build the Go HTTP/2 test program with each,
+    /// unstripped, stripped and stripped PIE, into target/go/fixtures.
+    GoFixtures,
     /// Run a lab scenario as root (`all`, `list` and `clean` too); extra
     /// arguments go to `drainwatch-lab run`.
     Lab {
@@ -166,7 +171,8 @@ enum BenchCmd {
 /// test skips on a fresh machine (kubectl comes with the machine image;
 /// Debian's kubernetes-client would collide with it). `prometheus` is for
 /// promtool (the alert rules), `chromium` for the report's screenshot test,
-/// `python3-kubernetes` for the lab's Python clients.
+/// `python3-kubernetes` for the lab's Python clients, `tshark` to decrypt
+/// the Go TLS tests' captures (ground truth for HTTP/2 frames inside TLS).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -181,6 +187,7 @@ const APT_PACKAGES: &[&str] = &[
     "nghttp2-server",
     "nghttp2-client",
     "apache2-bin",
+    "tshark",
 ];
 /// Extra Debian packages the benchmarks drive.
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace", "bpfcc-tools", "nghttp2-client"];
@@ -652,6 +659,9 @@ fn main() -> anyhow::Result<()> {
             run(&mut as_root(&bin, &full))
         }
         Cmd::VmTest => vmtest::vm_test(),
+        Cmd::GoFixtures => gofixtures::go_fixtures().map(|d| {
+            eprintln!("xtask: Go fixtures in {}", d.display());
+        }),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(seconds.max(1), target.as_deref()),
         Cmd::Lint => {
             setup(false)?;
@@ -681,7 +691,10 @@ fn main() -> anyhow::Result<()> {
                     "xtask: not root: the kernel tests will skip (each says why); run `sudo -E cargo xtask test` for the full suite"
                 );
             }
+            // The Go uprobe tests' programs, built with three Go releases.
+            let go = gofixtures::go_fixtures()?;
             let mut test = cargo();
+            test.env("DRAINWATCH_GO_FIXTURES", &go);
             test.current_dir(root_dir())
                 .args(["test", "--workspace", "--exclude", "probe-ebpf"])
                 .args(&args);

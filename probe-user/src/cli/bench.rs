@@ -26,6 +26,8 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
         }),
         watch_comms: Vec::new(),
         netns: None,
+        go_uprobes: false,
+        go_clients: Vec::new(),
     })?;
     // Events are not read here; a full ring buffer only counts losses.
     let ack = TcpFlags::ACK;

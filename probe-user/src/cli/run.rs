@@ -69,6 +69,15 @@ pub struct RunArgs {
     /// of watched listeners (repeatable, at most 4, 15 characters each).
     #[arg(long = "watch-comm", value_name = "NAME", env = "DRAINWATCH_WATCH_COMM", value_delimiter = ',', default_value = "kube-apiserver", value_parser = parse_comm)]
     watch_comms: Vec<String>,
+    /// Do not hook Go programs' HTTP/2 code (GOAWAY and refused streams
+    /// inside TLS, from uprobes).
+    #[arg(long, env = "DRAINWATCH_NO_GO_UPROBES")]
+    no_go_uprobes: bool,
+    /// A Go client's process name whose HTTP/2 code is hooked (repeatable),
+    /// besides the watched names, the owners of watched listeners and every
+    /// process seen opening a connection on a watched port.
+    #[arg(long = "go-client", value_name = "NAME", env = "DRAINWATCH_GO_CLIENT", value_delimiter = ',', value_parser = parse_comm)]
+    go_clients: Vec<String>,
     /// Report only one network namespace: `self` (the daemon's, e.g. the host
     /// network of a hostNetwork pod), a path such as /run/netns/NAME or
     /// /proc/PID/ns/net, or `all`.
@@ -387,6 +396,8 @@ fn load_options(args: &RunArgs) -> anyhow::Result<LoadOptions> {
         wire: wire_options(args)?,
         watch_comms: args.watch_comms.clone(),
         netns,
+        go_uprobes: !args.no_go_uprobes,
+        go_clients: args.go_clients.clone(),
     })
 }
 

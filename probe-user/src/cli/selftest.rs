@@ -255,6 +255,8 @@ fn load_and_check_hooks(
         wire,
         watch_comms: vec!["kube-apiserver".into()],
         netns: None,
+        go_uprobes: true,
+        go_clients: Vec::new(),
     };
     let loaded = loader::load(&opts).map_err(|e| {
         anyhow::anyhow!(

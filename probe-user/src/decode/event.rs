@@ -31,6 +31,7 @@ pub enum EventKind {
     WireReset,
     Keepalive,
     Goaway,
+    RefusedStream,
     Signal,
     ProcessExit,
     ProcessExec,
@@ -54,6 +55,7 @@ impl EventKind {
             kind::WIRE_RESET => EventKind::WireReset,
             kind::KEEPALIVE => EventKind::Keepalive,
             kind::GOAWAY => EventKind::Goaway,
+            kind::RST_STREAM => EventKind::RefusedStream,
             kind::SIGNAL => EventKind::Signal,
             kind::PROCESS_EXIT => EventKind::ProcessExit,
             kind::PROCESS_EXEC => EventKind::ProcessExec,
@@ -78,6 +80,7 @@ impl EventKind {
             EventKind::WireReset => "wire_reset",
             EventKind::Keepalive => "keepalive",
             EventKind::Goaway => "goaway",
+            EventKind::RefusedStream => "refused_stream",
             EventKind::Signal => "signal",
             EventKind::ProcessExit => "process_exit",
             EventKind::ProcessExec => "process_exec",
@@ -182,6 +185,63 @@ pub struct Event {
     /// Signals to a watched process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalInfo>,
+    /// HTTP/2 frames reported by a Go program's own code (uprobes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go: Option<GoFrame>,
+}
+
+/// What a uprobe in a Go program's HTTP/2 code adds to a `goaway` or
+/// `refused_stream` event (the id, code and direction are in `wire`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GoFrame {
+    /// "x/net" (golang.org/x/net/http2) or "net/http" (its bundled copy).
+    pub http2: &'static str,
+    /// "server" or "client" for frames received; absent for frames sent
+    /// (the writer does not know its role; the ports tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// GOAWAY: the debug data's length and its first bytes (escaped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<String>,
+    /// The connection was not found behind the frame: the method address
+    /// (link time) of the connection type the walk stopped at, for naming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed_type_pc: Option<String>,
+}
+
+fn go_frame(raw: &RawEvent, kind: EventKind) -> Option<GoFrame> {
+    let f = raw.flags;
+    if f & flags::FROM_UPROBE == 0 {
+        return None;
+    }
+    let received = f & flags::INGRESS != 0;
+    let debug_len = (kind == EventKind::Goaway).then_some(raw.duration_ns);
+    let debug = debug_len.filter(|&n| n > 0).map(|n| {
+        let mut bytes = Vec::with_capacity(probe_common::GO_DEBUG_BYTES);
+        for w in &raw.aux[..3] {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        bytes.truncate(n.min(probe_common::GO_DEBUG_BYTES as u64) as usize);
+        bytes.push(0);
+        sanitize_comm(&bytes)
+    });
+    Some(GoFrame {
+        http2: if f & flags::GO_BUNDLE != 0 {
+            "net/http"
+        } else {
+            "x/net"
+        },
+        role: received.then_some(if f & flags::GO_SERVER != 0 {
+            "server"
+        } else {
+            "client"
+        }),
+        debug_len,
+        debug,
+        unattributed_type_pc: (f & flags::UNATTRIBUTED != 0).then(|| format!("{:#x}", raw.aux[3])),
+    })
 }
 
 /// A signal generated for a watched process (`pid`/`comm` are the target).
@@ -418,9 +478,12 @@ pub struct Wire {
     /// GOAWAY: the last stream the sender will process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_stream_id: Option<u32>,
-    /// GOAWAY: the error code's name (RFC 9113 7).
+    /// GOAWAY and RST_STREAM: the error code's name (RFC 9113 7).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'static str>,
+    /// RST_STREAM: the stream refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
 }
 
 /// Names of HTTP/2 error codes; unknown codes map to "UNKNOWN" so labels stay bounded.
@@ -469,6 +532,7 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
         keepalive_count: None,
         last_stream_id: None,
         error_code: None,
+        stream_id: None,
     };
     match kind {
         EventKind::WireReset => {
@@ -506,6 +570,11 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
         EventKind::Goaway => {
             w.flow_age_seconds = None;
             w.last_stream_id = Some(raw.aux32);
+            w.error_code = Some(h2_error_name(raw.reason));
+        }
+        EventKind::RefusedStream => {
+            w.flow_age_seconds = None;
+            w.stream_id = Some(raw.aux32);
             w.error_code = Some(h2_error_name(raw.reason));
         }
         _ => return None,
@@ -670,7 +739,12 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
         kind,
         EventKind::Signal | EventKind::ProcessExit | EventKind::ProcessExec
     );
-    let (local, remote) = if is_process {
+    let from_uprobe = raw.flags & flags::FROM_UPROBE != 0;
+    if kind == EventKind::RefusedStream && !from_uprobe {
+        return Err(DecodeError::Kind(raw.kind));
+    }
+    let unattributed = from_uprobe && raw.flags & flags::UNATTRIBUTED != 0;
+    let (local, remote) = if is_process || unattributed {
         (None, None)
     } else {
         (
@@ -682,15 +756,16 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
     let duration_known = f & flags::NO_START == 0 && raw.duration_ns != 0;
     let is_wire = matches!(
         kind,
-        EventKind::WireReset | EventKind::Keepalive | EventKind::Goaway
-    );
+        EventKind::WireReset | EventKind::Keepalive | EventKind::Goaway | EventKind::RefusedStream
+    ) && !from_uprobe;
     let duration_seconds = match kind {
         EventKind::ConnectAttempt | EventKind::ListenOpen | EventKind::ListenClose => None,
-        _ if is_wire => None,
+        _ if is_wire || from_uprobe => None,
         _ if duration_known => Some(raw.duration_ns as f64 / 1e9),
         _ => None,
     };
     let in_process_context = is_process
+        || from_uprobe
         || matches!(
             kind,
             EventKind::ConnectAttempt
@@ -749,7 +824,8 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
                     && matches!(raw.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT),
             ),
         kprobe: f & flags::FROM_KPROBE != 0,
-        sock_id: (!is_wire && !is_process).then(|| SockId(mix(raw.sock ^ cx.sock_key))),
+        sock_id: (!is_wire && !is_process && !unattributed)
+            .then(|| SockId(mix(raw.sock ^ cx.sock_key))),
         wire: wire_info(raw, kind),
         socket: (kind == EventKind::ResetReceived)
             .then(|| socket_view(raw, cx, duration_seconds))
@@ -760,6 +836,7 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
             sender_pid: raw.aux32,
             result: raw.errno,
         }),
+        go: go_frame(raw, kind),
     })
 }
 
@@ -878,6 +955,22 @@ impl Event {
             if let (Some(id), Some(code)) = (w.last_stream_id, w.error_code) {
                 s.push_str(&format!(" last-stream-id {id} {code}"));
             }
+            if let (Some(id), Some(code)) = (w.stream_id, w.error_code) {
+                s.push_str(&format!(" stream {id} {code}"));
+            }
+        }
+        if let Some(g) = &self.go {
+            s.push_str(&format!(" (Go {}", g.http2));
+            if let Some(r) = g.role {
+                s.push_str(&format!(" {r}"));
+            }
+            if let Some(d) = g.debug.as_deref().filter(|d| !d.is_empty()) {
+                s.push_str(&format!(", debug {d:?}"));
+            }
+            if let Some(pc) = &g.unattributed_type_pc {
+                s.push_str(&format!(", connection not found: type at {pc}"));
+            }
+            s.push(')');
         }
         s
     }

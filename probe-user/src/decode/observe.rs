@@ -175,9 +175,14 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         | EventKind::TimedOut
         | EventKind::ConnectError
         | EventKind::ConnectAborted
-        | EventKind::Keepalive => return None,
+        | EventKind::Keepalive
+        | EventKind::RefusedStream => return None,
     };
-    let source = if ev.wire.is_some() {
+    // Frames a Go program's own code reported come from this node's kernel
+    // (uprobes), like every tracepoint event.
+    let source = if ev.go.is_some() {
+        Source::Kernel
+    } else if ev.wire.is_some() {
         Source::Wire
     } else {
         Source::Kernel

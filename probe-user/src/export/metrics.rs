@@ -63,7 +63,11 @@ metrics_table! {
     wire_resets: IntCounterVec = ("drainwatch_wire_resets_total", "RSTs seen on the wire by the TC classifier, by direction and by who sent them (peer, middlebox, local, unknown).", ["port", "direction", "origin"]),
     reset_idle_seconds: HistogramVec = ("drainwatch_reset_idle_seconds", "Silence before an RST received on the wire, by origin.", ["port", "origin"], &[0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 300.0, 600.0, 1800.0, 3600.0,]),
     keepalive_probes: IntCounterVec = ("drainwatch_keepalive_probes_total", "TCP keepalive probes seen on the wire.", ["port", "direction"]),
-    goaways: IntCounterVec = ("drainwatch_goaway_total", "HTTP/2 GOAWAY frames seen in cleartext HTTP/2, by direction and error code.", ["port", "direction", "error_code"]),
+    goaways: IntCounterVec = ("drainwatch_goaway_total", "HTTP/2 GOAWAY frames sent or received on watched ports, by direction, error code and source: wire (cleartext HTTP/2 seen by the classifier) or uprobe (a Go program's own HTTP/2 code, TLS included).", ["port", "direction", "error_code", "source"]),
+    refused_streams: IntCounterVec = ("drainwatch_refused_streams_total", "HTTP/2 streams refused (RST_STREAM REFUSED_STREAM) on watched ports, sent or received by a Go program.", ["port", "direction"]),
+    go_rst_streams: IntCounterVec = ("drainwatch_go_rst_streams_total", "HTTP/2 RST_STREAM frames Go programs sent or received, on any connection, by error code (counted in the kernel; only REFUSED_STREAM on watched ports is reported as an event).", ["direction", "error_code"]),
+    go_binaries: IntGauge = ("drainwatch_go_binaries_hooked", "Go binaries whose HTTP/2 code has the GOAWAY and RST_STREAM uprobes attached.", []),
+    go_h2_unreported: IntCounterVec = ("drainwatch_go_h2_unreported_total", "HTTP/2 frames the Go uprobes saw but could not report as a watched connection's: unconfigured (a position-independent process not yet seen), unattributed (its connection type not followed; reported without addresses), unwatched_port.", ["reason"]),
     inferred_idle_timeout: GaugeVec = ("drainwatch_inferred_idle_timeout_seconds", "Idle timeout inferred from resets that cluster at one silence (0 until three agree).", ["origin"]),
     wire_uninspected: IntCounterVec = ("drainwatch_wire_uninspected_total", "Flows or frames the classifier could not inspect for HTTP/2, by reason.", ["reason"]),
     wire_packets: IntCounter = ("drainwatch_wire_packets_total", "Packets on watched ports the classifier looked at.", []),
@@ -273,8 +277,16 @@ impl Metrics {
             EventKind::Goaway => {
                 if let Some(w) = &e.wire {
                     let code = w.error_code.unwrap_or("UNKNOWN");
+                    let source = if e.go.is_some() { "uprobe" } else { "wire" };
                     self.goaways
-                        .with_label_values(&[p, w.direction.as_str(), code])
+                        .with_label_values(&[p, w.direction.as_str(), code, source])
+                        .inc();
+                }
+            }
+            EventKind::RefusedStream => {
+                if let Some(w) = &e.wire {
+                    self.refused_streams
+                        .with_label_values(&[p, w.direction.as_str()])
                         .inc();
                 }
             }

@@ -327,6 +327,31 @@ impl Btf {
 
     /// Offsets for telling which network namespace a socket, packet or task
     /// belongs to (`--netns`).
+    /// Offsets from a task to the socket behind one of its file
+    /// descriptors, for the Go uprobes' attribution (`goh2`).
+    pub fn file_layout(&self) -> Result<probe_common::FileLayout, BtfError> {
+        let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
+            let v = self.path_offset(root, path)?;
+            u16::try_from(v).map_err(|_| {
+                BtfError::NoMember(
+                    self.source.clone(),
+                    root.into(),
+                    format!("{} (offset {v} too large)", path.join(".")),
+                )
+            })
+        };
+        Ok(probe_common::FileLayout {
+            present: 1,
+            task_files: off("task_struct", &["files"])?,
+            files_fdt: off("files_struct", &["fdt"])?,
+            fdt_max_fds: off("fdtable", &["max_fds"])?,
+            fdt_fd: off("fdtable", &["fd"])?,
+            file_private_data: off("file", &["private_data"])?,
+            socket_file: off("socket", &["file"])?,
+            socket_sk: off("socket", &["sk"])?,
+        })
+    }
+
     pub fn netns_layout(&self) -> Result<probe_common::NetnsLayout, BtfError> {
         let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
             let v = self.path_offset(root, path)?;

@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        KProbe, LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+        KProbe, LinkOrder, SchedClassifier, TcAttachType, TracePoint, UProbe,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
@@ -49,6 +49,9 @@ pub enum LoadError {
 
 pub use crate::kernel::programs::{Hook, HookState};
 
+/// The state of a loaded Go uprobe program: it attaches per binary.
+pub const GO_PER_BINARY: &str = "loaded; attached to each Go binary as it is found";
+
 /// Options for [`load`].
 pub struct LoadOptions {
     pub ports: Vec<u16>,
@@ -64,6 +67,10 @@ pub struct LoadOptions {
     pub watch_comms: Vec<String>,
     /// Report only this network namespace (its inode number); `None`: all.
     pub netns: Option<u32>,
+    /// Hook Go programs' HTTP/2 code (uprobes attached per binary).
+    pub go_uprobes: bool,
+    /// Go clients' process names to hook, besides `watch_comms`.
+    pub go_clients: Vec<String>,
 }
 
 /// Where and how big the wire observer is.
@@ -163,6 +170,7 @@ struct KernelFacts {
     tcp_sock: TcpSockLayout,
     proc: probe_common::ProcLayout,
     netns: probe_common::NetnsLayout,
+    file: probe_common::FileLayout,
 }
 
 /// Loads the object and attaches every program of the table
@@ -237,16 +245,16 @@ fn kernel_facts(opts: &LoadOptions) -> Result<KernelFacts, LoadError> {
         return Err(LoadError::NoCore(why));
     }
     let vmlinux = btf::Btf::from_file(Path::new(btf::VMLINUX_BTF));
-    let sock = match (&vmlinux, opts.kprobes) {
-        (Ok(b), true) => b.sock_layout().unwrap_or_else(|e| {
-            tracing::info!("kprobe path off: struct sock offsets unknown ({e})");
+    // The kprobes and the Go uprobes read `struct sock` through these.
+    let sock = match &vmlinux {
+        Ok(b) => b.sock_layout().unwrap_or_else(|e| {
+            tracing::info!("kprobe path and Go uprobes off: struct sock offsets unknown ({e})");
             SockLayout::ABSENT
         }),
-        (Err(e), true) => {
-            tracing::info!("kprobe path off: no kernel BTF ({e})");
+        Err(e) => {
+            tracing::info!("kprobe path and Go uprobes off: no kernel BTF ({e})");
             SockLayout::ABSENT
         }
-        _ => SockLayout::ABSENT,
     };
     let tcp_sock = match &vmlinux {
         Ok(b) => b.tcp_sock_layout().unwrap_or_else(|e| {
@@ -271,6 +279,13 @@ fn kernel_facts(opts: &LoadOptions) -> Result<KernelFacts, LoadError> {
         tracing::warn!("process lifecycle events are off: {e}");
         probe_common::ProcLayout::ABSENT
     });
+    let file = match &vmlinux {
+        Ok(b) => b.file_layout().unwrap_or_else(|e| {
+            tracing::info!("HTTP/2 inside TLS from Go programs is off: {e}");
+            probe_common::FileLayout::ABSENT
+        }),
+        Err(_) => probe_common::FileLayout::ABSENT,
+    };
     let netns = match &vmlinux {
         Ok(b) => b
             .netns_layout()
@@ -295,6 +310,7 @@ fn kernel_facts(opts: &LoadOptions) -> Result<KernelFacts, LoadError> {
         tcp_sock,
         proc,
         netns,
+        file,
     })
 }
 
@@ -319,6 +335,7 @@ fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
         .override_global("PROC_LAYOUT", &k.proc, true)
         .override_global("NETNS_LAYOUT", &k.netns, true)
         .override_global("NETNS_FILTER", &netns_filter, true)
+        .override_global("FILE_LAYOUT", &k.file, true)
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)
@@ -377,7 +394,15 @@ fn precondition(spec: &Spec, opts: &LoadOptions, k: &KernelFacts) -> Result<(), 
         Attach::Kprobe { .. } if k.sock.present == 0 => Err(HookState::Unavailable(
             "struct sock offsets not found in BTF".into(),
         )),
-        Attach::Kprobe { .. } | Attach::Tc { .. } => Ok(()),
+        Attach::GoUprobes { .. } if !opts.go_uprobes => {
+            Err(HookState::Standby("disabled by --no-go-uprobes".into()))
+        }
+        Attach::GoUprobes { .. } if k.file.present == 0 || k.sock.present == 0 => {
+            Err(HookState::Unavailable(
+                "the kernel offsets from a task to its sockets are not in BTF".into(),
+            ))
+        }
+        Attach::Kprobe { .. } | Attach::Tc { .. } | Attach::GoUprobes { .. } => Ok(()),
     }
 }
 
@@ -404,6 +429,13 @@ fn load_attach(ebpf: &mut Ebpf, spec: &Spec, earlier: &[Hook]) -> Result<Hook, L
         );
         return Ok(Hook::new(spec.program, HookState::Standby(why), insns));
     }
+    if let Attach::GoUprobes { .. } = spec.attach {
+        return Ok(Hook::new(
+            spec.program,
+            HookState::Standby(GO_PER_BINARY.into()),
+            insns,
+        ));
+    }
     let attached = (|| -> Result<(), aya::programs::ProgramError> {
         let p = ebpf
             .program_mut(spec.object_name)
@@ -417,7 +449,9 @@ fn load_attach(ebpf: &mut Ebpf, spec: &Spec, earlier: &[Hook]) -> Result<Hook, L
                 let p: &mut KProbe = p.try_into()?;
                 p.attach(function, 0)?;
             }
-            Attach::Tc { .. } => unreachable!("classifiers attach per interface"),
+            Attach::Tc { .. } | Attach::GoUprobes { .. } => {
+                unreachable!("classifiers attach per interface, uprobes per binary")
+            }
         }
         Ok(())
     })();
@@ -465,6 +499,11 @@ fn load_program(
         }
         Kind::KProbe => {
             let p: &mut KProbe = p.try_into()?;
+            p.load()?;
+            p.info()
+        }
+        Kind::UProbe => {
+            let p: &mut UProbe = p.try_into()?;
             p.load()?;
             p.info()
         }

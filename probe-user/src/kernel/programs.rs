@@ -26,6 +26,8 @@ pub enum Program {
     KprobeTcpReset,
     TcIngress,
     TcEgress,
+    GoHttp2Cookie,
+    GoHttp2,
 }
 
 /// Where a program attaches.
@@ -41,6 +43,12 @@ pub enum Attach {
     /// A TC classifier on every watched interface, in this direction.
     Tc {
         ingress: bool,
+    },
+    /// Uprobes in Go programs, attached per binary as they are found
+    /// (`sources::goh2`), not at load; `cookie`: the probe is named by its
+    /// attach cookie (5.15+), else by its address.
+    GoUprobes {
+        cookie: bool,
     },
 }
 
@@ -63,6 +71,8 @@ pub enum Feature {
     ProcessLifecycle,
     /// The wire: every RST's origin and silence, keepalives, GOAWAYs.
     Wire,
+    /// HTTP/2 GOAWAY and refused streams inside TLS, from Go programs.
+    GoHttp2,
 }
 
 impl Feature {
@@ -77,6 +87,9 @@ impl Feature {
             Feature::ResetsReceived => "RSTs this host received",
             Feature::ProcessLifecycle => "signals and exits of the watched servers",
             Feature::Wire => "wire events (RST origin and silence, keepalives, GOAWAYs)",
+            Feature::GoHttp2 => {
+                "HTTP/2 GOAWAY and refused streams inside TLS, from Go programs' own HTTP/2 code"
+            }
         }
     }
 }
@@ -86,6 +99,7 @@ impl Feature {
 pub enum Kind {
     TracePoint,
     KProbe,
+    UProbe,
     Classifier,
 }
 
@@ -227,6 +241,30 @@ pub const PROGRAMS: &[Spec] = &[
         stands_in_for: None,
         since: (4, 5),
     },
+    Spec {
+        program: Program::GoHttp2Cookie,
+        object_name: "go_h2_cookie",
+        kind: Kind::UProbe,
+        attach: Attach::GoUprobes { cookie: true },
+        feature: Feature::GoHttp2,
+        required: false,
+        stands_in_for: None,
+        // bpf_get_attach_cookie for uprobes.
+        since: (5, 15),
+    },
+    Spec {
+        program: Program::GoHttp2,
+        object_name: "go_h2",
+        kind: Kind::UProbe,
+        attach: Attach::GoUprobes { cookie: false },
+        feature: Feature::GoHttp2,
+        required: false,
+        // Without cookies a position-independent process needs its own map
+        // entries, so its first frames can be missed (counted).
+        stands_in_for: Some(Program::GoHttp2Cookie),
+        // Uprobes through the perf PMU, so none outlives a killed daemon.
+        since: (4, 17),
+    },
 ];
 
 const fn tracepoint(
@@ -271,6 +309,8 @@ impl fmt::Display for Attach {
             Attach::Kprobe { function } => write!(f, "kprobe {function}"),
             Attach::Tc { ingress: true } => f.write_str("tc ingress"),
             Attach::Tc { ingress: false } => f.write_str("tc egress"),
+            Attach::GoUprobes { cookie: true } => f.write_str("uprobe go:http2:cookie"),
+            Attach::GoUprobes { cookie: false } => f.write_str("uprobe go:http2"),
         }
     }
 }

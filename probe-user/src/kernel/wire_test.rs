@@ -46,6 +46,8 @@ fn rig() -> Option<Rig> {
         }),
         watch_comms: Vec::new(),
         netns: None,
+        go_uprobes: false,
+        go_clients: Vec::new(),
     })
     .expect("load");
     let events = loader::take_events(&mut loaded.ebpf).expect("events");

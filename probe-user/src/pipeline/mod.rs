@@ -41,6 +41,9 @@ pub struct Pipeline {
     pub output: Output,
     pub idle: IdleResets,
     pub corr: Correlation,
+    /// Processes worth a look for Go HTTP/2 hooks (they opened a listener
+    /// or a connection on a watched port, or started with a watched name).
+    pub go_hints: Option<tokio::sync::mpsc::Sender<u32>>,
 }
 
 impl Pipeline {
@@ -56,6 +59,7 @@ impl Pipeline {
             }
         };
         self.metrics.observe(&ev, &self.watched);
+        self.hint_go(&ev);
         // One mapping per event, for the engine and the live idle finding.
         let obs = observe::observation(&ev, 0);
         let idle_sample = match obs.as_ref().map(|o| &o.kind) {
@@ -88,6 +92,23 @@ impl Pipeline {
         }
         if let Some((sample, middlebox)) = idle_sample {
             self.idle_finding(ev.ts_boot_ns, sample, middlebox, out);
+        }
+    }
+
+    /// Hands the process behind a listener, a connect or an exec to the Go
+    /// uprobes' task (which looks at each process once). A full channel
+    /// drops the hint: the task's periodic scan finds servers anyway.
+    fn hint_go(&self, ev: &crate::decode::event::Event) {
+        use crate::decode::event::EventKind;
+        let Some(tx) = &self.go_hints else {
+            return;
+        };
+        if matches!(
+            ev.kind,
+            EventKind::ListenOpen | EventKind::ConnectAttempt | EventKind::ProcessExec
+        ) && let Some(pid) = ev.pid
+        {
+            let _ = tx.try_send(pid);
         }
     }
 

@@ -1,0 +1,290 @@
+// h2probe: a TLS HTTP/2 server and client in both of Go's HTTP/2 copies
+// (golang.org/x/net/http2 and the one bundled in net/http), driven by the
+// drainwatch tests. Every state change is printed as one line on stdout, so
+// the tests wait on lines, never on time. The server writes a TLS key log,
+// so tshark can decrypt the capture and give the frames as ground truth.
+//
+//	h2probe server -impl xnet|std -addr 127.0.0.1:0 -keylog F [-max-streams N]
+//	  prints "listening ADDR"; "shutdown" on stdin starts Shutdown(), which
+//	  sends GOAWAY on every connection; prints "shutdown done" and exits.
+//	  GET /hold answers headers, then holds the stream until shutdown.
+//	  GET /close answers with "Connection: close" (a GOAWAY while serving).
+//	  GET /ok answers 200.
+//	h2probe client -impl xnet|std -addr A -hold N -close M
+//	  opens N held streams and sends one GET /ok (so its connection is
+//	  open), prints "ready", waits for "go" on stdin, sends M /close
+//	  requests one after another (prints "closes M"), then waits for the
+//	  held streams to end (the server's shutdown), prints
+//	  "done ok=K failed=F" and exits on "exit" (or the end of stdin): until
+//	  then its connections' read loops run, so every frame the server sent
+//	  before closing them is read.
+//	h2probe refuse -addr A
+//	  a raw framer client that opens 2 streams before acknowledging the
+//	  server's SETTINGS (server -max-streams 1): the second is refused with
+//	  RST_STREAM REFUSED_STREAM. Prints "refused STREAM".
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: h2probe server|client|refuse [flags]")
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	impl := fs.String("impl", "xnet", "HTTP/2 copy: xnet or std")
+	addr := fs.String("addr", "127.0.0.1:0", "address")
+	keylog := fs.String("keylog", "", "TLS key log file (server)")
+	maxStreams := fs.Uint("max-streams", 0, "server: SETTINGS_MAX_CONCURRENT_STREAMS (0: default)")
+	hold := fs.Int("hold", 1, "client: held streams")
+	closes := fs.Int("close", 0, "client: /close requests")
+	if err := fs.Parse(os.Args[2:]); err != nil {
+		fail(err.Error())
+	}
+	switch os.Args[1] {
+	case "server":
+		server(*impl, *addr, *keylog, uint32(*maxStreams))
+	case "client":
+		client(*impl, *addr, *hold, *closes)
+	case "refuse":
+		refuse(*addr)
+	default:
+		fail("unknown mode " + os.Args[1])
+	}
+}
+
+func fail(msg string) {
+	fmt.Fprintln(os.Stderr, "h2probe:", msg)
+	os.Exit(2)
+}
+
+func say(format string, a ...interface{}) {
+	fmt.Printf(format+"\n", a...)
+}
+
+func cert() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		fail(err.Error())
+	}
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "h2probe"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		fail(err.Error())
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func server(impl, addr, keylog string, maxStreams uint32) {
+	tc := &tls.Config{Certificates: []tls.Certificate{cert()}, NextProtos: []string{"h2"}}
+	if keylog != "" {
+		f, err := os.OpenFile(keylog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			fail(err.Error())
+		}
+		tc.KeyLogWriter = f
+	}
+	stopping := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		<-stopping
+		io.WriteString(w, "bye\n")
+	})
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/close", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "closing\n")
+	})
+	srv := &http.Server{Handler: mux, TLSConfig: tc}
+	srv.RegisterOnShutdown(func() { close(stopping) })
+	switch impl {
+	case "xnet":
+		if err := http2.ConfigureServer(srv, &http2.Server{MaxConcurrentStreams: maxStreams}); err != nil {
+			fail(err.Error())
+		}
+	case "std":
+		if maxStreams != 0 {
+			fail("-max-streams needs -impl xnet")
+		}
+	default:
+		fail("unknown -impl " + impl)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fail(err.Error())
+	}
+	say("listening %s", ln.Addr())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(tls.NewListener(ln, tc)) }()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() == "shutdown" {
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		fail("shutdown: " + err.Error())
+	}
+	<-served
+	say("shutdown done")
+}
+
+func transport(impl string) http.RoundTripper {
+	tc := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}
+	switch impl {
+	case "xnet":
+		return &http2.Transport{TLSClientConfig: tc}
+	case "std":
+		return &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}
+	}
+	fail("unknown -impl " + impl)
+	return nil
+}
+
+func client(impl, addr string, hold, closes int) {
+	c := &http.Client{Transport: transport(impl)}
+	// Every connection's local port, once, so the tests know which
+	// connections are this client's.
+	var portsMu sync.Mutex
+	ports := map[string]bool{}
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		a := info.Conn.LocalAddr().String()
+		portsMu.Lock()
+		defer portsMu.Unlock()
+		if !ports[a] {
+			ports[a] = true
+			say("conn %s", a)
+		}
+	}}
+	newReq := func(path string) *http.Request {
+		req, err := http.NewRequest("GET", "https://"+addr+path, nil)
+		if err != nil {
+			fail(err.Error())
+		}
+		return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, failed := 0, 0
+	count := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed++
+			fmt.Fprintln(os.Stderr, "h2probe: request:", err)
+		} else {
+			ok++
+		}
+	}
+	started := make(chan struct{}, hold)
+	for i := 0; i < hold; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Do(newReq("/hold"))
+			if err != nil {
+				started <- struct{}{}
+				count(err)
+				return
+			}
+			started <- struct{}{}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			count(err)
+		}()
+	}
+	for i := 0; i < hold; i++ {
+		<-started
+	}
+	get := func(path string) {
+		resp, err := c.Do(newReq(path))
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		count(err)
+	}
+	get("/ok")
+	say("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() && in.Text() != "go" {
+	}
+	for i := 0; i < closes; i++ {
+		get("/close")
+	}
+	say("closes %d", closes)
+	wg.Wait()
+	say("done ok=%d failed=%d", ok, failed)
+	for in.Scan() && in.Text() != "exit" {
+	}
+}
+
+func refuse(addr string) {
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	if err != nil {
+		fail(err.Error())
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		fail(err.Error())
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		fail(err.Error())
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, id := range []uint32{1, 3} {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", addr}, {":path", "/hold"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			fail(err.Error())
+		}
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			fail("reading: " + err.Error())
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			say("refused %d code=%d", rst.StreamID, rst.ErrCode)
+			return
+		}
+	}
+}
