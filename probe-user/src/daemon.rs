@@ -347,6 +347,7 @@ fn pipeline(
         idle: Default::default(),
         corr: Correlation::new(config, opts.record.clone(), api)?,
         go_hints: None,
+        goaway: Default::default(),
     })
 }
 

@@ -412,6 +412,21 @@ fn reported(d: &Daemon, port: u16) -> (ByPid, ByPid) {
     (sent, received)
 }
 
+/// (client port, why) of each GOAWAY the server reported sending on `port`.
+fn sent_why(d: &Daemon, port: u16) -> Vec<(u16, String)> {
+    d.events()
+        .iter()
+        .filter(|e| e["kind"] == "goaway" && e["wire"]["direction"] == "sent" && !e["go"].is_null())
+        .filter(|e| port_of(&e["local"]) == port)
+        .map(|e| {
+            (
+                port_of(&e["remote"]),
+                e["go"]["sent"].as_str().unwrap_or("none").to_string(),
+            )
+        })
+        .collect()
+}
+
 fn wait_hooked(d: &Daemon, pid: u32) {
     let needle = format!("go: pid {pid} hooked");
     wait_for(
@@ -597,6 +612,27 @@ fn scenario(d: &Daemon, fx: &Fixture, server_impl: &str, port: u16, dir: &Path) 
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+    // Why each GOAWAY was sent: the closing client's were answers while
+    // serving (Connection: close), the holding client's came with the
+    // shutdown (after the listener closed).
+    let closer_ports: Vec<u16> = closer
+        .lines_with("conn ")
+        .iter()
+        .filter_map(|l| l.rsplit(':').next().and_then(|p| p.parse().ok()))
+        .collect();
+    for (client, why) in sent_why(d, port) {
+        if closer_ports.contains(&client) {
+            assert_eq!(
+                why, "while_serving",
+                "{label}: GOAWAY to the closing client :{client}"
+            );
+        } else if holder_ports.contains(&client) {
+            assert_eq!(
+                why, "shutdown",
+                "{label}: GOAWAY to the holding client :{client}"
+            );
+        }
     }
     format!(
         "{label}: {} frames (tshark) = {} sent; {} received reported ({} required)",

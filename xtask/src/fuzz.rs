@@ -65,6 +65,12 @@ const TARGETS: &[Target] = &[
         host: &[],
     },
     Target {
+        name: "gobin",
+        inputs: &["fuzz/inputs/gobin"],
+        exts: &[],
+        host: &[],
+    },
+    Target {
         name: "recording",
         inputs: &["ops/tests/fixtures"],
         exts: &["jsonl"],

@@ -98,7 +98,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// One target (tracefs, event, pcap, audit, kubeconfig, recording);
+        /// One target (tracefs, event, pcap, audit, kubeconfig, gobin, recording);
         /// all when absent.
         target: Option<String>,
     },

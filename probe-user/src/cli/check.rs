@@ -64,9 +64,59 @@ pub fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
         );
     }
     drop(loaded);
+    if load.go_uprobes {
+        go_binaries(load);
+    }
     Ok(if core_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The Go binaries the uprobes would hook now (watched names, listener
+/// owners, `--go-client` names), one line per binary with its hooks or why
+/// not; clients that connect to a watched port later are hooked then.
+fn go_binaries(load: &LoadOptions) {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut names = load.watch_comms.clone();
+    names.extend(load.go_clients.iter().cloned());
+    let pids = crate::kernel::procscan::watched_processes(&names, &load.ports, load.netns);
+    println!("Go HTTP/2 (uprobes, GOAWAY and refused streams inside TLS):");
+    let mut seen = std::collections::HashSet::new();
+    for (pid, _) in pids {
+        let exe = format!("/proc/{pid}/exe");
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            continue;
+        };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let path = std::fs::read_link(&exe)
+            .map(|p| p.display().to_string())
+            .unwrap_or(exe.clone());
+        match std::fs::read(&exe)
+            .map_err(|e| e.to_string())
+            .and_then(|d| crate::gobin::plan(&d).map_err(|e| e.to_string()))
+        {
+            Ok(plan) => {
+                println!(
+                    "  {path} (pid {pid}, {}, {}): {} hooks: {}",
+                    plan.go_version.as_deref().unwrap_or("Go version unknown"),
+                    if plan.pie { "PIE" } else { "not PIE" },
+                    plan.hooks.len(),
+                    plan.summary()
+                );
+                for (name, why) in &plan.skipped {
+                    println!("    not hooked: {name}: {why}");
+                }
+            }
+            Err(why) => println!("  {path} (pid {pid}): not hooked: {why}"),
+        }
+    }
+    if seen.is_empty() {
+        println!(
+            "  no watched Go process runs now; each is hooked when it starts, listens or connects"
+        );
+    }
 }

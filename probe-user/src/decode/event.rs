@@ -200,6 +200,12 @@ pub struct GoFrame {
     /// (the writer does not know its role; the ports tell).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
+    /// GOAWAY sent: "shutdown" (the process got a terminating signal or
+    /// closed a watched listener shortly before) or "while_serving" (it
+    /// serves on: connection rebalancing, e.g. kube-apiserver's
+    /// --goaway-chance). Set by the pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<&'static str>,
     /// GOAWAY: the debug data's length and its first bytes (escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug_len: Option<u64>,
@@ -238,6 +244,7 @@ fn go_frame(raw: &RawEvent, kind: EventKind) -> Option<GoFrame> {
         } else {
             "client"
         }),
+        sent: None,
         debug_len,
         debug,
         unattributed_type_pc: (f & flags::UNATTRIBUTED != 0).then(|| format!("{:#x}", raw.aux[3])),
@@ -963,6 +970,9 @@ impl Event {
             s.push_str(&format!(" (Go {}", g.http2));
             if let Some(r) = g.role {
                 s.push_str(&format!(" {r}"));
+            }
+            if let Some(w) = g.sent {
+                s.push_str(&format!(", {}", w.replace('_', " ")));
             }
             if let Some(d) = g.debug.as_deref().filter(|d| !d.is_empty()) {
                 s.push_str(&format!(", debug {d:?}"));

@@ -103,6 +103,38 @@ pub struct Plan {
     pub load_base: u64,
 }
 
+/// What a hook reports, for people.
+pub fn hook_label(hook: u8) -> &'static str {
+    match hook {
+        go_hook::WRITE_GOAWAY => "GOAWAY sent",
+        go_hook::WRITE_RST_STREAM => "RST_STREAM sent",
+        go_hook::SERVER_GOAWAY => "GOAWAY received by a server",
+        go_hook::SERVER_RST_STREAM => "RST_STREAM received by a server",
+        go_hook::CLIENT_GOAWAY => "GOAWAY received by a client",
+        go_hook::CLIENT_RST_STREAM => "RST_STREAM received by a client",
+        _ => "unknown hook",
+    }
+}
+
+impl Plan {
+    /// The hooks in one line: `GOAWAY sent [x/net, net/http]; ...`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (hook, _, _) in HOOKS {
+            let copies: Vec<&str> = self
+                .hooks
+                .iter()
+                .filter(|h| h.hook == *hook)
+                .map(|h| h.copy.as_str())
+                .collect();
+            if !copies.is_empty() {
+                parts.push(format!("{} [{}]", hook_label(*hook), copies.join(", ")));
+            }
+        }
+        parts.join("; ")
+    }
+}
+
 /// The hooked functions: (hook, x/net name, bundle name).
 pub const HOOKS: &[(u8, &str, &str)] = &[
     (

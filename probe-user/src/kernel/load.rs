@@ -421,7 +421,10 @@ fn load_attach(ebpf: &mut Ebpf, spec: &Spec, earlier: &[Hook]) -> Result<Hook, L
         }
     };
     if let Some(primary) = spec.stands_in_for
-        && earlier.iter().any(|h| h.program == primary && h.attached())
+        && earlier.iter().any(|h| {
+            h.program == primary
+                && (h.attached() || h.state == HookState::Standby(GO_PER_BINARY.into()))
+        })
     {
         let why = format!(
             "loaded and verified; {} is used instead",

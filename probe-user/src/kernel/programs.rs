@@ -393,6 +393,10 @@ mod tests {
                     aya_obj::ProgramSection::SchedClassifier,
                     Kind::Classifier,
                     Attach::Tc { .. }
+                ) | (
+                    aya_obj::ProgramSection::UProbe { .. },
+                    Kind::UProbe,
+                    Attach::GoUprobes { .. }
                 )
             );
             assert!(kind_ok, "{:?}: object section {:?}", s.program, p.section);

@@ -4,6 +4,7 @@
 //! inference; the HTTP side's observations join it here.
 
 pub mod correlation;
+pub mod goaway;
 pub mod record;
 
 use std::sync::Arc;
@@ -44,13 +45,15 @@ pub struct Pipeline {
     /// Processes worth a look for Go HTTP/2 hooks (they opened a listener
     /// or a connection on a watched port, or started with a watched name).
     pub go_hints: Option<tokio::sync::mpsc::Sender<u32>>,
+    /// Shutdown GOAWAYs from those sent while serving.
+    pub goaway: goaway::GoawayClassifier,
 }
 
 impl Pipeline {
     /// Decodes one ring-buffer record, counts it, prints it, correlates it,
     /// and reports an idle-reset cluster when this record completes one.
     pub fn record(&mut self, buf: &[u8], out: &mut impl std::io::Write) {
-        let ev = match parse_raw(buf).and_then(|raw| decode(&raw, &self.cx)) {
+        let mut ev = match parse_raw(buf).and_then(|raw| decode(&raw, &self.cx)) {
             Ok(ev) => ev,
             Err(e) => {
                 self.metrics.lost_counter("decode").inc();
@@ -58,6 +61,17 @@ impl Pipeline {
                 return;
             }
         };
+        if let Some(why) = self.goaway.classify(&ev)
+            && let Some(g) = ev.go.as_mut()
+        {
+            g.sent = Some(why.as_str());
+            if why == goaway::GoawayWhy::WhileServing {
+                self.metrics
+                    .goaway_while_serving
+                    .with_label_values(&[&ev.service_port(&self.watched).to_string()])
+                    .inc();
+            }
+        }
         self.metrics.observe(&ev, &self.watched);
         self.hint_go(&ev);
         // One mapping per event, for the engine and the live idle finding.

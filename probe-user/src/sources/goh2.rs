@@ -334,11 +334,6 @@ impl State {
             self.release(id, &plan, links);
             return Err(e);
         }
-        let hooks: Vec<String> = plan
-            .hooks
-            .iter()
-            .map(|h| format!("{}.{}", h.copy.as_str(), short(&h.name)))
-            .collect();
         tracing::info!(
             "go: attached {} HTTP/2 hooks to {shown} (pid {pid}, {}, x/net {}, {}): {}",
             plan.hooks.len(),
@@ -347,7 +342,7 @@ impl State {
                 .as_deref()
                 .unwrap_or("not a module dependency"),
             if plan.pie { "PIE" } else { "not PIE" },
-            hooks.join(", ")
+            plan.summary()
         );
         self.binaries.insert(
             key,
@@ -470,27 +465,5 @@ fn probe_of(id: u32, h: &gobin::Hook) -> GoProbe {
         hook: h.hook,
         bundle: u8::from(h.copy == gobin::Copy::Bundle),
         _pad: [0; 2],
-    }
-}
-
-/// `(*Framer).WriteGoAway` from the full name.
-fn short(name: &str) -> &str {
-    name.rsplit_once('.')
-        .and_then(|(head, m)| head.rfind('(').map(|i| &name[i..head.len() + 1 + m.len()]))
-        .unwrap_or(name)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn short_names() {
-        assert_eq!(
-            super::short("golang.org/x/net/http2.(*Framer).WriteGoAway"),
-            "(*Framer).WriteGoAway"
-        );
-        assert_eq!(
-            super::short("net/http.(*http2serverConn).processGoAway"),
-            "(*http2serverConn).processGoAway"
-        );
     }
 }
