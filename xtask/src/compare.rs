@@ -31,15 +31,15 @@ use serde_json::{Value, json};
 
 use crate::bench::{NsPair, kill, median, sh, spread};
 
-const C: &str = "dwcmp-c";
+pub(crate) const C: &str = "dwcmp-c";
 const S: &str = "dwcmp-s";
 const C_IP: &str = "198.18.251.1";
-const S_IP: &str = "198.18.251.2";
-const PORT: &str = "6443";
+pub(crate) const S_IP: &str = "198.18.251.2";
+pub(crate) const PORT: &str = "6443";
 
 /// The bench's namespaces: bench servers on the veth and on the client's
 /// loopback, the apiserver stand-in's h2c port; removed on drop.
-fn topology(lab: &Path) -> anyhow::Result<NsPair> {
+pub(crate) fn topology(lab: &Path) -> anyhow::Result<NsPair> {
     let mut t = NsPair::new([(C, "dwcc0", C_IP), (S, "dwcs0", S_IP)])?;
     for ns in [C, S] {
         // Churn needs ports: the whole range, and TIME_WAIT reuse.
@@ -101,7 +101,7 @@ fn topology(lab: &Path) -> anyhow::Result<NsPair> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Cfg {
+pub(crate) enum Cfg {
     None,
     DrainwatchFull,
     DrainwatchTp,
@@ -131,7 +131,7 @@ impl Cfg {
         Cfg::Tcplife,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Cfg::None => "C0 none",
             Cfg::DrainwatchFull => "C1 drainwatch (tp + TC)",
@@ -160,7 +160,7 @@ const BT_PRINT: &str = "tracepoint:sock:inet_sock_set_state /args->protocol == 6
 const BT_COUNT: &str = "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && (args->sport == 6443 || args->dport == 6443)/ { @n[args->newstate] = count(); }";
 
 /// A running observer: its process, and how to read what it delivered.
-struct Observer {
+pub(crate) struct Observer {
     cfg: Cfg,
     child: Option<Child>,
     metrics: Option<String>,
@@ -175,7 +175,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 impl Observer {
-    fn start(cfg: Cfg, dw: &Path, dir: &Path) -> anyhow::Result<Observer> {
+    pub(crate) fn start(cfg: Cfg, dw: &Path, dir: &Path) -> anyhow::Result<Observer> {
         let out = dir.join(format!(
             "obs-{}.out",
             cfg.name().split(' ').next().unwrap_or("x")
@@ -279,14 +279,14 @@ impl Observer {
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         // `ip netns exec` execs the tool: same pid.
         self.child.as_ref().map(Child::id)
     }
 
     /// CPU seconds (user + system), BPF program ns, peak and current RSS
     /// KiB, BPF map KiB.
-    fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         let Some(pid) = self.pid() else {
             return Usage::default();
         };
@@ -333,7 +333,7 @@ impl Observer {
     }
 
     /// Events delivered so far, and events counted as lost (drainwatch).
-    fn delivered(&self) -> (f64, f64) {
+    pub(crate) fn delivered(&self) -> (f64, f64) {
         match self.cfg {
             c if c.is_drainwatch() => {
                 let Some(url) = &self.metrics else {
@@ -361,7 +361,7 @@ impl Observer {
         }
     }
 
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child (SIGINT: tools print their totals).
             unsafe { kill(c.id() as i32, 2) };
@@ -389,9 +389,9 @@ impl Drop for Observer {
 }
 
 #[derive(Default, Clone, Copy)]
-struct Usage {
-    cpu_s: f64,
-    bpf_ns: f64,
+pub(crate) struct Usage {
+    pub(crate) cpu_s: f64,
+    pub(crate) bpf_ns: f64,
     rss_kib: f64,
     rss_now_kib: f64,
     map_kib: f64,
@@ -523,7 +523,27 @@ fn load(lab: &Path, w: Work, secs: f64, count: u64) -> anyhow::Result<Value> {
     serde_json::from_str(out.trim()).with_context(|| format!("bench-load printed {out:?}"))
 }
 
-fn have(tool: &str) -> bool {
+/// `kernel.bpf_stats_enabled` on while the bench runs, set back to what it
+/// was on drop.
+pub(crate) struct BpfStats(String);
+
+impl BpfStats {
+    pub(crate) fn enable() -> anyhow::Result<BpfStats> {
+        let before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap_or_else(|_| "0".into());
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+            .context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats(before))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", self.0.trim());
+    }
+}
+
+pub(crate) fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
@@ -553,17 +573,7 @@ pub fn compare(
         }
     }
     std::fs::create_dir_all(out_dir)?;
-    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .unwrap_or_else(|_| "0".into());
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling kernel.bpf_stats_enabled")?;
-    struct Restore(String);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", self.0.trim());
-        }
-    }
-    let _restore = Restore(stats_before);
+    let _stats = BpfStats::enable()?;
     let topo = topology(lab)?;
     let count = 400_000u64;
     // samples[(work, cfg)] = per-round measurements
@@ -760,7 +770,7 @@ fn report(
     Ok(())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -25,9 +25,11 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compare;
+mod fixedrate;
 mod fuzz;
 mod gofixtures;
 mod repeat;
+mod scale;
 mod soak;
 mod vmtest;
 
@@ -157,6 +159,52 @@ enum BenchCmd {
         /// one (rows "C1b baseline build"): a regression check.
         #[arg(long, value_name = "BIN")]
         baseline: Option<PathBuf>,
+        /// Fixed offered load instead of saturation: new connections per
+        /// second (each with a 1-byte request and response), one workload
+        /// per rate, e.g. `2000,10000`; whole-machine CPU from /proc/stat
+        /// against no observer, per connection and per request
+        /// (target/bench/compare-fixed.md).
+        #[arg(long, value_name = "CONN_PER_S", value_delimiter = ',')]
+        fixed_rate: Vec<f64>,
+        /// With --fixed-rate: 1-byte requests per second on kept
+        /// connections (0: none).
+        #[arg(long, value_name = "REQ_PER_S", default_value_t = 10_000.0)]
+        rr_rate: f64,
+    },
+    /// drainwatch at apiserver scale: many long-lived, mostly idle
+    /// connections to the watched port from several client namespaces,
+    /// with churn and a burst of resets: map memory, RSS, CPU, flow-table
+    /// evictions, events lost, time per flow-table walk
+    /// (target/bench/scale.md).
+    Scale {
+        /// Connections held at once.
+        #[arg(long, default_value_t = 100_000)]
+        connections: u64,
+        /// Client namespaces (one source address and one server process
+        /// each).
+        #[arg(long, default_value_t = 8)]
+        clients: u32,
+        /// New connections per second while opening them.
+        #[arg(long, default_value_t = 4000.0)]
+        open_rate: f64,
+        /// Seconds they stay open once all are open.
+        #[arg(long, default_value_t = 40.0)]
+        hold_seconds: f64,
+        /// Seconds between a held connection's 1-byte exchanges.
+        #[arg(long, default_value_t = 30.0)]
+        ping_seconds: f64,
+        /// New connections per second while they are held.
+        #[arg(long, default_value_t = 200.0)]
+        churn_rate: f64,
+        /// Fraction of the held connections reset at once at the end.
+        #[arg(long, default_value_t = 0.1)]
+        reset_fraction: f64,
+        /// The daemon's `--flow-table` (default: its own default).
+        #[arg(long)]
+        flow_table: Option<u32>,
+        /// The daemon's `--ringbuf-bytes` (default: its own default).
+        #[arg(long)]
+        ringbuf_bytes: Option<u32>,
     },
     /// Loss accounting and recovery under stress: a burst of connections,
     /// the daemon SIGSTOPped for 5 s under load, daemon and load on one CPU.
@@ -593,6 +641,8 @@ fn main() -> anyhow::Result<()> {
                     rounds,
                     seconds,
                     baseline,
+                    fixed_rate,
+                    rr_rate,
                 },
         } => {
             if let Some(b) = &baseline
@@ -600,8 +650,27 @@ fn main() -> anyhow::Result<()> {
             {
                 bail!("--baseline {}: not a file", b.display());
             }
+            if let Some(r) = fixed_rate
+                .iter()
+                .chain([&rr_rate])
+                .find(|r| !(r.is_finite() && (0.0..=200_000.0).contains(*r)))
+            {
+                bail!("--fixed-rate/--rr-rate {r}: must be between 0 and 200000 per second");
+            }
             let all: Vec<&str> = APT_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
             let (bin, lab, target) = bench_binaries(&all)?;
+            if !fixed_rate.is_empty() {
+                if baseline.is_some() {
+                    bail!("--baseline is for the saturation comparison, not --fixed-rate");
+                }
+                let opts = fixedrate::Opts {
+                    conn_rates: fixed_rate.into_iter().filter(|r| *r > 0.0).collect(),
+                    rr_rate,
+                    rounds: rounds.clamp(1, 20),
+                    secs: seconds.clamp(0.5, 30.0),
+                };
+                return fixedrate::run(&bin, &lab, &opts, &target.join("bench"));
+            }
             compare::compare(
                 &bin,
                 baseline.as_deref(),
@@ -610,6 +679,49 @@ fn main() -> anyhow::Result<()> {
                 seconds.clamp(0.5, 30.0),
                 &target.join("bench"),
             )
+        }
+        Cmd::Bench {
+            which:
+                BenchCmd::Scale {
+                    connections,
+                    clients,
+                    open_rate,
+                    hold_seconds,
+                    ping_seconds,
+                    churn_rate,
+                    reset_fraction,
+                    flow_table,
+                    ringbuf_bytes,
+                },
+        } => {
+            let rate_ok = |r: f64, lo: f64| r.is_finite() && (lo..=50_000.0).contains(&r);
+            let valid = (1..=1_000_000).contains(&connections)
+                && (1..=64).contains(&clients)
+                && rate_ok(open_rate, 1.0)
+                && rate_ok(churn_rate, 0.0)
+                && hold_seconds.is_finite()
+                && (10.0..=1800.0).contains(&hold_seconds)
+                && ping_seconds.is_finite()
+                && (0.0..=600.0).contains(&ping_seconds)
+                && (0.0..=1.0).contains(&reset_fraction);
+            if !valid {
+                bail!(
+                    "bench scale: --connections 1..=1000000, --clients 1..=64, --open-rate 1..=50000, --churn-rate 0..=50000, --hold-seconds 10..=1800, --ping-seconds 0..=600, --reset-fraction 0..=1"
+                );
+            }
+            let (bin, lab, target) = bench_binaries(APT_PACKAGES)?;
+            let opts = scale::Opts {
+                connections,
+                clients,
+                open_rate,
+                hold_seconds,
+                ping_seconds,
+                churn_rate,
+                reset_fraction,
+                flow_table,
+                ringbuf_bytes,
+            };
+            scale::run(&bin, &lab, &opts, &target.join("bench"))
         }
         Cmd::Bench {
             which: BenchCmd::Stress { burst },
