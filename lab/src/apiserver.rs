@@ -83,6 +83,8 @@ pub struct Config {
     /// Bearer token required on API calls (health endpoints are open, as with
     /// kube-apiserver's anonymous health access).
     pub token: Option<String>,
+    /// The other masters, whose apiserver pods this one serves too.
+    pub peers: Vec<String>,
 }
 
 /// The stand-in failed to start.
@@ -227,6 +229,9 @@ pub async fn serve(cfg: Config) -> Result<(), ApiserverError> {
     state
         .store
         .populate(&cfg.name, cfg.shutdown_delay.as_secs_f64());
+    for p in &cfg.peers {
+        state.store.add_peer_pod(p);
+    }
     // Installed before listening so an early SIGTERM is never the default (fatal) action.
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
     state.record(
@@ -589,11 +594,16 @@ async fn handle(
         }
     }
     let method = req.method().to_string();
-    let proto_body = req
+    let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.starts_with("application/json") && !v.is_empty());
+        .unwrap_or_default()
+        .to_string();
+    // JSON patches are JSON too (the kind of patch is the API layer's to judge).
+    let json_patch = method == "PATCH" && content_type.contains("patch+json");
+    let proto_body =
+        !content_type.is_empty() && !content_type.starts_with("application/json") && !json_patch;
     if proto_body {
         // Only JSON bodies are understood; 415 is what kube-apiserver answers for a media
         // type it does not serve.
@@ -626,6 +636,7 @@ async fn handle(
         path,
         query,
         accept,
+        content_type,
         body,
     };
     match state.store.handle(&api_req) {

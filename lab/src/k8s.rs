@@ -1,7 +1,9 @@
 //! The slice of the Kubernetes API the stand-in serves: discovery, and GET/LIST/WATCH of
-//! configmaps and pods plus POST/PUT/DELETE of configmaps, kept in memory. Enough for
-//! kubectl, client-go style clients and the Python client; no admission, no auth beyond
-//! a bearer token check done by the caller.
+//! configmaps and pods plus POST/PUT/DELETE of configmaps, and events.k8s.io/v1 Events
+//! (create, merge or strategic-merge PATCH, get, list, watch) validated as
+//! kube-apiserver validates them (422 with a Status naming each field otherwise), kept
+//! in memory. Enough for kubectl, client-go style clients, kube-rs and the Python
+//! client; no admission, no auth beyond a bearer token check done by the caller.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -11,6 +13,8 @@ use tokio::sync::broadcast;
 
 use crate::clock::{now_ns, rfc3339_s};
 
+mod events;
+
 /// The resource kinds served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -18,6 +22,8 @@ pub enum Kind {
     ConfigMap,
     /// v1 Pod (read-only for clients).
     Pod,
+    /// events.k8s.io/v1 Event.
+    Event,
 }
 
 impl Kind {
@@ -32,12 +38,20 @@ impl Kind {
         match self {
             Kind::ConfigMap => "configmaps",
             Kind::Pod => "pods",
+            Kind::Event => "events",
         }
     }
     fn kind(self) -> &'static str {
         match self {
             Kind::ConfigMap => "ConfigMap",
             Kind::Pod => "Pod",
+            Kind::Event => "Event",
+        }
+    }
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Event => "events.k8s.io/v1",
+            _ => "v1",
         }
     }
 }
@@ -83,6 +97,8 @@ pub struct Request {
     pub query: String,
     /// The Accept header.
     pub accept: String,
+    /// The Content-Type header (a PATCH's kind of patch).
+    pub content_type: String,
     /// Request body.
     pub body: Vec<u8>,
 }
@@ -186,6 +202,17 @@ impl Store {
         );
     }
 
+    /// Registers another master's apiserver pod, Running and Ready, as every apiserver
+    /// of a cluster serves all of them.
+    pub fn add_peer_pod(&self, instance: &str) {
+        let _ = self.upsert(
+            Kind::Pod,
+            "openshift-kube-apiserver",
+            pod(instance, true),
+            false,
+        );
+    }
+
     /// Marks the stand-in's own pod Ready or not (visible to `kubectl get pods -w`).
     pub fn set_pod_ready(&self, instance: &str, ready: bool) {
         let _ = self.upsert(
@@ -227,7 +254,7 @@ impl Store {
                 )
             }
         };
-        obj["apiVersion"] = json!("v1");
+        obj["apiVersion"] = json!(kind.api_version());
         obj["kind"] = json!(kind.kind());
         let md = &mut obj["metadata"];
         md["namespace"] = json!(ns);
@@ -286,8 +313,37 @@ impl Store {
             ),
             ("GET", ["apis"]) => Reply::Json(
                 200,
-                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [events_group()]}),
             ),
+            ("GET", ["apis", "events.k8s.io"]) => Reply::Json(200, events_group()),
+            ("GET", ["apis", "events.k8s.io", "v1"]) => Reply::Json(200, events_resources()),
+            ("GET", ["apis", "events.k8s.io", "v1", "events"]) => {
+                self.list_or_watch(Kind::Event, None, &q, &req.accept)
+            }
+            (m, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => match m {
+                "GET" => self.list_or_watch(Kind::Event, Some(ns), &q, &req.accept),
+                "POST" => match serde_json::from_slice::<Value>(&req.body) {
+                    Ok(obj) => self.create_event(ns, obj),
+                    Err(e) => bad_request(&e.to_string()),
+                },
+                _ => method_not_allowed(),
+            },
+            (
+                m,
+                [
+                    "apis",
+                    "events.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "events",
+                    name,
+                ],
+            ) => match m {
+                "GET" => self.get(Kind::Event, ns, name, &req.accept),
+                "PATCH" => self.patch_event(ns, name, &req.content_type, &req.body),
+                _ => method_not_allowed(),
+            },
             ("GET", ["api", "v1"]) => Reply::Json(200, resource_list()),
             (_, ["api", "v1", plural]) if get => match Kind::from_plural(plural) {
                 Some(kind) => self.list_or_watch(kind, None, &q, &req.accept),
@@ -309,21 +365,7 @@ impl Store {
                     return not_found(plural, name);
                 };
                 match m {
-                    "GET" => {
-                        let obj = self
-                            .lock()
-                            .objects
-                            .get(&(kind, ns.to_string(), name.to_string()))
-                            .cloned();
-                        match obj {
-                            Some(o) if wants_table(&req.accept) => {
-                                let rv = rv_of(&o);
-                                Reply::Json(200, table(kind, &[o], rv))
-                            }
-                            Some(o) => Reply::Json(200, o),
-                            None => not_found(plural, name),
-                        }
-                    }
+                    "GET" => self.get(kind, ns, name, &req.accept),
                     "PUT" if kind == Kind::ConfigMap => {
                         match serde_json::from_slice::<Value>(&req.body) {
                             Ok(obj) => self.write_reply(kind, ns, obj, true, Some(name)),
@@ -348,6 +390,104 @@ impl Store {
                     ),
                 ),
             ),
+        }
+    }
+
+    fn get(&self, kind: Kind, ns: &str, name: &str, accept: &str) -> Reply {
+        let obj = self
+            .lock()
+            .objects
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .cloned();
+        match obj {
+            Some(o) if wants_table(accept) => {
+                let rv = rv_of(&o);
+                Reply::Json(200, table(kind, &[o], rv))
+            }
+            Some(o) => Reply::Json(200, o),
+            None => not_found(kind.plural(), name),
+        }
+    }
+
+    /// POST of an events.k8s.io/v1 Event, validated as kube-apiserver's
+    /// `ValidateEventCreate` does for this API version.
+    fn create_event(&self, ns: &str, obj: Value) -> Reply {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(body_ns) = obj["metadata"]["namespace"].as_str()
+            && body_ns != ns
+        {
+            return bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            );
+        }
+        if let Some(e) = events::decode_error(&obj) {
+            return bad_request(&e);
+        }
+        let errs = events::validate_create(&obj, ns);
+        if !errs.is_empty() {
+            return Reply::Json(422, events::invalid_status(&name, &errs));
+        }
+        self.write_reply(Kind::Event, ns, obj, false, None)
+    }
+
+    /// PATCH of an Event: a JSON merge patch (RFC 7386), or a strategic merge patch,
+    /// which for an Event's fields (no merge keys in lists) merges the same way;
+    /// then `ValidateEventUpdate`'s checks against the stored object.
+    fn patch_event(&self, ns: &str, name: &str, content_type: &str, body: &[u8]) -> Reply {
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        if !matches!(
+            media,
+            "application/merge-patch+json" | "application/strategic-merge-patch+json"
+        ) {
+            return Reply::Json(
+                415,
+                status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {media:?})"
+                    ),
+                ),
+            );
+        }
+        let patch: Value = match serde_json::from_slice(body) {
+            Ok(p) => p,
+            Err(e) => return bad_request(&e.to_string()),
+        };
+        let Some(old) = self
+            .lock()
+            .objects
+            .get(&(Kind::Event, ns.to_string(), name.to_string()))
+            .cloned()
+        else {
+            return not_found("events", name);
+        };
+        let mut new = old.clone();
+        events::merge_patch(&mut new, &patch);
+        // The server owns these; a patch does not move the object.
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+        ] {
+            new["metadata"][k] = old["metadata"][k].clone();
+        }
+        if let Some(e) = events::decode_error(&new) {
+            return bad_request(&e);
+        }
+        let mut errs = events::validate_legacy(&new, ns);
+        errs.extend(events::validate_update(&new, &old));
+        if !errs.is_empty() {
+            return Reply::Json(422, events::invalid_status(name, &errs));
+        }
+        match self.upsert(Kind::Event, ns, new, true) {
+            Ok(o) => Reply::Json(200, o),
+            Err(_) => not_found("events", name),
         }
     }
 
@@ -415,7 +555,7 @@ impl Store {
             }
             return Reply::Json(
                 200,
-                json!({"kind": format!("{}List", kind.kind()), "apiVersion": "v1",
+                json!({"kind": format!("{}List", kind.kind()), "apiVersion": kind.api_version(),
                     "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
             );
         }
@@ -495,6 +635,13 @@ fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
             col("Ready", "string", ""),
             col("Status", "string", ""),
         ],
+        Kind::Event => vec![
+            col("Last Seen", "string", ""),
+            col("Type", "string", ""),
+            col("Reason", "string", ""),
+            col("Object", "string", ""),
+            col("Message", "string", ""),
+        ],
     };
     let rows: Vec<Value> = objs
         .iter()
@@ -512,6 +659,7 @@ fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
                         o["status"]["phase"]
                     ])
                 }
+                Kind::Event => events::row(o, (now_ns() / 1_000_000_000) as i64),
             };
             json!({"cells": cells, "object": {"kind": "PartialObjectMetadata",
                 "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
@@ -555,6 +703,19 @@ fn version() -> Value {
         "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc",
         "platform": "linux/amd64"})
+}
+
+fn events_group() -> Value {
+    let v = json!({"groupVersion": "events.k8s.io/v1", "version": "v1"});
+    json!({"kind": "APIGroup", "apiVersion": "v1", "name": "events.k8s.io",
+        "versions": [v], "preferredVersion": v})
+}
+
+fn events_resources() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "events.k8s.io/v1",
+        "resources": [{"name": "events", "singularName": "event", "namespaced": true,
+            "kind": "Event", "verbs": ["create", "get", "list", "patch", "watch"],
+            "shortNames": ["ev"]}]})
 }
 
 fn resource_list() -> Value {
@@ -612,8 +773,61 @@ mod tests {
             path: path.into(),
             query: query.into(),
             accept: "application/json".into(),
+            content_type: "application/json".into(),
             body: serde_json::to_vec(&body).expect("json"),
         }
+    }
+
+    #[test]
+    fn events_create_patch_get_list_as_kube_apiserver() {
+        let s = Store::new();
+        let base = "/apis/events.k8s.io/v1/namespaces/kube-system/events";
+        let ev = json!({"metadata": {"name": "n1.1"},
+            "eventTime": "2026-12-07T14:00:00.000001Z", "type": "Warning",
+            "reason": "HardClose", "action": "Observed", "note": "cut",
+            "reportingController": "drainwatch.io/drainwatch", "reportingInstance": "n1",
+            "regarding": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+        let (c, created) = json_of(s.handle(&req("POST", base, "", ev.clone())));
+        assert_eq!(c, 201, "{created}");
+        assert_eq!(created["apiVersion"], "events.k8s.io/v1");
+        let mut bad = ev.clone();
+        bad["metadata"]["name"] = json!("n1.2");
+        bad["type"] = json!("Error");
+        let (c, st) = json_of(s.handle(&req("POST", base, "", bad)));
+        assert_eq!((c, &st["reason"]), (422, &json!("Invalid")), "{st}");
+        assert_eq!(st["details"]["causes"][0]["field"], "type");
+        let patch = |ct: &str, body: Value| {
+            let mut r = req("PATCH", &format!("{base}/n1.1"), "", body);
+            r.content_type = ct.into();
+            json_of(s.handle(&r))
+        };
+        let series =
+            json!({"series": {"count": 2, "lastObservedTime": "2026-12-07T14:00:10.000000Z"}});
+        let (c, p) = patch("application/merge-patch+json", series.clone());
+        assert_eq!(c, 200, "{p}");
+        assert_eq!(p["series"]["count"], 2);
+        assert_eq!(p["metadata"]["uid"], created["metadata"]["uid"]);
+        let (c, _) = patch("application/json-patch+json", series);
+        assert_eq!(c, 415);
+        let (c, st) = patch(
+            "application/strategic-merge-patch+json",
+            json!({"note": "other"}),
+        );
+        assert_eq!(c, 422, "{st}");
+        let (c, st) = patch(
+            "application/merge-patch+json",
+            json!({"series": {"count": 1}}),
+        );
+        assert_eq!(c, 422, "{st}");
+        let (c, got) = json_of(s.handle(&req("GET", &format!("{base}/n1.1"), "", Value::Null)));
+        assert_eq!((c, &got["series"]["count"]), (200, &json!(2)));
+        let (c, list) = json_of(s.handle(&req("GET", base, "", Value::Null)));
+        assert_eq!(c, 200);
+        assert_eq!(list["kind"], "EventList");
+        assert_eq!(list["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+        let (c, _) = json_of(s.handle(&req("PATCH", &format!("{base}/nope"), "", json!({}))));
+        assert_eq!(c, 415, "a PATCH must say its kind of patch");
     }
 
     fn json_of(r: Reply) -> (u16, Value) {

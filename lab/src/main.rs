@@ -87,6 +87,9 @@ enum Cmd {
         /// Required bearer token for API calls.
         #[arg(long)]
         token: Option<String>,
+        /// Another master's name, whose apiserver pod this one serves too (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
     },
     /// The bounded load generator.
     Loadgen(LoadConfig),
@@ -222,6 +225,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             mode,
             truth,
             token,
+            peers,
         } => {
             let mut all_sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             all_sans.extend(sans);
@@ -237,6 +241,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 mode,
                 truth,
                 token,
+                peers,
             })
             .await
             .context("apiserver stand-in")?;

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub record: Option<std::path::PathBuf>,
     /// HTTP checks of the apiserver: the local /readyz poller and the prober.
     pub http: HttpChecks,
+    /// Verdicts as Kubernetes Events, unless off.
+    pub kube_events: Option<export::kube_events::Options>,
 }
 
 /// What the HTTP side watches.
@@ -122,6 +124,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ));
     let obs_rx = spawn_http_sources(&opts, &metrics, &mut tasks, &stop_rx);
     let mut pipeline = pipeline(&opts, reset_reasons, &metrics, api)?;
+    if let Some(o) = opts.kube_events.clone() {
+        let (tx, rx) = export::kube_events::channel(metrics.clone());
+        pipeline.corr.kube_events = Some(tx);
+        tasks.spawn(export::kube_events::task(
+            o,
+            rx,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let events = loader::take_events(&mut ebpf)?;
     // Last: the Go uprobes' task takes the object (it attaches per binary
     // from there); dropping it when that task ends detaches everything.

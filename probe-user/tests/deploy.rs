@@ -942,10 +942,39 @@ fn overlays_render_for_their_control_plane() {
             "{ctx}: {text}"
         );
 
-        // RBAC: read-only, in the apiserver namespaces of this distribution.
+        // RBAC: read-only, in the apiserver namespaces of this distribution,
+        // but for the verdicts' Events: create and patch of events.k8s.io
+        // events there, nothing else.
         let mut role_namespaces = BTreeSet::new();
+        let mut event_namespaces = BTreeSet::new();
         for r in objs.iter().filter(|o| o["kind"] == "Role") {
             let role: Role = serde_json::from_value(r.clone()).expect("Role");
+            if role.metadata.name.as_deref() == Some("drainwatch-write-events") {
+                let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role
+                    .rules
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.api_groups.unwrap_or_default(),
+                            r.resources.unwrap_or_default(),
+                            r.verbs,
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    rules,
+                    [(
+                        vec!["events.k8s.io".to_string()],
+                        vec!["events".to_string()],
+                        vec!["create".to_string(), "patch".to_string()]
+                    )],
+                    "{ctx}: {}",
+                    label(r)
+                );
+                event_namespaces.insert(role.metadata.namespace.unwrap_or_default());
+                continue;
+            }
             for rule in role.rules.unwrap_or_default() {
                 for verb in &rule.verbs {
                     assert!(
@@ -968,6 +997,19 @@ fn overlays_render_for_their_control_plane() {
         .map(String::from)
         .collect();
         assert_eq!(role_namespaces, want, "{ctx}: apiserver namespaces");
+        assert_eq!(event_namespaces, want, "{ctx}: event namespaces");
+        for ns in &want {
+            let rb = objs
+                .iter()
+                .find(|o| {
+                    o["kind"] == "RoleBinding"
+                        && o["metadata"]["name"] == "drainwatch-write-events"
+                        && o["metadata"]["namespace"] == ns.as_str()
+                })
+                .unwrap_or_else(|| panic!("{ctx}: no events RoleBinding in {ns}"));
+            assert_eq!(rb["roleRef"]["name"], "drainwatch-write-events", "{ctx}");
+            assert_eq!(rb["subjects"][0]["name"], "drainwatch", "{ctx}");
+        }
         for b in objs.iter().filter(|o| o["kind"] == "RoleBinding") {
             let rb: RoleBinding = serde_json::from_value(b.clone()).expect("RoleBinding");
             for s in rb.subjects.unwrap_or_default() {

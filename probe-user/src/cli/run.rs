@@ -141,6 +141,10 @@ pub struct RunArgs {
     /// Do not watch pods through the Kubernetes API.
     #[arg(long, env = "DRAINWATCH_NO_KUBE")]
     no_kube: bool,
+    /// Do not write verdicts as Kubernetes Events (events.k8s.io/v1, with
+    /// the pod watcher's credentials; --no-kube turns them off too).
+    #[arg(long, env = "DRAINWATCH_NO_KUBE_EVENTS")]
+    no_kube_events: bool,
     /// Record what the correlation engine sees (JSON lines) for `drainwatch analyze`.
     #[arg(long, value_name = "FILE", env = "DRAINWATCH_RECORD")]
     record: Option<std::path::PathBuf>,
@@ -345,6 +349,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         path => observe::local_addrs_in(std::path::Path::new(path))
             .map_err(|e| anyhow::anyhow!("--netns {path}: cannot read its addresses: {e}"))?,
     };
+    let kube_events = kube_events(&args, pods.as_ref());
     let http = http_checks(&args, pods)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -359,6 +364,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         local_addrs,
         record: args.record,
         http,
+        kube_events,
     }))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -544,6 +550,32 @@ fn pod_watch(args: &RunArgs) -> Option<kubewatch::PodWatch> {
         namespace: args.pod_namespace.clone(),
         selector: args.pod_selector.clone(),
         node: args.node_name.clone(),
+        known: Default::default(),
+    })
+}
+
+/// Verdicts as Kubernetes Events, with the pod watcher's credentials and
+/// the pods it sees, unless `--no-kube-events`.
+fn kube_events(
+    args: &RunArgs,
+    pods: Option<&kubewatch::PodWatch>,
+) -> Option<crate::export::kube_events::Options> {
+    if args.no_kube_events {
+        return None;
+    }
+    let Some(pods) = pods else {
+        tracing::info!("Kubernetes Events off: the pod watcher has no credentials or is off");
+        return None;
+    };
+    let node = args
+        .node_name
+        .clone()
+        .or_else(observe::hostname)
+        .unwrap_or_else(|| "unknown-node".into());
+    tracing::info!("Kubernetes Events on: verdicts reported as node {node}");
+    Some(crate::export::kube_events::Options {
+        pods: pods.clone(),
+        node,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Correlation {
     exported: std::collections::HashMap<String, (u64, f64)>,
     /// The JSON API: every event, and the verdicts and timelines of each report.
     api: Arc<Api>,
+    /// Kubernetes Events: each verdict printed, new or grown (never blocks).
+    pub kube_events: Option<crate::export::kube_events::Sender>,
 }
 
 impl Correlation {
@@ -57,6 +59,7 @@ impl Correlation {
             reported: Default::default(),
             exported: Default::default(),
             api,
+            kube_events: None,
         })
     }
 
@@ -157,6 +160,9 @@ impl Correlation {
                 Some(_) => true,
                 None => false,
             };
+            if let Some(k) = &self.kube_events {
+                k.send(&key, v);
+            }
             self.reported.insert(key, seen);
             tracing::warn!("{}{}", if update { "(update) " } else { "" }, v.line());
             let line = match output {

@@ -15,7 +15,7 @@ use std::{
 
 use drainwatch_correlate::{Obs, Observation, Source};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::{
     Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
@@ -98,9 +98,47 @@ pub struct PodWatch {
     pub selector: String,
     /// Only pods on this node (`spec.nodeName`), when known.
     pub node: Option<String>,
+    /// The pods seen, for the Kubernetes Events about them.
+    pub known: KnownPods,
 }
 
-async fn client(w: &PodWatch) -> anyhow::Result<Client> {
+/// The apiserver pods the watcher currently sees, as the references an
+/// event's `regarding` takes (shared with `export::kube_events`).
+#[derive(Debug, Clone, Default)]
+pub struct KnownPods(Arc<std::sync::Mutex<std::collections::BTreeMap<String, ObjectReference>>>);
+
+impl KnownPods {
+    /// The pods seen, by name.
+    pub fn list(&self) -> Vec<ObjectReference> {
+        self.0
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, p: &Pod) {
+        let r = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: p.metadata.name.clone(),
+            namespace: p.metadata.namespace.clone(),
+            uid: p.metadata.uid.clone(),
+            ..Default::default()
+        };
+        if let (Ok(mut m), Some(name)) = (self.0.lock(), r.name.clone()) {
+            m.insert(name, r);
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(name);
+        }
+    }
+}
+
+/// A client with the watcher's credentials (the events writer uses it too).
+pub(crate) async fn client(w: &PodWatch) -> anyhow::Result<Client> {
     use anyhow::Context as _;
     let what = w.credentials.describe();
     let files: &[PathBuf] = match &w.credentials {
@@ -192,6 +230,7 @@ pub async fn watch_pods(
                 if let Some(l) = listed.as_mut() {
                     l.insert(p.metadata.name.clone().unwrap_or_default());
                 }
+                w.known.set(&p);
                 observe(&p, &metrics, &obs, &mut last).await;
             }
             watcher::Event::InitDone => {
@@ -202,12 +241,18 @@ pub async fn watch_pods(
                     .cloned()
                     .collect();
                 for name in gone {
+                    w.known.remove(&name);
                     forget(&name, &metrics, &mut last);
                 }
             }
-            watcher::Event::Apply(p) => observe(&p, &metrics, &obs, &mut last).await,
+            watcher::Event::Apply(p) => {
+                w.known.set(&p);
+                observe(&p, &metrics, &obs, &mut last).await
+            }
             watcher::Event::Delete(p) => {
-                forget(&p.metadata.name.unwrap_or_default(), &metrics, &mut last)
+                let name = p.metadata.name.unwrap_or_default();
+                w.known.remove(&name);
+                forget(&name, &metrics, &mut last)
             }
         }
     }
