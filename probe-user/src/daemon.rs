@@ -251,6 +251,19 @@ fn export_start_state(opts: &RunOptions, loaded: &Loaded, metrics: &Metrics) {
             );
         }
     }
+    if opts.load.go_uprobes {
+        let go = loaded
+            .hooks
+            .iter()
+            .any(|h| h.state == kernel::programs::HookState::Standby(loader::GO_PER_BINARY.into()));
+        metrics
+            .source_up
+            .with_label_values(&["go_http2"])
+            .set(i64::from(go));
+        if !go {
+            tracing::warn!("Go HTTP/2 uprobes unavailable: GOAWAYs inside TLS are not seen");
+        }
+    }
     for (source, why) in &opts.http.off {
         metrics.source_up.with_label_values(&[source]).set(0);
         tracing::warn!("{source} source off: {why}");

@@ -28,6 +28,7 @@ mod compare;
 mod fixedrate;
 mod fuzz;
 mod gofixtures;
+mod goh2bench;
 mod repeat;
 mod scale;
 mod soak;
@@ -212,6 +213,18 @@ enum BenchCmd {
         /// Connections in the burst (and per case).
         #[arg(long, default_value_t = 200_000)]
         burst: u64,
+    },
+    /// What the Go HTTP/2 uprobes cost a TLS HTTP/2 server (Go 1.24, x/net):
+    /// h2load's request rate with no GOAWAY, and Go clients getting a GOAWAY
+    /// per request, with and without drainwatch in interleaved rounds;
+    /// kernel time per hook run (target/bench/goh2.md).
+    Goh2 {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per load and configuration.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
     },
 }
 
@@ -728,6 +741,20 @@ fn main() -> anyhow::Result<()> {
         } => {
             let (bin, lab, target) = bench_binaries(APT_PACKAGES)?;
             compare::stress(&bin, &lab, burst.clamp(1, 1_000_000), &target.join("bench"))
+        }
+        Cmd::Bench {
+            which: BenchCmd::Goh2 { rounds, seconds },
+        } => {
+            let all: Vec<&str> = APT_PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
+            let (bin, _lab, target) = bench_binaries(&all)?;
+            let go = gofixtures::go_fixtures()?.join("go1.24-stripped/h2probe");
+            goh2bench::goh2(
+                &bin,
+                &go,
+                &target.join("bench"),
+                rounds.clamp(1, 20),
+                seconds.clamp(1, 60),
+            )
         }
         Cmd::Soak {
             minutes,

@@ -9,7 +9,10 @@
 //	  sends GOAWAY on every connection; prints "shutdown done" and exits.
 //	  GET /hold answers headers, then holds the stream until shutdown.
 //	  GET /close answers with "Connection: close" (a GOAWAY while serving).
-//	  GET /ok answers 200.
+//	  GET /ok answers 200; GET /readyz 200, or 503 once draining.
+//	  With -drain D it also shuts down on SIGTERM as kube-apiserver does:
+//	  /readyz turns red, D later Shutdown() starts (prints "draining" and
+//	  "shutdown done").
 //	h2probe client -impl xnet|std -addr A -hold N -close M
 //	  opens N held streams and sends one GET /ok (so its connection is
 //	  open), prints "ready", waits for "go" on stdin, sends M /close
@@ -18,6 +21,10 @@
 //	  "done ok=K failed=F" and exits on "exit" (or the end of stdin): until
 //	  then its connections' read loops run, so every frame the server sent
 //	  before closing them is read.
+//	h2probe loop -impl xnet|std -addr A -path P -workers N -for D
+//	  N workers send GET P one after another for D (a benchmark's load;
+//	  with /close every request ends in a GOAWAY and a new connection),
+//	  then prints "requests K failed F".
 //	h2probe refuse -addr A
 //	  a raw framer client that opens 2 streams before acknowledging the
 //	  server's SETTINGS (server -max-streams 1): the second is refused with
@@ -42,7 +49,10 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/signal"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -58,18 +68,24 @@ func main() {
 	addr := fs.String("addr", "127.0.0.1:0", "address")
 	keylog := fs.String("keylog", "", "TLS key log file (server)")
 	maxStreams := fs.Uint("max-streams", 0, "server: SETTINGS_MAX_CONCURRENT_STREAMS (0: default)")
+	drain := fs.Duration("drain", 0, "server: on SIGTERM, /readyz red for this long, then Shutdown (0: no SIGTERM handling)")
 	hold := fs.Int("hold", 1, "client: held streams")
 	closes := fs.Int("close", 0, "client: /close requests")
+	path := fs.String("path", "/ok", "loop: request path")
+	workers := fs.Int("workers", 4, "loop: concurrent workers")
+	length := fs.Duration("for", 5*time.Second, "loop: how long")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		fail(err.Error())
 	}
 	switch os.Args[1] {
 	case "server":
-		server(*impl, *addr, *keylog, uint32(*maxStreams))
+		server(*impl, *addr, *keylog, uint32(*maxStreams), *drain)
 	case "client":
 		client(*impl, *addr, *hold, *closes)
 	case "refuse":
 		refuse(*addr)
+	case "loop":
+		loop(*impl, *addr, *path, *workers, *length)
 	default:
 		fail("unknown mode " + os.Args[1])
 	}
@@ -103,7 +119,7 @@ func cert() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-func server(impl, addr, keylog string, maxStreams uint32) {
+func server(impl, addr, keylog string, maxStreams uint32, drain time.Duration) {
 	tc := &tls.Config{Certificates: []tls.Certificate{cert()}, NextProtos: []string{"h2"}}
 	if keylog != "" {
 		f, err := os.OpenFile(keylog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -119,6 +135,15 @@ func server(impl, addr, keylog string, maxStreams uint32) {
 		w.(http.Flusher).Flush()
 		<-stopping
 		io.WriteString(w, "bye\n")
+	})
+	var draining atomic.Bool
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "shutting down\n")
+			return
+		}
+		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -148,11 +173,28 @@ func server(impl, addr, keylog string, maxStreams uint32) {
 	say("listening %s", ln.Addr())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(tls.NewListener(ln, tc)) }()
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		if in.Text() == "shutdown" {
-			break
+	stop := make(chan struct{})
+	go func() {
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() {
+			if in.Text() == "shutdown" {
+				close(stop)
+				return
+			}
 		}
+	}()
+	if drain > 0 {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		select {
+		case <-term:
+			draining.Store(true)
+			say("draining")
+			time.Sleep(drain)
+		case <-stop:
+		}
+	} else {
+		<-stop
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -251,6 +293,33 @@ func client(impl, addr string, hold, closes int) {
 	say("done ok=%d failed=%d", ok, failed)
 	for in.Scan() && in.Text() != "exit" {
 	}
+}
+
+func loop(impl, addr, path string, workers int, length time.Duration) {
+	c := &http.Client{Transport: transport(impl)}
+	deadline := time.Now().Add(length)
+	var done, failed atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				resp, err := c.Get("https://" + addr + path)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil {
+					failed.Add(1)
+				} else {
+					done.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	say("requests %d failed %d", done.Load(), failed.Load())
 }
 
 func refuse(addr string) {

@@ -99,7 +99,7 @@ metrics_table! {
     hook_attached: IntGaugeVec = ("drainwatch_hook_attached", "1 when the kernel hook is attached, 0 when unavailable on this host.", ["hook"]),
     build_info: IntGaugeVec = ("drainwatch_build_info", "Build and kernel information; always 1.", ["version", "kernel"]),
     ringbuf_bytes: IntGauge = ("drainwatch_ringbuf_bytes", "Size of the kernel event ring buffer.", []),
-    source_up: IntGaugeVec = ("drainwatch_source_up", "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer), kube_events (the last write of a Kubernetes Event succeeded).", ["source"]),
+    source_up: IntGaugeVec = ("drainwatch_source_up", "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer), go_http2 (the Go uprobes loaded; 0 after a Go binary failed to attach), kube_events (the last write of a Kubernetes Event succeeded).", ["source"]),
     program_run_seconds: CounterVec = ("drainwatch_program_run_seconds_total", "Kernel time spent in each drainwatch program (only with --bpf-stats).", ["program"]),
     program_runs: IntCounterVec = ("drainwatch_program_runs_total", "Runs of each drainwatch program (only with --bpf-stats).", ["program"]),
     map_entries: IntGaugeVec = ("drainwatch_map_entries", "Entries in each BPF hash or LRU map, counted every 15 s.", ["map"]),

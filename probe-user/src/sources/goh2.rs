@@ -272,9 +272,20 @@ impl State {
         for (name, why) in &plan.skipped {
             tracing::warn!("go: {shown}: not hooking {name}: {why}");
         }
-        if let Err(e) = self.attach(key, pid, &path, &shown, plan) {
-            tracing::warn!("go: attaching to {shown} (pid {pid}) failed: {e:#}");
-            self.refused.insert(key, format!("{e:#}"));
+        match self.attach(key, pid, &path, &shown, plan) {
+            Ok(()) => self
+                .metrics
+                .source_up
+                .with_label_values(&["go_http2"])
+                .set(1),
+            Err(e) => {
+                tracing::warn!("go: attaching to {shown} (pid {pid}) failed: {e:#}");
+                self.refused.insert(key, format!("{e:#}"));
+                self.metrics
+                    .source_up
+                    .with_label_values(&["go_http2"])
+                    .set(0);
+            }
         }
     }
 
