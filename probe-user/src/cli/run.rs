@@ -632,6 +632,23 @@ mod tests {
     }
 
     #[test]
+    fn kube_events_follow_the_pod_watcher_unless_turned_off() {
+        let pods = kubewatch::PodWatch {
+            credentials: kubewatch::Credentials::File("/k".into()),
+            namespace: "kube-system".into(),
+            selector: "component=kube-apiserver".into(),
+            node: Some("n1".into()),
+            known: Default::default(),
+        };
+        let (args, _) = parse_run(&["drainwatch", "run", "--node-name", "n1"]);
+        let o = kube_events(&args, Some(&pods)).expect("on by default");
+        assert_eq!(o.node, "n1");
+        assert!(kube_events(&args, None).is_none(), "no credentials: off");
+        let (args, _) = parse_run(&["drainwatch", "run", "--no-kube-events"]);
+        assert!(kube_events(&args, Some(&pods)).is_none());
+    }
+
+    #[test]
     fn metrics_addr_forms() {
         assert_eq!(
             parse_metrics_addr("10.0.0.5:9000").map(|a| a.to_string()),

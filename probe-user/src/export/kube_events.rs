@@ -282,6 +282,7 @@ pub async fn task(
     let mut series: Vec<Series> = Vec::new();
     let mut limiter = Limiter::new(PER_VERDICT, BURST, REFILL, Instant::now());
     let mut client: Option<kube::Client> = None;
+    let mut client_tried: Option<Instant> = None;
     let mut warned = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -300,6 +301,12 @@ pub async fn task(
         let c = match &client {
             Some(c) => c.clone(),
             None if series.iter().any(|s| s.seen != s.written) => {
+                // A client that cannot be built (a kubeconfig wrong or not
+                // mounted yet) is tried again as often as a write.
+                if client_tried.is_some_and(|t| t.elapsed() < PER_VERDICT) {
+                    continue;
+                }
+                client_tried = Some(Instant::now());
                 match kubewatch::client(&o.pods).await {
                     Ok(c) => {
                         client = Some(c.clone());
