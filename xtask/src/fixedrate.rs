@@ -536,7 +536,10 @@ fn report(
                 .iter()
                 .filter_map(|s| {
                     let d = s["delivered"].as_f64()?;
-                    (d > 0.0).then(|| s["process_cpu_s"].as_f64().unwrap_or(0.0) * 1e6 / d)
+                    // A handful of events (the kept connections' own
+                    // opening) would make the process's fixed costs look
+                    // like a cost per event.
+                    (d >= 1000.0).then(|| s["process_cpu_s"].as_f64().unwrap_or(0.0) * 1e6 / d)
                 })
                 .collect();
             let pe = if per_event.is_empty() {
