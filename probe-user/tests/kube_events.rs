@@ -175,7 +175,7 @@ fn verdicts_become_kubernetes_events_and_a_growing_one_one_series() {
         e.get("series").is_none(),
         "a new event has no series: {e:#}"
     );
-    // The note is what the daemon printed for the verdict, with the fix.
+    // The note is what the daemon printed for the verdict, which ends with the fix.
     let note = e["note"].as_str().expect("note");
     assert!(note.len() <= 1024, "{}", note.len());
     let printed: Vec<Value> = d
@@ -201,8 +201,8 @@ fn verdicts_become_kubernetes_events_and_a_growing_one_one_series() {
             };
             note.starts_with(&format!("{n} disrupted"))
                 && note.contains(" on m1: ")
-                && note.contains(s)
-                && note.ends_with(&format!("Fix: {f}"))
+                && note.ends_with(s)
+                && s.ends_with(&format!("; fix: {f}"))
         }),
         "note {note:?} is none of the printed verdicts {printed:#?}"
     );

@@ -96,13 +96,18 @@ pub fn note(v: &Verdict) -> String {
     let route = path_words(v.cause)
         .map(|p| format!(" ({p})"))
         .unwrap_or_default();
+    // The engine's sentences end with their fix; one that does not gets it.
+    let fix = if v.sentence.contains(&v.fix) {
+        String::new()
+    } else {
+        format!("; fix: {}", v.fix)
+    };
     let text = format!(
-        "{} disrupted{route} in {:.1} s from {start} on {}: {}. Fix: {}",
+        "{} disrupted{route} in {:.1} s from {start} on {}: {}{fix}",
         v.count,
         v.seconds(),
         v.instance.as_deref().unwrap_or("an unknown apiserver"),
         v.sentence,
-        v.fix
     );
     bounded(&text, NOTE_LIMIT)
 }
@@ -543,8 +548,12 @@ mod tests {
         let v = verdict(Cause::RefusedWhileNotListening { path: Path::ViaLb });
         assert_eq!(
             note(&v),
-            "7 disrupted (via the load balancer) in 2.5 s from 2026-12-07T14:00:01.000000Z on m1: the load balancer kept sending new connections. Fix: health-check /readyz"
+            "7 disrupted (via the load balancer) in 2.5 s from 2026-12-07T14:00:01.000000Z on m1: the load balancer kept sending new connections; fix: health-check /readyz"
         );
+        // The fix once, when the sentence already ends with it.
+        let mut v = v;
+        v.sentence.push_str("; fix: health-check /readyz");
+        assert!(note(&v).ends_with("connections; fix: health-check /readyz"));
         let mut long = verdict(Cause::HardClose);
         long.sentence = "é".repeat(800);
         let n = note(&long);
