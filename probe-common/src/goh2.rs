@@ -153,6 +153,9 @@ pub mod go_stat {
     pub const UNATTRIBUTED: u32 = 1;
     /// A frame on a socket of an unwatched port (e.g. a gRPC connection).
     pub const UNWATCHED: u32 = 2;
+    /// A frame written to a connection already closed (its fd is -1, or no
+    /// longer a socket): it never reaches the wire, so it is not reported.
+    pub const CLOSED_CONNECTION: u32 = 3;
     /// RST_STREAM sent, by error code (`RST_SENT_BASE + min(code, 15)`):
     /// only REFUSED_STREAM is reported as an event; the others (CANCEL at
     /// every watch teardown) are counted here.

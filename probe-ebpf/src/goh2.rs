@@ -101,8 +101,13 @@ fn fd_sock(fd: u64) -> Option<u64> {
     kern(socket + u64::from(l.socket_sk))
 }
 
+/// What `conn_fd` returns when the connection is already closed (Go sets
+/// `Sysfd` to -1): a frame written then never reaches the wire.
+const CLOSED: u64 = u64::MAX;
+
 /// Follows the interface value at `at` to a `*net.TCPConn` and returns its
-/// fd, or the unknown type's method address (link time) where it stops.
+/// fd, or the unknown type's method address (link time) where it stops
+/// (0: unreadable; `CLOSED`: the connection is closed).
 #[inline(always)]
 fn conn_fd(at: u64, p: &GoProbe, l: &GoLayout, bias: u64) -> Result<u64, u64> {
     let mut tab: u64 = user(at).ok_or(0u64)?;
@@ -121,7 +126,7 @@ fn conn_fd(at: u64, p: &GoProbe, l: &GoLayout, bias: u64) -> Result<u64, u64> {
         if step.terminal != 0 {
             let net_fd: u64 = user(data + u64::from(l.tcp_conn_fd)).ok_or(0u64)?;
             let fd: i64 = user(net_fd + u64::from(l.net_fd_sysfd)).ok_or(0u64)?;
-            return u64::try_from(fd).map_err(|_| 0u64);
+            return u64::try_from(fd).map_err(|_| CLOSED);
         }
         let next = data + u64::from(step.next_off);
         tab = user(next).ok_or(0u64)?;
@@ -266,8 +271,17 @@ fn report(_ctx: &ProbeContext, r: &pt_regs, p: GoProbe) -> Option<()> {
                 }
                 sock = sk;
             }
-            None => stat(go_stat::UNATTRIBUTED),
+            // The fd no longer names a socket: the connection closed between
+            // Go's close and its marking the fd -1. Not on the wire either.
+            None => {
+                stat(go_stat::CLOSED_CONNECTION);
+                return None;
+            }
         },
+        Err(CLOSED) => {
+            stat(go_stat::CLOSED_CONNECTION);
+            return None;
+        }
         Err(pc) => {
             unknown_pc = pc;
             stat(go_stat::UNATTRIBUTED);

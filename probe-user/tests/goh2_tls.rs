@@ -767,3 +767,166 @@ fn go_tls_frames_equal_tsharks_for_every_go_release_and_build() {
     });
     assert_eq!(per_copy.values().sum::<usize>(), 18);
 }
+
+/// A Go server shutting down as kube-apiserver does (SIGTERM, /readyz red,
+/// a drain delay, then `Shutdown()`, which sends GOAWAY over TLS) gives one
+/// rollout timeline with every phase, the GOAWAY among them from the
+/// uprobe: sigterm, readyz_red, listener_closed, goaway_sent, exit (the
+/// kernel's in that order); the server's GOAWAYs say `shutdown` (or
+/// `answer` where the poller's client said GOAWAY first, and those are not
+/// the phase), and the held streams ended cleanly (the client's own count).
+#[test]
+fn go_tls_rollout_timeline_has_the_goaway_phase() {
+    if !root_or_skip("go_tls_rollout_timeline_has_the_goaway_phase") {
+        return;
+    }
+    let _g = serial();
+    let fixtures = fixtures();
+    let fx = fixtures
+        .iter()
+        .find(|f| f.go == "go1.24" && f.variant == "stripped")
+        .expect("a stripped Go 1.24 build");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/");
+    let d = Daemon::start(&[
+        &format!("--port={port}"),
+        "--no-wire",
+        "--no-kube",
+        "--watch-comm",
+        "h2probe",
+        "--instance",
+        "m1",
+        "--apiserver-url",
+        &url,
+        "--insecure-skip-tls-verify",
+        "--readyz-interval",
+        "100ms",
+        "--shutdown-delay",
+        "1s",
+    ]);
+    let dir = std::env::temp_dir().join(format!("dw-goh2-roll-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let addr = format!("127.0.0.1:{port}");
+    let keylog = dir.join("keys").display().to_string();
+    let mut server = Proc::spawn(
+        &fx.path,
+        &[
+            "server", "-impl", "xnet", "-addr", &addr, "-keylog", &keylog, "-drain", "3s",
+        ],
+        "server",
+    );
+    server.wait_line("listening");
+    wait_hooked(&d, server.pid());
+    let mut holder = Proc::spawn(
+        &fx.path,
+        &[
+            "client", "-impl", "xnet", "-addr", &addr, "-hold", "2", "-close", "0",
+        ],
+        "holding client",
+    );
+    holder.wait_line("ready");
+    wait_hooked(&d, holder.pid());
+    holder.send("go");
+    // The poller has seen /readyz green, so its turning red is a change.
+    wait_for(Duration::from_secs(10), "/readyz seen green", || {
+        let m = d.metrics();
+        if m.lines().any(|l| {
+            l.starts_with("drainwatch_apiserver_health{")
+                && l.contains("readyz")
+                && l.ends_with(" 1")
+        }) {
+            Ok(())
+        } else {
+            Err(m
+                .lines()
+                .filter(|l| l.contains("apiserver_health"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    });
+    // SAFETY: signalling the server we started.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) };
+    server.wait_line("draining");
+    server.wait_line("shutdown done");
+    server.wait_exit();
+    holder.wait_line("done ok=3 failed=0");
+    holder.send("exit");
+    holder.wait_exit();
+    let phases = wait_for(Duration::from_secs(15), "the rollout's phases", || {
+        let (code, body) = d.get("/api/v1/timelines");
+        if code != 200 {
+            return Err(format!("{code} {body}"));
+        }
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        // The rollout's timeline (an earlier one may hold /readyz's start).
+        let want = [
+            "sigterm",
+            "readyz_red",
+            "listener_closed",
+            "goaway_sent",
+            "exit",
+        ];
+        v["timelines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|tl| {
+                tl["phases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| Some((p["kind"].as_str()?.to_string(), p["t_ns"].as_u64()?)))
+                    .collect::<Vec<(String, u64)>>()
+            })
+            .find(|phases| want.iter().all(|k| phases.iter().any(|(x, _)| x == k)))
+            .ok_or(body)
+    });
+    // Kernel events of one process, causally ordered: the signal, the
+    // listener closed by Shutdown(), the GOAWAYs it then sent, the exit.
+    let t = |k: &str| {
+        phases
+            .iter()
+            .find(|(x, _)| x == k)
+            .map(|(_, t)| *t)
+            .expect("phase")
+    };
+    assert!(
+        t("sigterm") < t("listener_closed")
+            && t("listener_closed") <= t("goaway_sent")
+            && t("goaway_sent") <= t("exit"),
+        "phases out of order: {phases:?}"
+    );
+    // The server's GOAWAYs: at its shutdown, or answers to a client that
+    // said GOAWAY first on that connection (the /readyz poller closing its
+    // connections politely); none "while serving".
+    let events = d.events();
+    let sent: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "goaway" && e["wire"]["direction"] == "sent")
+        .collect();
+    let client_first: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "goaway"
+                && e["wire"]["direction"] == "received"
+                && e["go"]["role"] == "server"
+        })
+        .map(|e| &e["sock_id"])
+        .collect();
+    assert!(
+        sent.iter().any(|e| e["go"]["sent"] == "shutdown"),
+        "no shutdown GOAWAY in {sent:#?}"
+    );
+    for e in &sent {
+        match e["go"]["sent"].as_str() {
+            Some("shutdown") => {}
+            Some("answer") => assert!(
+                client_first.contains(&&e["sock_id"]),
+                "an answer with no client GOAWAY before it: {e}"
+            ),
+            other => panic!("GOAWAY sent {other:?} during the rollout: {e}"),
+        }
+    }
+    d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -201,9 +201,10 @@ pub struct GoFrame {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     /// GOAWAY sent: "shutdown" (the process got a terminating signal or
-    /// closed a watched listener shortly before) or "while_serving" (it
+    /// closed a watched listener shortly before), "while_serving" (it
     /// serves on: connection rebalancing, e.g. kube-apiserver's
-    /// --goaway-chance). Set by the pipeline.
+    /// --goaway-chance) or "answer" (to the client's own GOAWAY on that
+    /// connection). Set by the pipeline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<&'static str>,
     /// GOAWAY: the debug data's length and its first bytes (escaped).

@@ -61,7 +61,8 @@ impl Pipeline {
                 return;
             }
         };
-        if let Some(why) = self.goaway.classify(&ev)
+        let goaway_why = self.goaway.classify(&ev);
+        if let Some(why) = goaway_why
             && let Some(g) = ev.go.as_mut()
         {
             g.sent = Some(why.as_str());
@@ -75,7 +76,12 @@ impl Pipeline {
         self.metrics.observe(&ev, &self.watched);
         self.hint_go(&ev);
         // One mapping per event, for the engine and the live idle finding.
-        let obs = observe::observation(&ev, 0);
+        // A GOAWAY that only answers the client's says nothing about the
+        // server's lifecycle: not a rollout phase.
+        let obs = match goaway_why {
+            Some(goaway::GoawayWhy::Answer) => None,
+            _ => observe::observation(&ev, 0),
+        };
         let idle_sample = match obs.as_ref().map(|o| &o.kind) {
             Some(&Obs::WireReset {
                 origin,

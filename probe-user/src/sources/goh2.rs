@@ -136,7 +136,7 @@ pub async fn task(
     };
     let mut rescan = tokio::time::interval(RESCAN);
     let mut stat_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut reported = [0u64; 3];
+    let mut reported = [0u64; 4];
     let mut rst_reported = [0u64; 32];
     loop {
         tokio::select! {
@@ -160,6 +160,7 @@ pub async fn task(
                     (go_stat::UNCONFIGURED, "unconfigured"),
                     (go_stat::UNATTRIBUTED, "unattributed"),
                     (go_stat::UNWATCHED, "unwatched_port"),
+                    (go_stat::CLOSED_CONNECTION, "closed_connection"),
                 ]
                 .into_iter()
                 .enumerate()
