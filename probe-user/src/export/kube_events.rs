@@ -129,8 +129,11 @@ fn bounded(s: &str, limit: usize) -> String {
 /// named for the verdict's instance (`kube-apiserver-NODE`, as kubeadm and
 /// OpenShift name the static pods, or the instance itself); else the one
 /// pod the watch sees when it is limited to this node; else the Node.
-/// Blind spot: an instance named unlike its pod (`--instance` set to
-/// something else) on a watch not limited to the node regards the Node.
+/// Blind spots: an instance named unlike its pod (`--instance` set to
+/// something else) on a watch not limited to the node regards the Node;
+/// without `--node-name` the Node is named by the hostname, which may not
+/// be the Node object's name (the event is still listed, about a Node
+/// that does not exist).
 pub fn regarding(
     instance: Option<&str>,
     pods: &[ObjectReference],
@@ -467,6 +470,16 @@ async fn write(
         Ok(_) => {
             s.event = Some((ns, name));
             s.written = s.seen;
+            Ok("created")
+        }
+        // Ours already (the name carries the verdict's first time): an
+        // earlier create whose answer was lost. A series still owed is
+        // patched next time.
+        Err(kube::Error::Api(st)) if st.code == 409 => {
+            s.event = Some((ns, name));
+            if s.seen < 2 {
+                s.written = s.seen;
+            }
             Ok("created")
         }
         Err(e) => Err(format!("creating event {ns}/{name}: {e}")),
