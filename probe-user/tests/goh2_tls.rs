@@ -930,3 +930,132 @@ fn go_tls_rollout_timeline_has_the_goaway_phase() {
     d.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real client we did not build: the machine's kubectl (a stripped
+/// Kubernetes release binary; its own x/net) watching the lab's apiserver
+/// stand-in over TLS. When the stand-in shuts down gracefully it sends
+/// GOAWAY (hyper's two-step: 2^31-1, then the last stream it took) on every
+/// HTTP/2 connection, and records how many connections that was: kubectl
+/// reports receiving them, on that many connections, all its own, the
+/// last frame of each naming a real stream.
+#[test]
+fn kubectl_watch_reports_the_standins_goaway_over_tls() {
+    if !root_or_skip("kubectl_watch_reports_the_standins_goaway_over_tls") {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("dw-goh2-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let d = Daemon::start(&[&format!("--port={port}"), "--no-wire", "--no-kube"]);
+    let listen = format!("127.0.0.1:{port}");
+    let mut standin = Command::new(common::lab_binary())
+        .args([
+            "apiserver",
+            "--name",
+            "m1",
+            "--mode",
+            "graceful",
+            "--listen",
+            &listen,
+        ])
+        .args(["--shutdown-delay", "1s", "--request-timeout", "1s"])
+        .args([
+            "--startup-delay",
+            "100ms",
+            "--san",
+            "127.0.0.1",
+            "--tls-dir",
+        ])
+        .arg(dir.join("pki"))
+        .arg("--truth")
+        .arg(dir.join("truth.jsonl"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stand-in");
+    let mut out = BufReader::new(standin.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "stand-in exited before READY"
+        );
+    }
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{listen}\n    certificate-authority: {}\nusers:\n- name: lab\n  user:\n    token: t\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: default\ncurrent-context: lab\n",
+            dir.join("pki/ca.crt").display()
+        ),
+    )
+    .expect("kubeconfig");
+    let mut kubectl = Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "pods", "--watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl");
+    let truth = dir.join("truth.jsonl");
+    // Its watch is open (the stand-in's record) and the daemon hooked it.
+    wait_for(Duration::from_secs(20), "kubectl's watch to start", || {
+        let t = std::fs::read_to_string(&truth).unwrap_or_default();
+        if t.contains("watch_started") {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    wait_hooked(&d, kubectl.id());
+    // SAFETY: signalling the stand-in we started.
+    unsafe { libc::kill(standin.id() as i32, libc::SIGTERM) };
+    let _ = standin.wait();
+    let record = std::fs::read_to_string(&truth).expect("truth");
+    let connections = record
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "goaway_sent")
+        .and_then(|v| v["detail"]["connections"].as_u64())
+        .expect("the stand-in records the GOAWAYs it sent");
+    assert!(connections >= 1, "{record}");
+    let received = wait_for(Duration::from_secs(15), "kubectl's GOAWAYs", || {
+        let evs: Vec<Value> = d
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e["kind"] == "goaway"
+                    && e["wire"]["direction"] == "received"
+                    && port_of(&e["remote"]) == port
+            })
+            .collect();
+        let conns: std::collections::BTreeSet<&str> =
+            evs.iter().filter_map(|e| e["sock_id"].as_str()).collect();
+        // Both frames of each connection (the second names a real stream).
+        if conns.len() as u64 == connections
+            && conns.iter().all(|c| {
+                evs.iter().any(|e| {
+                    e["sock_id"].as_str() == Some(*c)
+                        && e["wire"]["last_stream_id"].as_u64() < Some(2_147_483_647)
+                })
+            })
+        {
+            Ok(evs)
+        } else {
+            Err(format!("{evs:#?}"))
+        }
+    });
+    for e in &received {
+        assert_eq!(e["pid"].as_u64(), Some(u64::from(kubectl.id())), "{e}");
+        assert_eq!(e["go"]["http2"], "x/net", "kubectl uses x/net: {e}");
+        assert_eq!(e["go"]["role"], "client", "{e}");
+        assert_eq!(e["wire"]["error_code"], "NO_ERROR", "{e}");
+    }
+    let _ = kubectl.kill();
+    let _ = kubectl.wait();
+    d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
