@@ -949,40 +949,26 @@ fn kubectl_watch_reports_the_standins_goaway_over_tls() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let d = Daemon::start(&[&format!("--port={port}"), "--no-wire", "--no-kube"]);
     let listen = format!("127.0.0.1:{port}");
-    let mut standin = Command::new(common::lab_binary())
-        .args([
-            "apiserver",
+    let standin = common::start_standin_here(
+        &dir,
+        &[
             "--name",
             "m1",
             "--mode",
             "graceful",
             "--listen",
             &listen,
-        ])
-        .args(["--shutdown-delay", "1s", "--request-timeout", "1s"])
-        .args([
+            "--shutdown-delay",
+            "1s",
+            "--request-timeout",
+            "1s",
             "--startup-delay",
             "100ms",
             "--san",
             "127.0.0.1",
-            "--tls-dir",
-        ])
-        .arg(dir.join("pki"))
-        .arg("--truth")
-        .arg(dir.join("truth.jsonl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stand-in");
-    let mut out = BufReader::new(standin.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while !line.contains("READY") {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).expect("read") > 0,
-            "stand-in exited before READY"
-        );
-    }
+        ],
+    );
+    let mut standin = common::KillOnDrop(standin);
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -1000,7 +986,7 @@ fn kubectl_watch_reports_the_standins_goaway_over_tls() {
         .stderr(Stdio::null())
         .spawn()
         .expect("kubectl");
-    let truth = dir.join("truth.jsonl");
+    let truth = dir.join("lifecycle.jsonl");
     // Its watch is open (the stand-in's record) and the daemon hooked it.
     wait_for(Duration::from_secs(20), "kubectl's watch to start", || {
         let t = std::fs::read_to_string(&truth).unwrap_or_default();
@@ -1012,8 +998,8 @@ fn kubectl_watch_reports_the_standins_goaway_over_tls() {
     });
     wait_hooked(&d, kubectl.id());
     // SAFETY: signalling the stand-in we started.
-    unsafe { libc::kill(standin.id() as i32, libc::SIGTERM) };
-    let _ = standin.wait();
+    unsafe { libc::kill(standin.0.id() as i32, libc::SIGTERM) };
+    let _ = standin.0.wait();
     let record = std::fs::read_to_string(&truth).expect("truth");
     let connections = record
         .lines()

@@ -48,23 +48,6 @@ pub fn fixtures_dir() -> PathBuf {
     target_dir().join("go").join("fixtures")
 }
 
-fn apt_options(dir: &Path) -> Vec<String> {
-    [
-        format!(
-            "Dir::Etc::sourcelist={}",
-            dir.join("sources.list").display()
-        ),
-        "Dir::Etc::sourceparts=/nonexistent".into(),
-        format!("Dir::State::Lists={}", dir.join("lists").display()),
-        format!("Dir::Cache={}", dir.join("cache").display()),
-        "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
-        "APT::Sandbox::User=root".into(),
-    ]
-    .into_iter()
-    .flat_map(|o| ["-o".to_string(), o])
-    .collect()
-}
-
 fn sources(host_sources: &str) -> String {
     let mirror =
         crate::debian_mirror(host_sources).unwrap_or_else(|| "http://deb.debian.org/debian".into());
@@ -103,7 +86,7 @@ fn toolchains(work: &Path) -> anyhow::Result<PathBuf> {
         apt.display()
     );
     run(Command::new("apt-get")
-        .args(apt_options(&apt))
+        .args(crate::vmtest::private_apt_options(&apt))
         .args(["-qq", "update"]))
     .context("the Go toolchains' private package index (bookworm, bookworm-backports, trixie)")?;
     let debs = work.join("debs");
@@ -116,7 +99,7 @@ fn toolchains(work: &Path) -> anyhow::Result<PathBuf> {
     wanted.extend(XNET_PACKAGES.iter().map(|s| s.to_string()));
     run(Command::new("apt-get")
         .current_dir(&debs)
-        .args(apt_options(&apt))
+        .args(crate::vmtest::private_apt_options(&apt))
         .args(["-qq", "download"])
         .args(&wanted))
     .context("downloading the Go toolchains")?;

@@ -309,7 +309,7 @@ fn newest(names: &[String], series: &str, build: Option<&str>) -> Option<String>
 
 /// `apt-get`/`apt-cache` options that make them use the private index in
 /// `dir` and nothing of the host's sources, lists or caches.
-fn private_apt_options(dir: &Path) -> Vec<String> {
+pub(crate) fn private_apt_options(dir: &Path) -> Vec<String> {
     [
         format!(
             "Dir::Etc::sourcelist={}",

@@ -291,16 +291,7 @@ impl Btf {
     /// Offsets for the socket's own view at `tcp:tcp_receive_reset`:
     /// keepalive setting and last send/receive times.
     pub fn tcp_sock_layout(&self) -> Result<probe_common::TcpSockLayout, BtfError> {
-        let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
-            let v = self.path_offset(root, path)?;
-            u16::try_from(v).map_err(|_| {
-                BtfError::NoMember(
-                    self.source.clone(),
-                    root.into(),
-                    format!("{} (offset {v} too large)", path.join(".")),
-                )
-            })
-        };
+        let off = |root: &str, path: &[&str]| self.offset16(root, path);
         let keepopen = self
             .enum_value("SOCK_KEEPOPEN")
             .and_then(|v| u16::try_from(v).ok())
@@ -325,21 +316,22 @@ impl Btf {
         })
     }
 
-    /// Offsets for telling which network namespace a socket, packet or task
-    /// belongs to (`--netns`).
+    /// A member's byte offset as the programs' layouts hold it (`u16`).
+    fn offset16(&self, root: &str, path: &[&str]) -> Result<u16, BtfError> {
+        let v = self.path_offset(root, path)?;
+        u16::try_from(v).map_err(|_| {
+            BtfError::NoMember(
+                self.source.clone(),
+                root.into(),
+                format!("{} (offset {v} too large)", path.join(".")),
+            )
+        })
+    }
+
     /// Offsets from a task to the socket behind one of its file
     /// descriptors, for the Go uprobes' attribution (`goh2`).
     pub fn file_layout(&self) -> Result<probe_common::FileLayout, BtfError> {
-        let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
-            let v = self.path_offset(root, path)?;
-            u16::try_from(v).map_err(|_| {
-                BtfError::NoMember(
-                    self.source.clone(),
-                    root.into(),
-                    format!("{} (offset {v} too large)", path.join(".")),
-                )
-            })
-        };
+        let off = |root: &str, path: &[&str]| self.offset16(root, path);
         Ok(probe_common::FileLayout {
             present: 1,
             task_files: off("task_struct", &["files"])?,
@@ -352,17 +344,10 @@ impl Btf {
         })
     }
 
+    /// Offsets for telling which network namespace a socket, packet or task
+    /// belongs to (`--netns`).
     pub fn netns_layout(&self) -> Result<probe_common::NetnsLayout, BtfError> {
-        let off = |root: &str, path: &[&str]| -> Result<u16, BtfError> {
-            let v = self.path_offset(root, path)?;
-            u16::try_from(v).map_err(|_| {
-                BtfError::NoMember(
-                    self.source.clone(),
-                    root.into(),
-                    format!("{} (offset {v} too large)", path.join(".")),
-                )
-            })
-        };
+        let off = |root: &str, path: &[&str]| self.offset16(root, path);
         Ok(probe_common::NetnsLayout {
             present: 1,
             // possible_net_t holds the `struct net *` as its only member.

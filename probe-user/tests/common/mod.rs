@@ -710,9 +710,24 @@ pub fn lab_binary() -> std::path::PathBuf {
 /// Starts the lab's apiserver stand-in in namespace `ns` with `args`
 /// (after `apiserver`), keeping its files in `dir`; returns once it is READY.
 pub fn start_standin(ns: &str, dir: &std::path::Path, args: &[&str]) -> Child {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(lab_binary())
+    standin(Some(ns), dir, args)
+}
+
+/// The same in the test's own network namespace (loopback).
+pub fn start_standin_here(dir: &std::path::Path, args: &[&str]) -> Child {
+    standin(None, dir, args)
+}
+
+fn standin(ns: Option<&str>, dir: &std::path::Path, args: &[&str]) -> Child {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(lab_binary());
+            c
+        }
+        None => Command::new(lab_binary()),
+    };
+    let mut child = cmd
         .arg("apiserver")
         .args(args)
         .arg("--tls-dir")
