@@ -436,7 +436,7 @@ fn nginx_graceful_stop_sends_goaway_and_it_is_decoded() {
     assert_eq!(g[0]["remote"], format!("{}:6443", t.server_ip));
     let m = d.metrics();
     assert!(
-        m.contains("drainwatch_goaway_total{direction=\"received\",error_code=\"NO_ERROR\",port=\"6443\"} 1"),
+        m.contains("drainwatch_goaway_total{direction=\"received\",error_code=\"NO_ERROR\",port=\"6443\",source=\"wire\"} 1"),
         "{m}"
     );
     assert!(d.stop().success());
