@@ -823,6 +823,8 @@ fn main() -> anyhow::Result<()> {
                 let target = env::var("CARGO_TARGET_DIR")
                     .map(PathBuf::from)
                     .unwrap_or_else(|_| root_dir().join("target"));
+                // The Go uprobe tests' programs (built once, then reused).
+                gofixtures::go_fixtures()?;
                 return repeat::repeat(&root_dir(), &target, rounds.max(1), &only, &args);
             }
             if !is_root() {

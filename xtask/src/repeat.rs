@@ -22,6 +22,9 @@ pub const TIMING_SENSITIVE: &[(&str, &str)] = &[
     ("probe-user", "lab_verdicts"),
     ("probe-user", "apiserver"),
     ("probe-user", "deploy"),
+    ("probe-user", "goh2_tls"),
+    ("probe-user", "kube_events"),
+    ("probe-user", "api"),
     ("drainwatch-lab", "standin"),
     ("drainwatch-lab", "scenarios"),
     ("drainwatch-lab", "topology"),
@@ -82,6 +85,7 @@ pub fn repeat(
                 .stderr(file);
             // Run as root (checked by the caller): a skip would count as a pass.
             cmd.env("DRAINWATCH_NO_SKIP", "1");
+            cmd.env("DRAINWATCH_GO_FIXTURES", crate::gofixtures::fixtures_dir());
             let status = cmd
                 .status()
                 .with_context(|| format!("cannot start {}", b.exe.display()))?;
