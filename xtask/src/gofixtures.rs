@@ -69,18 +69,7 @@ fn toolchains(work: &Path) -> anyhow::Result<PathBuf> {
         return Ok(unpacked);
     }
     let apt = work.join("apt");
-    for d in ["lists/partial", "cache/archives/partial"] {
-        fs::create_dir_all(apt.join(d)).with_context(|| format!("creating {}", apt.display()))?;
-    }
-    let host = [
-        "/etc/apt/sources.list.d/debian.sources",
-        "/etc/apt/sources.list",
-    ]
-    .iter()
-    .filter_map(|p| fs::read_to_string(p).ok())
-    .collect::<Vec<_>>()
-    .join("\n");
-    fs::write(apt.join("sources.list"), sources(&host))?;
+    crate::vmtest::write_private_sources(&apt, sources)?;
     eprintln!(
         "xtask: Go toolchains: refreshing a private package index ({})",
         apt.display()

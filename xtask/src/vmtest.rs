@@ -328,10 +328,13 @@ pub(crate) fn private_apt_options(dir: &Path) -> Vec<String> {
     .collect()
 }
 
-/// Writes the private sources file and refreshes the private index (apt
-/// fetches only what changed); with no network, an index from an earlier
-/// run is used as it is.
-fn update_private_index(dir: &Path) -> anyhow::Result<()> {
+/// Creates a private index's folders in `dir` and writes its sources file,
+/// made by `sources` from the text of the host's sources files (either
+/// format), so it uses the same mirror.
+pub(crate) fn write_private_sources(
+    dir: &Path,
+    sources: impl FnOnce(&str) -> String,
+) -> anyhow::Result<()> {
     for d in ["lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -343,7 +346,15 @@ fn update_private_index(dir: &Path) -> anyhow::Result<()> {
     .filter_map(|p| fs::read_to_string(p).ok())
     .collect::<Vec<_>>()
     .join("\n");
-    fs::write(dir.join("sources.list"), private_sources(&host_sources))?;
+    fs::write(dir.join("sources.list"), sources(&host_sources))?;
+    Ok(())
+}
+
+/// Writes the private sources file and refreshes the private index (apt
+/// fetches only what changed); with no network, an index from an earlier
+/// run is used as it is.
+fn update_private_index(dir: &Path) -> anyhow::Result<()> {
+    write_private_sources(dir, private_sources)?;
     eprintln!(
         "xtask: refreshing vm-test's own package index ({})",
         dir.display()
