@@ -274,6 +274,31 @@ impl Drop for Capture {
     }
 }
 
+/// A test's temporary directory, removed when the test ends, passed or
+/// failed (captures and key logs are not left behind).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One frame: (from port, to port, "goaway"|"refused_stream", id, code name).
 type Frame = (u16, u16, &'static str, u32, String);
 
@@ -727,8 +752,7 @@ fn go_tls_frames_equal_tsharks_for_every_go_release_and_build() {
     // The Go hooks only: no wire observer, so every frame here is a uprobe's.
     args.push("--no-wire");
     let d = Daemon::start(&args);
-    let dir = std::env::temp_dir().join(format!("dw-goh2-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("dw-goh2");
     let mut summary = Vec::new();
     let mut i = 0;
     for fx in &fixtures {
@@ -747,7 +771,6 @@ fn go_tls_frames_equal_tsharks_for_every_go_release_and_build() {
         "drainwatch_go_h2_unreported_total{reason=\"unattributed\"}",
     );
     d.stop();
-    let _ = std::fs::remove_dir_all(&dir);
     for s in &summary {
         eprintln!("{s}");
     }
@@ -804,8 +827,7 @@ fn go_tls_rollout_timeline_has_the_goaway_phase() {
         "--shutdown-delay",
         "1s",
     ]);
-    let dir = std::env::temp_dir().join(format!("dw-goh2-roll-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("dw-goh2-roll");
     let addr = format!("127.0.0.1:{port}");
     let keylog = dir.join("keys").display().to_string();
     let mut server = Proc::spawn(
@@ -928,7 +950,6 @@ fn go_tls_rollout_timeline_has_the_goaway_phase() {
         }
     }
     d.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A real client we did not build: the machine's kubectl (a stripped
@@ -945,8 +966,7 @@ fn kubectl_watch_reports_the_standins_goaway_over_tls() {
     }
     let _g = serial();
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("dw-goh2-kubectl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("dw-goh2-kubectl");
     let d = Daemon::start(&[&format!("--port={port}"), "--no-wire", "--no-kube"]);
     let listen = format!("127.0.0.1:{port}");
     let standin = common::start_standin_here(
@@ -1043,5 +1063,4 @@ fn kubectl_watch_reports_the_standins_goaway_over_tls() {
     let _ = kubectl.kill();
     let _ = kubectl.wait();
     d.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
