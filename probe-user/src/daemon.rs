@@ -135,33 +135,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
     let events = loader::take_events(&mut ebpf)?;
-    // Last: the Go uprobes' task takes the object (it attaches per binary
-    // from there); dropping it when that task ends detaches everything.
-    let go_program = hooks
-        .iter()
-        .find(|h| h.state == kernel::programs::HookState::Standby(loader::GO_PER_BINARY.into()))
-        .map(|h| h.program);
-    let ebpf = if let Some(program) = go_program {
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        pipeline.go_hints = Some(tx);
-        let mut names = opts.load.watch_comms.clone();
-        names.extend(opts.load.go_clients.iter().cloned());
-        tasks.spawn(sources::goh2::task(
-            ebpf,
-            sources::goh2::Options {
-                names,
-                ports: opts.load.ports.clone(),
-                netns: opts.load.netns,
-                cookies: program == kernel::programs::Program::GoHttp2Cookie,
-            },
-            rx,
-            metrics.clone(),
-            stop_rx.clone(),
-        ));
-        None
-    } else {
-        Some(ebpf)
-    };
+    let ebpf = spawn_go_uprobes(
+        &opts,
+        &hooks,
+        ebpf,
+        &mut pipeline,
+        &metrics,
+        &mut tasks,
+        &stop_rx,
+    );
     tasks.spawn(sources::ringbuf::task(
         events,
         pipeline,
@@ -210,6 +192,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
+/// Last: the Go uprobes' task takes the object (it attaches per binary
+/// from there; dropping it when that task ends detaches everything).
+/// Without the Go uprobes, the object comes back, to be dropped at the end.
+fn spawn_go_uprobes(
+    opts: &RunOptions,
+    hooks: &[kernel::programs::Hook],
+    ebpf: aya::Ebpf,
+    pipeline: &mut Pipeline,
+    metrics: &Arc<Metrics>,
+    tasks: &mut Tasks,
+    stop_rx: &watch::Receiver<bool>,
+) -> Option<aya::Ebpf> {
+    let Some(program) = hooks.iter().find(|h| h.per_binary()).map(|h| h.program) else {
+        return Some(ebpf);
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    pipeline.go_hints = Some(tx);
+    let mut names = opts.load.watch_comms.clone();
+    names.extend(opts.load.go_clients.iter().cloned());
+    tasks.spawn(sources::goh2::task(
+        ebpf,
+        sources::goh2::Options {
+            names,
+            ports: opts.load.ports.clone(),
+            netns: opts.load.netns,
+            cookies: program == kernel::programs::Program::GoHttp2Cookie,
+        },
+        rx,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    None
+}
+
 /// What is known before the first event: build, ring buffer size, hooks,
 /// listeners already open, and which sources are up.
 fn export_start_state(opts: &RunOptions, loaded: &Loaded, metrics: &Metrics) {
@@ -252,10 +268,7 @@ fn export_start_state(opts: &RunOptions, loaded: &Loaded, metrics: &Metrics) {
         }
     }
     if opts.load.go_uprobes {
-        let go = loaded
-            .hooks
-            .iter()
-            .any(|h| h.state == kernel::programs::HookState::Standby(loader::GO_PER_BINARY.into()));
+        let go = loaded.hooks.iter().any(kernel::programs::Hook::per_binary);
         metrics
             .source_up
             .with_label_values(&["go_http2"])

@@ -123,6 +123,19 @@ impl Proc {
             .collect()
     }
 
+    /// The local ports of the client's connections ("conn ADDR" lines).
+    fn conn_ports(&self) -> Vec<u16> {
+        self.lines_with("conn ")
+            .iter()
+            .map(|l| {
+                l.rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("{l:?}"))
+            })
+            .collect()
+    }
+
     fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}").expect("write to fixture");
@@ -550,16 +563,7 @@ fn scenario(d: &Daemon, fx: &Fixture, server_impl: &str, port: u16, dir: &Path) 
 
     let truth = tshark_frames(&pcap, &keylog);
     assert!(!truth.is_empty(), "{label}: tshark found no frame");
-    let holder_ports: Vec<u16> = holder
-        .lines_with("conn ")
-        .iter()
-        .map(|l| {
-            l.rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("{l:?}"))
-        })
-        .collect();
+    let holder_ports = holder.conn_ports();
     // The server has exited: once the holding client has closed each of its
     // connections (its read loop saw the end), it has read every frame on them.
     for p in &holder_ports {
@@ -585,19 +589,29 @@ fn scenario(d: &Daemon, fx: &Fixture, server_impl: &str, port: u16, dir: &Path) 
         !must_receive.is_empty(),
         "{label}: no GOAWAY to the holding client in {truth:?}"
     );
-    // Wait until every frame tshark saw is reported as sent (then a short
-    // window in which a duplicate would show).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let (sent, received) = loop {
-        let (s, r) = reported(d, port);
-        let got_all =
-            s.len() >= truth.len() && must_receive.iter().all(|f| r.iter().any(|(g, _)| g == *f));
-        if got_all || std::time::Instant::now() > deadline {
-            std::thread::sleep(Duration::from_millis(300));
-            break reported(d, port);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Every frame is in the daemon's events once later events of the same
+    // processes are (one ring buffer, read in order): the server's exit,
+    // and the holding client's close of each of its connections.
+    wait_for(
+        Duration::from_secs(20),
+        "the server's exit and the holding client's closes among the events",
+        || {
+            let evs = d.events();
+            let exited = evs.iter().any(|e| {
+                e["kind"] == "process_exit" && e["pid"].as_u64() == Some(u64::from(server.pid()))
+            });
+            let closed = holder_ports.iter().all(|p| {
+                evs.iter()
+                    .any(|e| e["kind"] == "closed" && port_of(&e["local"]) == *p)
+            });
+            if exited && closed {
+                Ok(())
+            } else {
+                Err(format!("exited {exited}, holder closed {closed}"))
+            }
+        },
+    );
+    let (sent, received) = reported(d, port);
     let sent_frames: Vec<Frame> = sent.iter().map(|(f, _)| f.clone()).collect();
     assert_eq!(
         sent_frames,
@@ -641,11 +655,7 @@ fn scenario(d: &Daemon, fx: &Fixture, server_impl: &str, port: u16, dir: &Path) 
     // Why each GOAWAY was sent: the closing client's were answers while
     // serving (Connection: close), the holding client's came with the
     // shutdown (after the listener closed).
-    let closer_ports: Vec<u16> = closer
-        .lines_with("conn ")
-        .iter()
-        .filter_map(|l| l.rsplit(':').next().and_then(|p| p.parse().ok()))
-        .collect();
+    let closer_ports = closer.conn_ports();
     for (client, why) in sent_why(d, port) {
         if closer_ports.contains(&client) {
             assert_eq!(

@@ -421,10 +421,9 @@ fn load_attach(ebpf: &mut Ebpf, spec: &Spec, earlier: &[Hook]) -> Result<Hook, L
         }
     };
     if let Some(primary) = spec.stands_in_for
-        && earlier.iter().any(|h| {
-            h.program == primary
-                && (h.attached() || h.state == HookState::Standby(GO_PER_BINARY.into()))
-        })
+        && earlier
+            .iter()
+            .any(|h| h.program == primary && (h.attached() || h.per_binary()))
     {
         let why = format!(
             "loaded and verified; {} is used instead",

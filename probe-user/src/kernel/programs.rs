@@ -351,6 +351,11 @@ impl Hook {
         self.state == HookState::Attached
     }
 
+    /// A Go uprobe program that loaded and attaches per Go binary.
+    pub fn per_binary(&self) -> bool {
+        self.state == HookState::Standby(crate::kernel::load::GO_PER_BINARY.into())
+    }
+
     /// The hook as people and the `drainwatch_hook_attached` label name it:
     /// `tracepoint sock:inet_sock_set_state`, `kprobe tcp_connect`,
     /// `tc ingress eth0`.
