@@ -1,8 +1,10 @@
 //! The slice of the Kubernetes API the stand-in serves: discovery, and GET/LIST/WATCH of
-//! configmaps and pods plus POST/PUT/DELETE of configmaps, and events.k8s.io/v1 Events
+//! configmaps and pods plus POST/PUT/DELETE of configmaps, POST of pods, pods'
+//! port-forward (`portforward`, served by the HTTP layer), and events.k8s.io/v1 Events
 //! (create, merge or strategic-merge PATCH, get, list, watch) validated as
 //! kube-apiserver validates them (422 with a Status naming each field otherwise), kept
-//! in memory. Enough for kubectl, client-go style clients, kube-rs and the Python
+//! in memory; the same Events through core/v1 (`/api/v1/.../events`: get, list, watch),
+//! converted as kube-apiserver converts them, so plain `kubectl get events` shows them. Enough for kubectl, client-go style clients, kube-rs and the Python
 //! client; no admission, no auth beyond a bearer token check done by the caller.
 
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ use tokio::sync::broadcast;
 use crate::clock::{now_ns, rfc3339_s};
 
 mod events;
+pub mod portforward;
 
 /// The resource kinds served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,6 +134,8 @@ pub struct Watch {
     pub timeout_secs: Option<u64>,
     /// Render objects as meta.k8s.io Table rows (kubectl's default printing).
     pub table: bool,
+    /// Events in their core/v1 form (a watch through `/api/v1`).
+    pub core: bool,
 }
 
 impl Watch {
@@ -149,6 +154,8 @@ impl Watch {
     pub fn line(&self, ev: &Event) -> Vec<u8> {
         let object = if self.table {
             table(self.kind, std::slice::from_ref(&ev.object), ev.rv)
+        } else if self.core {
+            events::to_core(&ev.object)
         } else {
             ev.object.clone()
         };
@@ -299,6 +306,14 @@ impl Store {
         Some(obj)
     }
 
+    /// The stored object, if any.
+    pub fn object(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
     /// Serves one API request.
     pub fn handle(&self, req: &Request) -> Reply {
         let q = parse_query(&req.query);
@@ -318,10 +333,29 @@ impl Store {
             ("GET", ["apis", "events.k8s.io"]) => Reply::Json(200, events_group()),
             ("GET", ["apis", "events.k8s.io", "v1"]) => Reply::Json(200, events_resources()),
             ("GET", ["apis", "events.k8s.io", "v1", "events"]) => {
-                self.list_or_watch(Kind::Event, None, &q, &req.accept)
+                self.list_or_watch(Kind::Event, None, &q, &req.accept, false)
+            }
+            // The same Events through core/v1, read-only here (drainwatch writes
+            // events.k8s.io/v1; kubectl reads core/v1 by default).
+            ("GET", ["api", "v1", "events"]) => {
+                self.list_or_watch(Kind::Event, None, &q, &req.accept, true)
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "events"]) => {
+                self.list_or_watch(Kind::Event, Some(ns), &q, &req.accept, true)
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "events", name]) => {
+                match self.get(Kind::Event, ns, name, &req.accept) {
+                    Reply::Json(200, o) if o["kind"] == "Event" => {
+                        Reply::Json(200, events::to_core(&o))
+                    }
+                    other => other,
+                }
+            }
+            (_, ["api", "v1", "events"] | ["api", "v1", "namespaces", _, "events", ..]) => {
+                method_not_allowed()
             }
             (m, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => match m {
-                "GET" => self.list_or_watch(Kind::Event, Some(ns), &q, &req.accept),
+                "GET" => self.list_or_watch(Kind::Event, Some(ns), &q, &req.accept, false),
                 "POST" => match serde_json::from_slice::<Value>(&req.body) {
                     Ok(obj) => self.create_event(ns, obj),
                     Err(e) => bad_request(&e.to_string()),
@@ -346,14 +380,16 @@ impl Store {
             },
             ("GET", ["api", "v1"]) => Reply::Json(200, resource_list()),
             (_, ["api", "v1", plural]) if get => match Kind::from_plural(plural) {
-                Some(kind) => self.list_or_watch(kind, None, &q, &req.accept),
+                Some(kind) => self.list_or_watch(kind, None, &q, &req.accept, false),
                 None => not_found(plural, ""),
             },
             (_, ["api", "v1", "namespaces", ns, plural]) => match Kind::from_plural(plural) {
-                Some(kind) if get => self.list_or_watch(kind, Some(ns), &q, &req.accept),
-                Some(Kind::ConfigMap) if req.method == "POST" => {
+                Some(kind) if get => self.list_or_watch(kind, Some(ns), &q, &req.accept, false),
+                // Pods are created as given, status included: the lab plays
+                // the scheduler and kubelet too (its drainwatch pods).
+                Some(kind @ (Kind::ConfigMap | Kind::Pod)) if req.method == "POST" => {
                     match serde_json::from_slice::<Value>(&req.body) {
-                        Ok(obj) => self.write_reply(Kind::ConfigMap, ns, obj, false, None),
+                        Ok(obj) => self.write_reply(kind, ns, obj, false, None),
                         Err(e) => bad_request(&e.to_string()),
                     }
                 }
@@ -529,6 +565,7 @@ impl Store {
         ns: Option<&str>,
         q: &BTreeMap<String, String>,
         accept: &str,
+        core: bool,
     ) -> Reply {
         let name = q
             .get("fieldSelector")
@@ -553,9 +590,14 @@ impl Store {
             if wants_table(accept) {
                 return Reply::Json(200, table(kind, &items, rv));
             }
+            let (items, api_version) = if core {
+                (items.iter().map(events::to_core).collect(), "v1")
+            } else {
+                (items, kind.api_version())
+            };
             return Reply::Json(
                 200,
-                json!({"kind": format!("{}List", kind.kind()), "apiVersion": kind.api_version(),
+                json!({"kind": format!("{}List", kind.kind()), "apiVersion": api_version,
                     "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
             );
         }
@@ -572,6 +614,7 @@ impl Store {
             after_rv: 0,
             timeout_secs: q.get("timeoutSeconds").and_then(|v| v.parse().ok()),
             table: wants_table(accept),
+            core,
         };
         if since == 0 {
             // No resourceVersion: the current state as ADDED events, then changes.
@@ -628,6 +671,7 @@ fn pod(instance: &str, ready: bool) -> Value {
 /// A meta.k8s.io/v1 Table, the form kubectl asks for when it prints rows.
 fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
     let col = |name: &str, ty: &str, format: &str| json!({"name": name, "type": ty, "format": format, "description": "", "priority": 0});
+    let wide = |name: &str, format: &str| json!({"name": name, "type": "string", "format": format, "description": "", "priority": 1});
     let columns = match kind {
         Kind::ConfigMap => vec![col("Name", "string", "name"), col("Data", "integer", "")],
         Kind::Pod => vec![
@@ -635,12 +679,18 @@ fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
             col("Ready", "string", ""),
             col("Status", "string", ""),
         ],
+        // kube-apiserver's event columns (one printer for both APIs).
         Kind::Event => vec![
             col("Last Seen", "string", ""),
             col("Type", "string", ""),
             col("Reason", "string", ""),
             col("Object", "string", ""),
+            wide("Subobject", ""),
+            wide("Source", ""),
             col("Message", "string", ""),
+            wide("First Seen", ""),
+            wide("Count", ""),
+            wide("Name", "name"),
         ],
     };
     let rows: Vec<Value> = objs
@@ -659,7 +709,7 @@ fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
                         o["status"]["phase"]
                     ])
                 }
-                Kind::Event => events::row(o, (now_ns() / 1_000_000_000) as i64),
+                Kind::Event => events::row(&events::to_core(o), (now_ns() / 1_000_000_000) as i64),
             };
             json!({"cells": cells, "object": {"kind": "PartialObjectMetadata",
                 "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
@@ -723,7 +773,11 @@ fn resource_list() -> Value {
         {"name": "configmaps", "singularName": "configmap", "namespaced": true, "kind": "ConfigMap",
          "verbs": ["create", "delete", "get", "list", "update", "watch"], "shortNames": ["cm"]},
         {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
-         "verbs": ["get", "list", "watch"], "shortNames": ["po"], "categories": ["all"]},
+         "verbs": ["create", "get", "list", "watch"], "shortNames": ["po"], "categories": ["all"]},
+        {"name": "pods/portforward", "singularName": "", "namespaced": true, "kind": "PodPortForwardOptions",
+         "verbs": ["create", "get"]},
+        {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+         "verbs": ["get", "list", "watch"], "shortNames": ["ev"]},
         {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
          "verbs": ["get", "list"], "shortNames": ["ns"]}
     ]})
@@ -828,6 +882,22 @@ mod tests {
         assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
         let (c, _) = json_of(s.handle(&req("PATCH", &format!("{base}/nope"), "", json!({}))));
         assert_eq!(c, 415, "a PATCH must say its kind of patch");
+        // The same object through core/v1, converted.
+        let core = "/api/v1/namespaces/kube-system/events";
+        let (c, list) = json_of(s.handle(&req("GET", core, "", Value::Null)));
+        assert_eq!(
+            (c, &list["kind"], &list["apiVersion"]),
+            (200, &json!("EventList"), &json!("v1"))
+        );
+        let item = &list["items"][0];
+        assert_eq!(item["message"], "cut");
+        assert_eq!(item["involvedObject"]["kind"], "Node");
+        assert_eq!(item["series"]["count"], 2);
+        assert_eq!(item["metadata"]["uid"], created["metadata"]["uid"]);
+        let (c, one) = json_of(s.handle(&req("GET", &format!("{core}/n1.1"), "", Value::Null)));
+        assert_eq!((c, &one), (200, item));
+        let (c, _) = json_of(s.handle(&req("POST", core, "", ev)));
+        assert_eq!(c, 405);
     }
 
     fn json_of(r: Reply) -> (u16, Value) {

@@ -2,8 +2,9 @@
 //! apiserver stand-in m1 roll while it writes events.k8s.io/v1 Events to
 //! m2, another master's stand-in (which serves m1's pod, as every apiserver
 //! of a cluster does: m1 itself is down when its verdicts come). Real
-//! kubectl reads them back; the refused connections' verdict, growing while
-//! m1 stays down, is one event whose series count goes up.
+//! kubectl reads them back (events.k8s.io/v1, and plain `kubectl get events`
+//! through core/v1, as kube-apiserver serves both); the refused connections'
+//! verdict, growing while m1 stays down, is one event whose series count goes up.
 
 mod common;
 
@@ -28,6 +29,57 @@ fn kubectl_json(pair: &Pair, kubeconfig: &std::path::Path, args: &[&str]) -> Val
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("kubectl JSON")
+}
+
+/// `kubectl get ...` as printed (kubectl's own table formatting).
+fn kubectl_text(pair: &Pair, kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pair.server, "/usr/bin/kubectl"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// kubectl's table cut into (column, cell) rows: kubectl aligns every cell
+/// under its header (Go's tabwriter, which counts characters, not bytes), so
+/// each cell runs from its header's offset to the next header's; the last
+/// one to the end of the line.
+fn kubectl_table(
+    pair: &Pair,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> Vec<Vec<(String, String)>> {
+    let text = kubectl_text(pair, kubeconfig, args);
+    let mut lines = text.lines().map(|l| l.chars().collect::<Vec<char>>());
+    let header = lines.next().expect("a header line");
+    // A column starts after two spaces (headers like "LAST SEEN" hold one).
+    let starts: Vec<usize> = (0..header.len())
+        .filter(|&i| header[i] != ' ' && (i == 0 || (i >= 2 && header[i - 2..i] == [' ', ' '])))
+        .collect();
+    let cell = |l: &[char], k: usize| -> String {
+        let end = starts.get(k + 1).copied().unwrap_or(l.len()).min(l.len());
+        l[starts[k].min(end)..end]
+            .iter()
+            .collect::<String>()
+            .trim()
+            .to_string()
+    };
+    let names: Vec<String> = (0..starts.len()).map(|k| cell(&header, k)).collect();
+    lines
+        .map(|l| {
+            (0..starts.len())
+                .map(|k| (names[k].clone(), cell(&l, k)))
+                .collect()
+        })
+        .collect()
 }
 
 fn refused_events(list: &Value) -> Vec<Value> {
@@ -271,20 +323,83 @@ fn verdicts_become_kubernetes_events_and_a_growing_one_one_series() {
         parse_metric(&m, "drainwatch_source_up{source=\"kube_events\"}"),
         1.0
     );
-    // What `kubectl get` prints, for the README.
-    let table = Command::new("ip")
-        .args(["netns", "exec", &pair.server, "/usr/bin/kubectl"])
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .args(["get", "events.v1.events.k8s.io", ns[0], ns[1]])
-        .output()
-        .expect("kubectl");
-    let table = String::from_utf8_lossy(&table.stdout);
+    // Plain `kubectl get events` reads core/v1, where kube-apiserver serves the
+    // same objects converted: the event as kubectl prints it, cell by cell.
+    let core = kubectl_json(&pair, &kc, &["get", "events", ns[0], ns[1]]);
+    assert_eq!(core["apiVersion"], "v1");
+    let c = refused_events(&core);
+    assert_eq!(c.len(), 1, "{core:#}");
+    let c = &c[0];
+    assert_eq!(c["apiVersion"], "v1");
+    assert_eq!(c["metadata"]["uid"], e["metadata"]["uid"]);
+    assert_eq!(c["message"], e["note"]);
+    assert_eq!(c["involvedObject"], e["regarding"]);
+    assert_eq!(c["reportingComponent"], "drainwatch.io/drainwatch");
+    assert_eq!(c["reportingInstance"], "node-m1");
+    assert_eq!(c["eventTime"], e["eventTime"]);
     assert!(
-        table.contains("ConnectionsRefused") && table.contains("pod/kube-apiserver-m1"),
-        "{table}"
+        c.get("note").is_none() && c.get("regarding").is_none(),
+        "{c:#}"
     );
-    eprintln!("{table}");
+    let before = c["series"]["count"].as_i64().expect("series in core/v1");
+    assert!(before >= 2, "{c:#}");
+    let plain = kubectl_table(&pair, &kc, &["get", "events", ns[0], ns[1]]);
+    let wide = kubectl_table(&pair, &kc, &["get", "events", ns[0], ns[1], "-o", "wide"]);
+    let after = refused_events(&kubectl_json(&pair, &kc, &["get", "events", ns[0], ns[1]]))[0]
+        ["series"]["count"]
+        .as_i64()
+        .expect("count");
+    let row_of = |t: &[Vec<(String, String)>]| -> Vec<(String, String)> {
+        let rows: Vec<_> = t
+            .iter()
+            .filter(|r| {
+                r.iter()
+                    .any(|(h, v)| h == "REASON" && v == "ConnectionsRefused")
+            })
+            .cloned()
+            .collect();
+        assert_eq!(rows.len(), 1, "{t:#?}");
+        rows[0].clone()
+    };
+    let r = row_of(&plain);
+    let heads: Vec<&str> = r.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(heads, ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]);
+    let note = e["note"].as_str().expect("note").trim();
+    assert_eq!(r[1].1, "Warning");
+    assert_eq!(r[3].1, "pod/kube-apiserver-m1");
+    assert_eq!(r[4].1, note);
+    let w = row_of(&wide);
+    let heads: Vec<&str> = w.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(
+        heads,
+        [
+            "LAST SEEN",
+            "TYPE",
+            "REASON",
+            "OBJECT",
+            "SUBOBJECT",
+            "SOURCE",
+            "MESSAGE",
+            "FIRST SEEN",
+            "COUNT",
+            "NAME"
+        ]
+    );
+    // kube-apiserver's printer: the source from reportingController and
+    // reportingInstance, the count from the series.
+    assert_eq!(w[5].1, "drainwatch.io/drainwatch, node-m1");
+    assert_eq!(w[6].1, note);
+    let count: i64 = w[8].1.parse().expect("COUNT");
+    assert!(
+        (before..=after).contains(&count),
+        "{count} in {before}..={after}"
+    );
+    assert_eq!(w[9].1, e["metadata"]["name"].as_str().expect("name"));
+    // What `kubectl get events` prints, for the README.
+    eprintln!(
+        "{}",
+        kubectl_text(&pair, &kc, &["get", "events", ns[0], ns[1]])
+    );
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,8 @@
 //! `ValidateEventUpdate` (k8s.io/kubernetes pkg/apis/core/validation/events.go) for
 //! this API version, with the same limits, field paths (kube-apiserver reports some
 //! by their core names: `message` for `note`, `involvedObject` for `regarding`) and
-//! 422 Status body; JSON merge patch; the rows `kubectl get` prints.
+//! 422 Status body; JSON merge patch; the core/v1 form of the same object; the rows
+//! `kubectl get` prints.
 
 use serde_json::{Value, json};
 
@@ -338,23 +339,105 @@ fn human_age(secs: i64) -> String {
     }
 }
 
-/// A `kubectl get` row, as kube-apiserver's table for events: last seen (an age),
-/// type, reason, object, message.
-pub fn row(o: &Value, now_s: i64) -> Value {
-    let last = o["series"]["lastObservedTime"]
-        .as_str()
-        .or(o["eventTime"].as_str())
-        .and_then(unix_secs)
-        .map_or_else(|| "<unknown>".into(), |t| human_age(now_s - t));
-    let object = format!(
-        "{}/{}",
-        o["regarding"]["kind"]
-            .as_str()
-            .unwrap_or_default()
-            .to_lowercase(),
-        o["regarding"]["name"].as_str().unwrap_or_default()
-    );
-    json!([last, o["type"], o["reason"], object, o["note"]])
+/// The core/v1 form of a stored events.k8s.io/v1 Event, as kube-apiserver serves the
+/// same object through `/api/v1` (its conversion through the internal type,
+/// k8s.io/kubernetes pkg/apis/events/v1/conversion.go): `note` is `message`,
+/// `regarding` is `involvedObject`, `reportingController` is `reportingComponent`, the
+/// `deprecated*` fields are `source`, `firstTimestamp`, `lastTimestamp` and `count`;
+/// `series`, `eventTime`, `action`, `related` and `reportingInstance` keep their names.
+/// Go's encoding writes an unset time as `null` and an unset `source` as `{}`.
+pub fn to_core(e: &Value) -> Value {
+    let mut c = json!({
+        "kind": "Event",
+        "apiVersion": "v1",
+        "metadata": e["metadata"],
+        "involvedObject": if e["regarding"].is_null() { json!({}) } else { e["regarding"].clone() },
+        "source": if e["deprecatedSource"].is_null() { json!({}) } else { e["deprecatedSource"].clone() },
+        "firstTimestamp": e["deprecatedFirstTimestamp"],
+        "lastTimestamp": e["deprecatedLastTimestamp"],
+        "eventTime": e["eventTime"],
+        "reportingComponent": text(e, "reportingController"),
+        "reportingInstance": text(e, "reportingInstance"),
+    });
+    for (from, to) in [
+        ("reason", "reason"),
+        ("note", "message"),
+        ("type", "type"),
+        ("action", "action"),
+        ("series", "series"),
+        ("related", "related"),
+        ("deprecatedCount", "count"),
+    ] {
+        if set(&e[from]) && e[from] != json!(0) {
+            c[to] = e[from].clone();
+        }
+    }
+    c
+}
+
+/// A `kubectl get` row, as kube-apiserver's table printer makes it from a core/v1
+/// Event (`printEvent`; it serves every column, kubectl drops the priority-1 ones
+/// unless `-o wide`): last seen, type, reason, object, subobject, source, message,
+/// first seen, count, name. Last seen is the series' last observation, else
+/// `lastTimestamp`, else first seen, which is `firstTimestamp` else `eventTime`; the
+/// count is the series' else `count`, at least 1; the source is `source.component`
+/// else `reportingComponent`, then `, ` and `source.host` else `reportingInstance`.
+pub fn row(c: &Value, now_s: i64) -> Value {
+    let age = |t: &Value| {
+        t.as_str()
+            .and_then(unix_secs)
+            .map_or_else(|| "<unknown>".to_string(), |t| human_age(now_s - t))
+    };
+    let first = if c["firstTimestamp"].is_string() {
+        age(&c["firstTimestamp"])
+    } else {
+        age(&c["eventTime"])
+    };
+    let mut last = if c["lastTimestamp"].is_string() {
+        age(&c["lastTimestamp"])
+    } else {
+        first.clone()
+    };
+    let mut count = c["count"].as_i64().unwrap_or(0);
+    if c["series"].is_object() {
+        last = age(&c["series"]["lastObservedTime"]);
+        count = c["series"]["count"].as_i64().unwrap_or(0);
+    } else if count == 0 {
+        count = 1;
+    }
+    let o = &c["involvedObject"];
+    let kind = o["kind"].as_str().unwrap_or_default().to_lowercase();
+    let object = match o["name"].as_str().unwrap_or_default() {
+        "" => kind,
+        name => format!("{kind}/{name}"),
+    };
+    let or = |a: &Value, b: &Value| {
+        let a = a.as_str().unwrap_or_default();
+        if a.is_empty() {
+            b.as_str().unwrap_or_default().to_string()
+        } else {
+            a.to_string()
+        }
+    };
+    let component = or(&c["source"]["component"], &c["reportingComponent"]);
+    let host = or(&c["source"]["host"], &c["reportingInstance"]);
+    let source = if host.is_empty() {
+        component
+    } else {
+        format!("{component}, {host}")
+    };
+    json!([
+        last,
+        c["type"].as_str().unwrap_or_default(),
+        c["reason"].as_str().unwrap_or_default(),
+        object,
+        o["fieldPath"].as_str().unwrap_or_default(),
+        source,
+        c["message"].as_str().unwrap_or_default().trim(),
+        first,
+        count,
+        c["metadata"]["name"]
+    ])
 }
 
 #[cfg(test)]
@@ -441,10 +524,35 @@ mod tests {
         let t = unix_secs("2026-12-07T14:00:00.000001Z").expect("time");
         assert_eq!(t, 1_796_652_000);
         assert_eq!(unix_secs("1970-01-01T00:00:00Z"), Some(0));
-        let r = row(&event(), t + 75);
+        let r = row(&to_core(&event()), t + 75);
         assert_eq!(r[0], "75s");
         assert_eq!(r[3], "pod/kube-apiserver-m1");
+        assert_eq!(r[5], "drainwatch.io/drainwatch, m1");
+        assert_eq!(
+            (&r[6], &r[7], &r[8]),
+            (&json!("3 refused"), &json!("75s"), &json!(1))
+        );
+        let mut grown = event();
+        grown["series"] = json!({"count": 4, "lastObservedTime": "2026-12-07T14:01:00.000000Z"});
+        let r = row(&to_core(&grown), t + 75);
+        assert_eq!(
+            (&r[0], &r[7], &r[8]),
+            (&json!("15s"), &json!("75s"), &json!(4))
+        );
         assert_eq!(human_age(400), "6m40s");
+    }
+
+    #[test]
+    fn core_form_is_kube_apiservers_conversion() {
+        let c = to_core(&event());
+        assert_eq!(c["apiVersion"], "v1");
+        assert_eq!(c["message"], "3 refused");
+        assert_eq!(c["involvedObject"]["name"], "kube-apiserver-m1");
+        assert_eq!(c["reportingComponent"], "drainwatch.io/drainwatch");
+        assert_eq!(c["source"], json!({}));
+        assert_eq!(c["firstTimestamp"], Value::Null);
+        assert!(c.get("count").is_none() && c.get("note").is_none());
+        assert!(c.get("regarding").is_none() && c.get("series").is_none());
     }
 
     #[test]
