@@ -9,11 +9,13 @@ pub mod event;
 pub mod flow;
 pub mod goh2;
 pub mod layout;
+pub mod socks;
 
 pub use event::*;
 pub use flow::*;
 pub use goh2::*;
 pub use layout::*;
+pub use socks::*;
 
 /// Number of `u64` words in the watched-port bitmap (65536 ports / 64).
 pub const PORT_BITMAP_WORDS: u32 = 1024;
@@ -26,6 +28,10 @@ pub const LOST_RINGBUF_FULL: u32 = 0;
 /// Index into the `LOST` per-CPU array: watched events whose addresses could
 /// not be read from the record (a layout that does not fit the kernel).
 pub const LOST_LAYOUT: u32 = 1;
+/// Index into the `LOST` per-CPU array: watched sockets the full `SOCKS`
+/// table could not take (not an event lost: their events go out without
+/// what the table would have added, such as the handshake's start).
+pub const LOST_SOCKS_FULL: u32 = 2;
 /// `LOST[LOST_KIND_BASE + kind]`: ring-buffer reservations that failed, by
 /// the kind of the event lost (so received + lost can be checked per kind).
 pub const LOST_KIND_BASE: u32 = 4;
@@ -70,19 +76,32 @@ pub const WIRE_STAT_SLOTS: u32 = 12;
 /// How many process names the programs watch (`--watch-comm`).
 pub const WATCH_COMMS: usize = 4;
 
-/// Default number of flows the wire observer tracks (LRU).
-pub const DEFAULT_FLOW_TABLE: u32 = 65536;
+/// Default number of flows the wire observer tracks (LRU): 100 000 held
+/// watches plus churn, with no open flow evicted (`cargo xtask bench scale`
+/// lost 35 669 open flows of 100 000 at 65 536).
+pub const DEFAULT_FLOW_TABLE: u32 = 131_072;
 
 /// Index into the `RUNTIME` config array: a non-zero value means the
 /// `tcp_connect` kprobe is attached and reports connect attempts, so the
 /// tracepoint path must not report them a second time.
 pub const RUNTIME_KPROBE_CONNECT: u32 = 0;
+/// Index into the `RUNTIME` config array: a non-zero value means
+/// `tcp:tcp_destroy_sock` is not attached, so the programs remove a
+/// socket's `SOCKS` entry when it reaches CLOSE instead (the table is not
+/// LRU: nothing else would ever free it).
+pub const RUNTIME_NO_DESTROY: u32 = 1;
 /// Number of slots in the `RUNTIME` array.
 pub const RUNTIME_SLOTS: u32 = 4;
 
 /// Default number of bytes in the event ring buffer (must be a power of two
-/// multiple of the page size).
-pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
+/// multiple of the page size). Sized for a rollout closing 100 000 watches
+/// at once: each close is at least one record of 144 bytes plus the ring's
+/// 8-byte header, 100 000 x 152 = 15.2 MB, so 16 MiB holds the whole burst
+/// even if the reader read nothing meanwhile. Resets add up to two records
+/// per connection (the tracepoint's and the wire's), which the reader must
+/// drain during the burst; what does not fit is counted (`LOST`). The 1 MiB
+/// it replaces (about 6 900 records) lost 554 in `cargo xtask bench scale`.
+pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
 
 /// Linux TCP states (`include/net/tcp_states.h`); stable kernel ABI.
 pub mod tcp_state {

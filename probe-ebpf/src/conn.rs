@@ -9,11 +9,15 @@
 //! destruction (application closed it first).
 
 use aya_ebpf::programs::TracePointContext;
-use probe_common::{IPPROTO_TCP, RUNTIME_KPROBE_CONNECT, flags, kind, tcp_state as st};
+use probe_common::{
+    IPPROTO_TCP, LOST_SOCKS_FULL, RUNTIME_KPROBE_CONNECT, RUNTIME_NO_DESTROY, flags, kind,
+    tcp_state as st,
+};
 
 use crate::{
     event::{
-        Tuple, emit, field, now, port_watched, read_addrs, read_ports, set_task, watched_tuple,
+        Tuple, count_lost, emit, field, now, port_watched, read_addrs, read_ports, set_task,
+        watched_tuple,
     },
     maps::{
         LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, TCP_SOCK_LAYOUT,
@@ -48,7 +52,7 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
                 flags: sock_flags::ACTIVE,
                 close_bits: 0,
             };
-            let _ = SOCKS.insert(sk, info, 0);
+            track(sk, info);
             let kprobe_reports = RUNTIME.get(RUNTIME_KPROBE_CONNECT).copied().unwrap_or(0) != 0;
             if !kprobe_reports {
                 emit(kind::CONNECT_ATTEMPT, &tuple, |ev| {
@@ -70,7 +74,7 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
                 flags: sock_flags::PASSIVE,
                 close_bits: 0,
             };
-            let _ = SOCKS.insert(sk, info, 0);
+            track(sk, info);
         }
         (_, st::LISTEN) => {
             crate::proc::watch_current_listener();
@@ -107,7 +111,20 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
             }
         }
     }
+    if new == st::CLOSE && RUNTIME.get(RUNTIME_NO_DESTROY).copied().unwrap_or(0) != 0 {
+        // Nothing else would free the entry (see `SOCKS`); an RST this
+        // socket sends while closing then goes out without its state before.
+        let _ = SOCKS.remove(sk);
+    }
     Some(())
+}
+
+/// Starts tracking a socket. A full table refuses it: counted, never silent.
+#[inline(always)]
+fn track(sk: u64, info: SockInfo) {
+    if SOCKS.insert(sk, info, 0).is_err() {
+        count_lost(LOST_SOCKS_FULL);
+    }
 }
 
 fn established(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
@@ -135,7 +152,7 @@ fn established(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
             },
             close_bits: 0,
         };
-        let _ = SOCKS.insert(sk, info, 0);
+        track(sk, info);
     }
     let (k, dir) = if old == st::SYN_SENT {
         (kind::ESTABLISHED, flags::ACTIVE)

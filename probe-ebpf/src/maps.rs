@@ -3,11 +3,11 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use probe_common::{
-    DEFAULT_RINGBUF_BYTES, LOST_SLOTS, Layouts, PORT_BITMAP_WORDS, RUNTIME_SLOTS, SockLayout,
-    TcpSockLayout,
+    DEFAULT_RINGBUF_BYTES, DEFAULT_SOCK_TABLE, LOST_SLOTS, Layouts, PORT_BITMAP_WORDS,
+    RUNTIME_SLOTS, SockLayout, TcpSockLayout,
 };
 
 /// Tracepoint record layouts, filled in by the loader from tracefs.
@@ -38,25 +38,7 @@ pub static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 #[map]
 pub static RUNTIME: Array<u32> = Array::with_max_entries(RUNTIME_SLOTS, 0);
 
-/// What the programs remember about a watched socket, keyed by its address.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockInfo {
-    /// When the handshake started (SYN_SENT or SYN_RECV), 0 if not seen.
-    pub start_ns: u64,
-    /// When the connection reached ESTABLISHED, 0 if not seen.
-    pub est_ns: u64,
-    pub retransmits: u32,
-    pub state: u8,
-    /// The state before CLOSE, kept so that an RST sent while closing is
-    /// reported with the state the connection was really in.
-    pub prev_state: u8,
-    pub flags: u8,
-    /// `flags::CLOSE_CHECKED` / `REQUEST_PENDING` / `RESPONSE_STREAMING`
-    /// (as bits 0/1/2), set when this
-    /// end leaves ESTABLISHED for FIN_WAIT1 (it closed first).
-    pub close_bits: u8,
-}
+pub use probe_common::SockInfo;
 
 pub mod sock_flags {
     pub const RST_SEEN: u8 = 1;
@@ -70,8 +52,17 @@ pub mod sock_flags {
     pub const RESPONSE_STREAMING: u8 = 4;
 }
 
+/// Watched sockets, keyed by address; the loader sizes it
+/// (`--socket-table`). A plain hash, not LRU: when full, an LRU would evict
+/// the least recently used sockets, which at apiserver scale are the idle
+/// watches whose reset or close is the evidence, and the eviction would be
+/// invisible to the programs. A full hash refuses the new socket instead,
+/// and the refusal is counted exactly (`LOST_SOCKS_FULL`). Entries leave at
+/// `tcp:tcp_destroy_sock`, or at CLOSE where that is not attached
+/// (`RUNTIME_NO_DESTROY`). Blind spot: a socket destroyed without either
+/// (none known) would hold its entry until its address is reused.
 #[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(DEFAULT_SOCK_TABLE, 0);
 
 /// Identifies a connection when a record carries no socket address
 /// (`sock:inet_sk_error_report`).

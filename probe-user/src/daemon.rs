@@ -236,6 +236,9 @@ fn export_start_state(opts: &RunOptions, loaded: &Loaded, metrics: &Metrics) {
     metrics
         .ringbuf_bytes
         .set(i64::from(opts.load.ringbuf_bytes));
+    metrics
+        .socket_table_size
+        .set(i64::from(opts.load.socket_table));
     for h in &loaded.hooks {
         metrics
             .hook_attached

@@ -18,8 +18,8 @@
 //! /proc/PID/fdinfo), RSS, CPU (process user + system, and its programs'
 //! kernel time with `kernel.bpf_stats_enabled`), the flow table's entries
 //! against the connections held and its eviction counter, the socket
-//! map's entries (its LRU evictions are not counted by the daemon: held
-//! connections missing from it are), events lost (must be 0), and the time
+//! table's entries and the sockets it refused (full; it evicts nothing),
+//! events lost (must be 0), and the time
 //! of each 5 s flow-table walk (the daemon's debug line "flow table
 //! walked"). The generators' counts are the ground truth. Everything is
 //! bounded (connections, rates, seconds) and removed at the end.
@@ -288,6 +288,8 @@ impl Daemon {
         s["flow_evictions"] = json!(v("drainwatch_flow_evictions_total"));
         s["flow_table_size"] = json!(v("drainwatch_flow_table_size"));
         s["socks_entries"] = json!(v("drainwatch_map_entries{map=\"socks\"}"));
+        s["socks_capacity"] = json!(v("drainwatch_socket_table_size"));
+        s["socks_full"] = json!(v("drainwatch_socket_table_full_total"));
         s["flows_map_entries"] = json!(v("drainwatch_map_entries{map=\"flows\"}"));
         s["events"] = json!(metric_sum(&m, "drainwatch_events_total{"));
         s["lost"] = json!(metric_sum(&m, "drainwatch_events_lost_total{"));
@@ -806,8 +808,8 @@ fn report(r: &Report) -> anyhow::Result<()> {
          | flow table: capacity / entries while held (min) | {cap:.0} / {:.0} |\n\
          | flow-table evictions (daemon counter, whole run) | {evictions:.0} |\n\
          | open flows missing from the flow table while held (held - entries, >= 0) | {:.0} |\n\
-         | socket map (SOCKS): capacity 65536 / entries while held (min) | {:.0} |\n\
-         | held connections missing from the socket map (>= 0) | {:.0} |\n\
+         | socket table (SOCKS): capacity / entries while held (min) | {:.0} / {:.0} |\n\
+         | held connections missing from the socket table (>= 0) / sockets it refused (daemon counter) | {:.0} / {:.0} |\n\
          | events received / lost (whole run) | {:.0} / {lost:.0} |\n\
          | flow-table walk (5 s) at >= 90 % of the table: median / max | {walk_med:.1} ms / {walk_max:.1} ms ({} walks) |\n\
          | daemon CPU while held (process / its BPF programs) | {cpu_hold:.2} % / {bpf_hold:.2} % of one CPU |\n\
@@ -839,8 +841,10 @@ fn report(r: &Report) -> anyhow::Result<()> {
         sum("reset"),
         min_held("flow_entries"),
         (r.held as f64 - min_held("flow_entries")).max(0.0),
+        f(last, "socks_capacity"),
         min_held("socks_entries"),
         (r.held as f64 - min_held("socks_entries")).max(0.0),
+        f(last, "socks_full"),
         f(last, "events") - f(first, "events"),
         r.walks.len(),
         f(last, "cpu_s") - f(first, "cpu_s"),
@@ -853,7 +857,7 @@ fn report(r: &Report) -> anyhow::Result<()> {
     md.push_str("Maps of 1 MiB or more (preallocated: their memory does not grow with traffic):\n\n| map | max_entries | MiB | bytes per entry |\n|---|---|---|---|\n");
     md.push_str(&map_rows);
     md.push_str(&format!(
-        "\nThe flow table's entries are counted by its 5 s walk; the socket map's by the 15 s occupancy walk. Evictions of the socket map are silent (the daemon has no counter): held connections missing from it are the measure. Burst at {:.0} s after the start of opening.\n",
+        "\nThe flow table's entries are counted by its 5 s walk; the socket table's by the 15 s occupancy walk. The socket table evicts nothing: when full it refuses new sockets, counted by the daemon. Burst at {:.0} s after the start of opening.\n",
         r.burst_done
     ));
     for n in r.notes {

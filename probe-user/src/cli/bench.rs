@@ -15,6 +15,7 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
     let mut loaded = loader::load(&LoadOptions {
         ports: vec![6443],
         ringbuf_bytes: 1 << 22,
+        socket_table: 1024,
         kernel_log_level: 0,
         kprobes: false,
         wire: Some(WireOptions {

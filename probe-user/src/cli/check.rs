@@ -30,8 +30,22 @@ pub fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
     }
     println!("ports       {:?}", load.ports);
     println!("ring buffer {} bytes", load.ringbuf_bytes);
+    println!(
+        "sockets     {} at most, {} bytes each: {}",
+        load.socket_table,
+        probe_common::SOCK_ENTRY_BYTES,
+        mib(load.socket_table, probe_common::SOCK_ENTRY_BYTES)
+    );
     match &load.wire {
-        Some(w) => println!("wire        TC classifier on {}", w.place()),
+        Some(w) => {
+            println!("wire        TC classifier on {}", w.place());
+            println!(
+                "flows       {} at most, {} bytes each: {}",
+                w.flow_table,
+                probe_common::FLOW_ENTRY_BYTES,
+                mib(w.flow_table, probe_common::FLOW_ENTRY_BYTES)
+            );
+        }
         None => println!("wire        off (--no-wire)"),
     }
     let loaded = loader::load(load)?;
@@ -119,4 +133,13 @@ fn go_binaries(load: &LoadOptions) {
             "  no watched Go process runs now; each is hooked when it starts, listens or connects"
         );
     }
+}
+
+/// A table's kernel memory, preallocated at load, in MiB.
+fn mib(entries: u32, per_entry: usize) -> String {
+    let bytes = u64::from(entries) * per_entry as u64;
+    format!(
+        "{:.1} MiB, preallocated",
+        bytes as f64 / f64::from(1u32 << 20)
+    )
 }

@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub iface: Option<Vec<String>>,
     pub no_wire: Option<bool>,
     pub flow_table: Option<u32>,
+    pub socket_table: Option<u32>,
     pub bpf_stats: Option<bool>,
     pub watch_comm: Option<Vec<String>>,
     pub netns: Option<String>,

@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// Flows the wire observer tracks at once (least recently used evicted).
     #[arg(long, env = "DRAINWATCH_FLOW_TABLE", default_value_t = probe_common::DEFAULT_FLOW_TABLE, value_parser = clap::value_parser!(u32).range(FLOW_TABLE_MIN..=FLOW_TABLE_MAX))]
     flow_table: u32,
+    /// Sockets on watched ports the connection tracepoints track at once
+    /// (96 bytes each). When full, a new socket is not tracked (counted in
+    /// drainwatch_socket_table_full_total); tracked ones are never evicted.
+    #[arg(long, env = "DRAINWATCH_SOCKET_TABLE", default_value_t = probe_common::DEFAULT_SOCK_TABLE, value_parser = clap::value_parser!(u32).range(FLOW_TABLE_MIN..=FLOW_TABLE_MAX))]
+    socket_table: u32,
     /// A process name whose signals and exit are reported, besides the owners
     /// of watched listeners (repeatable, at most 4, 15 characters each).
     #[arg(long = "watch-comm", value_name = "NAME", env = "DRAINWATCH_WATCH_COMM", value_delimiter = ',', default_value = "kube-apiserver", value_parser = parse_comm)]
@@ -154,6 +159,7 @@ pub struct RunArgs {
     config: Option<std::path::PathBuf>,
 }
 
+/// Bounds of `--flow-table` and `--socket-table`.
 const FLOW_TABLE_MIN: i64 = 16;
 const FLOW_TABLE_MAX: i64 = 4_194_304;
 
@@ -286,6 +292,17 @@ pub fn apply_config_file(
         }
         args.flow_table = v;
     }
+    if let Some(v) = file.socket_table
+        && unset("socket_table")
+    {
+        if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&i64::from(v)) {
+            return Err(bad(
+                "socket-table",
+                format!("{v} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"),
+            ));
+        }
+        args.socket_table = v;
+    }
     if let Some(v) = file.iface
         && unset("ifaces")
     {
@@ -397,6 +414,7 @@ fn load_options(args: &RunArgs) -> anyhow::Result<LoadOptions> {
     Ok(LoadOptions {
         ports,
         ringbuf_bytes: args.ringbuf_bytes,
+        socket_table: args.socket_table,
         kernel_log_level: args.kernel_log_level,
         kprobes: !args.no_kprobes,
         wire: wire_options(args)?,
@@ -601,7 +619,7 @@ mod tests {
         let file = dir.join("dw.toml");
         std::fs::write(
             &file,
-            "port = [8443]\noutput = \"json\"\nflow-table = 2048\nno-wire = true\nmetrics-addr = \"10.1.2.3\"\n",
+            "port = [8443]\noutput = \"json\"\nflow-table = 2048\nsocket-table = 4096\nno-wire = true\nmetrics-addr = \"10.1.2.3\"\n",
         )
         .expect("write");
         let f = file.to_str().expect("utf8");
@@ -610,6 +628,7 @@ mod tests {
         assert_eq!(args.ports, [8443]);
         assert_eq!(args.output, Output::Text, "the flag wins over the file");
         assert_eq!(args.flow_table, 2048);
+        assert_eq!(args.socket_table, 4096);
         assert!(args.no_wire);
         assert_eq!(args.metrics_addr.to_string(), "10.1.2.3:9977");
 
@@ -627,6 +646,14 @@ mod tests {
                 .expect_err("range")
                 .to_string()
                 .contains("flow-table")
+        );
+        std::fs::write(&file, "socket-table = 8\n").expect("write");
+        let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f]);
+        assert!(
+            apply_config_file(&mut args, &m)
+                .expect_err("range")
+                .to_string()
+                .contains("key `socket-table`: 8 is outside 16..=4194304")
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -250,6 +250,7 @@ fn load_and_check_hooks(
     let opts = LoadOptions {
         ports: vec![args.port],
         ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
+        socket_table: probe_common::DEFAULT_SOCK_TABLE,
         kernel_log_level: 2,
         kprobes: !args.no_kprobes,
         wire,

@@ -77,6 +77,8 @@ metrics_table! {
     flow_evictions: IntCounter = ("drainwatch_flow_evictions_total", "Flows the full table evicted (least recently used) to make room.", []),
     flows_closed_removed: IntCounter = ("drainwatch_flows_closed_removed_total", "Closed flows (FIN both ways and 5 s silent, or one way and 120 s) the daemon removed from the flow table.", []),
     flow_table_size: IntGauge = ("drainwatch_flow_table_size", "Capacity of the wire observer's flow table.", []),
+    socket_table_full: IntCounter = ("drainwatch_socket_table_full_total", "Sockets on watched ports the full socket table could not track (no tracked socket is ever evicted): their events lack the handshake's start, direction and close checks. Raise --socket-table.", []),
+    socket_table_size: IntGauge = ("drainwatch_socket_table_size", "Capacity of the connection tracepoints' socket table.", []),
     // The apiserver from outside: health polls, its pod, probes through the LB, its process.
     apiserver_health: IntGaugeVec = ("drainwatch_apiserver_health", "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).", ["apiserver", "check"]),
     pod_running: IntGaugeVec = ("drainwatch_apiserver_pod_running", "1 while the apiserver pod's phase is Running, from the Kubernetes API.", ["pod"]),

@@ -11,7 +11,10 @@ use aya::{
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
-use probe_common::{Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, SockLayout, TcpSockLayout};
+use probe_common::{
+    Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, RUNTIME_NO_DESTROY, SockLayout,
+    TcpSockLayout,
+};
 
 use crate::kernel::{
     btf,
@@ -56,6 +59,8 @@ pub const GO_PER_BINARY: &str = "loaded; attached to each Go binary as it is fou
 pub struct LoadOptions {
     pub ports: Vec<u16>,
     pub ringbuf_bytes: u32,
+    /// Sockets the connection tracepoints track at once (`SOCKS`).
+    pub socket_table: u32,
     /// aya-log level for kernel-side diagnostics (0 off .. 5 trace).
     pub kernel_log_level: u8,
     /// Try the kprobe path (it is still only used where the kernel allows).
@@ -203,10 +208,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         };
         if hook.program == Program::KprobeTcpConnect && hook.attached() {
             // The kprobe reports connects; the tracepoint stops doing so.
-            let mut rt: Array<&mut MapData, u32> = Array::try_from(map_mut(&mut ebpf, "RUNTIME")?)
-                .map_err(|e| LoadError::Map("RUNTIME", e))?;
-            rt.set(RUNTIME_KPROBE_CONNECT, 1, 0)
-                .map_err(|e| LoadError::Map("RUNTIME", e))?;
+            set_runtime(&mut ebpf, RUNTIME_KPROBE_CONNECT)?;
+        }
+        if hook.program == Program::TcpDestroySock && !hook.attached() {
+            // The socket table is not LRU: without the destroy hook, the
+            // programs free a socket's entry at CLOSE.
+            set_runtime(&mut ebpf, RUNTIME_NO_DESTROY)?;
         }
         hooks.push(hook);
     }
@@ -339,6 +346,7 @@ fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .map_max_entries("FLOWS", flow_table)
+        .map_max_entries("SOCKS", opts.socket_table)
         .load(PROBES)
         .map_err(|e| {
             let release = crate::daemon::kernel_release();
@@ -351,6 +359,13 @@ fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
                 _ => LoadError::Load(e),
             }
         })
+}
+
+/// Turns on the `RUNTIME` switch `slot` (see probe-common's `RUNTIME_*`).
+fn set_runtime(ebpf: &mut Ebpf, slot: u32) -> Result<(), LoadError> {
+    let mut rt: Array<&mut MapData, u32> =
+        Array::try_from(map_mut(ebpf, "RUNTIME")?).map_err(|e| LoadError::Map("RUNTIME", e))?;
+    rt.set(slot, 1, 0).map_err(|e| LoadError::Map("RUNTIME", e))
 }
 
 fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), LoadError> {

@@ -34,6 +34,7 @@ fn rig() -> Option<Rig> {
     let mut loaded = loader::load(&LoadOptions {
         ports: vec![6443],
         ringbuf_bytes: 1 << 16,
+        socket_table: 1024,
         kernel_log_level: 0,
         kprobes: false,
         // Loaded, attached nowhere: packets come only from test runs.

@@ -1,11 +1,11 @@
 //! Events the kernel programs dropped (ring buffer full, a record layout
 //! they could not read), polled from their per-CPU counters and exported,
-//! in total and by event kind.
+//! in total and by event kind; and sockets the full socket table refused.
 
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray};
-use probe_common::{LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL};
+use probe_common::{LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL, LOST_SOCKS_FULL};
 use prometheus::IntCounter;
 use tokio::sync::watch;
 
@@ -38,6 +38,7 @@ pub async fn task(
         .collect();
     let mut seen = [0u64; 2];
     let mut seen_kind = vec![0u64; by_kind.len()];
+    let mut seen_socks = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let done = tokio::select! {
@@ -59,6 +60,15 @@ pub async fn task(
                 );
                 seen[i] = total;
             }
+        }
+        let socks = percpu_total(&lost, LOST_SOCKS_FULL);
+        if socks > seen_socks {
+            metrics.socket_table_full.inc_by(socks - seen_socks);
+            tracing::warn!(
+                "{} sockets on watched ports not tracked: the socket table is full (--socket-table)",
+                socks - seen_socks
+            );
+            seen_socks = socks;
         }
         for (i, (slot, counter)) in by_kind.iter().enumerate() {
             let total = percpu_total(&lost, *slot);
