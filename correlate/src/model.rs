@@ -370,6 +370,14 @@ pub enum Obs {
         last_stream_id: u32,
         /// The error code's name (`NO_ERROR` for a graceful shutdown).
         error_code: String,
+        /// The connection's client end, when the source knows it (the
+        /// kernel's uprobes, the wire observer, a capture): a cut of that
+        /// connection after the GOAWAY is a failure after the GOAWAY.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<SocketAddr>,
+        /// The connection's server end, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<SocketAddr>,
     },
     /// One active prober request.
     ProbeResult {

@@ -29,6 +29,9 @@ pub(super) struct Cycle {
     pub(super) marks: BTreeMap<PhaseKind, Mark>,
     pub(super) complete: bool,
     pub(super) goaways: Vec<u64>,
+    /// When the instance first sent GOAWAY on each connection, by the
+    /// connection's client end (when the source knew the connection).
+    pub(super) goaway_to: BTreeMap<SocketAddr, u64>,
     pub(super) exit_signal: Option<i32>,
     pub(super) exit_code: Option<i32>,
     /// Who sent the SIGKILL, when the signal was observed: the first thing
@@ -46,6 +49,7 @@ impl Cycle {
             marks: BTreeMap::new(),
             complete: false,
             goaways: Vec::new(),
+            goaway_to: BTreeMap::new(),
             exit_signal: None,
             exit_code: None,
             kill_sender: None,
@@ -67,6 +71,11 @@ impl Cycle {
 
     pub(super) fn t(&self, k: PhaseKind) -> Option<u64> {
         self.marks.get(&k).map(|m| m.t)
+    }
+
+    /// Whether the instance had sent GOAWAY on `client`'s connection by `t`.
+    pub(super) fn goaway_before(&self, client: &SocketAddr, t: u64) -> bool {
+        self.goaway_to.get(client).is_some_and(|&g| g <= t)
     }
 
     pub(super) fn has(&self, k: PhaseKind) -> bool {
@@ -275,10 +284,14 @@ fn build_cycles(obs: &[&Observation], has_readyz: bool) -> Vec<Cycle> {
             }
             Obs::Goaway {
                 direction: Direction::Sent,
+                client,
                 ..
             } => {
                 if let Some(c) = cur.as_mut() {
                     c.goaways.push(o.id);
+                    if let Some(client) = client {
+                        c.goaway_to.entry(*client).or_insert(o.t_ns);
+                    }
                     c.observe(PhaseKind::GoawaySent, o);
                 }
             }

@@ -101,6 +101,8 @@ fn unowned_goaway_goes_to_the_rolling_instance() {
             direction: Direction::Sent,
             last_stream_id: 1,
             error_code: "NO_ERROR".into(),
+            client: None,
+            server: None,
         },
     );
     b.probe(10.2, ProbeMode::Reused, None, ProbeOutcome::Reset);

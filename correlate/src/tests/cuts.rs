@@ -54,3 +54,60 @@ fn timeout_inferred_without_configured_request_timeout() {
     let r = run(&cfg, &b);
     assert_eq!(causes(&r), vec![Cause::InflightCutAtTimeout]);
 }
+
+/// A graceful shutdown whose process exits 1 s after its GOAWAY, while two
+/// watches it had sent GOAWAY on are still streaming: both are cut after the
+/// GOAWAY (not a hard close); a third connection cut at the same moment that
+/// never got a GOAWAY (an HTTP/1 watch) stays a hard close.
+#[test]
+fn watches_cut_on_connections_that_got_a_goaway() {
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.readyz(0.0, false);
+    b.listen(70.0, false, 100);
+    let (a, c, h1) = (sa(LB, 30001), sa(LB, 30002), sa(LB, 30003));
+    for client in [a, c] {
+        b.k(
+            70.0,
+            Obs::Goaway {
+                direction: Direction::Sent,
+                last_stream_id: 1,
+                error_code: "NO_ERROR".into(),
+                client: Some(client),
+                server: Some(sa(M1, 6443)),
+            },
+        );
+    }
+    // A GOAWAY on another connection, received by the instance: no effect.
+    b.k(
+        70.0,
+        Obs::Goaway {
+            direction: Direction::Received,
+            last_stream_id: 0,
+            error_code: "NO_ERROR".into(),
+            client: Some(h1),
+            server: Some(sa(M1, 6443)),
+        },
+    );
+    for client in [a, c, h1] {
+        b.k(
+            71.0,
+            Obs::StreamCut {
+                client,
+                server: sa(M1, 6443),
+            },
+        );
+    }
+    b.exit(71.0, None);
+    let r = run(&base(), &b);
+    let g = only(&r, Cause::GoawayThenFailed);
+    assert_eq!(g.count, 2, "{:#?}", r.verdicts);
+    assert!(
+        g.sentence.contains("closed 2 connections"),
+        "{}",
+        g.sentence
+    );
+    let h = only(&r, Cause::HardClose);
+    assert_eq!(h.count, 1);
+    assert_eq!(r.verdicts.len(), 2);
+}

@@ -112,6 +112,8 @@ fn aws_nlb_clean_rollout_has_no_verdicts() {
                 direction: Direction::Sent,
                 last_stream_id: 3,
                 error_code: "NO_ERROR".into(),
+                client: None,
+                server: None,
             },
         );
         b.add(

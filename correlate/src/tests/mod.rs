@@ -164,6 +164,8 @@ impl B {
                 direction: Direction::Sent,
                 last_stream_id: 7,
                 error_code: "NO_ERROR".into(),
+                client: None,
+                server: None,
             },
         )
     }

@@ -694,7 +694,8 @@ impl Tracker {
                             let miss = 8 * (17 - have);
                             (f.h2_tail[dir] << miss) | (w & ((1u64 << miss) - 1))
                         };
-                        self.goaway(t_ns, wall, from_server, body);
+                        let conn = (f.client, f.server);
+                        self.goaway(t_ns, wall, from_server, body, conn);
                     }
                     Err(Cut::Segment) if have == 0 => {
                         self.h2_keep(f, s, dir, off);
@@ -808,8 +809,16 @@ impl Tracker {
         f.h2_next[dir] = s.seq.wrapping_add(off as u32);
     }
 
-    /// A GOAWAY whose bytes 9..17 (last-stream-id, error code) are `body`.
-    fn goaway(&mut self, t_ns: u64, wall: &str, from_server: bool, body: u64) {
+    /// A GOAWAY whose bytes 9..17 (last-stream-id, error code) are `body`,
+    /// on the connection `(client, server)`.
+    fn goaway(
+        &mut self,
+        t_ns: u64,
+        wall: &str,
+        from_server: bool,
+        body: u64,
+        (client, server): (SocketAddr, SocketAddr),
+    ) {
         self.stats.goaways += 1;
         self.emit(
             t_ns,
@@ -823,6 +832,8 @@ impl Tracker {
                 },
                 last_stream_id: (body >> 32) as u32 & 0x7fff_ffff,
                 error_code: h2_error_name(body as u32),
+                client: Some(client),
+                server: Some(server),
             },
         );
     }

@@ -227,12 +227,16 @@ fn goaway_in_cleartext_h2_is_found_and_tls_is_counted() {
             &Obs::Goaway {
                 direction: Direction::Sent,
                 last_stream_id: 3,
-                error_code: "NO_ERROR".into()
+                error_code: "NO_ERROR".into(),
+                client: Some("198.18.0.1:40000".parse().unwrap()),
+                server: Some("198.18.0.2:6443".parse().unwrap()),
             },
             &Obs::Goaway {
                 direction: Direction::Sent,
                 last_stream_id: 3,
-                error_code: "INTERNAL_ERROR".into()
+                error_code: "INTERNAL_ERROR".into(),
+                client: Some("198.18.0.1:40000".parse().unwrap()),
+                server: Some("198.18.0.2:6443".parse().unwrap()),
             }
         ]
     );
@@ -603,6 +607,7 @@ fn shared_h2_segmentation_cases() {
                     direction,
                     last_stream_id,
                     error_code,
+                    ..
                 } => Some((
                     *direction == Direction::Sent,
                     *last_stream_id,

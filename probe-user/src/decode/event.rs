@@ -670,7 +670,18 @@ impl DecodeContext {
 fn ip(family: u16, a: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
         AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
-        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(*a))),
+        // A dual-stack listener (`[::]:6443`, as kube-apiserver binds)
+        // holds its IPv4 clients as IPv4-mapped IPv6 sockets: the same
+        // connection is IPv4 on the wire, to the prober and in `--vip` or
+        // `--lb-addr`, so it is given in one form, IPv4. Mapped addresses
+        // never appear on a wire, so nothing real is merged by this.
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*a);
+            Ok(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
         f => Err(DecodeError::Family(f)),
     }
 }
@@ -1097,6 +1108,22 @@ mod tests {
         assert_eq!(e.pid, Some(42));
         assert_eq!(e.comm.as_deref(), Some("ap\\x1bi"));
         assert_eq!(e.service_port(&[6443]), 40000);
+    }
+
+    /// A dual-stack listener's IPv4 client is given as IPv4, the form the
+    /// wire and the prober give the same connection.
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let mut r = raw(kind::ACCEPTED);
+        r.family = AF_INET6;
+        r.saddr = Ipv4Addr::new(198, 18, 1, 11).to_ipv6_mapped().octets();
+        r.daddr = Ipv4Addr::new(198, 18, 1, 2).to_ipv6_mapped().octets();
+        let e = decode(&r, &DecodeContext::plain()).expect("decode");
+        assert_eq!(
+            e.local.map(|a| a.to_string()).as_deref(),
+            Some("198.18.1.11:40000")
+        );
+        assert!(e.remote.is_some_and(|a| a.is_ipv4()));
     }
 
     #[test]

@@ -331,14 +331,42 @@ fn wire(ev: &Event) -> Option<Obs> {
         }
         EventKind::Goaway => {
             let w = ev.wire.as_ref()?;
+            // The connection, for cuts of it after the GOAWAY. A GOAWAY this
+            // host sent is taken as the server's (the apiserver's node), one
+            // it received as the client's; the pipeline turns the pair
+            // around by the watched port where that says otherwise
+            // ([`orient_goaway`]).
+            let (client, server) = match w.direction {
+                Direction::Sent => (r, l),
+                Direction::Received => (l, r),
+            };
             Obs::Goaway {
                 direction: w.direction,
                 last_stream_id: w.last_stream_id?,
                 error_code: w.error_code?.to_string(),
+                client,
+                server,
             }
         }
         _ => return None,
     })
+}
+
+/// Turns a GOAWAY's connection around when its "server" end is not on a
+/// watched port and its "client" end is: [`observation`] takes the host's
+/// end of a GOAWAY it sent as the server's, which is wrong for a client on
+/// the node (its own GOAWAY at close) and for a server's received ones.
+pub fn orient_goaway(o: &mut Observation, watched: &[u16]) {
+    if let Obs::Goaway {
+        client: client @ Some(_),
+        server: server @ Some(_),
+        ..
+    } = &mut o.kind
+        && client.is_some_and(|c| watched.contains(&c.port()))
+        && server.is_some_and(|s| !watched.contains(&s.port()))
+    {
+        std::mem::swap(client, server);
+    }
 }
 
 /// Gives an observation from the poller, prober or pod watcher the wall
@@ -385,6 +413,42 @@ mod tests {
         let line = serde_json::to_string(&o).expect("json");
         let back = drainwatch_correlate::parse_jsonl(&line).expect("parse");
         assert_eq!(back, vec![o]);
+    }
+
+    /// A GOAWAY a server received (from a client closing) names the client
+    /// by the watched port, not by the direction.
+    #[test]
+    fn goaway_connection_is_oriented_by_the_watched_port() {
+        let mut r = RawEvent::zeroed();
+        r.kind = kind::GOAWAY;
+        r.family = AF_INET;
+        r.sport = 6443;
+        r.dport = 40000;
+        r.saddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        r.daddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        r.flags = flags::INGRESS | flags::FROM_UPROBE | flags::GO_SERVER;
+        let ev = decode(&r, &DecodeContext::plain()).expect("decode");
+        let mut o = observation(&ev, 1).expect("obs");
+        orient_goaway(&mut o, &[6443]);
+        match o.kind {
+            Obs::Goaway {
+                direction,
+                client,
+                server,
+                ..
+            } => {
+                assert_eq!(direction, drainwatch_correlate::Direction::Received);
+                assert_eq!(
+                    client.map(|c| c.to_string()).as_deref(),
+                    Some("198.18.0.1:40000")
+                );
+                assert_eq!(
+                    server.map(|c| c.to_string()).as_deref(),
+                    Some("198.18.0.2:6443")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl Pipeline {
         // server's lifecycle: not a rollout phase.
         let obs = match goaway_why {
             Some(goaway::GoawayWhy::Answer) => None,
-            _ => observe::observation(&ev, 0),
+            _ => observe::observation(&ev, 0).map(|mut o| {
+                observe::orient_goaway(&mut o, &self.watched);
+                o
+            }),
         };
         let idle_sample = match obs.as_ref().map(|o| &o.kind) {
             Some(&Obs::WireReset {

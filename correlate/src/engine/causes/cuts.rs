@@ -52,6 +52,7 @@ pub(in crate::engine) fn classify_cut(
     t: u64,
     probe: bool,
     strong: bool,
+    on_goaway_conn: bool,
 ) -> CutClass {
     if sigkill::cut_by_kill(c, cfg, t, probe, strong) {
         return CutClass::Sigkill;
@@ -62,6 +63,13 @@ pub(in crate::engine) fn classify_cut(
     }
     let after_goaway = goaway::after_goaway(c, t);
     if probe && after_goaway {
+        return CutClass::Goaway;
+    }
+    // A request cut on a connection the instance had already sent GOAWAY
+    // on: it shut down gracefully, then closed the connection (exited, or
+    // a shutdown deadline passed) before the requests it had accepted were
+    // done. Not a hard close: the GOAWAY went out first.
+    if strong && on_goaway_conn {
         return CutClass::Goaway;
     }
     if !strong && after_goaway {
@@ -157,6 +165,9 @@ fn classes<'a>(
                 a.iter().any(|i| i.probe),
                 a.iter()
                     .any(|i| matches!(i.item, Item::Cut { strong: true, .. })),
+                a.iter()
+                    .filter_map(|i| i.client.as_ref())
+                    .any(|k| c.goaway_before(k, first.t)),
             ),
             None => CutClass::Unexplained,
         };
