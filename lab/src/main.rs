@@ -46,6 +46,11 @@ enum Cmd {
         /// (the observer stopped) before tearing down.
         #[arg(long, value_name = "FILE")]
         hold_for: Option<PathBuf>,
+        /// The Go stand-in for goaway-tls: `h2probe` as `cargo xtask go-fixtures`
+        /// builds it (default: Go 1.24's stripped build under
+        /// $DRAINWATCH_GO_FIXTURES).
+        #[arg(long, value_name = "PATH")]
+        go_standin: Option<PathBuf>,
     },
     /// List the scenarios.
     List,
@@ -171,6 +176,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             no_capture,
             overrides,
             hold_for,
+            go_standin,
         } => {
             need_root()?;
             let list: Vec<Scenario> = if scenario == "all" {
@@ -200,6 +206,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     capture: !no_capture,
                     overrides: overrides.clone(),
                     hold_for: hold_for.clone(),
+                    go_standin: go_standin.clone().or_else(scenario::go_standin_from_env),
                 };
                 let truth = scenario::run(s, &opts)
                     .await

@@ -21,7 +21,10 @@ use crate::record::{self, RecordError, Recorder};
 use crate::timer::TimerRecord;
 use crate::tls::{self, TlsError};
 use crate::topo::{Lab, TopoError};
+
+mod gotls;
 pub use crate::truth::Truth;
+pub use gotls::go_standin_from_env;
 
 /// The scenarios, one per rollout failure (and one rollout done right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -40,17 +43,21 @@ pub enum Scenario {
     HardClose,
     /// The process outlives its grace period and is SIGKILLed.
     SigkillAfterGrace,
+    /// A Go HTTP/2 server over TLS sends GOAWAY at shutdown, then exits
+    /// before its watches end: the watches are cut after the GOAWAY.
+    GoawayTls,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::GcpIlbRollout,
         Scenario::AwsNlbRollout,
         Scenario::AwsNlbSlowHealthcheck,
         Scenario::AzureIdleReset,
         Scenario::HardClose,
         Scenario::SigkillAfterGrace,
+        Scenario::GoawayTls,
     ];
 
     /// Kebab-case name.
@@ -62,6 +69,7 @@ impl Scenario {
             Scenario::AzureIdleReset => "azure-idle-reset",
             Scenario::HardClose => "hard-close",
             Scenario::SigkillAfterGrace => "sigkill-after-grace",
+            Scenario::GoawayTls => "goaway-tls",
         }
     }
 
@@ -123,6 +131,9 @@ pub struct RunOpts {
     /// file exists before starting any server, so an observer such as drainwatch
     /// sees the whole scenario from its first listener.
     pub hold_for: Option<PathBuf>,
+    /// The Go stand-in (`lab/go/h2probe` built by `cargo xtask go-fixtures`),
+    /// for the scenarios that run Go's own HTTP/2 server.
+    pub go_standin: Option<PathBuf>,
 }
 
 /// Real-world (unscaled) settings that replace a scenario's defaults, to try other
@@ -232,6 +243,7 @@ struct Run {
     started_ns: u64,
     params: Value,
     hold_for: Option<PathBuf>,
+    go_standin: Option<PathBuf>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ScenarioError + '_ {
@@ -273,6 +285,7 @@ impl Run {
             started_ns: now_ns(),
             params: json!({}),
             hold_for: opts.hold_for.clone(),
+            go_standin: opts.go_standin.clone(),
         })
     }
 
@@ -458,8 +471,15 @@ impl Run {
     /// kubelet's part of a rollout: SIGTERM, SIGKILL after the grace period, restart
     /// after a gap, wait until the new process is ready.
     async fn roll(&mut self, name: &str, mode_after: ShutdownMode) -> Result<(), ScenarioError> {
+        self.terminate(name).await?;
+        tokio::time::sleep(self.s(self.timing.restart_gap)).await;
+        self.start_apiserver(name, mode_after).await
+    }
+
+    /// Stops `name`'s apiserver as kubelet does: SIGTERM, SIGKILL after the
+    /// grace period; notes both and the exit.
+    async fn terminate(&mut self, name: &str) -> Result<(), ScenarioError> {
         let grace = self.s(self.timing.grace);
-        let gap = self.s(self.timing.restart_gap);
         let Some(mut p) = self.masters.remove(name) else {
             return Err(ScenarioError::Stuck(format!(
                 "no apiserver running on {name}"
@@ -489,8 +509,7 @@ impl Run {
             "exited",
             json!({"code": status.code(), "signal": status.signal()}),
         );
-        tokio::time::sleep(gap).await;
-        self.start_apiserver(name, mode_after).await
+        Ok(())
     }
 
     async fn wait_lb(
@@ -753,6 +772,7 @@ pub async fn run(scenario: Scenario, opts: &RunOpts) -> Result<Truth, ScenarioEr
     let scale = opts.time_scale.unwrap_or(scenario.default_time_scale());
     match scenario {
         Scenario::AzureIdleReset => azure(opts, scale).await,
+        Scenario::GoawayTls => gotls::goaway_tls(opts, scale).await,
         _ => lan_scenario(scenario, opts, scale).await,
     }
 }

@@ -148,8 +148,14 @@ impl Truth {
                 ));
             }
             if let Some(l) = after("requests_cut") {
+                // The Go stand-in exits when Shutdown's own deadline passes,
+                // after its GOAWAY; the Rust one cuts at the request timeout.
+                let when = match l.detail["deadline_s"].as_f64() {
+                    Some(d) => format!("when the process exited {d:.1}s after its GOAWAY"),
+                    None => "at the request timeout".to_string(),
+                };
                 out.push(format!(
-                    "{m}: {} request(s) still in flight were cut at the request timeout",
+                    "{m}: {} request(s) still in flight were cut {when}",
                     l.detail["inflight"]
                 ));
             }

@@ -32,6 +32,7 @@ async fn run(s: Scenario) -> Truth {
         capture: true,
         overrides: Default::default(),
         hold_for: None,
+        go_standin: scenario::go_standin_from_env(),
     };
     let truth = scenario::run(s, &opts).await.expect("scenario runs");
     println!("{}", truth.timeline());
@@ -401,4 +402,37 @@ async fn azure_idle_reset_drops_idle_connections_without_keepalive() {
             .any(|r| r["who"] == "w-nokeepalive" && r["event"] == "event"),
         "the watcher without keepalive never watched"
     );
+}
+
+/// Go's own HTTP/2 server over TLS: the LB takes m1 out before its
+/// listener closes, `Shutdown()` sends GOAWAY, and the process exits 1 s
+/// later with watches open: exactly the watches open on m1 fail, each with
+/// Go's error for a connection closed after its GOAWAY, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_tls_cuts_the_watches_open_at_exit() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = run(Scenario::GoawayTls).await;
+    let goaway = t.events("m1", "goaway_sent");
+    let goaway = goaway.first().expect("m1 sent GOAWAY");
+    let cut = t.events("m1", "requests_cut");
+    let cut = cut.first().expect("m1 exited with watches open");
+    let open = cut.detail["inflight"].as_u64().expect("inflight");
+    assert!(open > 0, "no watch was open on m1 at exit");
+    let mut lost = t.errors_of("worker-watch-xnet");
+    lost.extend(t.errors_of("worker-watch-std"));
+    assert_eq!(lost.len() as u64, open, "{lost:?}");
+    for r in &lost {
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("server sent GOAWAY and closed the connection")),
+            "{r:?}"
+        );
+        assert!(
+            r.end_ns >= goaway.t_ns && r.end_ns + 50_000_000 >= cut.t_ns,
+            "{r:?}"
+        );
+    }
 }

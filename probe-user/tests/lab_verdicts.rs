@@ -27,6 +27,8 @@ struct Observed {
     streamed: Vec<Value>,
     /// `drainwatch analyze` of the recording, with no flags.
     analyzed: Value,
+    /// Every JSON line the daemon printed.
+    events: Vec<Value>,
     out: PathBuf,
 }
 
@@ -110,6 +112,16 @@ impl Drop for Lab {
 /// Runs `scenario` with drainwatch in `host`'s namespace, started with
 /// `flags(topology)` besides the recording.
 fn observe(scenario: &str, host: &str, flags: impl Fn(&Value) -> Vec<String>) -> Observed {
+    observe_lab(scenario, &[], host, flags)
+}
+
+/// [`observe`], with `lab_args` for `drainwatch-lab run`.
+fn observe_lab(
+    scenario: &str,
+    lab_args: &[String],
+    host: &str,
+    flags: impl Fn(&Value) -> Vec<String>,
+) -> Observed {
     let base = std::env::temp_dir().join(format!("dwt-lab-{scenario}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).expect("out dir");
@@ -119,6 +131,7 @@ fn observe(scenario: &str, host: &str, flags: impl Fn(&Value) -> Vec<String>) ->
         .arg(&base)
         .arg("--hold-for")
         .arg(&go)
+        .args(lab_args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -214,6 +227,7 @@ fn observe(scenario: &str, host: &str, flags: impl Fn(&Value) -> Vec<String>) ->
         live,
         streamed,
         analyzed,
+        events,
         out: base,
     };
     // The same engine over the same observations with the recorded settings:
@@ -697,5 +711,130 @@ fn azure_idle_reset_infers_the_idle_timeout() {
         idle[0]["measured"]["without_keepalive"].as_u64(),
         idle[0]["count"].as_u64(),
         "none of the reset connections had keepalive"
+    );
+}
+
+/// The Go stand-in (Go's own HTTP/2 server, TLS, stripped like a release
+/// build) sends GOAWAY at shutdown, then exits 1 s later (its Shutdown
+/// deadline) with watches open: drainwatch sees the GOAWAYs only through
+/// its uprobes (the wire carries TLS), and the watches cut on those
+/// connections make one GOAWAY-then-failure verdict counting exactly the
+/// watches the clients lost on m1, with nothing called a hard close.
+#[test]
+fn goaway_tls_verdict_counts_the_watches_cut_after_the_goaway() {
+    let _g = serial();
+    if !root_or_skip("goaway_tls_verdict_counts_the_watches_cut_after_the_goaway") {
+        return;
+    }
+    let fixtures = std::env::var_os("DRAINWATCH_GO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go/fixtures")
+        });
+    let standin = fixtures.join("go1.24-stripped/h2probe");
+    assert!(
+        standin.is_file(),
+        "{}: build the Go test programs first with `cargo xtask go-fixtures` (cargo xtask test does)",
+        standin.display()
+    );
+    let o = observe_lab(
+        "goaway-tls",
+        &["--go-standin".into(), standin.display().to_string()],
+        "m1",
+        |t| master_flags(t, "m1"),
+    );
+    // Ground truth: the watches the Go clients lost, each with Go's own
+    // error for a connection closed after its GOAWAY.
+    let lost: Vec<&Value> = failed(&o, "worker-watch-");
+    let after_goaway = lost
+        .iter()
+        .filter(|r| {
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("server sent GOAWAY and closed the connection"))
+        })
+        .count() as u64;
+    assert!(after_goaway > 0, "the scenario cut watches; {}", o.dump());
+    assert_eq!(
+        after_goaway,
+        lost.len() as u64,
+        "every watch lost was lost after a GOAWAY: {lost:#?}"
+    );
+    let inflight = o.truth["lifecycle"]
+        .as_array()
+        .expect("lifecycle")
+        .iter()
+        .find(|l| l["instance"] == "m1" && l["event"] == "requests_cut")
+        .and_then(|l| l["detail"]["inflight"].as_u64())
+        .expect("truth: m1 cut its open watches");
+    assert_eq!(
+        inflight, after_goaway,
+        "the stand-in cut {inflight} watches; the clients lost {after_goaway}"
+    );
+    // drainwatch: one GOAWAY per watch connection, from the uprobes in
+    // the Go server, each at shutdown and on stream 1 (one watch each).
+    let goaways: Vec<&Value> = o
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "goaway" && e["go"].is_object())
+        .filter(|e| e["local"].as_str().is_some_and(|l| l.ends_with(":6443")))
+        .collect();
+    let lb = o.addr("lb");
+    let to_lb: Vec<&&Value> = goaways
+        .iter()
+        .filter(|e| {
+            e["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&format!("{lb}:")))
+        })
+        .collect();
+    assert_eq!(
+        to_lb.len() as u64,
+        inflight,
+        "GOAWAYs to the LB's connections: {to_lb:#?}"
+    );
+    for e in &to_lb {
+        assert_eq!(e["go"]["sent"], "shutdown", "{e}");
+        assert_eq!(e["wire"]["last_stream_id"], 1, "{e}");
+        assert_eq!(e["wire"]["error_code"], "NO_ERROR", "{e}");
+    }
+    let v = o.of_cause("goaway_then_failed");
+    assert_eq!(v.len(), 1, "{}", o.dump());
+    assert_eq!(
+        v[0]["count"].as_u64(),
+        Some(inflight),
+        "the verdict counts the watches cut; {}",
+        o.dump()
+    );
+    assert!(o.of_cause("hard_close").is_empty(), "{}", o.dump());
+    assert!(
+        o.of_cause("unexplained_failures").is_empty(),
+        "{}",
+        o.dump()
+    );
+    // m1's rollout has the GOAWAYs as its phase, from the uprobes alone.
+    let rollout = o.live["timelines"]
+        .as_array()
+        .expect("timelines")
+        .iter()
+        .find(|t| {
+            t["instance"] == "m1"
+                && t["phases"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["kind"] == "sigterm"))
+        })
+        .expect("m1's rollout");
+    assert!(
+        rollout["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .any(|p| p["kind"] == "goaway_sent"),
+        "{rollout:#}"
+    );
+    assert_eq!(
+        rollout["goaways"].as_array().map(Vec::len),
+        Some(inflight as usize),
+        "{rollout:#}"
     );
 }

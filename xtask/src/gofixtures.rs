@@ -107,15 +107,24 @@ fn toolchains(work: &Path) -> anyhow::Result<PathBuf> {
 pub fn go_fixtures() -> anyhow::Result<PathBuf> {
     let work = target_dir().join("go");
     let root = toolchains(&work)?;
-    let src = root_dir().join("lab/go/h2probe/main.go");
-    let src_time = fs::metadata(&src)
-        .and_then(|m| m.modified())
-        .with_context(|| format!("reading {}", src.display()))?;
+    let src_dir = root_dir().join("lab/go/h2probe");
     // GOPATH mode: the program and Debian's x/net source side by side.
     let gopath = work.join("gopath");
     let pkg = gopath.join("src/h2probe");
     fs::create_dir_all(&pkg)?;
-    fs::copy(&src, pkg.join("main.go"))?;
+    // Every source file of the package; the newest decides what is stale.
+    let mut src_time = std::time::SystemTime::UNIX_EPOCH;
+    for e in fs::read_dir(&src_dir).with_context(|| format!("reading {}", src_dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "go") {
+            let t = fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .with_context(|| format!("reading {}", p.display()))?;
+            src_time = src_time.max(t);
+            let name = p.file_name().context("a source file's name")?;
+            fs::copy(&p, pkg.join(name))?;
+        }
+    }
     let golang_org = gopath.join("src/golang.org");
     if !golang_org.exists() {
         std::os::unix::fs::symlink(root.join("usr/share/gocode/src/golang.org"), &golang_org)?;

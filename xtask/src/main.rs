@@ -794,6 +794,13 @@ fn main() -> anyhow::Result<()> {
                     target.join("lab").display().to_string(),
                 ],
             };
+            if matches!(full.get(1).map(String::as_str), Some("goaway-tls" | "all")) {
+                // The Go apiserver stand-in, built with Debian's Go 1.24 and
+                // stripped like a release binary.
+                let go = gofixtures::go_fixtures()?;
+                full.push("--go-standin".into());
+                full.push(go.join("go1.24-stripped/h2probe").display().to_string());
+            }
             full.extend(args);
             run(&mut as_root(&bin, &full))
         }

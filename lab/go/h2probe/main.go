@@ -29,6 +29,8 @@
 //	  a raw framer client that opens 2 streams before acknowledging the
 //	  server's SETTINGS (server -max-streams 1): the second is refused with
 //	  RST_STREAM REFUSED_STREAM. Prints "refused STREAM".
+//	h2probe standin ... and h2probe watch ...: the lab's Go apiserver
+//	  stand-in and its watch client (standin.go).
 package main
 
 import (
@@ -61,7 +63,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: h2probe server|client|refuse [flags]")
+		fail("usage: h2probe server|client|loop|refuse|standin|watch [flags]")
+	}
+	switch os.Args[1] {
+	case "standin":
+		standin(os.Args[2:])
+		return
+	case "watch":
+		watch(os.Args[2:])
+		return
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	impl := fs.String("impl", "xnet", "HTTP/2 copy: xnet or std")
