@@ -387,11 +387,13 @@ async fn conn_task(
                 // Health checkers and port scanners hang up mid-handshake; not an event.
                 return;
             };
-            let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
+            // With upgrades: the port-forward WebSocket (HTTP/1.1 only, as
+            // with kube-apiserver).
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
             drive(conn, &mut phase, accepted).await
         }
         None => {
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             drive(conn, &mut phase, accepted).await
         }
     };
@@ -489,7 +491,8 @@ trait GracefulConn {
     fn start_graceful(self: Pin<&mut Self>);
 }
 
-impl<I, S> GracefulConn for hyper_util::server::conn::auto::Connection<'_, I, S, TokioExecutor>
+impl<I, S> GracefulConn
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, TokioExecutor>
 where
     S: hyper::service::HttpService<Incoming, ResBody = Body>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -593,6 +596,9 @@ async fn handle(
             ));
         }
     }
+    if let Some((ns, name)) = portforward_path(&path) {
+        return Ok(port_forward(req, &state, ns, name, q.get("ports")));
+    }
     let method = req.method().to_string();
     let content_type = req
         .headers()
@@ -643,6 +649,103 @@ async fn handle(
         Reply::Json(code, v) => Ok(json_resp(code, &v)),
         Reply::Watch(w) => Ok(watch_response(w, inflight, &state)),
     }
+}
+
+/// `(namespace, pod)` of `/api/v1/namespaces/NS/pods/NAME/portforward`.
+fn portforward_path(path: &str) -> Option<(&str, &str)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => Some((ns, name)),
+        _ => None,
+    }
+}
+
+/// The port-forward subresource: a WebSocket upgrade, then
+/// [`k8s::portforward::bridge`] to the pod's port; each connection leaves a
+/// `port_forward` lifecycle record (pod, port, bytes each way, or the error).
+fn port_forward(
+    mut req: Request<Incoming>,
+    state: &Arc<State>,
+    ns: &str,
+    name: &str,
+    ports: Option<&String>,
+) -> Response<Body> {
+    let header = |h: hyper::header::HeaderName| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let upgrade = header(hyper::header::UPGRADE);
+    let key = header(hyper::header::SEC_WEBSOCKET_KEY);
+    if !upgrade.eq_ignore_ascii_case("websocket") || key.is_empty() {
+        return json_resp(
+            400,
+            &k8s::status(
+                400,
+                "BadRequest",
+                "port-forward needs a WebSocket upgrade (the lab serves no SPDY)",
+            ),
+        );
+    }
+    let Some(pod) = state.store.object(k8s::Kind::Pod, ns, name) else {
+        return json_resp(
+            404,
+            &k8s::status(404, "NotFound", &format!("pods \"{name}\" not found")),
+        );
+    };
+    let offered = header(hyper::header::SEC_WEBSOCKET_PROTOCOL);
+    let plan = match k8s::portforward::plan(&pod, ports.map(String::as_str), &offered) {
+        Ok(p) => p,
+        Err((code, msg)) => {
+            let reason = if code == 400 {
+                "BadRequest"
+            } else {
+                "InternalError"
+            };
+            return json_resp(code, &k8s::status(code, reason, &msg));
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let st = Arc::clone(state);
+    tokio::spawn(async move {
+        let detail = |extra: Value| {
+            let mut d = json!({"pod": plan.pod, "port": plan.port, "netns": plan.netns});
+            if let (Some(d), Value::Object(e)) = (d.as_object_mut(), extra) {
+                d.extend(e);
+            }
+            d
+        };
+        let rec = match on_upgrade.await {
+            Ok(up) => match k8s::portforward::bridge(TokioIo::new(up), plan.clone()).await {
+                Ok(c) => detail(json!({"to_pod": c.to_pod, "from_pod": c.from_pod})),
+                Err(e) => detail(json!({"error": e})),
+            },
+            Err(e) => detail(json!({"error": format!("upgrade: {e}")})),
+        };
+        st.record("port_forward", rec);
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        hyper::header::SEC_WEBSOCKET_PROTOCOL,
+        hyper::header::HeaderValue::from_static(k8s::portforward::PROTOCOL),
+    );
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&accept) {
+        h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
 }
 
 fn watch_response(mut w: k8s::Watch, inflight: Inflight, state: &Arc<State>) -> Response<Body> {

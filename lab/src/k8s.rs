@@ -126,8 +126,10 @@ pub struct Watch {
     pub kind: Kind,
     /// in this namespace (None: all),
     pub ns: Option<String>,
-    /// with this name (from fieldSelector metadata.name=).
+    /// with this name (from fieldSelector metadata.name=),
     pub name: Option<String>,
+    /// and these labels (labelSelector).
+    pub labels: Vec<LabelReq>,
     /// Only events newer than this.
     pub after_rv: u64,
     /// timeoutSeconds asked by the client.
@@ -148,6 +150,7 @@ impl Watch {
                 .name
                 .as_ref()
                 .is_none_or(|n| ev.object["metadata"]["name"] == n.as_str())
+            && labels_match(&self.labels, &ev.object)
     }
 
     /// One line of the watch stream for `ev`.
@@ -571,8 +574,16 @@ impl Store {
             .get("fieldSelector")
             .and_then(|f| f.strip_prefix("metadata.name="))
             .map(str::to_string);
-        let matches = |k: &(Kind, String, String)| {
-            k.0 == kind && ns.is_none_or(|n| n == k.1) && name.as_ref().is_none_or(|n| *n == k.2)
+        let labels = match q.get("labelSelector").map(|s| parse_label_selector(s)) {
+            None => Vec::new(),
+            Some(Ok(l)) => l,
+            Some(Err(e)) => return bad_request(&e),
+        };
+        let matches = |k: &(Kind, String, String), v: &Value| {
+            k.0 == kind
+                && ns.is_none_or(|n| n == k.1)
+                && name.as_ref().is_none_or(|n| *n == k.2)
+                && labels_match(&labels, v)
         };
         let inner = self.lock();
         let watching = q
@@ -582,7 +593,7 @@ impl Store {
             let items: Vec<Value> = inner
                 .objects
                 .iter()
-                .filter(|(k, _)| matches(k))
+                .filter(|(k, v)| matches(k, v))
                 .map(|(_, v)| v.clone())
                 .collect();
             let rv = inner.rv;
@@ -611,6 +622,7 @@ impl Store {
             kind,
             ns: ns.map(str::to_string),
             name: name.clone(),
+            labels: labels.clone(),
             after_rv: 0,
             timeout_secs: q.get("timeoutSeconds").and_then(|v| v.parse().ok()),
             table: wants_table(accept),
@@ -621,7 +633,7 @@ impl Store {
             w.initial = inner
                 .objects
                 .iter()
-                .filter(|(k, _)| matches(k))
+                .filter(|(k, v)| matches(k, v))
                 .map(|(k, v)| Event {
                     rv: rv_of(v),
                     kind_of_change: "ADDED",
@@ -643,6 +655,66 @@ impl Store {
         }
         Reply::Watch(w)
     }
+}
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelReq {
+    /// `key=value` or `key==value`.
+    Equals(String, String),
+    /// `key!=value` (true when the label is absent too).
+    NotEquals(String, String),
+    /// `key`.
+    Exists(String),
+    /// `!key`.
+    Absent(String),
+}
+
+/// Parses an equality-based label selector (`a=b,c!=d,e,!f`), as
+/// kube-apiserver does; the set-based forms (`in`, `notin`) are refused.
+pub fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            if r.contains(" in ") || r.contains(" notin ") || r.contains('(') {
+                return Err(format!(
+                    "labelSelector {s:?}: set-based requirements are not served by the lab"
+                ));
+            }
+            let valid = |k: &str| !k.is_empty() && !k.contains([' ', '=', '!']);
+            let req = if let Some((k, v)) = r.split_once("!=") {
+                LabelReq::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = r.split_once("==").or_else(|| r.split_once('=')) {
+                LabelReq::Equals(k.trim().into(), v.trim().into())
+            } else if let Some(k) = r.strip_prefix('!') {
+                LabelReq::Absent(k.trim().into())
+            } else {
+                LabelReq::Exists(r.into())
+            };
+            let key = match &req {
+                LabelReq::Equals(k, _)
+                | LabelReq::NotEquals(k, _)
+                | LabelReq::Exists(k)
+                | LabelReq::Absent(k) => k,
+            };
+            if valid(key) {
+                Ok(req)
+            } else {
+                Err(format!("labelSelector {s:?}: invalid requirement {r:?}"))
+            }
+        })
+        .collect()
+}
+
+fn labels_match(reqs: &[LabelReq], obj: &Value) -> bool {
+    let label = |k: &str| obj["metadata"]["labels"][k].as_str();
+    reqs.iter().all(|r| match r {
+        LabelReq::Equals(k, v) => label(k) == Some(v.as_str()),
+        LabelReq::NotEquals(k, v) => label(k) != Some(v.as_str()),
+        LabelReq::Exists(k) => label(k).is_some(),
+        LabelReq::Absent(k) => label(k).is_none(),
+    })
 }
 
 fn rv_of(obj: &Value) -> u64 {
@@ -987,6 +1059,45 @@ mod tests {
         };
         assert_eq!(w.initial.len(), 1);
         assert_eq!(w.initial[0].kind_of_change, "ADDED");
+    }
+
+    #[test]
+    fn label_selectors_filter_lists() {
+        let s = Store::new();
+        for (n, app) in [("a", "drainwatch"), ("b", "grafana")] {
+            s.handle(&req(
+                "POST",
+                "/api/v1/namespaces/x/pods",
+                "",
+                json!({"metadata": {"name": n, "labels": {"app": app}}}),
+            ));
+        }
+        let names = |sel: &str| {
+            let (c, l) = json_of(s.handle(&req(
+                "GET",
+                "/api/v1/namespaces/x/pods",
+                &format!("labelSelector={sel}"),
+                Value::Null,
+            )));
+            assert_eq!(c, 200, "{l}");
+            l["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().expect("name").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("app%3Ddrainwatch"), ["a"]);
+        assert_eq!(names("app!%3Ddrainwatch"), ["b"]);
+        assert_eq!(names("app"), ["a", "b"]);
+        assert_eq!(names("!app"), Vec::<String>::new());
+        let (c, _) = json_of(s.handle(&req(
+            "GET",
+            "/api/v1/pods",
+            "labelSelector=app+in+(a)",
+            Value::Null,
+        )));
+        assert_eq!(c, 400);
     }
 
     #[test]
