@@ -92,7 +92,7 @@ pub use output::{
     Cause, CauseTotals, InputStats, LbDetection, Measured, Phase, PhaseGauge, PhaseKind, Report,
     Summary, Timeline, Verdict,
 };
-pub use time::rfc3339;
+pub use time::{parse_rfc3339, rfc3339};
 
 /// A line of a recording that is not an observation.
 #[derive(Debug, thiserror::Error)]

@@ -150,11 +150,20 @@ pub fn render_html(input: &Input) -> String {
         t1 = t0 + 1_000_000_000;
     }
     let axis = Axis { t0, t1 };
+    // A report drawn from timelines alone (`drainwatch cluster report`) has
+    // no observations: its phases carry the wall time.
     let first_wall = input
         .observations
         .iter()
         .filter(|o| o.t_ns == t0)
-        .find_map(|o| o.wall.clone());
+        .find_map(|o| o.wall.clone())
+        .or_else(|| {
+            r.timelines
+                .iter()
+                .flat_map(|t| &t.phases)
+                .filter(|p| p.t_ns == t0)
+                .find_map(|p| p.wall.clone())
+        });
 
     let svg = svg(input, &axis);
     let mut h = String::new();
