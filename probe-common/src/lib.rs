@@ -5,12 +5,14 @@
 //! programs and read by the daemon.
 #![cfg_attr(not(test), no_std)]
 
+pub mod endpoint;
 pub mod event;
 pub mod flow;
 pub mod goh2;
 pub mod layout;
 pub mod socks;
 
+pub use endpoint::*;
 pub use event::*;
 pub use flow::*;
 pub use goh2::*;
@@ -90,6 +92,10 @@ pub const RUNTIME_KPROBE_CONNECT: u32 = 0;
 /// socket's `SOCKS` entry when it reaches CLOSE instead (the table is not
 /// LRU: nothing else would ever free it).
 pub const RUNTIME_NO_DESTROY: u32 = 1;
+/// Index into the `RUNTIME` config array: a non-zero value turns endpoint
+/// mode on (see [`endpoint`]): events on a watched port are kept only when
+/// one end is in `ENDPOINTS`.
+pub const RUNTIME_ENDPOINTS: u32 = 2;
 /// Number of slots in the `RUNTIME` array.
 pub const RUNTIME_SLOTS: u32 = 4;
 

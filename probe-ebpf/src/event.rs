@@ -5,11 +5,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    AF_INET, AF_INET6, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL, RawEvent,
-    TupleLayout, tuple_style,
+    AF_INET, AF_INET6, EndpointKey, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL,
+    RUNTIME_ENDPOINTS, RawEvent, TupleLayout, tuple_style,
 };
 
-use crate::maps::{EVENTS, LOST, PORTS, TupleKey};
+use crate::maps::{ENDPOINTS, EVENTS, LOST, PORTS, RUNTIME, TupleKey};
 
 /// A connection's addresses as this host sees them (`s` = local end).
 #[derive(Clone, Copy)]
@@ -54,6 +54,22 @@ pub fn port_watched(port: u16) -> bool {
         Some(word) => *word & (1u64 << (port & 63)) != 0,
         None => false,
     }
+}
+
+/// In endpoint mode, whether one end of `t` is a watched endpoint; always
+/// true in port mode. Called only for watched ports (after [`port_watched`]),
+/// so unwatched traffic never pays for the two lookups.
+#[inline(always)]
+pub fn endpoint_watched(t: &Tuple) -> bool {
+    if RUNTIME.get(RUNTIME_ENDPOINTS).copied().unwrap_or(0) == 0 {
+        return true;
+    }
+    let d = EndpointKey::new(t.family, &t.daddr, t.dport);
+    if unsafe { ENDPOINTS.get(d) }.is_some() {
+        return true;
+    }
+    let s = EndpointKey::new(t.family, &t.saddr, t.sport);
+    unsafe { ENDPOINTS.get(s) }.is_some()
 }
 
 /// Reads family and ports only, so unwatched traffic is dropped before the
@@ -129,6 +145,9 @@ pub fn watched_tuple(ctx: &TracePointContext, t: &TupleLayout) -> Option<Tuple> 
             family
         );
         count_lost(LOST_LAYOUT);
+        return None;
+    }
+    if !endpoint_watched(&tuple) {
         return None;
     }
     Some(tuple)

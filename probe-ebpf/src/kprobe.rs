@@ -52,6 +52,9 @@ pub(crate) fn sock_tuple(sk: u64) -> Option<Tuple> {
         }
         _ => return None,
     }
+    if !crate::event::endpoint_watched(&t) {
+        return None;
+    }
     Some(t)
 }
 

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use probe_common::{
-    DEFAULT_RINGBUF_BYTES, DEFAULT_SOCK_TABLE, LOST_SLOTS, Layouts, PORT_BITMAP_WORDS,
-    RUNTIME_SLOTS, SockLayout, TcpSockLayout,
+    DEFAULT_RINGBUF_BYTES, DEFAULT_SOCK_TABLE, ENDPOINT_TABLE, EndpointKey, LOST_SLOTS, Layouts,
+    PORT_BITMAP_WORDS, RUNTIME_SLOTS, SockLayout, TcpSockLayout,
 };
 
 /// Tracepoint record layouts, filled in by the loader from tracefs.
@@ -33,6 +33,11 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 /// Watched ports as a bitmap: bit `p & 63` of word `p >> 6`.
 #[map]
 pub static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Endpoint mode's watched (address, port) pairs (`RUNTIME_ENDPOINTS`);
+/// the daemon keeps it in step with the names it resolves.
+#[map]
+pub static ENDPOINTS: HashMap<EndpointKey, u8> = HashMap::with_max_entries(ENDPOINT_TABLE, 0);
 
 /// Switches the daemon flips after attaching (see `RUNTIME_*` in probe-common).
 #[map]

@@ -268,6 +268,9 @@ fn parse(ctx: &TcContext, ingress: bool) -> Option<Pkt> {
         t.sport = sport;
         t.dport = dport;
     }
+    if !crate::event::endpoint_watched(&t) {
+        return None;
+    }
     Some(Pkt {
         tuple: t,
         ttl,

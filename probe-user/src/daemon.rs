@@ -100,6 +100,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let lost = loader::take_lost(&mut ebpf)?;
     tasks.spawn(sources::loss::task(lost, metrics.clone(), stop_rx.clone()));
     spawn_wire_and_occupancy(&opts, &mut ebpf, occupancy, &metrics, &mut tasks, &stop_rx)?;
+    if let Some(e) = &opts.load.endpoints {
+        tracing::info!(
+            "endpoint mode: watching only {}",
+            e.resolved.lines().join(", ")
+        );
+        let map = loader::take_endpoints(&mut ebpf)?;
+        let current = e
+            .resolved
+            .addrs
+            .keys()
+            .map(|a| sources::endpoints::key(*a))
+            .collect();
+        tasks.spawn(sources::endpoints::task(
+            map,
+            e.specs.clone(),
+            current,
+            stop_rx.clone(),
+        ));
+    }
     let _stats_fd = if opts.bpf_stats {
         sources::program_stats::enable().inspect(|_| {
             let programs = sources::program_stats::programs(&ebpf);

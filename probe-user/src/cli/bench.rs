@@ -29,6 +29,7 @@ pub fn run(repeat: u32) -> anyhow::Result<()> {
         netns: None,
         go_uprobes: false,
         go_clients: Vec::new(),
+        endpoints: None,
     })?;
     // Events are not read here; a full ring buffer only counts losses.
     let ack = TcpFlags::ACK;

@@ -29,6 +29,20 @@ pub fn check(load: &LoadOptions) -> anyhow::Result<ExitCode> {
         Err(e) => println!("tracefs     unavailable: {e}"),
     }
     println!("ports       {:?}", load.ports);
+    match &load.endpoints {
+        None => println!(
+            "watching    every connection on these ports (port mode: a master; --apiserver-endpoint for a client node)"
+        ),
+        Some(e) => {
+            println!(
+                "watching    only these apiserver endpoints on them (endpoint mode, names resolved again every {}s):",
+                crate::sources::endpoints::RESOLVE_EVERY.as_secs()
+            );
+            for l in e.resolved.lines() {
+                println!("  {l}");
+            }
+        }
+    }
     println!("ring buffer {} bytes", load.ringbuf_bytes);
     println!(
         "sockets     {} at most, {} bytes each: {}",

@@ -17,7 +17,7 @@ use crate::{
         procscan,
     },
     pipeline::Output,
-    sources::{http as httpcheck, kubeconfig, kubewatch},
+    sources::{endpoints, http as httpcheck, kubeconfig, kubewatch},
 };
 
 #[derive(Args)]
@@ -25,6 +25,19 @@ pub struct RunArgs {
     /// A TCP port to watch, matched on either end (repeatable). Default: 6443 and 443.
     #[arg(long = "port", value_name = "PORT", env = "DRAINWATCH_PORT", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     ports: Vec<u16>,
+    /// Watch the apiserver as these endpoints only, not every connection on
+    /// their ports (a node that is the apiserver's client: a worker of a
+    /// managed cluster): HOST:PORT or [IPv6]:PORT, names resolved at start
+    /// and again every 30 s (repeatable). `auto`: the kubernetes Service of
+    /// the pod drainwatch runs in and the server of the kubeconfig in use.
+    /// Their ports are the watched ports unless --port is given too.
+    #[arg(
+        long = "apiserver-endpoint",
+        value_name = "HOST:PORT|auto",
+        env = "DRAINWATCH_APISERVER_ENDPOINT",
+        value_delimiter = ','
+    )]
+    apiserver_endpoints: Vec<String>,
     /// How to print events on stdout.
     #[arg(long, value_enum, env = "DRAINWATCH_OUTPUT", default_value = "text")]
     output: Output,
@@ -390,11 +403,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// interfaces (of the --netns namespace when it names one), the namespace
 /// filter.
 fn load_options(args: &RunArgs) -> anyhow::Result<LoadOptions> {
-    let mut ports = if args.ports.is_empty() {
-        DEFAULT_PORTS.to_vec()
-    } else {
-        args.ports.clone()
+    let endpoints = endpoint_options(args)?;
+    let mut ports = match (&endpoints, args.ports.is_empty()) {
+        (Some(e), true) => e.specs.iter().map(|s| s.port).collect(),
+        (_, true) => DEFAULT_PORTS.to_vec(),
+        (_, false) => args.ports.clone(),
     };
+    if let Some(e) = &endpoints {
+        ports.extend(e.specs.iter().map(|s| s.port));
+    }
     ports.sort_unstable();
     ports.dedup();
     let netns = match args.netns.as_str() {
@@ -422,7 +439,56 @@ fn load_options(args: &RunArgs) -> anyhow::Result<LoadOptions> {
         netns,
         go_uprobes: !args.no_go_uprobes,
         go_clients: args.go_clients.clone(),
+        endpoints,
     })
+}
+
+/// Endpoint mode's endpoints, resolved once now (the loader writes them
+/// before any program runs), or `None` without `--apiserver-endpoint`.
+fn endpoint_options(args: &RunArgs) -> anyhow::Result<Option<loader::EndpointOptions>> {
+    if args.apiserver_endpoints.is_empty() {
+        return Ok(None);
+    }
+    let service = match (
+        std::env::var("KUBERNETES_SERVICE_HOST"),
+        std::env::var("KUBERNETES_SERVICE_PORT"),
+    ) {
+        (Ok(h), Ok(p)) if !h.is_empty() => Some((h, p)),
+        _ => None,
+    };
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .or_else(|| args.probe_kubeconfig.clone())
+        .or_else(|| std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from));
+    let server = match &kubeconfig {
+        Some(k) if args.apiserver_endpoints.iter().any(|v| v.trim() == "auto") => {
+            let t = kubeconfig::kubeconfig_target(k)?;
+            let host = t.server.host().unwrap_or_default().trim_matches(['[', ']']);
+            let port = t
+                .server
+                .port_u16()
+                .unwrap_or(if t.server.scheme_str() == Some("http") {
+                    80
+                } else {
+                    443
+                });
+            Some((
+                endpoints::join(host, &port.to_string()),
+                k.display().to_string(),
+            ))
+        }
+        _ => None,
+    };
+    let specs = endpoints::specs(&args.apiserver_endpoints, service, server)?;
+    let resolved = endpoints::resolve(&specs);
+    for (spec, why) in &resolved.failed {
+        tracing::warn!(
+            "endpoint {spec} not resolved: {why}; retried every {}s",
+            endpoints::RESOLVE_EVERY.as_secs()
+        );
+    }
+    Ok(Some(loader::EndpointOptions { specs, resolved }))
 }
 
 /// The wire observer's interfaces and table, unless `--no-wire`.

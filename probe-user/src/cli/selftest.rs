@@ -258,6 +258,7 @@ fn load_and_check_hooks(
         netns: None,
         go_uprobes: true,
         go_clients: Vec::new(),
+        endpoints: None,
     };
     let loaded = loader::load(&opts).map_err(|e| {
         anyhow::anyhow!(

@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use probe_common::{
-    Layouts, PORT_BITMAP_WORDS, RUNTIME_KPROBE_CONNECT, RUNTIME_NO_DESTROY, SockLayout,
-    TcpSockLayout,
+    Layouts, PORT_BITMAP_WORDS, RUNTIME_ENDPOINTS, RUNTIME_KPROBE_CONNECT, RUNTIME_NO_DESTROY,
+    SockLayout, TcpSockLayout,
 };
 
 use crate::kernel::{
@@ -76,6 +76,14 @@ pub struct LoadOptions {
     pub go_uprobes: bool,
     /// Go clients' process names to hook, besides `watch_comms`.
     pub go_clients: Vec<String>,
+    /// Endpoint mode: only these (address, port) pairs are watched.
+    pub endpoints: Option<EndpointOptions>,
+}
+
+/// Endpoint mode's endpoints: as given, and what they resolved to at start.
+pub struct EndpointOptions {
+    pub specs: Vec<crate::sources::endpoints::Spec>,
+    pub resolved: crate::sources::endpoints::Resolved,
 }
 
 /// Where and how big the wire observer is.
@@ -190,6 +198,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut ebpf = open_object(opts, &facts)?;
     write_ports(&mut ebpf, &opts.ports)?;
     write_watched_processes(&mut ebpf, opts)?;
+    if let Some(e) = &opts.endpoints {
+        write_endpoints(&mut ebpf, e)?;
+        // Before any program runs: nothing on a watched port that is not
+        // an endpoint is ever reported.
+        set_runtime(&mut ebpf, RUNTIME_ENDPOINTS)?;
+    }
 
     let mut hooks: Vec<Hook> = Vec::new();
     for spec in PROGRAMS.iter().filter(|s| !s.program.is_tc()) {
@@ -359,6 +373,27 @@ fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
                 _ => LoadError::Load(e),
             }
         })
+}
+
+/// Writes endpoint mode's resolved endpoints into `ENDPOINTS`.
+fn write_endpoints(ebpf: &mut Ebpf, e: &EndpointOptions) -> Result<(), LoadError> {
+    let mut m: aya::maps::HashMap<&mut MapData, probe_common::EndpointKey, u8> =
+        aya::maps::HashMap::try_from(map_mut(ebpf, "ENDPOINTS")?)
+            .map_err(|e| LoadError::Map("ENDPOINTS", e))?;
+    for a in e.resolved.addrs.keys() {
+        m.insert(crate::sources::endpoints::key(*a), 1, 0)
+            .map_err(|e| LoadError::Map("ENDPOINTS", e))?;
+    }
+    Ok(())
+}
+
+/// Takes `ENDPOINTS` out of the object, for the task that keeps it in step
+/// with the names.
+pub fn take_endpoints(
+    ebpf: &mut Ebpf,
+) -> Result<aya::maps::HashMap<MapData, probe_common::EndpointKey, u8>, LoadError> {
+    let map = take_map(ebpf, "ENDPOINTS")?;
+    aya::maps::HashMap::try_from(map).map_err(|e| LoadError::Map("ENDPOINTS", e))
 }
 
 /// Turns on the `RUNTIME` switch `slot` (see probe-common's `RUNTIME_*`).

@@ -49,6 +49,7 @@ fn rig() -> Option<Rig> {
         netns: None,
         go_uprobes: false,
         go_clients: Vec::new(),
+        endpoints: None,
     })
     .expect("load");
     let events = loader::take_events(&mut loaded.ebpf).expect("events");
