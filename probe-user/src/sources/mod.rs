@@ -1,6 +1,7 @@
 //! Producers, one per file: each reads one source and hands on what it saw
 //! (to the pipeline, or straight to the metrics for counters).
 
+pub mod endpoints;
 pub mod goh2;
 pub mod http;
 pub mod kernel_log;
