@@ -15,6 +15,7 @@
 //! [`daemon`] wires them together for `drainwatch run`.
 
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod decode;
 pub mod export;

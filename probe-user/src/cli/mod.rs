@@ -4,6 +4,7 @@
 mod analyze;
 mod bench;
 mod check;
+mod cluster;
 pub mod config;
 mod run;
 pub mod selftest;
@@ -37,6 +38,9 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// One self-contained HTML report (SVG timeline) from a recording or a capture.
     Report(drainwatch_ops::report::ReportArgs),
+    /// Every master's rollout on one time axis, from every drainwatch pod's
+    /// API through the Kubernetes API (also `kubectl drainwatch ...`).
+    Cluster(cluster::ClusterArgs),
     /// Load every kernel program as `run` does, drive loopback TCP on a
     /// watched port and check the exact events (as root; used by `cargo
     /// xtask vm-test`). Prints one JSON line per check, `INSNS` lines and
@@ -50,10 +54,28 @@ enum Command {
     },
 }
 
+/// The name kubectl runs its plugin by: `kubectl drainwatch ARGS` execs
+/// `kubectl-drainwatch ARGS` from PATH.
+const KUBECTL_PLUGIN: &str = "kubectl-drainwatch";
+
+/// The command line, with `cluster` put first when run as the kubectl
+/// plugin (a link named `kubectl-drainwatch`), so `kubectl drainwatch
+/// timeline` is `drainwatch cluster timeline`.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let plugin = args.first().is_some_and(|a0| {
+        std::path::Path::new(a0).file_name() == Some(std::ffi::OsStr::new(KUBECTL_PLUGIN))
+    });
+    if plugin {
+        args.insert(1, "cluster".into());
+    }
+    args
+}
+
 /// The `drainwatch` binary.
 pub fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command().get_matches_from(args());
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -82,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
         Command::Analyze(args) => analyze::analyze(&args),
         Command::Report(args) => drainwatch_ops::report::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Selftest(args) => Ok(selftest::run(&args)),
         Command::BenchClassifier { repeat } => {
             bench::run(repeat.max(1)).map(|()| ExitCode::SUCCESS)

@@ -139,9 +139,18 @@ impl KnownPods {
 
 /// A client with the watcher's credentials (the events writer uses it too).
 pub(crate) async fn client(w: &PodWatch) -> anyhow::Result<Client> {
+    client_for(&w.credentials, None).await
+}
+
+/// A client with `credentials`, in kubeconfig `context` (the current one
+/// when None), as kubectl makes one.
+pub async fn client_for(
+    credentials: &Credentials,
+    context: Option<&str>,
+) -> anyhow::Result<Client> {
     use anyhow::Context as _;
-    let what = w.credentials.describe();
-    let files: &[PathBuf] = match &w.credentials {
+    let what = credentials.describe();
+    let files: &[PathBuf] = match credentials {
         Credentials::File(p) | Credentials::Home(p) => std::slice::from_ref(p),
         Credentials::Env(p) => p,
         Credentials::InCluster => &[],
@@ -157,7 +166,11 @@ pub(crate) async fn client(w: &PodWatch) -> anyhow::Result<Client> {
                 .merge(crate::sources::kubeconfig::load(f)?)
                 .map_err(|e| kubeconfig_error(&what, &e))?;
         }
-        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        let options = KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..KubeConfigOptions::default()
+        };
+        Config::from_custom_kubeconfig(kc, &options)
             .await
             .map_err(|e| kubeconfig_error(&what, &e))?
     };
