@@ -77,10 +77,7 @@ impl Correlation {
             return;
         }
         if self.own.is_own(ev) {
-            metrics
-                .correlation_ignored
-                .with_label_values(&["own_connection"])
-                .inc();
+            metrics.ignored_own_connection();
             return;
         }
         if let Some(o) = obs {
