@@ -71,6 +71,12 @@ const TARGETS: &[Target] = &[
         host: &[],
     },
     Target {
+        name: "cgroup",
+        inputs: &["fuzz/inputs/cgroup"],
+        exts: &[],
+        host: &["/proc/self/cgroup", "/proc/1/cgroup"],
+    },
+    Target {
         name: "recording",
         inputs: &["ops/tests/fixtures"],
         exts: &["jsonl"],

@@ -101,7 +101,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// One target (tracefs, event, pcap, audit, kubeconfig, gobin, recording);
+        /// One target (tracefs, event, pcap, audit, kubeconfig, gobin, cgroup, recording);
         /// all when absent.
         target: Option<String>,
     },
