@@ -10,8 +10,9 @@
 //! endpoint (WebSocket, v4.channel.k8s.io), which dials loopback inside the
 //! pod's namespace as the kubelet does; its lifecycle records prove each
 //! read went through it. The merged timeline is exactly the union of the
-//! daemons' own /api/v1/timelines; the verdicts carry their node; the HTML
-//! report has one lane per master and renders in headless Chromium.
+//! daemons' own /api/v1/timelines, and of their recordings replayed by
+//! `analyze`; the verdicts carry their node; the HTML report has one lane
+//! per master and renders in headless Chromium.
 
 mod common;
 
@@ -193,6 +194,8 @@ fn cluster_view_merges_every_masters_daemon_through_the_port_forward_endpoint() 
                 "--node-name",
                 &format!("node-{name}"),
                 "--no-kube-events",
+                "--record",
+                dir.join("record.jsonl").to_str().expect("utf8"),
             ],
         );
         masters.push((pair, name, standin, d));
@@ -504,11 +507,59 @@ fn cluster_view_merges_every_masters_daemon_through_the_port_forward_endpoint() 
         })
         .collect();
     assert_eq!(lanes, ["m1 lifecycle", "m2 lifecycle", "m3 lifecycle"]);
+    // One axis spanning the rollouts: each master's SIGTERM band starts
+    // further right than the one before, the first at the axis' start.
+    let sigterm_x: Vec<f64> = (1..=MASTERS)
+        .map(|i| {
+            let tag = format!("data-phase=\"sigterm\" data-instance=\"m{i}\" x=\"");
+            let at = page
+                .find(&tag)
+                .unwrap_or_else(|| panic!("no sigterm band of m{i}"))
+                + tag.len();
+            page[at..at + page[at..].find('"').expect("x")]
+                .parse()
+                .expect("x")
+        })
+        .collect();
+    assert!(
+        sigterm_x.windows(2).all(|w| w[0] + 20.0 < w[1]),
+        "{sigterm_x:?}"
+    );
     assert!(
         !page.contains("src=\"http") && !page.contains("href=\"http"),
         "self-contained"
     );
     screenshot(&html, &root);
+
+    // Each daemon's recording, replayed by `analyze`, gives the timelines
+    // the cluster view merged.
+    let mut replayed = Vec::new();
+    for (_, name, _, d) in masters.drain(..) {
+        assert!(d.stop().success(), "{name}'s daemon exit");
+        let rec = root.join(&name).join("record.jsonl");
+        let out = Command::new(&bin)
+            .arg("analyze")
+            .arg(&rec)
+            .args(["--output", "json"])
+            .output()
+            .expect("analyze");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "analyze {}: {e}: {}",
+                rec.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        replayed.extend(rows_of_daemon(
+            &report["timelines"],
+            &format!("node-{name}"),
+        ));
+    }
+    replayed.sort();
+    assert_eq!(
+        replayed, merged,
+        "analyze of the recordings vs the cluster view"
+    );
 
     let total = port_forwards(&truth).len();
     eprintln!(

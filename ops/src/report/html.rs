@@ -136,16 +136,19 @@ fn instance_key(o: &Observation, default: &Option<String>) -> String {
 /// The whole page.
 pub fn render_html(input: &Input) -> String {
     let r = &input.report;
-    let mut t0 = input.observations.iter().map(|o| o.t_ns).min().unwrap_or(0);
-    let mut t1 = input.observations.iter().map(|o| o.t_ns).max().unwrap_or(0);
-    for v in &r.verdicts {
-        t0 = t0.min(v.window.0);
-        t1 = t1.max(v.window.1);
-    }
-    for p in r.timelines.iter().flat_map(|t| &t.phases) {
-        t0 = t0.min(p.t_ns);
-        t1 = t1.max(p.t_ns);
-    }
+    // Every instant drawn: observations, verdict windows, phases (a report
+    // of timelines alone has no observations, so none of them may default
+    // the axis to 0).
+    let instants = || {
+        input
+            .observations
+            .iter()
+            .map(|o| o.t_ns)
+            .chain(r.verdicts.iter().flat_map(|v| [v.window.0, v.window.1]))
+            .chain(r.timelines.iter().flat_map(|t| &t.phases).map(|p| p.t_ns))
+    };
+    let t0 = instants().min().unwrap_or(0);
+    let mut t1 = instants().max().unwrap_or(0);
     if t1 <= t0 {
         t1 = t0 + 1_000_000_000;
     }
