@@ -13,8 +13,9 @@ use crate::{AF_INET, AF_INET6};
 pub const ENDPOINT_TABLE: u32 = 256;
 
 /// One watched endpoint. IPv4 is stored as `AF_INET` with the address in
-/// the first 4 bytes; an IPv4-mapped IPv6 address (a dual-stack socket's
-/// view of an IPv4 peer) is looked up in that form too.
+/// the first 4 bytes, and again as its IPv4-mapped IPv6 form (a dual-stack
+/// socket's view of an IPv4 peer), so that the programs look up either as
+/// they find it ([`EndpointKey::forms`]).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
@@ -52,6 +53,23 @@ impl EndpointKey {
     }
 }
 
+impl EndpointKey {
+    /// The keys to write for an endpoint: itself, and for IPv4 also its
+    /// IPv4-mapped IPv6 form.
+    pub fn forms(self) -> [Option<EndpointKey>; 2] {
+        if self.family != AF_INET {
+            return [Some(self), None];
+        }
+        let mut mapped = self;
+        mapped.family = AF_INET6;
+        mapped.addr = [0; 16];
+        mapped.addr[10] = 0xff;
+        mapped.addr[11] = 0xff;
+        mapped.addr[12..].copy_from_slice(&self.addr[..4]);
+        [Some(self), Some(mapped)]
+    }
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EndpointKey {}
 
@@ -76,5 +94,10 @@ mod tests {
         v6[15] = 1;
         let k = EndpointKey::new(AF_INET6, &v6, 443);
         assert_eq!((k.family, k.addr, k.port), (AF_INET6, v6, 443));
+        let [a, b] = EndpointKey::new(AF_INET, &v4, 443).forms();
+        assert_eq!(a, Some(EndpointKey::new(AF_INET, &v4, 443)));
+        let b = b.expect("mapped form");
+        assert_eq!((b.family, b.addr), (AF_INET6, mapped));
+        assert_eq!(k.forms(), [Some(k), None]);
     }
 }

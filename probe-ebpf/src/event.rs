@@ -5,11 +5,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    AF_INET, AF_INET6, EndpointKey, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL,
+    AF_INET, AF_INET6, FIELD_ABSENT, LOST_KIND_BASE, LOST_LAYOUT, LOST_RINGBUF_FULL,
     RUNTIME_ENDPOINTS, RawEvent, TupleLayout, tuple_style,
 };
 
-use crate::maps::{ENDPOINTS, EVENTS, LOST, PORTS, RUNTIME, TupleKey};
+use crate::maps::{ENDPOINT_SCRATCH, ENDPOINTS, EVENTS, LOST, PORTS, RUNTIME, TupleKey};
 
 /// A connection's addresses as this host sees them (`s` = local end).
 #[derive(Clone, Copy)]
@@ -58,18 +58,33 @@ pub fn port_watched(port: u16) -> bool {
 
 /// In endpoint mode, whether one end of `t` is a watched endpoint; always
 /// true in port mode. Called only for watched ports (after [`port_watched`]),
-/// so unwatched traffic never pays for the two lookups.
+/// so unwatched traffic never pays for the two lookups. The key is built in
+/// a per-CPU scratch slot, not on the stack (the classifier's call chain is
+/// near the 512-byte limit), and as the socket or packet gives it: the
+/// daemon writes an IPv4 endpoint in both its forms (IPv4 and IPv4-mapped
+/// IPv6), so no folding is verified here.
 #[inline(always)]
+// `get(*k)` would copy the key onto the stack: the reference is the point.
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub fn endpoint_watched(t: &Tuple) -> bool {
     if RUNTIME.get(RUNTIME_ENDPOINTS).copied().unwrap_or(0) == 0 {
         return true;
     }
-    let d = EndpointKey::new(t.family, &t.daddr, t.dport);
-    if unsafe { ENDPOINTS.get(d) }.is_some() {
+    let Some(k) = ENDPOINT_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot of this map, used only within this call.
+    let k = unsafe { &mut *k };
+    k.family = t.family;
+    k.addr = t.daddr;
+    k.port = t.dport;
+    k._pad = 0;
+    if unsafe { ENDPOINTS.get(&*k) }.is_some() {
         return true;
     }
-    let s = EndpointKey::new(t.family, &t.saddr, t.sport);
-    unsafe { ENDPOINTS.get(s) }.is_some()
+    k.addr = t.saddr;
+    k.port = t.sport;
+    unsafe { ENDPOINTS.get(&*k) }.is_some()
 }
 
 /// Reads family and ports only, so unwatched traffic is dropped before the

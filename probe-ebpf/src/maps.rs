@@ -39,6 +39,10 @@ pub static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 #[map]
 pub static ENDPOINTS: HashMap<EndpointKey, u8> = HashMap::with_max_entries(ENDPOINT_TABLE, 0);
 
+/// Where [`crate::event::endpoint_watched`] builds its lookup key.
+#[map]
+pub static ENDPOINT_SCRATCH: PerCpuArray<EndpointKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Switches the daemon flips after attaching (see `RUNTIME_*` in probe-common).
 #[map]
 pub static RUNTIME: Array<u32> = Array::with_max_entries(RUNTIME_SLOTS, 0);

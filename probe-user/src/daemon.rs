@@ -110,7 +110,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .resolved
             .addrs
             .keys()
-            .map(|a| sources::endpoints::key(*a))
+            .flat_map(|a| sources::endpoints::keys(*a))
             .collect();
         tasks.spawn(sources::endpoints::task(
             map,

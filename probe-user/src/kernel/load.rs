@@ -380,8 +380,13 @@ fn write_endpoints(ebpf: &mut Ebpf, e: &EndpointOptions) -> Result<(), LoadError
     let mut m: aya::maps::HashMap<&mut MapData, probe_common::EndpointKey, u8> =
         aya::maps::HashMap::try_from(map_mut(ebpf, "ENDPOINTS")?)
             .map_err(|e| LoadError::Map("ENDPOINTS", e))?;
-    for a in e.resolved.addrs.keys() {
-        m.insert(crate::sources::endpoints::key(*a), 1, 0)
+    for k in e
+        .resolved
+        .addrs
+        .keys()
+        .flat_map(|a| crate::sources::endpoints::keys(*a))
+    {
+        m.insert(k, 1, 0)
             .map_err(|e| LoadError::Map("ENDPOINTS", e))?;
     }
     Ok(())

@@ -93,6 +93,12 @@ pub fn key(a: SocketAddr) -> EndpointKey {
     EndpointKey::new(family, &addr, a.port())
 }
 
+/// Every key the kernel map holds for `a`: itself and, for IPv4, its
+/// IPv4-mapped IPv6 form (see [`EndpointKey::forms`]).
+pub fn keys(a: SocketAddr) -> impl Iterator<Item = EndpointKey> {
+    key(a).forms().into_iter().flatten()
+}
+
 /// What resolving the specs gave: every address with the specs it came
 /// from, and the specs that did not resolve (with why).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -211,7 +217,7 @@ pub async fn task(
         if !r.failed.is_empty() {
             continue;
         }
-        let want: BTreeSet<EndpointKey> = r.addrs.keys().map(|a| key(*a)).collect();
+        let want: BTreeSet<EndpointKey> = r.addrs.keys().flat_map(|a| keys(*a)).collect();
         for k in current.difference(&want) {
             if let Err(e) = map.remove(k) {
                 tracing::warn!("removing a stale endpoint from the kernel map: {e}");
