@@ -531,6 +531,57 @@ fn cluster_view_merges_every_masters_daemon_through_the_port_forward_endpoint() 
     );
     screenshot(&html, &root);
 
+    // A DaemonSet pod whose API cannot be reached (nothing listens on its
+    // port): named on stderr with the port-forward's own reason, exit 1,
+    // and what the others said still printed.
+    let dead_port = common::free_port();
+    register_pods(
+        &kc,
+        vec![json!({
+            "metadata": {"name": "drainwatch-zz9dd",
+                "labels": {"app.kubernetes.io/name": "drainwatch"}},
+            "spec": {"nodeName": "node-m4", "hostNetwork": true,
+                "containers": [{"name": "drainwatch",
+                    "ports": [{"name": "metrics", "containerPort": dead_port}]}]},
+            "status": {"phase": "Running"}
+        })],
+    );
+    let out = Command::new(&bin)
+        .arg("cluster")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["timeline", "-o", "json"])
+        .env("DRAINWATCH_LOG", "warn")
+        .output()
+        .expect("drainwatch cluster");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "drainwatch cluster: pod drainwatch-zz9dd on node node-m4: port-forward to \
+         drainwatch-zz9dd:{dead_port}: error forwarding port {dead_port} to pod drainwatch-zz9dd, uid "
+    );
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("Connection refused (os error 111)"),
+        "{stderr}"
+    );
+    let partial: Value = serde_json::from_slice(&out.stdout).expect("JSON despite the failure");
+    let mut rows = rows_of_cluster(&partial);
+    rows.sort();
+    assert_eq!(rows, before);
+    assert_eq!(
+        partial["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["error"].is_string())
+            .map(|n| n["node"].clone())
+            .collect::<Vec<_>>(),
+        [json!("node-m4")]
+    );
+
     // Each daemon's recording, replayed by `analyze`, gives the timelines
     // the cluster view merged.
     let mut replayed = Vec::new();

@@ -166,6 +166,50 @@ pub fn failures(view: &ClusterView) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn view() -> ClusterView {
+        let data: merge::NodeData = serde_json::from_value(serde_json::json!({
+            "timelines": [],
+            "verdicts": [{"cause": "refused_while_not_listening", "path": "unknown",
+                "instance": "m1", "cycle": 0, "window": [1_000_000_000u64, 3_500_000_000u64],
+                "window_wall": ["2026-12-07T14:00:00.000000Z", null], "count": 22,
+                "evidence": [1], "sentence": "apiserver m1 refused connections", "fix": "f",
+                "measured": null}]
+        }))
+        .expect("node data");
+        merge(&[NodeAnswer {
+            pod: "dw-a".into(),
+            node: "n1".into(),
+            result: Ok(data),
+        }])
+    }
+
+    #[test]
+    fn verdicts_print_with_their_node_in_every_format() {
+        let v = view();
+        assert_eq!(
+            verdicts_text(&v, Format::Text).expect("text"),
+            "NODE   APISERVER   CAUSE                  COUNT   +SECONDS   DURATION\n\
+             n1     m1          refused_unknown_path   22      0.000      2.5\n"
+        );
+        let wide = verdicts_text(&v, Format::Wide).expect("wide");
+        assert!(
+            wide.lines()
+                .nth(1)
+                .is_some_and(|l| l.ends_with("dw-a   apiserver m1 refused connections")),
+            "{wide}"
+        );
+        let yaml: serde_json::Value =
+            serde_yaml_ng::from_str(&verdicts_text(&v, Format::Yaml).expect("yaml")).expect("YAML");
+        let json: serde_json::Value =
+            serde_json::from_str(&verdicts_text(&v, Format::Json).expect("json")).expect("JSON");
+        assert_eq!(yaml, json);
+        // The end had no wall time: placed by the node's offset.
+        assert_eq!(
+            json["verdicts"][0]["window_unix_ns"],
+            serde_json::json!([1_796_652_000_000_000_000u64, 1_796_652_002_500_000_000u64])
+        );
+    }
+
     #[test]
     fn tables_align_like_kubectl() {
         let t = table(
