@@ -32,7 +32,7 @@ use std::{
     collections::HashMap,
     fs,
     io::{self, Read as _},
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -219,21 +219,24 @@ impl CgroupPaths {
         self.last_walk = Some(now);
         self.stats.walks += 1;
         let mut found: HashMap<u64, String> = HashMap::new();
-        let mut stack: Vec<(String, usize)> = vec![("/".to_string(), 0)];
+        let Ok(root) = fs::metadata(&self.root) else {
+            self.by_id = found;
+            return;
+        };
+        // Each directory's id comes from its parent's listing (readdir's
+        // d_ino is the kernfs id), not a stat per cgroup: half the calls.
+        let mut stack: Vec<(String, usize, u64)> = vec![("/".to_string(), 0, root.ino())];
         let mut truncated = false;
-        while let Some((rel, depth)) = stack.pop() {
+        while let Some((rel, depth, ino)) = stack.pop() {
             if found.len() >= self.cfg.max_entries {
                 truncated = true;
                 break;
             }
-            let abs = self.abs(&rel);
-            let Ok(meta) = fs::metadata(&abs) else {
+            let Ok(entries) = fs::read_dir(self.abs(&rel)) else {
+                // Removed since its parent was listed: gone.
                 continue;
             };
-            found.insert(meta.ino(), rel.clone());
-            let Ok(entries) = fs::read_dir(&abs) else {
-                continue;
-            };
+            found.insert(ino, rel.clone());
             let mut children = entries
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -256,7 +259,7 @@ impl CgroupPaths {
                 } else {
                     format!("{rel}/{name}")
                 };
-                stack.push((child, depth + 1));
+                stack.push((child, depth + 1, e.ino()));
             }
         }
         if truncated {
