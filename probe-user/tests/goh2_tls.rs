@@ -690,6 +690,14 @@ fn function_table_entries_equal_the_symbol_tables() {
         let data = std::fs::read(&fx.path).expect("fixture");
         let plan = drainwatch::gobin::plan(&data)
             .unwrap_or_else(|e| panic!("{} {}: {e}", fx.go, fx.variant));
+        // The daemon reads only the ranges the plan needs: the same plan.
+        assert_eq!(
+            drainwatch::gobin::plan_file(&fx.path).as_ref(),
+            Ok(&plan),
+            "{} {}",
+            fx.go,
+            fx.variant
+        );
         assert_eq!(
             plan.hooks.len(),
             12,

@@ -123,10 +123,7 @@ fn go_binaries(load: &LoadOptions) {
         let path = std::fs::read_link(&exe)
             .map(|p| p.display().to_string())
             .unwrap_or(exe.clone());
-        match std::fs::read(&exe)
-            .map_err(|e| e.to_string())
-            .and_then(|d| crate::gobin::plan(&d).map_err(|e| e.to_string()))
-        {
+        match crate::gobin::plan_file(std::path::Path::new(&exe)).map_err(|e| e.to_string()) {
             Ok(plan) => {
                 println!(
                     "  {path} (pid {pid}, {}, {}): {} hooks: {}",

@@ -16,7 +16,7 @@ pub mod buildinfo;
 pub mod pclntab;
 pub mod prologue;
 
-use object::{Object, ObjectKind, ObjectSection, ObjectSegment};
+use object::{Object, ObjectKind, ObjectSection, ObjectSegment, ReadRef};
 use probe_common::{GoLayout, go_hook};
 
 /// Why a binary cannot be hooked.
@@ -221,7 +221,7 @@ fn min_go_ok(v: &str) -> bool {
 }
 
 /// The file offset of link-time address `va`, from the loadable segments.
-fn file_offset(file: &object::File<'_>, va: u64) -> Option<u64> {
+fn file_offset<'d, R: ReadRef<'d>>(file: &object::File<'d, R>, va: u64) -> Option<u64> {
     file.segments().find_map(|s| {
         let (off, size) = s.file_range();
         let start = s.address();
@@ -229,20 +229,33 @@ fn file_offset(file: &object::File<'_>, va: u64) -> Option<u64> {
     })
 }
 
-/// The bytes at link-time address `va` (at most `len`).
-fn bytes_at<'a>(file: &object::File<'a>, va: u64, len: usize) -> Option<&'a [u8]> {
+/// The bytes at link-time address `va` (at most `len`, fewer at the end of
+/// its segment's file data). Only that range is read: from a file through
+/// a [`object::ReadCache`], the whole text segment is never loaded.
+fn bytes_at<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    va: u64,
+    len: usize,
+) -> Option<&'d [u8]> {
     file.segments().find_map(|s| {
         let start = s.address();
-        let data = s.data().ok()?;
-        let off = usize::try_from(va.checked_sub(start)?).ok()?;
-        let end = off.checked_add(len)?.min(data.len());
-        (off < data.len()).then(|| &data[off..end])
+        let (_, size) = s.file_range();
+        let off = va.checked_sub(start)?;
+        if off >= size {
+            return None;
+        }
+        let n = (len as u64).min(size - off);
+        s.data_range(va, n).ok().flatten()
     })
 }
 
 /// The table's text start: the header's value, or in a PIE file (where the
 /// loader writes it through a relative relocation) that relocation's addend.
-fn text_start(file: &object::File<'_>, header_va: u64, header_value: u64) -> Option<u64> {
+fn text_start<'d, R: ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    header_va: u64,
+    header_value: u64,
+) -> Option<u64> {
     if header_value != 0 {
         return Some(header_value);
     }
@@ -260,6 +273,22 @@ fn text_start(file: &object::File<'_>, header_va: u64, header_value: u64) -> Opt
 
 /// Reads a Go executable and plans its hooks.
 pub fn plan(data: &[u8]) -> Result<Plan, GobinError> {
+    plan_in(data)
+}
+
+/// Plans the hooks of the Go executable at `path`, reading only what the
+/// plan needs (ELF headers, build info, the function table, a few bytes
+/// per hooked function) instead of the whole file: a release
+/// kube-apiserver is over 100 MB, and reading it whole would be that much
+/// of the daemon's memory for a moment, near a pod's memory limit.
+pub fn plan_file(path: &std::path::Path) -> Result<Plan, GobinError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| GobinError::Elf(format!("{}: {e}", path.display())))?;
+    let cache = object::ReadCache::new(f);
+    plan_in(&cache)
+}
+
+fn plan_in<'d, R: ReadRef<'d>>(data: R) -> Result<Plan, GobinError> {
     let file = object::File::parse(data).map_err(|e| GobinError::Elf(e.to_string()))?;
     if file.architecture() != object::Architecture::X86_64 {
         return Err(GobinError::Arch);

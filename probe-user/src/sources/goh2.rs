@@ -256,9 +256,7 @@ impl State {
             .unwrap_or_else(|_| path.clone());
         let read = path.clone();
         let planned = tokio::task::spawn_blocking(move || {
-            std::fs::read(&read)
-                .map_err(|e| e.to_string())
-                .and_then(|d| gobin::plan(&d).map_err(|e| e.to_string()))
+            gobin::plan_file(std::path::Path::new(&read)).map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
