@@ -9,7 +9,7 @@
 //! kernfs node id), unique for the boot: an id is never reused, so a cached
 //! path never turns wrong, it only goes away with its cgroup.
 //!
-//! Blind spots, each counted in [`CgroupStats`]:
+//! Blind spots (counted in [`CgroupStats`] where they can be):
 //! - a cgroup removed before the lookup (a short-lived container, a process
 //!   that exited with its pod) has no path any more: `gone`;
 //! - cgroups created since the last walk are found only by the next walk,
@@ -20,7 +20,11 @@
 //! - cgroup v1: the kernel's id is the v2 one, which on a hybrid host with
 //!   a cgroupfs-driven kubelet says nothing about the pod; the v1 path is
 //!   then read from `/proc/PID/cgroup` (`net_cls`, `pids`, `memory`,
-//!   `name=systemd`), so it needs the pid, and the process alive;
+//!   `name=systemd`), so it needs the pid, and the process alive. That
+//!   path is where the pid is at lookup, not at the event: a lookup only
+//!   trusts it while the pid's v2 cgroup still has the event's id, which
+//!   catches a process that moved or a reused pid in another v2 cgroup, not
+//!   one in the same (on such hosts many processes share one v2 cgroup);
 //! - in a container the daemon must see the host's cgroup tree and pids
 //!   (the host's `/sys/fs/cgroup` mounted, `hostPID`): in a private cgroup
 //!   namespace it sees its own subtree only, and other processes' paths
