@@ -25,6 +25,7 @@ pub const TIMING_SENSITIVE: &[(&str, &str)] = &[
     ("probe-user", "goh2_tls"),
     ("probe-user", "kube_events"),
     ("probe-user", "api"),
+    ("probe-user", "cluster"),
     ("probe-user", "attribution"),
     ("drainwatch-lab", "standin"),
     ("drainwatch-lab", "scenarios"),
