@@ -91,8 +91,12 @@ fn fmt_rel(ns: u64) -> String {
             (s / 60.0).floor(),
             (s % 60.0).round() as u64 % 60
         )
-    } else if s >= 1.0 || s == 0.0 {
+    } else if s == 0.0 || (s >= 1.0 && (s - s.round()).abs() < 0.05) {
         format!("{s:.0}s")
+    } else if s >= 1.0 {
+        // Half-second ticks (and times between whole seconds) keep their
+        // tenth: "1.5s", not a second "2s" beside the real one.
+        format!("{s:.1}s")
     } else {
         format!("{:.0}ms", s * 1e3)
     }
@@ -645,4 +649,19 @@ fn gauge_points(input: &Input, inst: &str) -> Vec<(u64, bool)> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod fmt_tests {
+    use super::fmt_rel;
+
+    #[test]
+    fn relative_times_keep_half_seconds() {
+        assert_eq!(fmt_rel(0), "0s");
+        assert_eq!(fmt_rel(500_000_000), "500ms");
+        assert_eq!(fmt_rel(1_500_000_000), "1.5s");
+        assert_eq!(fmt_rel(2_000_000_000), "2s");
+        assert_eq!(fmt_rel(2_020_000_000), "2s");
+        assert_eq!(fmt_rel(150_000_000_000), "2m30s");
+    }
 }
