@@ -274,10 +274,11 @@ svg .title{font-size:12px;font-weight:600;fill:#444}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}\
 .input{font-size:13px;color:#444}";
 
-// Long (about 350 lines) and not split yet: its four sections (lifecycle
-// lanes, one row per verdict, outcome buckets, error rate) share the running
-// `y` cursor and the legend state the lanes collect (`present`, `gauges`).
-// The split owed is one function per section over a small layout struct.
+// Long (about 240 lines) and not split all the way yet: its sections
+// (lifecycle lanes, one row per verdict; the outcome buckets and error rate
+// are `outcome_sections`) share the running `y` cursor and the legend state
+// the lanes collect (`present`, `gauges`). The split owed is one function
+// per section over a small layout struct.
 fn svg(input: &Input, axis: &Axis) -> String {
     let r = &input.report;
     let mut body = String::new();
@@ -435,7 +436,91 @@ fn svg(input: &Input, axis: &Axis) -> String {
     }
     let _ = writeln!(body, "</g>");
 
-    // Outcomes per time bucket (stacked bars) and the error rate.
+    // Outcomes and the error rate, of what was observed (a report drawn
+    // from timelines alone, `drainwatch cluster report`'s, has nothing
+    // to chart there).
+    let observed = !input.observations.is_empty();
+    if observed {
+        y = outcome_sections(&mut body, input, axis, y);
+    }
+
+    // Legend.
+    let _ = writeln!(body, "<g id=\"legend\">");
+    let mut lx = 8.0;
+    let mut ly = y + 6.0;
+    let mut item = |body: &mut String, color: &str, label: &str, line: bool| {
+        let width = 26.0 + label.len() as f64 * 6.5;
+        if lx + width > W - RIGHT {
+            lx = 8.0;
+            ly += 18.0;
+        }
+        if line {
+            let _ = writeln!(
+                body,
+                "<line x1=\"{lx:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>",
+                lx + 14.0,
+                ly + 6.0,
+                ly + 6.0
+            );
+        } else {
+            let _ = writeln!(
+                body,
+                "<rect x=\"{lx:.1}\" y=\"{ly:.1}\" width=\"14\" height=\"12\" fill=\"{color}\"/>"
+            );
+        }
+        let _ = writeln!(
+            body,
+            "<text class=\"legend\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            lx + 18.0,
+            ly + 10.0,
+            esc(label)
+        );
+        lx += width;
+    };
+    present.sort();
+    for k in &present {
+        item(&mut body, phase_color(*k), k.label(), false);
+    }
+    item(&mut body, MARK_COLOR, "disruption (verdict window)", false);
+    if observed {
+        item(&mut body, OK_COLOR, "ok", false);
+        item(&mut body, FAIL_COLOR, "failed", false);
+        item(&mut body, RATE_COLOR, "error rate", true);
+    }
+    if gauges > 0 {
+        item(&mut body, "#1565c0", "ready", true);
+    }
+    let _ = writeln!(body, "</g>");
+    let height = ly + 24.0;
+
+    // Axis and grid, now that the height is known.
+    let mut grid = String::new();
+    let _ = writeln!(grid, "<g id=\"axis\">");
+    let step = axis.step_ns();
+    let mut t = 0u64;
+    while axis.t0 + t <= axis.t1 {
+        let x = axis.x(axis.t0 + t);
+        let _ = writeln!(
+            grid,
+            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#e3e3e3\"/>\
+             <text x=\"{x:.1}\" y=\"{axis_y:.1}\" text-anchor=\"middle\">{}</text>",
+            axis_y + 4.0,
+            height - 30.0,
+            fmt_rel(t)
+        );
+        t += step;
+    }
+    let _ = writeln!(grid, "</g>");
+
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"timeline\" width=\"{W}\" height=\"{height:.0}\" \
+         viewBox=\"0 0 {W} {height:.0}\" role=\"img\" aria-label=\"rollout timeline\">\n{grid}{body}</svg>\n"
+    )
+}
+
+/// Outcomes per time bucket (stacked bars) and the error rate, from `y`
+/// down; returns the `y` below them.
+fn outcome_sections(body: &mut String, input: &Input, axis: &Axis, mut y: f64) -> f64 {
     let probes_only = input
         .observations
         .iter()
@@ -553,76 +638,7 @@ fn svg(input: &Input, axis: &Axis) -> String {
     y += rh + 10.0;
     let _ = writeln!(body, "</g>");
 
-    // Legend.
-    let _ = writeln!(body, "<g id=\"legend\">");
-    let mut lx = 8.0;
-    let mut ly = y + 6.0;
-    let mut item = |body: &mut String, color: &str, label: &str, line: bool| {
-        let width = 26.0 + label.len() as f64 * 6.5;
-        if lx + width > W - RIGHT {
-            lx = 8.0;
-            ly += 18.0;
-        }
-        if line {
-            let _ = writeln!(
-                body,
-                "<line x1=\"{lx:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>",
-                lx + 14.0,
-                ly + 6.0,
-                ly + 6.0
-            );
-        } else {
-            let _ = writeln!(
-                body,
-                "<rect x=\"{lx:.1}\" y=\"{ly:.1}\" width=\"14\" height=\"12\" fill=\"{color}\"/>"
-            );
-        }
-        let _ = writeln!(
-            body,
-            "<text class=\"legend\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-            lx + 18.0,
-            ly + 10.0,
-            esc(label)
-        );
-        lx += width;
-    };
-    present.sort();
-    for k in &present {
-        item(&mut body, phase_color(*k), k.label(), false);
-    }
-    item(&mut body, MARK_COLOR, "disruption (verdict window)", false);
-    item(&mut body, OK_COLOR, "ok", false);
-    item(&mut body, FAIL_COLOR, "failed", false);
-    item(&mut body, RATE_COLOR, "error rate", true);
-    if gauges > 0 {
-        item(&mut body, "#1565c0", "ready", true);
-    }
-    let _ = writeln!(body, "</g>");
-    let height = ly + 24.0;
-
-    // Axis and grid, now that the height is known.
-    let mut grid = String::new();
-    let _ = writeln!(grid, "<g id=\"axis\">");
-    let step = axis.step_ns();
-    let mut t = 0u64;
-    while axis.t0 + t <= axis.t1 {
-        let x = axis.x(axis.t0 + t);
-        let _ = writeln!(
-            grid,
-            "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#e3e3e3\"/>\
-             <text x=\"{x:.1}\" y=\"{axis_y:.1}\" text-anchor=\"middle\">{}</text>",
-            axis_y + 4.0,
-            height - 30.0,
-            fmt_rel(t)
-        );
-        t += step;
-    }
-    let _ = writeln!(grid, "</g>");
-
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"timeline\" width=\"{W}\" height=\"{height:.0}\" \
-         viewBox=\"0 0 {W} {height:.0}\" role=\"img\" aria-label=\"rollout timeline\">\n{grid}{body}</svg>\n"
-    )
+    y
 }
 
 /// Ready (1/0) over time for an instance: /readyz when polled, else the pod phase.
