@@ -449,6 +449,7 @@ fn check_kustomization(v: &Value, dir: &Path) -> Result<(), String> {
             "images",
             "labels",
             "namespace",
+            "nameSuffix",
         ],
         "kustomization",
     )?;
@@ -2369,4 +2370,165 @@ fn image_definition_matches_the_workspace_and_the_daemonset() {
         .output()
         .expect("drainwatch --help");
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// The client overlay (workers of a managed cluster): renders valid objects
+/// that never collide with a control-plane overlay's, runs on workers only
+/// with no control-plane toleration, watches every network namespace but
+/// only the apiserver's endpoints, reads the node's pods (read-only); and
+/// the daemon started with exactly its arguments, in a pod's environment,
+/// watches the kubernetes Service and the kubelet kubeconfig's server.
+#[test]
+fn client_overlay_runs_on_workers_and_watches_the_apiserver_endpoints() {
+    let objs = render("overlays/client");
+    let errors: Vec<String> = objs
+        .iter()
+        .filter_map(|v| check_object(v).err().map(|e| format!("{}: {e}", label(v))))
+        .collect();
+    assert!(errors.is_empty(), "overlays/client: {}", errors.join("\n"));
+    let masters = render("overlays/kubeadm");
+    for o in &objs {
+        let (kind, ns, name) = (
+            o["kind"].as_str().unwrap_or_default(),
+            o.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            o.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        );
+        if kind != "Namespace" {
+            assert!(
+                find(&masters, kind, ns, name).is_none(),
+                "{kind} {ns}/{name} is in the kubeadm overlay too"
+            );
+        }
+    }
+    let ds = find(&objs, "DaemonSet", "drainwatch", "drainwatch-client").expect("the DaemonSet");
+    let ds: DaemonSet = serde_json::from_value(ds.clone()).expect("typed DaemonSet");
+    let spec = ds.spec.as_ref().expect("spec");
+    let pod = spec.template.spec.clone().expect("pod spec");
+    assert!(pod.tolerations.is_none(), "{:?}", pod.tolerations);
+    assert!(pod.node_selector.is_none());
+    assert_eq!(
+        pod.priority_class_name, None,
+        "ordinary priority on workers"
+    );
+    let terms = pod
+        .affinity
+        .and_then(|a| a.node_affinity)
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+        .expect("required node affinity")
+        .node_selector_terms;
+    assert_eq!(terms.len(), 1);
+    let exprs: Vec<(String, String)> = terms[0]
+        .match_expressions
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.key, e.operator))
+        .collect();
+    assert_eq!(
+        exprs,
+        vec![
+            (
+                "node-role.kubernetes.io/control-plane".to_string(),
+                "DoesNotExist".to_string()
+            ),
+            (
+                "node-role.kubernetes.io/master".to_string(),
+                "DoesNotExist".to_string()
+            ),
+        ]
+    );
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
+    assert_eq!(
+        spec.selector.match_labels, labels,
+        "the selector is the pods' labels"
+    );
+    let svc = find(&objs, "Service", "drainwatch", "drainwatch-client").expect("Service");
+    let sel: BTreeMap<String, String> =
+        serde_json::from_value(svc["spec"]["selector"].clone()).expect("selector");
+    assert_eq!(Some(sel), labels, "its Service selects exactly its pods");
+    let role = find(&objs, "ClusterRole", "", "drainwatch-read-node-pods-client").expect("role");
+    let role: ClusterRole = serde_json::from_value(role.clone()).expect("typed");
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].resources, Some(vec!["pods".to_string()]));
+    assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
+    let binding = find(
+        &objs,
+        "ClusterRoleBinding",
+        "",
+        "drainwatch-read-node-pods-client",
+    )
+    .expect("binding");
+    assert_eq!(binding["subjects"][0]["name"], "drainwatch-client");
+    assert_eq!(binding["subjects"][0]["namespace"], "drainwatch");
+
+    let args = ds_command(&ds, "127.0.0.1:0");
+    for a in ["--netns=all", "--apiserver-endpoint=auto"] {
+        assert!(args.iter().any(|x| x == a), "{a} in {args:?}");
+    }
+    // As in a pod: the kubernetes Service's address in the environment,
+    // the kubelet's kubeconfig (here a copy naming the cloud LB) where the
+    // overlay says. `run --check` needs root (it loads the programs).
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("DRAINWATCH_NO_SKIP").is_none(),
+            "needs root: DRAINWATCH_NO_SKIP is set"
+        );
+        eprintln!("skipped the daemon half: needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dwt-client-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kc = dir.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://198.18.7.10:443\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .expect("kubeconfig");
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            if a == "--kubeconfig=/var/lib/kubelet/kubeconfig" {
+                format!("--kubeconfig={}", kc.display())
+            } else {
+                a
+            }
+        })
+        .chain(["--check".to_string(), "--no-kube".to_string()])
+        .collect();
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("KUBERNETES_SERVICE_HOST", "198.18.7.1")
+        .env("KUBERNETES_SERVICE_PORT", "443")
+        .output()
+        .expect("drainwatch run --check");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ports       [443]\n"), "{text}");
+    assert!(
+        text.contains(
+            "  198.18.7.1:443 (from 198.18.7.1:443 (the kubernetes Service (KUBERNETES_SERVICE_HOST)))"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  198.18.7.10:443 (from 198.18.7.10:443 (the server of {}))",
+            kc.display()
+        )),
+        "{text}"
+    );
 }
