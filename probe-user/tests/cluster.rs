@@ -9,7 +9,12 @@
 //! objects and reads each API through the stand-in's real port-forward
 //! endpoint (WebSocket, v4.channel.k8s.io), which dials loopback inside the
 //! pod's namespace as the kubelet does; its lifecycle records prove each
-//! read went through it. The merged timeline is exactly the union of the
+//! read went through it. What is substituted, and why: kube-apiserver
+//! proxies port-forward to the pod's kubelet, which asks the container
+//! runtime for the pod sandbox's network namespace; there is no kubelet or
+//! runtime here, so the stand-in serves the endpoint itself and learns the
+//! namespace from the pod's `lab.drainwatch.io/netns` annotation. The client
+//! side (kube-rs in `drainwatch cluster`) and the protocol are the real ones. The merged timeline is exactly the union of the
 //! daemons' own /api/v1/timelines, and of their recordings replayed by
 //! `analyze`; the verdicts carry their node; the HTML report has one lane
 //! per master and renders in headless Chromium.
