@@ -156,6 +156,68 @@ fn http_api_serves_the_verdicts_timelines_and_events_of_a_rollout() {
     let (code, _) = d.get("/api/v1/rollouts");
     assert_eq!(code, 404);
 
+    // `report http://...`: the HTML report of what the API says now.
+    let html = dir.join("report.html");
+    let url = format!("http://{}", d.metrics_addr);
+    // In the daemon's namespace, where its API listens on loopback.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.server,
+            env!("CARGO_BIN_EXE_drainwatch"),
+        ])
+        .args(["report", &url, "-o"])
+        .arg(&html)
+        .output()
+        .expect("drainwatch report URL");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).expect("the report");
+    assert!(
+        page.starts_with("<!DOCTYPE html>"),
+        "{}",
+        &page[..page.len().min(200)]
+    );
+    assert!(page.contains(&format!("drainwatch API at {url}")));
+    assert!(page.contains("m1"), "the apiserver's row");
+    let refused = verdicts["verdicts"]
+        .as_array()
+        .expect("verdicts")
+        .iter()
+        .find(|v| {
+            v["cause"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("refused"))
+        })
+        .expect("the refused verdict");
+    // Its sentence, up to the first character HTML would escape.
+    let sentence = refused["sentence"].as_str().expect("sentence");
+    let plain: String = sentence
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == ' ')
+        .collect();
+    assert!(
+        page.contains(&format!("[node 127.0.0.1] {plain}")),
+        "{plain:?} not in the report"
+    );
+    // A daemon that is not there: the error names the URL.
+    let port = common::free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        .args(["report", &format!("http://127.0.0.1:{port}"), "-o"])
+        .arg(dir.join("none.html"))
+        .output()
+        .expect("drainwatch report URL");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{port}/: Connection refused")),
+        "{err}"
+    );
+
     // The API says what the daemon's own final report says. The engine
     // goes on between the last read and the stop (a verdict's window and
     // count may still grow), so each verdict read is matched by cause,

@@ -29,7 +29,8 @@ pub use html::render_html;
         summary. Exit status: 0 = no disruption found, 1 = verdicts found."
 )]
 pub struct ReportArgs {
-    /// The recording (.jsonl) or capture (.pcap, .pcapng).
+    /// The recording (.jsonl), capture (.pcap, .pcapng), or a running
+    /// daemon's API (`http://127.0.0.1:9977`: its timelines and verdicts now).
     #[arg(value_name = "FILE")]
     pub input: PathBuf,
 

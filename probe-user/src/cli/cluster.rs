@@ -151,3 +151,45 @@ async fn read(args: &ClusterArgs) -> anyhow::Result<cluster::ClusterView> {
     let answers = fetch::read_all(&pods, &targets, args.timeout).await;
     Ok(cluster::merge(&answers))
 }
+
+/// Whether `report`'s input names a running daemon's API (`http://...`)
+/// rather than a recording or capture file.
+pub fn is_api_url(input: &std::path::Path) -> bool {
+    input
+        .to_str()
+        .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
+}
+
+/// `drainwatch report http://HOST:PORT`: one daemon's timelines and
+/// verdicts as they are now, read from its API, drawn as the cluster
+/// report draws a node (one row per apiserver it watches).
+pub fn report_url(args: &drainwatch_ops::report::ReportArgs) -> anyhow::Result<ExitCode> {
+    let text = args.input.to_string_lossy().into_owned();
+    let url: hyper::Uri = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("report {text}: not a URL: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let data = rt
+        .block_on(fetch::read_url(&url, Duration::from_secs(10)))
+        .map_err(|e| anyhow::anyhow!("report {e}"))?;
+    let node = url.host().unwrap_or("-").to_string();
+    let view = cluster::merge(&[cluster::NodeAnswer {
+        pod: "-".into(),
+        node,
+        result: Ok(data),
+    }]);
+    let page = cluster::render(&view, &format!("drainwatch API at {text}"));
+    std::fs::write(&args.out, &page)
+        .with_context(|| format!("{}: cannot write the report", args.out.display()))?;
+    println!(
+        "wrote {} ({} bytes): {} rollout(s), {} verdict(s)",
+        args.out.display(),
+        page.len(),
+        view.timelines.len(),
+        view.verdicts.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

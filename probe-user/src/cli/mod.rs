@@ -36,7 +36,8 @@ enum Command {
     /// Correlate a recording (`run --record FILE`) or a tcpdump capture
     /// (`--pcap FILE`) offline: the same engine as live.
     Analyze(analyze::AnalyzeArgs),
-    /// One self-contained HTML report (SVG timeline) from a recording or a capture.
+    /// One self-contained HTML report (SVG timeline) from a recording, a
+    /// capture, or a running daemon's API (`report http://127.0.0.1:9977`).
     Report(drainwatch_ops::report::ReportArgs),
     /// Every master's rollout on one time axis, from every drainwatch pod's
     /// API through the Kubernetes API (also `kubectl drainwatch ...`).
@@ -103,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::LbCheck(args) => drainwatch_ops::lb_check::run(&args),
         Command::Audit(args) => drainwatch_ops::audit::run(&args),
         Command::Analyze(args) => analyze::analyze(&args),
+        Command::Report(args) if cluster::is_api_url(&args.input) => cluster::report_url(&args),
         Command::Report(args) => drainwatch_ops::report::run(&args),
         Command::Cluster(args) => cluster::run(&args),
         Command::Selftest(args) => Ok(selftest::run(&args)),

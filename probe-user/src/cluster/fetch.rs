@@ -149,7 +149,36 @@ async fn read(pods: &Api<Pod>, t: &Target) -> Result<NodeData, String> {
     result
 }
 
-async fn get_both(stream: tokio::io::DuplexStream) -> Result<NodeData, String> {
+/// One daemon's timelines and verdicts from its API at `url`
+/// (`http://HOST:PORT`, the metrics listener), directly over TCP:
+/// `drainwatch report http://127.0.0.1:9977`.
+pub async fn read_url(url: &hyper::Uri, timeout: Duration) -> Result<NodeData, String> {
+    if url.scheme_str() != Some("http") {
+        return Err(format!(
+            "{url}: only http:// (the daemon's API is served on its metrics listener, plain HTTP)"
+        ));
+    }
+    let host = url
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = url.port_u16().unwrap_or(DEFAULT_PORT);
+    let work = async {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        get_both(stream).await.map_err(|e| format!("{url}: {e}"))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("{url}: no answer within {timeout:?}")))
+}
+
+async fn get_both<S>(stream: S) -> Result<NodeData, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP over the port-forward: {e}"))?;
