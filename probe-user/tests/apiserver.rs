@@ -224,6 +224,14 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
             .is_some_and(|c| c.starts_with("refused"))),
         "the refused probes after the listener closed are a verdict: {verdicts:#?}"
     );
+    // The prober's /readyz got 500 through the drain (not ready, still
+    // serving): a graceful shutdown, nothing was cut.
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| v["cause"] != "hard_close" && v["cause"] != "unexplained"),
+        "a graceful rollout called a cut: {verdicts:#?}"
+    );
     assert!(d.stop().success());
 
     // The timeline, from the recording: SIGTERM, /readyz red, listener closed, exit, in order.

@@ -97,16 +97,42 @@ fn item_of(cfg: &Config, o: &Observation) -> Option<(Item, bool)> {
         },
         Obs::WireReset { .. } => idle_reset::item(cfg, &o.kind)?,
         Obs::ProbeResult {
+            target,
             mode,
             method,
             client,
             server,
             outcome,
-            ..
-        } => probe_result(cfg, *mode, method, *client, *server, *outcome)?,
+        } => {
+            if matches!(outcome, ProbeOutcome::Ok(c) if *c >= 500) && health_endpoint(target) {
+                // A health endpoint answering 5xx is the instance saying
+                // it is not ready (kube-apiserver's /readyz during its
+                // shutdown delay), reached through an LB that has not taken
+                // it out yet: ordinary while the instance still serves,
+                // not a failed request. Blind spot: a broken instance's
+                // 5xx on its health endpoint is not counted as a failure
+                // either (the /readyz poller and refused connects still
+                // show it).
+                return None;
+            }
+            probe_result(cfg, *mode, method, *client, *server, *outcome)?
+        }
         _ => return None,
     };
     Some((item, matches!(o.kind, Obs::ProbeResult { .. })))
+}
+
+/// Whether a probe target (`https://host:port/path`, or `host:port/path`)
+/// is a health endpoint: `/readyz`, `/healthz` or `/livez` (with or
+/// without a trailing slash or query).
+fn health_endpoint(target: &str) -> bool {
+    let rest = target.split_once("://").map_or(target, |(_, r)| r);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    matches!(
+        path.trim_end_matches('/'),
+        "/readyz" | "/healthz" | "/livez"
+    )
 }
 
 /// An RST the apiserver's kernel sent: a refused SYN, a cut, or nothing.

@@ -111,3 +111,39 @@ fn watches_cut_on_connections_that_got_a_goaway() {
     assert_eq!(h.count, 1);
     assert_eq!(r.verdicts.len(), 2);
 }
+
+/// A prober GETting /readyz through the LB while the instance drains gets
+/// 500 (not ready) until the LB takes it out: not a failure. The same 500
+/// on an API path is one.
+#[test]
+fn health_endpoint_5xx_during_the_drain_is_not_a_failure() {
+    let rollout = |target: &str| {
+        let mut b = B::default();
+        b.sig(0.0, Signal::Term);
+        b.readyz(0.0, false);
+        for i in 0..3 {
+            b.add(
+                0.2 + f64::from(i) * 0.2,
+                None,
+                Source::Prober,
+                Obs::ProbeResult {
+                    target: target.into(),
+                    mode: ProbeMode::NewConn,
+                    method: "GET".into(),
+                    client: Some(sa(LB, 40000 + i as u16)),
+                    server: Some(sa(VIP, 6443)),
+                    outcome: ProbeOutcome::Ok(500),
+                },
+            );
+        }
+        b.listen(1.0, false, 100);
+        b.exit(1.5, None);
+        b.listen(3.0, true, 200);
+        b.readyz(3.5, true);
+        run(&base(), &b)
+    };
+    let health = rollout(&format!("{VIP}:6443/readyz"));
+    assert!(health.verdicts.is_empty(), "{:#?}", health.verdicts);
+    let api = rollout(&format!("{VIP}:6443/api/v1/namespaces"));
+    assert_eq!(api.verdicts.len(), 1, "{:#?}", api.verdicts);
+}

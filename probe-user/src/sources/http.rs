@@ -434,6 +434,9 @@ pub async fn probe(
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // The engine's name for the target keeps the path: a health
+    // endpoint's 5xx is the instance saying "not ready", not a failure.
+    let named = format!("{label}{}", target.path());
     let mode_label = match mode {
         ProbeMode::NewConn => "new_connection",
         ProbeMode::Reused => "reused_connection",
@@ -494,7 +497,7 @@ pub async fn probe(
                 instance: None,
                 source: Source::Prober,
                 kind: Obs::ProbeResult {
-                    target: label.clone(),
+                    target: named.clone(),
                     mode,
                     method: "GET".into(),
                     client: None,
