@@ -12,6 +12,10 @@ use crate::output::PhaseKind;
 
 use super::attribute::instance_of;
 
+/// How far apart two sources' sightings of one GOAWAY frame can be: the
+/// uprobe fires as the frame is written, the classifier as it leaves.
+const SAME_FRAME_NS: u64 = 50_000_000;
+
 /// One phase of a rollout: when, on what evidence, and whether inferred.
 #[derive(Debug, Clone)]
 pub(super) struct Mark {
@@ -32,6 +36,9 @@ pub(super) struct Cycle {
     /// When the instance first sent GOAWAY on each connection, by the
     /// connection's client end (when the source knew the connection).
     pub(super) goaway_to: BTreeMap<SocketAddr, u64>,
+    /// The latest GOAWAY sent on each connection: when, and which source
+    /// saw it (to count a frame seen by two sources once).
+    pub(super) goaway_from: BTreeMap<SocketAddr, (u64, crate::model::Source)>,
     pub(super) exit_signal: Option<i32>,
     pub(super) exit_code: Option<i32>,
     /// Who sent the SIGKILL, when the signal was observed: the first thing
@@ -50,6 +57,7 @@ impl Cycle {
             complete: false,
             goaways: Vec::new(),
             goaway_to: BTreeMap::new(),
+            goaway_from: BTreeMap::new(),
             exit_signal: None,
             exit_code: None,
             kill_sender: None,
@@ -288,9 +296,20 @@ fn build_cycles(obs: &[&Observation], has_readyz: bool) -> Vec<Cycle> {
                 ..
             } => {
                 if let Some(c) = cur.as_mut() {
-                    c.goaways.push(o.id);
+                    // A Go server speaking cleartext HTTP/2 is seen twice per
+                    // frame, by its uprobes and on the wire: one frame in the
+                    // rollout's list (the phase keeps both as evidence).
+                    let twice = client.is_some_and(|k| {
+                        c.goaway_from.get(&k).is_some_and(|&(t, s)| {
+                            s != o.source && o.t_ns.abs_diff(t) < SAME_FRAME_NS
+                        })
+                    });
+                    if !twice {
+                        c.goaways.push(o.id);
+                    }
                     if let Some(client) = client {
                         c.goaway_to.entry(*client).or_insert(o.t_ns);
+                        c.goaway_from.insert(*client, (o.t_ns, o.source));
                     }
                     c.observe(PhaseKind::GoawaySent, o);
                 }

@@ -147,3 +147,33 @@ fn health_endpoint_5xx_during_the_drain_is_not_a_failure() {
     let api = rollout(&format!("{VIP}:6443/api/v1/namespaces"));
     assert_eq!(api.verdicts.len(), 1, "{:#?}", api.verdicts);
 }
+
+/// A Go server's cleartext GOAWAY seen by its uprobe and on the wire is one
+/// frame in the rollout's list; two frames on one connection from one
+/// source (a two-step shutdown) stay two.
+#[test]
+fn one_goaway_seen_by_two_sources_is_one_frame() {
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.readyz(0.0, false);
+    b.listen(5.0, false, 100);
+    let g = |client| Obs::Goaway {
+        direction: Direction::Sent,
+        last_stream_id: 3,
+        error_code: "NO_ERROR".into(),
+        client: Some(client),
+        server: Some(sa(M1, 6443)),
+    };
+    let a = sa(LB, 31001);
+    let uprobe = b.add(5.0, Some("m1"), Source::Kernel, g(a));
+    b.add(5.001, Some("m1"), Source::Wire, g(a));
+    let second = b.add(5.2, Some("m1"), Source::Kernel, g(a));
+    b.exit(6.0, None);
+    let r = run(&base(), &b);
+    let tl = r
+        .timelines
+        .iter()
+        .find(|t| t.phase(PhaseKind::GoawaySent).is_some())
+        .expect("the rollout");
+    assert_eq!(tl.goaways, vec![uprobe, second]);
+}
