@@ -138,7 +138,12 @@ fn established(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
         None => (0, 0, false),
     };
     if !known {
-        // Seen first here (e.g. a fast-open or syncookie child): start tracking now.
+        // Not seen at the handshake's start (every connect passes SYN_SENT
+        // and every accepted child SYN_RECV, syncookie and fast-open ones
+        // too): it began before the programs were loaded, or the full table
+        // refused it then, counted once there. Track it now if there is
+        // room; a refusal here is not counted again. Blind spot: a handshake
+        // begun before the load that finds the table full is not counted.
         let info = SockInfo {
             start_ns: 0,
             est_ns: ts,
@@ -152,7 +157,7 @@ fn established(sk: u64, old: u8, tuple: &Tuple, ts: u64) {
             },
             close_bits: 0,
         };
-        track(sk, info);
+        let _ = SOCKS.insert(sk, info, 0);
     }
     let (k, dir) = if old == st::SYN_SENT {
         (kind::ESTABLISHED, flags::ACTIVE)
