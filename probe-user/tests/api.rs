@@ -160,13 +160,7 @@ fn http_api_serves_the_verdicts_timelines_and_events_of_a_rollout() {
     let html = dir.join("report.html");
     let url = format!("http://{}", d.metrics_addr);
     // In the daemon's namespace, where its API listens on loopback.
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.server,
-            env!("CARGO_BIN_EXE_drainwatch"),
-        ])
+    let out = common::drainwatch_in(&pair.server)
         .args(["report", &url, "-o"])
         .arg(&html)
         .output()

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{Daemon, Pair, parse_metric, root_or_skip, serial};
 
@@ -235,13 +232,7 @@ fn a_graceful_rollout_is_seen_from_http_kernel_and_correlation() {
     assert!(d.stop().success());
 
     // The timeline, from the recording: SIGTERM, /readyz red, listener closed, exit, in order.
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.server,
-            env!("CARGO_BIN_EXE_drainwatch"),
-        ])
+    let out = common::drainwatch_in(&pair.server)
         .args(["analyze", rec.to_str().expect("utf8"), "--instance", "m1"])
         .args([
             "--shutdown-delay",

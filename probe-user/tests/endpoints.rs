@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use common::{Daemon, Pair, of_kind, root_or_skip, serial, sh};
+use common::{Daemon, Pair, add_addrs, of_kind, root_or_skip, serial};
 
 const PORT: u16 = 7443;
 const PER_ADDRESS: usize = 3;
@@ -49,27 +49,7 @@ fn only_the_endpoints_connections_are_reported_in_both_families() {
         (&pair.client, &client_dev, &other_c4, &other_c6),
         (&pair.server, &pair.server_dev, &other_s4, &other_s6),
     ] {
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{v4}/24"),
-            "dev",
-            dev,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            dev,
-            "nodad",
-        ]);
+        add_addrs(ns, dev, &format!("{v4}/24"), &format!("{v6}/64"));
     }
     let watched4: SocketAddr = format!("{}:{PORT}", pair.server_v4).parse().expect("v4");
     let watched6: SocketAddr = format!("[{}]:{PORT}", pair.server_v6).parse().expect("v6");

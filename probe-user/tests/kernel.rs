@@ -792,13 +792,7 @@ fn refusals_after_the_listener_closed_become_a_verdict_live_and_offline() {
     assert!(v["sentence"].as_str().is_some_and(|s| !s.is_empty()));
 
     // Offline: the recording gives the same verdict.
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.server,
-            env!("CARGO_BIN_EXE_drainwatch"),
-        ])
+    let out = common::drainwatch_in(&pair.server)
         .args(["analyze", &rec_s, "--instance", "m1", "--output", "json"])
         .output()
         .expect("analyze");

@@ -42,10 +42,29 @@ import (
 	"golang.org/x/net/http2"
 )
 
+// jsonLines appends one JSON object per line to a file shared with the
+// lab's other processes: one write per line on an O_APPEND file, so lines
+// never interleave.
+type jsonLines struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func (j *jsonLines) write(v interface{}) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		fail(err.Error())
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if _, err := j.f.Write(append(b, '\n')); err != nil {
+		fail("writing " + j.f.Name() + ": " + err.Error())
+	}
+}
+
 // lifecycle appends the lab's lifecycle lines for one instance.
 type lifecycle struct {
-	mu   sync.Mutex
-	f    *os.File
+	out  jsonLines
 	name string
 }
 
@@ -59,17 +78,7 @@ func (l *lifecycle) record(event string, detail interface{}) {
 	if detail != nil {
 		line["detail"] = detail
 	}
-	b, err := json.Marshal(line)
-	if err != nil {
-		fail(err.Error())
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// One write per line on an O_APPEND file: lines of the lab's other
-	// processes never interleave with it.
-	if _, err := l.f.Write(append(b, '\n')); err != nil {
-		fail("writing the lifecycle record: " + err.Error())
-	}
+	l.out.write(line)
 }
 
 func standin(args []string) {
@@ -97,7 +106,7 @@ func standin(args []string) {
 	if err != nil {
 		fail(err.Error())
 	}
-	life := &lifecycle{f: tf, name: *name}
+	life := &lifecycle{out: jsonLines{f: tf}, name: *name}
 	tc := &tls.Config{Certificates: []tls.Certificate{kp}, NextProtos: []string{"h2", "http/1.1"}}
 	if *keylog != "" {
 		f, err := os.OpenFile(*keylog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -267,18 +276,8 @@ func watch(args []string) {
 	if err != nil {
 		fail(err.Error())
 	}
-	var mu sync.Mutex
-	write := func(r watchRecord) {
-		b, err := json.Marshal(r)
-		if err != nil {
-			fail(err.Error())
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if _, err := f.Write(append(b, '\n')); err != nil {
-			fail("writing " + *out + ": " + err.Error())
-		}
-	}
+	records := &jsonLines{f: f}
+	write := func(r watchRecord) { records.write(r) }
 	host, _, err := net.SplitHostPort(*addr)
 	if err != nil {
 		fail(err.Error())

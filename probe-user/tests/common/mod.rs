@@ -141,27 +141,7 @@ impl Pair {
             (s, &veth_s, &pair.server_v4, &pair.server_v6),
         ] {
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v4}/30"),
-                "dev",
-                dev,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
+            add_addrs(ns, dev, &format!("{v4}/30"), &format!("{v6}/64"));
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         pair
@@ -360,6 +340,20 @@ pub struct Daemon {
     netns: Option<String>,
     /// Reads stdout until the daemon closes it.
     stdout_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Adds an IPv4 and an IPv6 address (with their prefix lengths) to `dev`
+/// in namespace `ns`, the IPv6 one without duplicate address detection.
+pub fn add_addrs(ns: &str, dev: &str, v4_cidr: &str, v6_cidr: &str) {
+    sh(&["ip", "-n", ns, "addr", "add", v4_cidr, "dev", dev]);
+    sh(&["ip", "-n", ns, "addr", "add", v6_cidr, "dev", dev, "nodad"]);
+}
+
+/// `drainwatch` run inside network namespace `ns` (`ip netns exec`).
+pub fn drainwatch_in(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_drainwatch")]);
+    c
 }
 
 pub fn free_port() -> u16 {
