@@ -100,25 +100,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let lost = loader::take_lost(&mut ebpf)?;
     tasks.spawn(sources::loss::task(lost, metrics.clone(), stop_rx.clone()));
     spawn_wire_and_occupancy(&opts, &mut ebpf, occupancy, &metrics, &mut tasks, &stop_rx)?;
-    if let Some(e) = &opts.load.endpoints {
-        tracing::info!(
-            "endpoint mode: watching only {}",
-            e.resolved.lines().join(", ")
-        );
-        let map = loader::take_endpoints(&mut ebpf)?;
-        let current = e
-            .resolved
-            .addrs
-            .keys()
-            .flat_map(|a| sources::endpoints::keys(*a))
-            .collect();
-        tasks.spawn(sources::endpoints::task(
-            map,
-            e.specs.clone(),
-            current,
-            stop_rx.clone(),
-        ));
-    }
+    spawn_endpoints(&opts, &mut ebpf, &mut tasks, &stop_rx)?;
     let _stats_fd = if opts.bpf_stats {
         sources::program_stats::enable().inspect(|_| {
             let programs = sources::program_stats::programs(&ebpf);
@@ -209,6 +191,37 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     drop(tc);
     tracing::info!("detached all programs");
     result
+}
+
+/// Endpoint mode: the task that keeps the kernel's `ENDPOINTS` in step
+/// with the names as they resolve.
+fn spawn_endpoints(
+    opts: &RunOptions,
+    ebpf: &mut aya::Ebpf,
+    tasks: &mut Tasks,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(e) = &opts.load.endpoints else {
+        return Ok(());
+    };
+    tracing::info!(
+        "endpoint mode: watching only {}",
+        e.resolved.lines().join(", ")
+    );
+    let map = loader::take_endpoints(ebpf)?;
+    let current = e
+        .resolved
+        .addrs
+        .keys()
+        .flat_map(|a| sources::endpoints::keys(*a))
+        .collect();
+    tasks.spawn(sources::endpoints::task(
+        map,
+        e.specs.clone(),
+        current,
+        stop_rx.clone(),
+    ));
+    Ok(())
 }
 
 /// Last: the Go uprobes' task takes the object (it attaches per binary
