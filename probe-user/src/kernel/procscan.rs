@@ -2,20 +2,32 @@
 //! daemon started: by name (`/proc/<pid>/comm`) and as owners of a listening
 //! socket on a watched port (`/proc/net/tcp{,6}` inode -> `/proc/<pid>/fd`).
 
-use std::{collections::HashSet, fs};
+use std::{
+    collections::HashSet,
+    fs,
+    io::{BufRead as _, BufReader},
+};
 
 /// Why a process is watched; the values the kernel side uses.
 pub const BY_NAME: u8 = 1;
 pub const BY_LISTENER: u8 = 2;
 
-/// Socket inodes of listeners on `ports` in this network namespace.
+/// Socket inodes of listeners on `ports` in this network namespace. The
+/// tables list every socket (an apiserver's 100 000 watches are 15 MB of
+/// text): read line by line, never whole.
 pub fn listener_inodes(ports: &[u16]) -> HashSet<u64> {
     let mut out = HashSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else {
+        let Ok(f) = fs::File::open(file) else {
             continue;
         };
-        out.extend(parse_listener_inodes(&text, ports));
+        out.extend(
+            BufReader::new(f)
+                .lines()
+                .skip(1)
+                .map_while(Result::ok)
+                .filter_map(|l| listener_inode(&l, ports)),
+        );
     }
     out
 }
@@ -24,18 +36,24 @@ pub fn listener_inodes(ports: &[u16]) -> HashSet<u64> {
 pub fn parse_listener_inodes(text: &str, ports: &[u16]) -> Vec<u64> {
     text.lines()
         .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let port = cols
-                .get(1)?
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())?;
-            (cols.get(3) == Some(&"0A") && ports.contains(&port))
-                .then(|| cols.get(9)?.parse().ok())
-                .flatten()
-        })
+        .filter_map(|l| listener_inode(l, ports))
         .collect()
+}
+
+/// The inode of one /proc/net/tcp line's socket if it listens on `ports`.
+fn listener_inode(line: &str, ports: &[u16]) -> Option<u64> {
+    let mut cols = line.split_whitespace();
+    let port = cols
+        .nth(1)?
+        .rsplit(':')
+        .next()
+        .and_then(|p| u16::from_str_radix(p, 16).ok())?;
+    // Columns 3 (state) and 9 (inode).
+    let state = cols.nth(1)?;
+    if state != "0A" || !ports.contains(&port) {
+        return None;
+    }
+    cols.nth(5)?.parse().ok()
 }
 
 /// The inode number of a network namespace file (`/proc/self/ns/net`,
@@ -50,7 +68,21 @@ pub fn netns_inode(path: &std::path::Path) -> std::io::Result<u32> {
 /// (tgid, why) for every running process to watch (in namespace `netns`
 /// when given).
 pub fn watched_processes(names: &[String], ports: &[u16], netns: Option<u32>) -> Vec<(u32, u8)> {
-    let inodes = listener_inodes(ports);
+    watched_processes_except(names, ports, netns, &HashSet::new())
+}
+
+/// [`watched_processes`], leaving out the processes in `known` (already
+/// considered by the caller): finding a listener's owner reads every file
+/// descriptor's link, and an apiserver holding 100 000 watches would cost
+/// 100 000 readlinks at each rescan instead of once. The listener table is
+/// read only if some unknown process needs it.
+pub fn watched_processes_except(
+    names: &[String],
+    ports: &[u16],
+    netns: Option<u32>,
+    known: &HashSet<u32>,
+) -> Vec<(u32, u8)> {
+    let mut inodes: Option<HashSet<u64>> = None;
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -63,6 +95,9 @@ pub fn watched_processes(names: &[String], ports: &[u16], netns: Option<u32>) ->
         else {
             continue;
         };
+        if known.contains(&pid) {
+            continue;
+        }
         if let Some(want) = netns
             && netns_inode(std::path::Path::new(&format!("/proc/{pid}/ns/net"))).ok() != Some(want)
         {
@@ -76,6 +111,10 @@ pub fn watched_processes(names: &[String], ports: &[u16], netns: Option<u32>) ->
             out.push((pid, BY_NAME));
             continue;
         }
+        if ports.is_empty() {
+            continue;
+        }
+        let inodes = inodes.get_or_insert_with(|| listener_inodes(ports));
         if inodes.is_empty() {
             continue;
         }
@@ -119,6 +158,10 @@ mod tests {
         let me = std::process::id();
         let found = watched_processes(&[], &[port], None);
         assert!(found.contains(&(me, BY_LISTENER)), "{found:?}");
+        // A process the caller already knows is not walked again.
+        let known = HashSet::from([me]);
+        let found = watched_processes_except(&[], &[port], None, &known);
+        assert!(!found.iter().any(|(p, _)| *p == me), "{found:?}");
         let comm = fs::read_to_string("/proc/self/comm").expect("comm");
         let found = watched_processes(&[comm.trim().to_string()], &[], None);
         assert!(found.contains(&(me, BY_NAME)), "{found:?}");

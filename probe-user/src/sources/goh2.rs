@@ -144,12 +144,13 @@ pub async fn task(
                 let names = opts.names.clone();
                 let ports = opts.ports.clone();
                 let netns = opts.netns;
+                st.forget_dead();
+                let known = st.seen.clone();
                 let found = tokio::task::spawn_blocking(move || {
-                    crate::kernel::procscan::watched_processes(&names, &ports, netns)
+                    crate::kernel::procscan::watched_processes_except(&names, &ports, netns, &known)
                 })
                 .await
                 .unwrap_or_default();
-                st.forget_dead();
                 for (pid, _) in found {
                     st.consider(pid).await;
                 }
