@@ -44,7 +44,7 @@ pub struct Pipeline {
     pub corr: Correlation,
     /// Processes worth a look for Go HTTP/2 hooks (they opened a listener
     /// or a connection on a watched port, or started with a watched name).
-    pub go_hints: Option<tokio::sync::mpsc::Sender<u32>>,
+    pub go_hints: Option<tokio::sync::mpsc::Sender<crate::sources::goh2::Hint>>,
     /// Shutdown GOAWAYs from those sent while serving.
     pub goaway: goaway::GoawayClassifier,
 }
@@ -131,7 +131,10 @@ impl Pipeline {
             EventKind::ListenOpen | EventKind::ConnectAttempt | EventKind::ProcessExec
         ) && let Some(pid) = ev.pid
         {
-            let _ = tx.try_send(pid);
+            let _ = tx.try_send(crate::sources::goh2::Hint {
+                pid,
+                exec: ev.kind == EventKind::ProcessExec,
+            });
         }
     }
 

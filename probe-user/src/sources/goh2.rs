@@ -35,6 +35,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{export::metrics::Metrics, gobin, kernel::load::percpu_total};
 
+/// A process the pipeline saw on a watched port or starting: a candidate.
+#[derive(Debug, Clone, Copy)]
+pub struct Hint {
+    pub pid: u32,
+    /// It has just exec'd: a pid already seen may run another binary now.
+    pub exec: bool,
+}
+
 /// What the daemon tells this task.
 pub struct Options {
     /// Process names to hook (the watched names plus `--go-clients`).
@@ -71,8 +79,9 @@ struct State {
     binaries: HashMap<(u64, u64), Binary>,
     /// Binaries that cannot be hooked, with why (said once each).
     refused: HashMap<(u64, u64), String>,
-    /// Processes already looked at (so a busy client's every connect is cheap).
-    seen: HashSet<u32>,
+    /// Processes already looked at, with the executable they ran then (so a
+    /// busy client's every connect is cheap; an exec looks again).
+    seen: HashMap<u32, (u64, u64)>,
     free_ids: Vec<u32>,
     metrics: Arc<Metrics>,
 }
@@ -104,7 +113,7 @@ fn take_maps(ebpf: &mut Ebpf) -> anyhow::Result<GoMaps> {
 pub async fn task(
     mut ebpf: Ebpf,
     opts: Options,
-    mut pids: mpsc::Receiver<u32>,
+    mut pids: mpsc::Receiver<Hint>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -130,7 +139,7 @@ pub async fn task(
         cookies,
         binaries: HashMap::new(),
         refused: HashMap::new(),
-        seen: HashSet::new(),
+        seen: HashMap::new(),
         free_ids: (0..GO_MAX_BINARIES).rev().collect(),
         metrics,
     };
@@ -145,17 +154,17 @@ pub async fn task(
                 let ports = opts.ports.clone();
                 let netns = opts.netns;
                 st.forget_dead();
-                let known = st.seen.clone();
+                let known: HashSet<u32> = st.seen.keys().copied().collect();
                 let found = tokio::task::spawn_blocking(move || {
                     crate::kernel::procscan::watched_processes_except(&names, &ports, netns, &known)
                 })
                 .await
                 .unwrap_or_default();
                 for (pid, _) in found {
-                    st.consider(pid).await;
+                    st.consider(pid, false).await;
                 }
             }
-            Some(pid) = pids.recv() => st.consider(pid).await,
+            Some(h) = pids.recv() => st.consider(h.pid, h.exec).await,
             _ = stat_tick.tick() => {
                 for (i, (slot, reason)) in [
                     (go_stat::UNCONFIGURED, "unconfigured"),
@@ -233,17 +242,23 @@ fn pie_bias(pid: u32, key: (u64, u64), load_base: u64) -> Option<u64> {
 }
 
 impl State {
-    /// Hooks `pid`'s binary if it is a Go program with HTTP/2 (once per binary).
-    async fn consider(&mut self, pid: u32) {
-        if pid == 0 || pid == std::process::id() || !self.seen.insert(pid) {
+    /// Hooks `pid`'s binary if it is a Go program with HTTP/2 (once per binary;
+    /// a pid already seen is looked at again only after an `exec`).
+    async fn consider(&mut self, pid: u32, exec: bool) {
+        if pid == 0 || pid == std::process::id() || (!exec && self.seen.contains_key(&pid)) {
+            return;
+        }
+        let Some(key) = exe_key(pid) else {
+            return;
+        };
+        // By pid and executable: a process that execs another binary (a
+        // shell wrapper's `exec kube-apiserver`) is a new candidate.
+        if self.seen.insert(pid, key) == Some(key) {
             return;
         }
         if self.seen.len() > 65_536 {
             self.forget_dead();
         }
-        let Some(key) = exe_key(pid) else {
-            return;
-        };
         if self.refused.contains_key(&key) {
             return;
         }
@@ -412,8 +427,7 @@ impl State {
 
     /// Drops exited processes; detaches binaries nobody runs any more.
     fn forget_dead(&mut self) {
-        self.seen
-            .retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        self.seen.retain(|pid, key| exe_key(*pid) == Some(*key));
         let mut gone = Vec::new();
         for (key, b) in self.binaries.iter_mut() {
             let probes = &mut self.probes;
