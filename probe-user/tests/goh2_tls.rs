@@ -1082,3 +1082,75 @@ fn kubectl_watch_reports_the_standins_goaway_over_tls() {
     let _ = kubectl.wait();
     d.stop();
 }
+
+/// A wrapper looked at before it execs the real server (a script named as
+/// the apiserver that ends in `exec` of the binary) is looked at again when
+/// the server it became opens its listener: its GOAWAYs are reported. (The
+/// daemon used to remember the pid and never look again.)
+#[test]
+fn a_wrapper_that_execs_the_go_server_is_hooked_after_its_exec() {
+    if !root_or_skip("a_wrapper_that_execs_the_go_server_is_hooked_after_its_exec") {
+        return;
+    }
+    let _g = serial();
+    let fx = fixtures()
+        .into_iter()
+        .find(|f| f.go == "go1.24" && f.variant == "stripped")
+        .expect("the Go 1.24 stripped fixture");
+    let port = free_port();
+    let dir = TempDir::new("dw-goh2-exec");
+    // A shell under a watched name: its start is an exec event the daemon
+    // acts on, and it is not a Go program.
+    let wrapper = dir.join("dwwrapper");
+    std::fs::copy("/bin/sh", &wrapper).expect("copy /bin/sh");
+    let d = Daemon::start(&[
+        &format!("--port={port}"),
+        "--no-wire",
+        "--no-kube",
+        "--watch-comm",
+        "dwwrapper",
+    ]);
+    let addr = format!("127.0.0.1:{port}");
+    let script = format!(
+        "read go; exec {} server -impl xnet -addr {addr}",
+        fx.path.display()
+    );
+    let mut server = Proc::spawn(&wrapper, &["-c", &script], "wrapper");
+    let refused = format!(
+        "go: not hooking {} (pid {})",
+        wrapper.display(),
+        server.pid()
+    );
+    wait_for(Duration::from_secs(20), "the wrapper looked at", || {
+        let err = d.stderr();
+        if err.contains(&refused) {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    });
+    server.send("go");
+    server.wait_line("listening");
+    wait_hooked(&d, server.pid());
+    let mut holder = Proc::spawn(
+        &fx.path,
+        &[
+            "client", "-impl", "xnet", "-addr", &addr, "-hold", "1", "-close", "0",
+        ],
+        "holding client",
+    );
+    holder.wait_line("ready");
+    holder.send("go");
+    server.send("shutdown");
+    server.wait_line("shutdown done");
+    server.wait_exit();
+    holder.wait_line("done ok=2 failed=0");
+    holder.send("exit");
+    holder.wait_exit();
+    let (sent, _) = reported(&d, port);
+    let from_server: Vec<_> = sent
+        .iter()
+        .filter(|(f, pid)| *pid == server.pid() && f.2 == "goaway")
+        .collect();
+    assert_eq!(from_server.len(), 1, "{sent:?}");
+}

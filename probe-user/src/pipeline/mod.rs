@@ -133,7 +133,7 @@ impl Pipeline {
         {
             let _ = tx.try_send(crate::sources::goh2::Hint {
                 pid,
-                exec: ev.kind == EventKind::ProcessExec,
+                recheck: matches!(ev.kind, EventKind::ProcessExec | EventKind::ListenOpen),
             });
         }
     }

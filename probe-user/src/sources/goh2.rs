@@ -39,8 +39,9 @@ use crate::{export::metrics::Metrics, gobin, kernel::load::percpu_total};
 #[derive(Debug, Clone, Copy)]
 pub struct Hint {
     pub pid: u32,
-    /// It has just exec'd: a pid already seen may run another binary now.
-    pub exec: bool,
+    /// It has just exec'd or opened a listener: a pid already seen may run
+    /// another binary now (a wrapper's `exec` of the real server).
+    pub recheck: bool,
 }
 
 /// What the daemon tells this task.
@@ -164,7 +165,7 @@ pub async fn task(
                     st.consider(pid, false).await;
                 }
             }
-            Some(h) = pids.recv() => st.consider(h.pid, h.exec).await,
+            Some(h) = pids.recv() => st.consider(h.pid, h.recheck).await,
             _ = stat_tick.tick() => {
                 for (i, (slot, reason)) in [
                     (go_stat::UNCONFIGURED, "unconfigured"),
@@ -243,9 +244,9 @@ fn pie_bias(pid: u32, key: (u64, u64), load_base: u64) -> Option<u64> {
 
 impl State {
     /// Hooks `pid`'s binary if it is a Go program with HTTP/2 (once per binary;
-    /// a pid already seen is looked at again only after an `exec`).
-    async fn consider(&mut self, pid: u32, exec: bool) {
-        if pid == 0 || pid == std::process::id() || (!exec && self.seen.contains_key(&pid)) {
+    /// a pid already seen is looked at again only on `recheck`).
+    async fn consider(&mut self, pid: u32, recheck: bool) {
+        if pid == 0 || pid == std::process::id() || (!recheck && self.seen.contains_key(&pid)) {
             return;
         }
         let Some(key) = exe_key(pid) else {
@@ -279,7 +280,8 @@ impl State {
         let plan = match planned {
             Ok(p) => p,
             Err(why) => {
-                tracing::debug!("go: not hooking {shown} (pid {pid}): {why}");
+                // Once per binary (refused ones are remembered by file).
+                tracing::info!("go: not hooking {shown} (pid {pid}): {why}");
                 self.refused.insert(key, why);
                 return;
             }
