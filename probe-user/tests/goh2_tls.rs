@@ -1147,10 +1147,39 @@ fn a_wrapper_that_execs_the_go_server_is_hooked_after_its_exec() {
     holder.wait_line("done ok=2 failed=0");
     holder.send("exit");
     holder.wait_exit();
+    // Its GOAWAY is among the events once its exit is (one ring buffer,
+    // read in order; the pid stayed watched across the exec).
+    wait_for(
+        Duration::from_secs(20),
+        "the server's exit among the events",
+        || {
+            d.events()
+                .iter()
+                .any(|e| {
+                    e["kind"] == "process_exit"
+                        && e["pid"].as_u64() == Some(u64::from(server.pid()))
+                })
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
     let (sent, _) = reported(&d, port);
     let from_server: Vec<_> = sent
         .iter()
         .filter(|(f, pid)| *pid == server.pid() && f.2 == "goaway")
         .collect();
-    assert_eq!(from_server.len(), 1, "{sent:?}");
+    assert_eq!(
+        from_server.len(),
+        1,
+        "{sent:?}; GOAWAY events: {:#?}\nunreported: {:?}\nstderr:\n{}",
+        d.events()
+            .into_iter()
+            .filter(|e| e["kind"] == "goaway")
+            .collect::<Vec<_>>(),
+        d.metrics()
+            .lines()
+            .filter(|l| l.starts_with("drainwatch_go_h2_unreported_total"))
+            .collect::<Vec<_>>(),
+        d.stderr()
+    );
 }
