@@ -19,6 +19,11 @@ fn kubectl_json(pair: &Pair, kubeconfig: &std::path::Path, args: &[&str]) -> Val
         .args(["netns", "exec", &pair.server, "/usr/bin/kubectl"])
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        // The test's own discovery cache: ~/.kube/cache is keyed by
+        // host:port, which another stand-in (one without core/v1 Events)
+        // may have had, and a stale entry sends `get events` elsewhere.
+        .arg("--cache-dir")
+        .arg(cache_dir(kubeconfig))
         .args(args)
         .args(["-o", "json"])
         .output()
@@ -31,12 +36,25 @@ fn kubectl_json(pair: &Pair, kubeconfig: &std::path::Path, args: &[&str]) -> Val
     serde_json::from_slice(&out.stdout).expect("kubectl JSON")
 }
 
+/// kubectl's discovery cache for this test: beside its kubeconfig.
+fn cache_dir(kubeconfig: &std::path::Path) -> std::path::PathBuf {
+    kubeconfig
+        .parent()
+        .unwrap_or(std::path::Path::new("/tmp"))
+        .join("kubectl-cache")
+}
+
 /// `kubectl get ...` as printed (kubectl's own table formatting).
 fn kubectl_text(pair: &Pair, kubeconfig: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", &pair.server, "/usr/bin/kubectl"])
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        // The test's own discovery cache: ~/.kube/cache is keyed by
+        // host:port, which another stand-in (one without core/v1 Events)
+        // may have had, and a stale entry sends `get events` elsewhere.
+        .arg("--cache-dir")
+        .arg(cache_dir(kubeconfig))
         .args(args)
         .output()
         .expect("kubectl");
