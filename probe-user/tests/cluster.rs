@@ -665,18 +665,24 @@ fn screenshot(html: &Path, dir: &Path) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn chromium");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
+    // Waits on chromium's exit itself; a watchdog kills it after 60 s, which
+    // only bounds a hang.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let hung = done_rx.recv_timeout(Duration::from_secs(60)).is_err();
+        if hung {
+            // SAFETY: signalling the child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish within 60 s");
-        }
-        std::thread::sleep(common::POLL);
-    };
+        hung
+    });
+    let status = child.wait().expect("wait for chromium");
+    let _ = done_tx.send(());
+    assert!(
+        !watchdog.join().expect("watchdog"),
+        "chromium did not finish within 60 s"
+    );
     assert!(status.success(), "chromium exited with {status}");
     let bytes = std::fs::read(&png).expect("screenshot");
     let mut reader = png::Decoder::new(std::io::Cursor::new(&bytes))

@@ -137,8 +137,8 @@ fn instance_key(o: &Observation, default: &Option<String>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The whole page.
-pub fn render_html(input: &Input) -> String {
+/// The time axis over every instant drawn, and the wall time of its start.
+fn axis_of(input: &Input) -> (Axis, Option<String>) {
     let r = &input.report;
     // Every instant drawn: observations, verdict windows, phases (a report
     // of timelines alone has no observations, so none of them may default
@@ -156,7 +156,6 @@ pub fn render_html(input: &Input) -> String {
     if t1 <= t0 {
         t1 = t0 + 1_000_000_000;
     }
-    let axis = Axis { t0, t1 };
     // A report drawn from timelines alone (`drainwatch cluster report`) has
     // no observations: its phases carry the wall time.
     let first_wall = input
@@ -171,6 +170,14 @@ pub fn render_html(input: &Input) -> String {
                 .filter(|p| p.t_ns == t0)
                 .find_map(|p| p.wall.clone())
         });
+    (Axis { t0, t1 }, first_wall)
+}
+
+/// The whole page.
+pub fn render_html(input: &Input) -> String {
+    let r = &input.report;
+    let (axis, first_wall) = axis_of(input);
+    let t0 = axis.t0;
 
     let svg = svg(input, &axis);
     let mut h = String::new();
