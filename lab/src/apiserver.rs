@@ -85,6 +85,9 @@ pub struct Config {
     pub token: Option<String>,
     /// The other masters, whose apiserver pods this one serves too.
     pub peers: Vec<String>,
+    /// The `kubernetes` Service's endpoints this one publishes (EndpointSlices in
+    /// `default`), as kube-apiserver publishes its advertise address; empty: `listen`.
+    pub endpoints: Vec<SocketAddr>,
 }
 
 /// The stand-in failed to start.
@@ -226,9 +229,14 @@ pub async fn serve(cfg: Config) -> Result<(), ApiserverError> {
         name: cfg.name.clone(),
         token: cfg.token.clone(),
     });
+    let published = if cfg.endpoints.is_empty() {
+        vec![cfg.listen]
+    } else {
+        cfg.endpoints.clone()
+    };
     state
         .store
-        .populate(&cfg.name, cfg.shutdown_delay.as_secs_f64());
+        .populate(&cfg.name, cfg.shutdown_delay.as_secs_f64(), &published);
     for p in &cfg.peers {
         state.store.add_peer_pod(p);
     }

@@ -4,10 +4,14 @@
 //! (create, merge or strategic-merge PATCH, get, list, watch) validated as
 //! kube-apiserver validates them (422 with a Status naming each field otherwise), kept
 //! in memory; the same Events through core/v1 (`/api/v1/.../events`: get, list, watch),
-//! converted as kube-apiserver converts them, so plain `kubectl get events` shows them. Enough for kubectl, client-go style clients, kube-rs and the Python
-//! client; no admission, no auth beyond a bearer token check done by the caller.
+//! converted as kube-apiserver converts them, so plain `kubectl get events` shows them;
+//! discovery.k8s.io/v1 EndpointSlices (get, list, watch), of which there are only the
+//! `kubernetes` Service's, as kube-apiserver's endpoint reconciler publishes them. Enough
+//! for kubectl, client-go style clients, kube-rs and the Python client; no admission, no
+//! auth beyond a bearer token check done by the caller.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
@@ -27,6 +31,8 @@ pub enum Kind {
     Pod,
     /// events.k8s.io/v1 Event.
     Event,
+    /// discovery.k8s.io/v1 EndpointSlice (read-only for clients).
+    EndpointSlice,
 }
 
 impl Kind {
@@ -42,6 +48,7 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
             Kind::Pod => "pods",
             Kind::Event => "events",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
     fn kind(self) -> &'static str {
@@ -49,11 +56,13 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Pod => "Pod",
             Kind::Event => "Event",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             Kind::Event => "events.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -193,8 +202,10 @@ impl Store {
 
     /// Creates the objects the lab's clients read: the apiserver's config configmap (as
     /// OpenShift keeps it, with `shutdown-delay-duration`), its own pod in
-    /// `openshift-kube-apiserver`, and `kube-root-ca.crt`.
-    pub fn populate(&self, instance: &str, shutdown_delay_s: f64) {
+    /// `openshift-kube-apiserver`, `kube-root-ca.crt`, and the `kubernetes` Service's
+    /// EndpointSlices in `default` with `endpoints` (what kube-apiserver publishes from
+    /// its --advertise-address and --secure-port).
+    pub fn populate(&self, instance: &str, shutdown_delay_s: f64, endpoints: &[SocketAddr]) {
         let ns = "openshift-kube-apiserver";
         let config = json!({"apiServerArguments": {"shutdown-delay-duration": [format!("{shutdown_delay_s}s")]}});
         let _ = self.upsert(
@@ -210,6 +221,9 @@ impl Store {
             json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"note": "drainwatch lab"}}),
             false,
         );
+        for slice in kubernetes_slices(endpoints) {
+            let _ = self.upsert(Kind::EndpointSlice, "default", slice, false);
+        }
     }
 
     /// Registers another master's apiserver pod, Running and Ready, as every apiserver
@@ -331,8 +345,39 @@ impl Store {
             ),
             ("GET", ["apis"]) => Reply::Json(
                 200,
-                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [events_group()]}),
+                json!({"kind": "APIGroupList", "apiVersion": "v1",
+                    "groups": [events_group(), discovery_group()]}),
             ),
+            ("GET", ["apis", "discovery.k8s.io"]) => Reply::Json(200, discovery_group()),
+            ("GET", ["apis", "discovery.k8s.io", "v1"]) => Reply::Json(200, discovery_resources()),
+            ("GET", ["apis", "discovery.k8s.io", "v1", "endpointslices"]) => {
+                self.list_or_watch(Kind::EndpointSlice, None, &q, &req.accept, false)
+            }
+            (
+                "GET",
+                [
+                    "apis",
+                    "discovery.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "endpointslices",
+                ],
+            ) => self.list_or_watch(Kind::EndpointSlice, Some(ns), &q, &req.accept, false),
+            (
+                "GET",
+                [
+                    "apis",
+                    "discovery.k8s.io",
+                    "v1",
+                    "namespaces",
+                    ns,
+                    "endpointslices",
+                    name,
+                ],
+            ) => self.get(Kind::EndpointSlice, ns, name, &req.accept),
+            // Written by the apiserver itself only.
+            (_, ["apis", "discovery.k8s.io", "v1", ..]) => method_not_allowed(),
             ("GET", ["apis", "events.k8s.io"]) => Reply::Json(200, events_group()),
             ("GET", ["apis", "events.k8s.io", "v1"]) => Reply::Json(200, events_resources()),
             ("GET", ["apis", "events.k8s.io", "v1", "events"]) => {
@@ -764,6 +809,13 @@ fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
             wide("Count", ""),
             wide("Name", "name"),
         ],
+        // kubectl get endpointslices.
+        Kind::EndpointSlice => vec![
+            col("Name", "string", "name"),
+            col("AddressType", "string", ""),
+            col("Ports", "string", ""),
+            col("Endpoints", "string", ""),
+        ],
     };
     let rows: Vec<Value> = objs
         .iter()
@@ -782,6 +834,21 @@ fn table(kind: Kind, objs: &[Value], rv: u64) -> Value {
                     ])
                 }
                 Kind::Event => events::row(&events::to_core(o), (now_ns() / 1_000_000_000) as i64),
+                Kind::EndpointSlice => {
+                    let list = |v: &Value, f: &dyn Fn(&Value) -> Option<String>| {
+                        v.as_array()
+                            .map(|a| a.iter().filter_map(f).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default()
+                    };
+                    json!([
+                        name,
+                        o["addressType"],
+                        list(&o["ports"], &|p| p["port"].as_u64().map(|n| n.to_string())),
+                        list(&o["endpoints"], &|e| e["addresses"][0]
+                            .as_str()
+                            .map(str::to_string)),
+                    ])
+                }
             };
             json!({"cells": cells, "object": {"kind": "PartialObjectMetadata",
                 "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
@@ -838,6 +905,54 @@ fn events_resources() -> Value {
         "resources": [{"name": "events", "singularName": "event", "namespaced": true,
             "kind": "Event", "verbs": ["create", "get", "list", "patch", "watch"],
             "shortNames": ["ev"]}]})
+}
+
+fn discovery_group() -> Value {
+    let v = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
+    json!({"kind": "APIGroup", "apiVersion": "v1", "name": "discovery.k8s.io",
+        "versions": [v], "preferredVersion": v})
+}
+
+fn discovery_resources() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+        "resources": [{"name": "endpointslices", "singularName": "endpointslice",
+            "namespaced": true, "kind": "EndpointSlice", "verbs": ["get", "list", "watch"]}]})
+}
+
+/// The `kubernetes` Service's EndpointSlices for `endpoints`, as kube-apiserver
+/// writes them: one per address family and port (a slice has one address type and
+/// one port list), labelled with the Service's name, every endpoint ready; named
+/// `kubernetes`, then `kubernetes-N` for the next ones.
+fn kubernetes_slices(endpoints: &[SocketAddr]) -> Vec<Value> {
+    let mut groups: BTreeMap<(bool, u16), Vec<String>> = BTreeMap::new();
+    for e in endpoints {
+        let addrs = groups.entry((e.is_ipv6(), e.port())).or_default();
+        let ip = e.ip().to_string();
+        if !addrs.contains(&ip) {
+            addrs.push(ip);
+        }
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((v6, port), addrs))| {
+            let name = if i == 0 {
+                "kubernetes".to_string()
+            } else {
+                format!("kubernetes-{i}")
+            };
+            let endpoints: Vec<Value> = addrs
+                .iter()
+                .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
+                .collect();
+            json!({
+                "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": if v6 { "IPv6" } else { "IPv4" },
+                "endpoints": endpoints,
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+            })
+        })
+        .collect()
 }
 
 fn resource_list() -> Value {
@@ -1098,6 +1213,41 @@ mod tests {
             Value::Null,
         )));
         assert_eq!(c, 400);
+    }
+
+    #[test]
+    fn the_kubernetes_service_has_its_endpointslices() {
+        let s = Store::new();
+        let eps: Vec<SocketAddr> = ["198.18.0.2:6443", "198.18.0.3:6443", "[fd00::2]:6443"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        s.populate("m1", 1.0, &eps);
+        let base = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+        let (c, l) = json_of(s.handle(&req(
+            "GET",
+            base,
+            "labelSelector=kubernetes.io%2Fservice-name%3Dkubernetes",
+            Value::Null,
+        )));
+        assert_eq!(c, 200, "{l}");
+        assert_eq!(l["kind"], "EndpointSliceList");
+        assert_eq!(l["apiVersion"], "discovery.k8s.io/v1");
+        let items = l["items"].as_array().expect("items");
+        assert_eq!(items.len(), 2, "one slice per family: {l}");
+        assert_eq!(items[0]["addressType"], "IPv4");
+        assert_eq!(
+            items[0]["endpoints"],
+            json!([{"addresses": ["198.18.0.2"], "conditions": {"ready": true}},
+                {"addresses": ["198.18.0.3"], "conditions": {"ready": true}}])
+        );
+        assert_eq!(items[0]["ports"][0]["port"], 6443);
+        assert_eq!(items[1]["metadata"]["name"], "kubernetes-1");
+        assert_eq!(items[1]["endpoints"][0]["addresses"][0], "fd00::2");
+        let (c, o) = json_of(s.handle(&req("GET", &format!("{base}/kubernetes"), "", Value::Null)));
+        assert_eq!((c, &o["kind"]), (200, &json!("EndpointSlice")));
+        let (c, _) = json_of(s.handle(&req("POST", base, "", json!({}))));
+        assert_eq!(c, 405, "read-only");
     }
 
     #[test]

@@ -95,6 +95,11 @@ enum Cmd {
         /// Another master's name, whose apiserver pod this one serves too (repeatable).
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// An endpoint published in the `kubernetes` Service's EndpointSlice, as
+        /// kube-apiserver publishes --advertise-address:--secure-port (repeatable;
+        /// default: the HTTPS listen address).
+        #[arg(long = "advertise", value_name = "ADDR:PORT")]
+        endpoints: Vec<SocketAddr>,
     },
     /// The bounded load generator.
     Loadgen(LoadConfig),
@@ -233,6 +238,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             truth,
             token,
             peers,
+            endpoints,
         } => {
             let mut all_sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             all_sans.extend(sans);
@@ -249,6 +255,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 truth,
                 token,
                 peers,
+                endpoints,
             })
             .await
             .context("apiserver stand-in")?;

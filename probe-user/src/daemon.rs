@@ -100,7 +100,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let lost = loader::take_lost(&mut ebpf)?;
     tasks.spawn(sources::loss::task(lost, metrics.clone(), stop_rx.clone()));
     spawn_wire_and_occupancy(&opts, &mut ebpf, occupancy, &metrics, &mut tasks, &stop_rx)?;
-    spawn_endpoints(&opts, &mut ebpf, &mut tasks, &stop_rx)?;
+    spawn_endpoints(&opts, &mut ebpf, &metrics, &mut tasks, &stop_rx)?;
     let _stats_fd = if opts.bpf_stats {
         sources::program_stats::enable().inspect(|_| {
             let programs = sources::program_stats::programs(&ebpf);
@@ -198,6 +198,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 fn spawn_endpoints(
     opts: &RunOptions,
     ebpf: &mut aya::Ebpf,
+    metrics: &Arc<Metrics>,
     tasks: &mut Tasks,
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -209,16 +210,16 @@ fn spawn_endpoints(
         e.resolved.lines().join(", ")
     );
     let map = loader::take_endpoints(ebpf)?;
-    let current = e
-        .resolved
-        .addrs
-        .keys()
-        .flat_map(|a| sources::endpoints::keys(*a))
-        .collect();
+    let watching = sources::endpoints::Watching {
+        specs: e.specs.clone(),
+        slice: e.slice.clone(),
+        ports: opts.load.ports.iter().copied().collect(),
+    };
     tasks.spawn(sources::endpoints::task(
         map,
-        e.specs.clone(),
-        current,
+        watching,
+        e.resolved.clone(),
+        metrics.clone(),
         stop_rx.clone(),
     ));
     Ok(())

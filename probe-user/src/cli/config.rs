@@ -11,13 +11,16 @@ use clap::{ArgMatches, parser::ValueSource};
 use serde::Deserialize;
 
 /// The `drainwatch run` flags a config file may set, as its keys: ports,
-/// output, metrics address, kernel and wire-observer settings, watched
-/// process names and network namespace. The correlation, poller, prober and
-/// pod-watch flags are not among them (an unknown key is an error).
+/// apiserver endpoints, output, metrics address, kernel and wire-observer
+/// settings, watched process names and network namespace. The correlation,
+/// poller, prober and pod-watch flags are not among them (an unknown key is
+/// an error).
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub port: Option<Vec<u16>>,
+    /// `--apiserver-endpoint`: `HOST:PORT`, `[IPv6]:PORT` or `auto` each.
+    pub apiserver_endpoint: Option<Vec<String>>,
     pub output: Option<String>,
     pub metrics_addr: Option<String>,
     pub ringbuf_bytes: Option<u32>,
@@ -82,6 +85,7 @@ mod tests {
             "t.toml",
             r#"
 port = [6443, 8443]
+apiserver-endpoint = ["auto", "api.example.com:443"]
 output = "json"
 metrics-addr = "0.0.0.0:9977"
 ringbuf-bytes = 4194304
@@ -95,6 +99,10 @@ bpf-stats = true
         )
         .expect("parse");
         assert_eq!(c.port, Some(vec![6443, 8443]));
+        assert_eq!(
+            c.apiserver_endpoint,
+            Some(vec!["auto".to_string(), "api.example.com:443".to_string()])
+        );
         assert_eq!(c.metrics_addr.as_deref(), Some("0.0.0.0:9977"));
         assert_eq!(
             (c.no_kprobes, c.no_wire, c.bpf_stats),

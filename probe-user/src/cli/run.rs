@@ -29,8 +29,11 @@ pub struct RunArgs {
     /// their ports (a node that is the apiserver's client: a worker of a
     /// managed cluster): HOST:PORT or [IPv6]:PORT, names resolved at start
     /// and again every 30 s (repeatable). `auto`: the kubernetes Service of
-    /// the pod drainwatch runs in and the server of the kubeconfig in use.
-    /// Their ports are the watched ports unless --port is given too.
+    /// the pod drainwatch runs in, the server of the kubeconfig in use, and
+    /// the ready endpoints of the kubernetes Service's EndpointSlices (where
+    /// kube-proxy sends its packets; read with the pod watcher's
+    /// credentials, listed again every 30 s). Their ports are the watched
+    /// ports unless --port is given too.
     #[arg(
         long = "apiserver-endpoint",
         value_name = "HOST:PORT|auto",
@@ -156,7 +159,8 @@ pub struct RunArgs {
     /// Only this node's pods (the DaemonSet sets it from the downward API).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Do not watch pods through the Kubernetes API.
+    /// Do not use the Kubernetes API: no pod watch, no Events, and
+    /// `--apiserver-endpoint auto` without the EndpointSlice.
     #[arg(long, env = "DRAINWATCH_NO_KUBE")]
     no_kube: bool,
     /// Do not write verdicts as Kubernetes Events (events.k8s.io/v1, with
@@ -326,6 +330,18 @@ pub fn apply_config_file(
     {
         args.netns = v;
     }
+    if let Some(v) = file.apiserver_endpoint
+        && unset("apiserver_endpoints")
+    {
+        for e in v.iter().filter(|e| e.trim() != "auto") {
+            endpoints::parse(e, "apiserver-endpoint").map_err(|err| {
+                let text = err.to_string();
+                let text = text.trim_start_matches("--apiserver-endpoint ");
+                bad("apiserver-endpoint", text.to_string())
+            })?;
+        }
+        args.apiserver_endpoints = v;
+    }
     if let Some(v) = file.watch_comm
         && unset("watch_comms")
     {
@@ -411,6 +427,8 @@ fn load_options(args: &RunArgs) -> anyhow::Result<LoadOptions> {
     };
     if let Some(e) = &endpoints {
         ports.extend(e.specs.iter().map(|s| s.port));
+        // Where kube-proxy sends the Service's packets: its own ports.
+        ports.extend(e.resolved.slice_ports());
     }
     ports.sort_unstable();
     ports.dedup();
@@ -481,14 +499,56 @@ fn endpoint_options(args: &RunArgs) -> anyhow::Result<Option<loader::EndpointOpt
         _ => None,
     };
     let specs = endpoints::specs(&args.apiserver_endpoints, service, server)?;
-    let resolved = endpoints::resolve(&specs);
+    let mut resolved = endpoints::resolve(&specs);
     for (spec, why) in &resolved.failed {
         tracing::warn!(
             "endpoint {spec} not resolved: {why}; retried every {}s",
             endpoints::RESOLVE_EVERY.as_secs()
         );
     }
-    Ok(Some(loader::EndpointOptions { specs, resolved }))
+    let slice = endpoint_slice(args, &mut resolved);
+    Ok(Some(loader::EndpointOptions {
+        specs,
+        resolved,
+        slice,
+    }))
+}
+
+/// With `auto`, the `kubernetes` EndpointSlice, read once now with the pod
+/// watcher's credentials (its failure is logged, never fatal: the task
+/// lists it again every 30 s); `None` without `auto`, credentials or with
+/// `--no-kube` (said in `resolved`).
+fn endpoint_slice(
+    args: &RunArgs,
+    resolved: &mut endpoints::Resolved,
+) -> Option<endpoints::SliceWatch> {
+    if !args.apiserver_endpoints.iter().any(|v| v.trim() == "auto") {
+        return None;
+    }
+    if args.no_kube {
+        resolved.slice = endpoints::SliceStatus::Off("--no-kube".into());
+        return None;
+    }
+    let Some(credentials) = kube_credentials(args) else {
+        resolved.slice = endpoints::SliceStatus::Off(
+            "no --kubeconfig, $KUBECONFIG or ~/.kube/config, and not in a pod".into(),
+        );
+        return None;
+    };
+    let w = endpoints::SliceWatch { credentials };
+    resolved.slice = w.read_once();
+    match &resolved.slice {
+        endpoints::SliceStatus::Failed { why, .. } => tracing::warn!(
+            "the kubernetes EndpointSlice not read ({why}); retried every {}s",
+            endpoints::RESOLVE_EVERY.as_secs()
+        ),
+        endpoints::SliceStatus::Read(s) => tracing::info!(
+            "the kubernetes EndpointSlice: {} ready endpoints watched",
+            s.addrs.len()
+        ),
+        _ => {}
+    }
+    Some(w)
 }
 
 /// The wire observer's interfaces and table, unless `--no-wire`.
@@ -610,19 +670,24 @@ fn http_checks(
     })
 }
 
-/// The pod watcher, if it has credentials: `--kubeconfig`, `$KUBECONFIG`,
+/// The Kubernetes API's credentials: `--kubeconfig`, `$KUBECONFIG`,
 /// `~/.kube/config` or the in-cluster service account, in that order.
-fn pod_watch(args: &RunArgs) -> Option<kubewatch::PodWatch> {
-    if args.no_kube {
-        return None;
-    }
-    let Some(credentials) = kubewatch::Credentials::choose(
+fn kube_credentials(args: &RunArgs) -> Option<kubewatch::Credentials> {
+    kubewatch::Credentials::choose(
         args.kubeconfig.clone(),
         std::env::var_os("KUBECONFIG"),
         std::env::var_os("HOME").map(std::path::PathBuf::from),
         std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
         |p| p.is_file(),
-    ) else {
+    )
+}
+
+/// The pod watcher, if it has credentials ([`kube_credentials`]).
+fn pod_watch(args: &RunArgs) -> Option<kubewatch::PodWatch> {
+    if args.no_kube {
+        return None;
+    }
+    let Some(credentials) = kube_credentials(args) else {
         tracing::info!(
             "pod watcher off: no --kubeconfig, $KUBECONFIG or ~/.kube/config, and not running in a pod (apiserver pod phase not watched)"
         );
@@ -712,6 +777,37 @@ mod tests {
                 .expect_err("range")
                 .to_string()
                 .contains("flow-table")
+        );
+        std::fs::write(
+            &file,
+            "apiserver-endpoint = [\"auto\", \"[fd00::1]:6443\"]\n",
+        )
+        .expect("write");
+        let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f]);
+        apply_config_file(&mut args, &m).expect("apply");
+        assert_eq!(args.apiserver_endpoints, ["auto", "[fd00::1]:6443"]);
+        let (mut args, m) = parse_run(&[
+            "drainwatch",
+            "run",
+            "--config",
+            f,
+            "--apiserver-endpoint",
+            "198.18.0.1:443",
+        ]);
+        apply_config_file(&mut args, &m).expect("apply");
+        assert_eq!(
+            args.apiserver_endpoints,
+            ["198.18.0.1:443"],
+            "the flag wins over the file"
+        );
+        std::fs::write(&file, "apiserver-endpoint = [\"fd00::1:443\"]\n").expect("write");
+        let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f]);
+        let e = apply_config_file(&mut args, &m).expect_err("bad endpoint");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config file {f}: key `apiserver-endpoint`: \"fd00::1:443\": expected HOST:PORT, [IPv6]:PORT or auto"
+            )
         );
         std::fs::write(&file, "socket-table = 8\n").expect("write");
         let (mut args, m) = parse_run(&["drainwatch", "run", "--config", f]);

@@ -80,10 +80,12 @@ pub struct LoadOptions {
     pub endpoints: Option<EndpointOptions>,
 }
 
-/// Endpoint mode's endpoints: as given, and what they resolved to at start.
+/// Endpoint mode's endpoints: as given, what they resolved to at start, and
+/// the `kubernetes` EndpointSlice to read (`auto` with credentials).
 pub struct EndpointOptions {
     pub specs: Vec<crate::sources::endpoints::Spec>,
     pub resolved: crate::sources::endpoints::Resolved,
+    pub slice: Option<crate::sources::endpoints::SliceWatch>,
 }
 
 /// Where and how big the wire observer is.
@@ -380,12 +382,7 @@ fn write_endpoints(ebpf: &mut Ebpf, e: &EndpointOptions) -> Result<(), LoadError
     let mut m: aya::maps::HashMap<&mut MapData, probe_common::EndpointKey, u8> =
         aya::maps::HashMap::try_from(map_mut(ebpf, "ENDPOINTS")?)
             .map_err(|e| LoadError::Map("ENDPOINTS", e))?;
-    for k in e
-        .resolved
-        .addrs
-        .keys()
-        .flat_map(|a| crate::sources::endpoints::keys(*a))
-    {
+    for k in e.resolved.keys() {
         m.insert(k, 1, 0)
             .map_err(|e| LoadError::Map("ENDPOINTS", e))?;
     }
