@@ -2375,9 +2375,11 @@ fn image_definition_matches_the_workspace_and_the_daemonset() {
 /// The client overlay (workers of a managed cluster): renders valid objects
 /// that never collide with a control-plane overlay's, runs on workers only
 /// with no control-plane toleration, watches every network namespace but
-/// only the apiserver's endpoints, reads the node's pods (read-only); and
-/// the daemon started with exactly its arguments, in a pod's environment,
-/// watches the kubernetes Service and the kubelet kubeconfig's server.
+/// only the apiserver's endpoints, sees the node's pids and its cgroup tree
+/// (read-only), reads the node's pods and the kubernetes EndpointSlices
+/// (read-only) with its ServiceAccount; and the daemon started with exactly
+/// its arguments, in a pod's environment, watches the kubernetes Service and
+/// the kubelet kubeconfig's server.
 #[test]
 fn client_overlay_runs_on_workers_and_watches_the_apiserver_endpoints() {
     let objs = render("overlays/client");
@@ -2469,11 +2471,75 @@ fn client_overlay_runs_on_workers_and_watches_the_apiserver_endpoints() {
     .expect("binding");
     assert_eq!(binding["subjects"][0]["name"], "drainwatch-client");
     assert_eq!(binding["subjects"][0]["namespace"], "drainwatch");
+    // The EndpointSlices of the kubernetes Service: only where they live.
+    let name = "drainwatch-read-kubernetes-endpoints-client";
+    let role = find(&objs, "Role", "default", name).expect("EndpointSlice role");
+    let role: Role = serde_json::from_value(role.clone()).expect("typed");
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups,
+        Some(vec!["discovery.k8s.io".to_string()])
+    );
+    assert_eq!(rules[0].resources, Some(vec!["endpointslices".to_string()]));
+    assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
+    let binding = find(&objs, "RoleBinding", "default", name).expect("binding");
+    assert_eq!(binding["roleRef"]["name"], name);
+    assert_eq!(binding["subjects"][0]["name"], "drainwatch-client");
+    assert_eq!(binding["subjects"][0]["namespace"], "drainwatch");
+    // The node's pids and, read-only, its cgroup tree where the daemon
+    // looks for the cgroup2 mount, over the container's own.
+    assert_eq!(pod.host_pid, Some(true));
+    let host_cgroup = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.host_path
+                .as_ref()
+                .is_some_and(|h| h.path == "/sys/fs/cgroup")
+        })
+        .expect("a hostPath volume of /sys/fs/cgroup");
+    assert_eq!(
+        host_cgroup
+            .host_path
+            .as_ref()
+            .and_then(|h| h.type_.as_deref()),
+        Some("Directory")
+    );
+    let container = &pod.containers[0];
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == host_cgroup.name)
+        .expect("the cgroup tree mounted");
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/sys/fs/cgroup", Some(true))
+    );
 
     let args = ds_command(&ds, "127.0.0.1:0");
     for a in ["--netns=all", "--apiserver-endpoint=auto"] {
         assert!(args.iter().any(|x| x == a), "{a} in {args:?}");
     }
+    // The API with the pod's ServiceAccount (which the roles above bind),
+    // not the kubelet's kubeconfig, whose credentials are not mounted; that
+    // file only names the server (the base's DRAINWATCH_PROBE_KUBECONFIG).
+    assert!(
+        !args.iter().any(|x| x.starts_with("--kubeconfig")),
+        "{args:?}"
+    );
+    let probe_kubeconfig = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "DRAINWATCH_PROBE_KUBECONFIG")
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        probe_kubeconfig.as_deref(),
+        Some("/var/lib/kubelet/kubeconfig")
+    );
     // As in a pod: the kubernetes Service's address in the environment,
     // the kubelet's kubeconfig (here a copy naming the cloud LB) where the
     // overlay says. `run --check` needs root (it loads the programs).
@@ -2495,19 +2561,13 @@ fn client_overlay_runs_on_workers_and_watches_the_apiserver_endpoints() {
     .expect("kubeconfig");
     let args: Vec<String> = args
         .into_iter()
-        .map(|a| {
-            if a == "--kubeconfig=/var/lib/kubelet/kubeconfig" {
-                format!("--kubeconfig={}", kc.display())
-            } else {
-                a
-            }
-        })
         .chain(["--check".to_string(), "--no-kube".to_string()])
         .collect();
     let out = Command::new(BIN)
         .args(&args)
         .env("KUBERNETES_SERVICE_HOST", "198.18.7.1")
         .env("KUBERNETES_SERVICE_PORT", "443")
+        .env("DRAINWATCH_PROBE_KUBECONFIG", &kc)
         .output()
         .expect("drainwatch run --check");
     let _ = std::fs::remove_dir_all(&dir);
@@ -2529,6 +2589,12 @@ fn client_overlay_runs_on_workers_and_watches_the_apiserver_endpoints() {
             "  198.18.7.10:443 (from 198.18.7.10:443 (the server of {}))",
             kc.display()
         )),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  the kubernetes EndpointSlice (default, kubernetes.io/service-name=kubernetes): not read (--no-kube)\n"
+        ),
         "{text}"
     );
 }
