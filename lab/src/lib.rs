@@ -11,6 +11,7 @@ pub mod benchload;
 pub mod capture;
 pub mod clock;
 pub mod cmd;
+pub mod idlereset;
 pub mod k8s;
 pub mod lb;
 pub mod loadgen;

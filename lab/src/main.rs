@@ -122,6 +122,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The idle-reset middlebox (Azure LB's TCP reset on idle), run in a router's
+    /// namespace: RSTs to both ends of every flow idle for `--idle`.
+    IdleResetBox(drainwatch_lab::idlereset::BoxConfig),
     /// A long-lived client of the timer server.
     TimerClient {
         /// Client name.
@@ -290,6 +293,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             timer::serve(parsed, duration, out)
                 .await
                 .context("timer server")?;
+        }
+        Cmd::IdleResetBox(cfg) => {
+            let counts = tokio::task::spawn_blocking(move || drainwatch_lab::idlereset::run(&cfg))
+                .await
+                .context("idle-reset box thread")?
+                .context("idle-reset box")?;
+            println!("{}", serde_json::to_string(&counts)?);
         }
         Cmd::TimerClient {
             name,

@@ -23,6 +23,7 @@ use crate::tls::{self, TlsError};
 use crate::topo::{Lab, TopoError};
 
 mod gotls;
+mod idleclient;
 pub use crate::truth::Truth;
 pub use gotls::go_standin_from_env;
 
@@ -39,6 +40,9 @@ pub enum Scenario {
     AwsNlbSlowHealthcheck,
     /// A middlebox resets flows idle past its timeout (Azure LB's TCP reset on idle).
     AzureIdleReset,
+    /// Azure LB's TCP reset on idle seen from a worker node: RSTs to both ends of idle
+    /// flows; pod clients without keepalive are reset, with keepalive survive.
+    AzureIdleResetClient,
     /// `http.Server.Close()` instead of `Shutdown()`: in-flight requests cut.
     HardClose,
     /// The process outlives its grace period and is SIGKILLed.
@@ -50,11 +54,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::GcpIlbRollout,
         Scenario::AwsNlbRollout,
         Scenario::AwsNlbSlowHealthcheck,
         Scenario::AzureIdleReset,
+        Scenario::AzureIdleResetClient,
         Scenario::HardClose,
         Scenario::SigkillAfterGrace,
         Scenario::GoawayTls,
@@ -67,6 +72,7 @@ impl Scenario {
             Scenario::AwsNlbRollout => "aws-nlb-rollout",
             Scenario::AwsNlbSlowHealthcheck => "aws-nlb-slow-healthcheck",
             Scenario::AzureIdleReset => "azure-idle-reset",
+            Scenario::AzureIdleResetClient => "azure-idle-reset-client",
             Scenario::HardClose => "hard-close",
             Scenario::SigkillAfterGrace => "sigkill-after-grace",
             Scenario::GoawayTls => "goaway-tls",
@@ -76,7 +82,7 @@ impl Scenario {
     /// Default time scale: 70 s shutdown delay -> 7 s; Azure's 4 min idle -> 4 s.
     pub fn default_time_scale(self) -> f64 {
         match self {
-            Scenario::AzureIdleReset => 1.0 / 60.0,
+            Scenario::AzureIdleReset | Scenario::AzureIdleResetClient => 1.0 / 60.0,
             _ => 0.1,
         }
     }
@@ -710,6 +716,7 @@ impl Run {
         let mut requests: Vec<RequestRecord> = Vec::new();
         let mut timer: Vec<TimerRecord> = Vec::new();
         let mut watchers: Vec<Value> = Vec::new();
+        let mut client_results: Vec<Value> = Vec::new();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.out)
             .map_err(io_err(&self.out))?
             .flatten()
@@ -738,6 +745,8 @@ impl Run {
                 timer.extend(record::read_lines::<TimerRecord>(&p)?);
             } else if name.starts_with("watch-") && name.ends_with(".jsonl") {
                 watchers.extend(record::read_lines::<Value>(&p)?);
+            } else if name.starts_with("result-") && name.ends_with(".jsonl") {
+                client_results.extend(record::read_lines::<Value>(&p)?);
             }
         }
         let mut params = self.params.clone();
@@ -755,6 +764,8 @@ impl Run {
             timer,
             watchers,
             pcaps,
+            idle_resets: record::read_lines(&self.out.join("idle-reset.jsonl"))?,
+            client_results,
         };
         let path = self.out.join("truth.json");
         let text = serde_json::to_string_pretty(&truth)?;
@@ -772,6 +783,7 @@ pub async fn run(scenario: Scenario, opts: &RunOpts) -> Result<Truth, ScenarioEr
     let scale = opts.time_scale.unwrap_or(scenario.default_time_scale());
     match scenario {
         Scenario::AzureIdleReset => azure(opts, scale).await,
+        Scenario::AzureIdleResetClient => idleclient::azure_idle_reset_client(opts, scale).await,
         Scenario::GoawayTls => gotls::goaway_tls(opts, scale).await,
         _ => lan_scenario(scenario, opts, scale).await,
     }

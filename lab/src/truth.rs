@@ -36,6 +36,13 @@ pub struct Truth {
     pub watchers: Vec<Value>,
     /// pcap files written.
     pub pcaps: Vec<String>,
+    /// The idle-reset box's records: one per flow it reset, and its counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_resets: Vec<Value>,
+    /// Each client's own end result (`azure-idle-reset-client`): reset with the error
+    /// it printed, or survived.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_results: Vec<Value>,
 }
 
 impl Truth {
@@ -301,6 +308,19 @@ impl Truth {
             if t.event == "closed" || t.event == "alive_at_end" {
                 let o = t.outcome.map(|o| format!(" {o:?}")).unwrap_or_default();
                 rows.push((t.t_ns, format!("{:<8} {} {}{o}", t.who, t.conn, t.event)));
+            }
+        }
+        for r in self.idle_resets.iter().filter(|r| r["event"] == "reset") {
+            if let (Some(t), Some(idle)) = (r["t_ns"].as_u64(), r["idle_s"].as_f64()) {
+                rows.push((
+                    t,
+                    format!(
+                        "{:<8} idle {idle:.2}s: RST to {} and {}",
+                        "slb",
+                        r["a"].as_str().unwrap_or("?"),
+                        r["b"].as_str().unwrap_or("?")
+                    ),
+                ));
             }
         }
         for w in &self.watchers {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use drainwatch_lab::loadgen::Outcome;
 use drainwatch_lab::scenario::{self, RunOpts, Scenario, Truth};
 use drainwatch_lab::topo;
+use serde_json::Value;
 
 fn skip_unless_root() -> bool {
     if drainwatch_lab::cmd::is_root() {
@@ -435,4 +436,125 @@ async fn goaway_tls_cuts_the_watches_open_at_exit() {
             "{r:?}"
         );
     }
+}
+
+/// Azure LB's TCP reset on idle from a worker node: the idle-reset box sends RSTs to
+/// both ends of every flow idle for the timeout; exactly the clients without keepalive
+/// (the pod `default/py-watcher`, and curl outside any pod) are reset, each after an idle
+/// time of the timeout, and the pod with client-go's keepalive survives and sees the
+/// update made after the idle period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_idle_reset_client_resets_exactly_the_clients_without_keepalive() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = run(Scenario::AzureIdleResetClient).await;
+    let idle = t.params["idle_timeout_s"].as_f64().expect("idle timeout");
+    let within = |what: &str, s: f64| {
+        assert!(
+            (s - idle).abs() <= idle * 0.1,
+            "{what}: {s:.3}s idle, timeout {idle}s"
+        );
+    };
+    let result = |c: &str| {
+        t.client_results
+            .iter()
+            .find(|r| r["client"] == c)
+            .unwrap_or_else(|| panic!("no result for {c}: {:?}", t.client_results))
+    };
+    let reset: Vec<&str> = t
+        .client_results
+        .iter()
+        .filter(|r| r["outcome"] == "reset")
+        .filter_map(|r| r["client"].as_str())
+        .collect();
+    assert_eq!(reset, ["curl-idle", "py-watcher"], "{:?}", t.client_results);
+
+    // The pod without keepalive: its watch broke when the box reset its flow, an idle
+    // period after the last event it received, and it never saw the later update.
+    let py = result("py-watcher");
+    assert_eq!(py["pod"], "default/py-watcher");
+    assert!(
+        py["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection broken")),
+        "{py}"
+    );
+    let (err_ns, last_ns) = (
+        py["t_ns"].as_u64().expect("error time"),
+        py["last_event_ns"].as_u64().expect("an event"),
+    );
+    within(
+        "py-watcher, from its last event to its error",
+        secs(last_ns, err_ns),
+    );
+    assert_eq!(py["saw_update_after_idle"], false);
+
+    // The pod with keepalive: the same watch survives and sees the update.
+    let go = result("go-watcher");
+    assert_eq!(
+        (
+            go["outcome"].as_str(),
+            go["saw_update_after_idle"].as_bool()
+        ),
+        (Some("survived"), Some(true)),
+        "{go}"
+    );
+    assert!(go["keepalive_s"].as_f64().is_some_and(|k| k < idle));
+
+    // curl outside any pod: ECONNRESET, as curl prints it.
+    let curl = result("curl-idle");
+    assert_eq!(curl["pod"], Value::Null);
+    assert_eq!(curl["exit"], 56);
+    assert_eq!(
+        curl["error"],
+        "curl: (56) Recv failure: Connection reset by peer"
+    );
+
+    // The box reset exactly those two flows, each at the timeout, RSTs to both ends.
+    let resets: Vec<&Value> = t
+        .idle_resets
+        .iter()
+        .filter(|r| r["event"] == "reset")
+        .collect();
+    assert_eq!(resets.len(), 2, "{resets:?}");
+    let flow = |r: &Value| [r["a"].clone(), r["b"].clone()];
+    let has = |r: &Value, addr: &Value| flow(r).contains(addr);
+    let py_local = &py["local"];
+    assert!(resets.iter().any(|r| has(r, py_local)), "py-watcher's flow");
+    assert!(
+        resets.iter().any(|r| has(r, &curl["remote"])),
+        "curl's flow"
+    );
+    assert!(
+        !resets.iter().any(|r| has(r, &go["local"])),
+        "the keepalive flow was reset"
+    );
+    for r in &resets {
+        within("box", r["idle_s"].as_f64().expect("idle_s"));
+        assert!(
+            r["rst_to_a"]["seq"].is_u64() && r["rst_to_b"]["seq"].is_u64(),
+            "{r}"
+        );
+    }
+    let counts = &t
+        .idle_resets
+        .iter()
+        .find(|r| r["event"] == "summary")
+        .expect("box summary")["counts"];
+    assert_eq!(
+        (counts["reset"].as_u64(), counts["rsts_sent"].as_u64()),
+        (Some(2), Some(4))
+    );
+
+    // Both pods were registered for the node, and their cgroups are gone.
+    let pods = t.params["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 2);
+    for p in pods {
+        let dir = p["cgroup_dir"].as_str().expect("cgroup dir");
+        assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+    }
+    let root = t.params["cgroup2_root"].as_str().expect("cgroup2 root");
+    let sub = t.params["cgroup_subtree"].as_str().expect("subtree");
+    assert!(!std::path::Path::new(&format!("{root}{sub}")).exists());
 }
