@@ -176,6 +176,11 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             for n in removed {
                 println!("  {n}");
             }
+            let cgroups = scenario::clean_cgroups().context("cleaning lab pod cgroups")?;
+            println!("removed {} lab cgroup subtree(s)", cgroups.len());
+            for c in cgroups {
+                println!("  {}", c.display());
+            }
         }
         Cmd::Run {
             scenario,

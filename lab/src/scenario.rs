@@ -26,6 +26,7 @@ mod gotls;
 mod idleclient;
 pub use crate::truth::Truth;
 pub use gotls::go_standin_from_env;
+pub use idleclient::{cgroup2_root, clean_cgroups};
 
 /// The scenarios, one per rollout failure (and one rollout done right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

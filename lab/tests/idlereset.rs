@@ -198,3 +198,35 @@ fn box_resets_idle_flows_at_both_ends_and_keepalive_survives() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `clean` removes the pod cgroups a killed `azure-idle-reset-client` run left behind,
+/// killing what still runs in them.
+#[test]
+fn clean_removes_pod_cgroups_left_behind() {
+    if skip_unless_root() {
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    let cg2 = drainwatch_lab::scenario::cgroup2_root(&mounts).expect("a cgroup2 mount");
+    let top = cg2.join(format!("dwlab-cleantest{}", std::process::id()));
+    let leaf = top.join("kubepods.slice/kubepods-besteffort.slice/cri-containerd-x.scope");
+    std::fs::create_dir_all(&leaf).expect("mkdir");
+    let child = KillOnDrop(
+        Command::new("sleep")
+            .arg("300")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep"),
+    );
+    let pid = child.0.id();
+    std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).expect("move");
+    let removed = drainwatch_lab::scenario::clean_cgroups().expect("clean");
+    assert!(removed.contains(&top), "{removed:?}");
+    assert!(!top.exists(), "{} left", top.display());
+    let mut child = child;
+    let status = child.0.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+}

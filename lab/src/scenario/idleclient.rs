@@ -123,6 +123,50 @@ impl Drop for Cgroups {
     }
 }
 
+/// Removes the pod cgroup subtrees (`/dwlab-*` under the cgroup2 mount) that a killed
+/// run left behind, killing what still runs in them; returns the subtrees removed. Like
+/// `topo::clean`, it takes every lab run's, a running one's too.
+pub fn clean_cgroups() -> Result<Vec<PathBuf>, ScenarioError> {
+    let mounts =
+        std::fs::read_to_string("/proc/mounts").map_err(io_err(Path::new("/proc/mounts")))?;
+    let Some(cg2) = cgroup2_root(&mounts) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(&cg2).map_err(io_err(&cg2))?.flatten() {
+        let top = e.path();
+        let ours = e.file_name().to_string_lossy().starts_with("dwlab-");
+        if !ours || !top.is_dir() {
+            continue;
+        }
+        // Parents before children, so removing from the end goes deepest first; the
+        // layout is 5 levels deep, the walk bounded at 8.
+        let mut dirs = vec![top.clone()];
+        let mut level = vec![top.clone()];
+        for _ in 0..8 {
+            let next: Vec<PathBuf> = level
+                .iter()
+                .filter_map(|d| std::fs::read_dir(d).ok())
+                .flat_map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()))
+                .collect();
+            if next.is_empty() {
+                break;
+            }
+            dirs.extend(next.iter().cloned());
+            level = next;
+        }
+        let failed = Cgroups { dirs }.remove();
+        if !failed.is_empty() {
+            return Err(ScenarioError::Stuck(format!(
+                "cgroups not removed: {}",
+                failed.join("; ")
+            )));
+        }
+        removed.push(top);
+    }
+    Ok(removed)
+}
+
 /// A 64-hex container id, unique per run and pod.
 fn container_id(salt: u64) -> String {
     let mut x = now_ns() ^ salt.rotate_left(32) ^ u64::from(std::process::id());
