@@ -86,11 +86,11 @@ pub use config::{Cidr, Config, ConfigError, HealthCheck};
 pub use engine::{ARCHIVE_TIMELINES, ARCHIVE_VERDICTS, Engine, analyze};
 pub use model::{
     Direction, Keepalive, Obs, Observation, Path, ProbeMode, ProbeOutcome, ResetOrigin, Signal,
-    Source,
+    Source, Workload,
 };
 pub use output::{
-    Cause, CauseTotals, InputStats, LbDetection, Measured, Phase, PhaseGauge, PhaseKind, Report,
-    Summary, Timeline, Verdict,
+    Affected, Cause, CauseTotals, InputStats, LbDetection, Measured, Phase, PhaseGauge, PhaseKind,
+    Report, Summary, Timeline, Verdict,
 };
 pub use time::{parse_rfc3339, rfc3339};
 

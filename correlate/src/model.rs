@@ -31,6 +31,61 @@ pub struct Observation {
     pub source: Source,
     /// What was observed.
     pub kind: Obs,
+    /// The process (and pod) on this node that owned the connection, when
+    /// the source knows it: the kernel names the process that connected,
+    /// the daemon its pod. Verdicts list the workloads they hurt from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<Workload>,
+}
+
+/// Who owned a connection on this node: the process that opened it and,
+/// when it runs in a pod, the pod and its container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Workload {
+    /// The pod's namespace, when the pod is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The pod's name, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's uid (from its cgroup), also when its name is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The container's name in its pod, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The container's id (the runtime's, 64 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The process that opened the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its command name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+}
+
+impl Workload {
+    /// What a person calls it, and what verdicts group by: the pod
+    /// (`pod NS/NAME`), else the pod by uid, else the container, else the
+    /// program (`process COMM`: a program's processes are one workload).
+    pub fn name(&self) -> String {
+        match (
+            &self.namespace,
+            &self.pod,
+            &self.pod_uid,
+            &self.container_id,
+        ) {
+            (Some(ns), Some(pod), _, _) => format!("pod {ns}/{pod}"),
+            (_, _, Some(uid), _) => format!("pod uid {uid}"),
+            (_, _, _, Some(id)) => format!("container {}", &id[..id.len().min(12)]),
+            _ => match (&self.comm, self.pid) {
+                (Some(c), _) => format!("process {c}"),
+                (None, Some(p)) => format!("pid {p}"),
+                (None, None) => "unknown process".into(),
+            },
+        }
+    }
 }
 
 /// The producer of an observation.

@@ -178,6 +178,39 @@ pub struct Verdict {
     pub fix: String,
     /// What was measured.
     pub measured: Option<Measured>,
+    /// The workloads on this node whose connections it counts, most hurt
+    /// first, when the kernel named their owners (client side); at most
+    /// [`AFFECTED_MAX`], the rest in `affected_more`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affected: Vec<Affected>,
+    /// Workloads hurt beyond the listed ones.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub affected_more: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How many workloads a verdict lists by name.
+pub const AFFECTED_MAX: usize = 16;
+
+/// A workload a verdict hurt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Affected {
+    /// Its name ([`crate::Workload::name`]): `pod NS/NAME`, `process COMM`, ...
+    pub workload: String,
+    /// The pod's namespace, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The programs (command names) whose connections were hurt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<String>,
+    /// Connections or requests of it the verdict counts.
+    pub count: u64,
+    /// Idle resets: how many of those connections had no TCP keepalive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub without_keepalive: Option<u64>,
 }
 
 impl Verdict {

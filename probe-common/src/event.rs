@@ -4,6 +4,8 @@
 pub mod kind {
     /// A socket went CLOSE -> SYN_SENT on a watched port (active open started).
     /// The source port may be 0: Linux assigns it after this transition.
+    /// `pid`/`comm` are the connecting process and `aux[0]` its cgroup v2
+    /// id: the socket's owner, for naming its pod in later events.
     pub const CONNECT_ATTEMPT: u8 = 1;
     /// SYN_SENT -> ESTABLISHED; `duration_ns` is the handshake time.
     pub const ESTABLISHED: u8 = 2;

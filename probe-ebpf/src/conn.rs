@@ -16,8 +16,8 @@ use probe_common::{
 
 use crate::{
     event::{
-        Tuple, count_lost, emit, field, now, port_watched, read_addrs, read_ports, set_task,
-        watched_tuple,
+        Tuple, count_lost, emit, field, now, port_watched, read_addrs, read_ports, set_owner,
+        set_task, watched_tuple,
     },
     maps::{
         LAYOUTS, PENDING, Pending, RECENT_ERR, RUNTIME, SOCKS, SockInfo, TCP_SOCK_LAYOUT,
@@ -60,7 +60,7 @@ pub fn set_state(ctx: &TracePointContext) -> Option<()> {
                     ev.old_state = old;
                     ev.state = new;
                     ev.flags = flags::ACTIVE;
-                    set_task(ev);
+                    set_owner(ev);
                 });
             }
         }

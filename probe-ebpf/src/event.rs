@@ -1,7 +1,10 @@
 //! Reading tracepoint records and writing events: shared by every program.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
     programs::TracePointContext,
 };
 use probe_common::{
@@ -211,6 +214,17 @@ pub fn set_task(ev: &mut RawEvent) {
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
     }
+}
+
+/// Records the connecting task and its cgroup v2 id (`aux[0]`), for a
+/// connect attempt: connect() runs in the process that owns the socket,
+/// the one moment its pod can be told; the daemon keeps that owner for
+/// the socket's later events (resets and closes run in softirq context,
+/// whose current task is unrelated).
+#[inline(always)]
+pub fn set_owner(ev: &mut RawEvent) {
+    set_task(ev);
+    ev.aux[0] = unsafe { bpf_get_current_cgroup_id() };
 }
 
 #[inline(always)]

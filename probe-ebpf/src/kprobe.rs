@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::ProbeContext};
 use probe_common::{AF_INET, AF_INET6, FIELD_ABSENT, flags, kind, tcp_state as st};
 
 use crate::{
-    event::{Tuple, emit, now, port_watched, set_task},
+    event::{Tuple, emit, now, port_watched, set_owner},
     maps::{SOCK_LAYOUT, SOCKS, sock_flags},
 };
 
@@ -69,7 +69,7 @@ pub fn tcp_connect(ctx: &ProbeContext) -> Option<()> {
         ev.old_state = st::CLOSE;
         ev.state = st::SYN_SENT;
         ev.flags = flags::ACTIVE | flags::FROM_KPROBE;
-        set_task(ev);
+        set_owner(ev);
     });
     Some(())
 }

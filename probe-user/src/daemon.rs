@@ -37,6 +37,10 @@ pub struct RunOptions {
     pub http: HttpChecks,
     /// Verdicts as Kubernetes Events, unless off.
     pub kube_events: Option<export::kube_events::Options>,
+    /// The credentials and node name for watching this node's pods, which
+    /// name the owners of its connections (`pipeline/owners.rs`); without
+    /// them owners are named by cgroup (pod uid, container) and process.
+    pub node_pods: Option<(sources::kubewatch::Credentials, String)>,
 }
 
 /// What the HTTP side watches.
@@ -124,7 +128,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let obs_rx = spawn_http_sources(&opts, &metrics, &mut tasks, &stop_rx);
-    let mut pipeline = pipeline(&opts, reset_reasons, &metrics, api)?;
+    let node_pods = spawn_node_pods(&opts, &metrics, &mut tasks, &stop_rx);
+    let mut pipeline = pipeline(&opts, reset_reasons, &metrics, api, node_pods)?;
     if let Some(o) = opts.kube_events.clone() {
         let (tx, rx) = export::kube_events::channel(metrics.clone());
         pipeline.corr.kube_events = Some(tx);
@@ -394,12 +399,110 @@ fn spawn_http_sources(
     obs_rx
 }
 
+/// The pods of this node, watched when there are credentials, for naming
+/// the owners of its connections.
+fn spawn_node_pods(
+    opts: &RunOptions,
+    metrics: &Arc<Metrics>,
+    tasks: &mut Tasks,
+    stop: &watch::Receiver<bool>,
+) -> sources::nodepods::NodePods {
+    // A node runs at most a few hundred pods; deleted ones stay 5 minutes,
+    // for the resets that follow a pod's end.
+    let pods = sources::nodepods::NodePods::new(2048, Duration::from_secs(300));
+    let Some((credentials, node)) = opts.node_pods.clone() else {
+        return pods;
+    };
+    tasks.spawn(sources::nodepods::watch_node_pods(
+        credentials,
+        node,
+        pods.clone(),
+        stop.clone(),
+    ));
+    // What the watcher holds, exported once a second.
+    let (p, m, mut stop) = (pods.clone(), metrics.clone(), stop.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return Ok(()),
+            }
+            m.node_pods.set(p.len() as i64);
+            m.source_up
+                .with_label_values(&["node_pods"])
+                .set(i64::from(p.up()));
+        }
+    });
+    pods
+}
+
+/// The owners of this node's connections: cgroup paths (the cgroup2 mount
+/// from /proc/mounts) and this node's pods; the connections already open
+/// to a watched port are taken from the process table (the programs are
+/// attached by now, so one opened during the scan has its connect attempt).
+fn owners(opts: &RunOptions, pods: sources::nodepods::NodePods) -> crate::pipeline::owners::Owners {
+    use sources::cgroup::{Attributor, CgroupConfig, CgroupPaths, cgroup2_in};
+    // `ip netns exec` (and some container setups) mount a fresh /sys,
+    // leaving the cgroup mounts behind: then the cgroup2 mount is reached
+    // through the root of a process that still sees it, pid 1 (the host's
+    // with hostPID) or the parent that started the daemon.
+    let host_view = || {
+        // SAFETY: no preconditions.
+        let parent = unsafe { libc::getppid() };
+        [1, parent].into_iter().find_map(|pid| {
+            let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).ok()?;
+            let at = cgroup2_in(&mounts)?;
+            let root =
+                std::path::Path::new(&format!("/proc/{pid}/root")).join(at.strip_prefix("/").ok()?);
+            std::fs::metadata(&root).ok()?;
+            CgroupPaths::new(CgroupConfig {
+                root: Some(root),
+                ..CgroupConfig::default()
+            })
+            .ok()
+        })
+    };
+    let paths = match CgroupPaths::new(CgroupConfig::default()) {
+        Ok(p) => Ok(p),
+        Err(e) => host_view().ok_or(e),
+    };
+    let attributor = match paths {
+        Ok(paths) => {
+            tracing::info!(
+                "connection owners: named by pod from the cgroups under {}",
+                paths.root().display()
+            );
+            Some(Attributor { paths, pods })
+        }
+        Err(e) => {
+            tracing::info!("connection owners: by process only ({e})");
+            None
+        }
+    };
+    let mut owners =
+        crate::pipeline::owners::Owners::new(opts.load.socket_table as usize, attributor);
+    let started = std::time::Instant::now();
+    let open = kernel::procscan::open_connections(
+        &opts.load.ports,
+        opts.load.netns,
+        opts.load.socket_table as usize,
+    );
+    let n = owners.seed(open);
+    tracing::info!(
+        "connection owners: {n} connections open before the start, found in {:?}",
+        started.elapsed()
+    );
+    owners
+}
+
 /// The per-event pipeline: decoding context, correlation engine, sink.
 fn pipeline(
     opts: &RunOptions,
     reset_reasons: Vec<(u64, String)>,
     metrics: &Arc<Metrics>,
     api: Arc<export::api::Api>,
+    node_pods: sources::nodepods::NodePods,
 ) -> anyhow::Result<Pipeline> {
     let cx = DecodeContext {
         boot_to_unix_ns: boot_to_unix_ns(),
@@ -412,7 +515,19 @@ fn pipeline(
         tracing::info!("kernel HZ unknown: the socket view of received RSTs is off");
     }
     let mut config = opts.correlate.config(&opts.local_addrs);
-    config.default_instance = config.default_instance.or_else(observe::hostname);
+    // In endpoint mode (a worker) this node's events are about the
+    // apiserver it dials, not an apiserver of its own: they are named by
+    // the first endpoint (`--instance` overrides).
+    let endpoint = opts
+        .load
+        .endpoints
+        .as_ref()
+        .and_then(|e| e.specs.first())
+        .map(|s| sources::endpoints::join(&s.host, &s.port.to_string()));
+    config.default_instance = config
+        .default_instance
+        .or(endpoint)
+        .or_else(observe::hostname);
     Ok(Pipeline {
         cx,
         metrics: metrics.clone(),
@@ -422,6 +537,7 @@ fn pipeline(
         corr: Correlation::new(config, opts.record.clone(), api)?,
         go_hints: None,
         goaway: Default::default(),
+        owners: owners(opts, node_pods),
     })
 }
 

@@ -557,3 +557,227 @@ fn processes_in_pod_cgroups_are_named_by_pod_and_container() {
 fn config_rescan() -> Duration {
     CgroupConfig::default().min_rescan
 }
+
+/// End to end through the kernel: client processes in a client namespace
+/// connect to a watched endpoint, two from a pod's container cgroup
+/// (containerd, systemd driver; one of them before drainwatch started) and
+/// one from outside any pod; the server resets all three (SO_LINGER 0).
+/// drainwatch, in the client namespace in endpoint mode with this node's
+/// pods from the stand-in, names the pod (namespace, name, uid, container)
+/// on every event of the pod's connections, the wire's RSTs included, and
+/// only the program on the third's; the connect attempt carries the cgroup
+/// id the kernel gives the directory; the counters count by namespace.
+#[test]
+fn a_reset_connection_names_the_pod_that_opened_it() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let _g = serial();
+    if !root_or_skip("a_reset_connection_names_the_pod_that_opened_it") {
+        return;
+    }
+    let cg2 = cgroup2_root(Path::new("/proc/mounts")).expect("cgroup2 mount");
+    let pair = common::Pair::new();
+    let dir = std::env::temp_dir().join(format!("dwt-owner-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("dir");
+    let _api = common::graceful_standin(&pair, &dir, "1s", "60s");
+    let kc = common::standin_kubeconfig(&pair, &dir, "admin");
+    let id = container_id(42);
+    // Registered from the client namespace, where the stand-in is reachable.
+    let spec = pod("team-a", "watcher-0", NODE, "watcher", &id, "containerd");
+    let kc2 = kc.clone();
+    let uid = pair.in_client(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(register(&kc2, &[spec]))
+    })[0]
+        .clone();
+
+    // The application: a listener in the server namespace that resets each
+    // connection when told.
+    let port = 7443u16;
+    let endpoint = format!("{}:{port}", pair.server_v4);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+    let server_ns = pair.server.clone();
+    let listen_at = endpoint.clone();
+    let server = std::thread::spawn(move || {
+        common::Pair::run_in(&server_ns, move || {
+            let l = std::net::TcpListener::bind(&listen_at).expect("bind");
+            up_tx.send(()).expect("up");
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(l.accept().expect("accept").0);
+            }
+            go_rx.recv().expect("go");
+            for s in held {
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("SO_LINGER 0");
+            }
+        })
+    });
+    up_rx.recv().expect("listener up");
+
+    // The pod's container cgroup, and clients stopped at `read` until
+    // moved: every connection is made from where the test put them.
+    let sub = format!("dwtest-owner-{}", std::process::id());
+    let mut made = Made {
+        dirs: Vec::new(),
+        children: Vec::new(),
+    };
+    made.dir(&cg2, &sub);
+    let ctr_dir = made.dir(
+        &cg2,
+        &format!(
+            "{sub}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        ),
+    );
+    let script = format!(
+        "read go; exec 3<>/dev/tcp/{}/{port}; echo connected; read done",
+        pair.server_v4
+    );
+    let client = |made: &mut Made, cgroup: Option<&Path>| -> u32 {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &pair.client, "bash", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("bash");
+        let pid = child.id();
+        if let Some(dir) = cgroup {
+            fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move into the pod");
+        }
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "connected");
+        made.children.push(child);
+        pid
+    };
+    // Connected before drainwatch starts: no connect attempt to learn from.
+    let early = client(&mut made, Some(&ctr_dir));
+
+    let d = common::Daemon::start_in(
+        Some(&pair.client),
+        &[
+            "--netns",
+            "self",
+            "--apiserver-endpoint",
+            &endpoint,
+            "--kubeconfig",
+            kc.to_str().expect("utf8"),
+            "--node-name",
+            NODE,
+            "--no-kube-events",
+        ],
+    );
+    assert!(
+        d.stderr()
+            .contains("connection owners: 1 connections open before the start"),
+        "the early connection found at start: {}",
+        d.stderr()
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the pod watcher lists the pod",
+        || match d.metric("drainwatch_node_pods") {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("drainwatch_node_pods {n}")),
+        },
+    );
+    let in_pod = client(&mut made, Some(&ctr_dir));
+    let on_host = client(&mut made, None);
+    go_tx.send(()).expect("reset");
+    server.join().expect("server");
+    let server_ip = pair.server_v4.as_str();
+    let evs = d.wait_for(&[server_ip], "three resets seen", |evs| {
+        common::of_kind(evs, "reset_received").len() == 3
+            && common::of_kind(evs, "closed").len() == 3
+            && common::of_kind(evs, "wire_reset").len() == 3
+    });
+    let metrics = d.metrics();
+    let stderr = d.stderr();
+    assert!(d.stop().success(), "drainwatch exit; stderr:\n{stderr}");
+
+    let attempts = common::of_kind(&evs, "connect_attempt");
+    assert_eq!(attempts.len(), 2, "{evs:#?}");
+    let pod_attempt = attempts
+        .iter()
+        .find(|e| e["pid"].as_u64() == Some(u64::from(in_pod)))
+        .unwrap_or_else(|| panic!("no attempt by pid {in_pod}: {evs:#?}"));
+    assert_eq!(
+        pod_attempt["cgroup_id"].as_u64(),
+        Some(kernel_cgroup_id(&ctr_dir)),
+        "the kernel's cgroup id of the container's directory: {pod_attempt:#}"
+    );
+    // Every event of the connections, wire RSTs included, names its owner.
+    let mut by_pid: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for e in evs.iter().filter(|e| e["kind"] != "keepalive") {
+        let o = &e["owner"];
+        assert!(o.is_object(), "event without an owner: {e:#}");
+        let pid = o["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {e:#}"));
+        if pid == u64::from(on_host) {
+            assert!(o.get("pod_uid").is_none(), "{e:#}");
+            assert!(o.get("pod").is_none(), "{e:#}");
+        } else {
+            assert!([early, in_pod].map(u64::from).contains(&pid), "{e:#}");
+            assert_eq!(o["namespace"], "team-a", "{e:#}");
+            assert_eq!(o["pod"], "watcher-0", "{e:#}");
+            assert_eq!(o["pod_uid"].as_str(), Some(uid.as_str()), "{e:#}");
+            assert_eq!(o["container"], "watcher", "{e:#}");
+            assert_eq!(o["container_id"].as_str(), Some(id.as_str()), "{e:#}");
+        }
+        assert_eq!(o["comm"], "bash", "{e:#}");
+        by_pid
+            .entry(pid)
+            .or_default()
+            .push(e["kind"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(by_pid.len(), 3, "{by_pid:?}");
+    for (pid, kinds) in &by_pid {
+        let seen_from_start: &[&str] = if *pid == u64::from(early) {
+            &[]
+        } else {
+            &["connect_attempt", "established"]
+        };
+        for k in ["reset_received", "wire_reset", "closed"]
+            .iter()
+            .chain(seen_from_start)
+        {
+            assert_eq!(
+                kinds.iter().filter(|x| x == k).count(),
+                1,
+                "pid {pid}: {k} once in {kinds:?}"
+            );
+        }
+    }
+    let m = |s: &str| common::parse_metric(&metrics, s);
+    assert_eq!(m("drainwatch_connection_owners_total{result=\"pod\"}"), 1.0);
+    assert_eq!(
+        m("drainwatch_connection_owners_total{result=\"process\"}"),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "drainwatch_client_connection_events_total{event=\"reset_received\",namespace=\"team-a\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        m("drainwatch_client_connection_events_total{event=\"reset_received\",namespace=\"host\"}"),
+        1.0
+    );
+    drop(made);
+    assert!(!cg2.join(&sub).exists(), "test cgroups removed");
+    let _ = fs::remove_dir_all(&dir);
+}

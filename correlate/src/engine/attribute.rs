@@ -243,6 +243,7 @@ pub(super) fn items(cfg: &Config, sorted: &[&Observation]) -> Vec<It> {
                 inst: instance_of(cfg, o),
                 probe,
                 item,
+                who: o.who.clone(),
             })
         })
         .collect()

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crate::model::{Keepalive, Path};
-use crate::output::{Cause, Measured, Verdict};
+use crate::model::{Keepalive, Path, Workload};
+use crate::output::{AFFECTED_MAX, Affected, Cause, Measured, Verdict};
 
 /// Instance and rollout an item belongs to, as far as known.
 pub(super) type Owner = (Option<String>, Option<usize>);
@@ -50,6 +50,8 @@ pub(super) struct It {
     pub(super) inst: Option<String>,
     pub(super) probe: bool,
     pub(super) item: Item,
+    /// The workload on this node that owned the connection, when known.
+    pub(super) who: Option<Workload>,
 }
 
 /// How far apart kernel sightings of one connection attempt can be (ns).
@@ -196,6 +198,15 @@ impl Draft<'_> {
                 (f.t, l.t, f.wall.clone(), l.wall.clone())
             }
         };
+        let (affected, more) = affected(&self.group);
+        let mut sentence = self.sentence;
+        let mut fix = self.fix;
+        if !affected.is_empty() {
+            sentence.push_str(&format!("; hurt: {}", hurt_words(&affected, more)));
+            if let Some(f) = super::causes::idle_reset::workload_fix(self.cause, &affected) {
+                fix = f;
+            }
+        }
         Some(Verdict {
             cause: self.cause,
             instance: self.instance,
@@ -204,11 +215,83 @@ impl Draft<'_> {
             window_wall: (ws, we),
             count: self.group.attempts.len() as u64,
             evidence: self.group.evidence(),
-            sentence: format!("{}; fix: {}", self.sentence, self.fix),
-            fix: self.fix,
+            sentence: format!("{sentence}; fix: {fix}"),
+            fix,
             measured: self.measured,
+            affected,
+            affected_more: more,
         })
     }
+}
+
+/// The workloads a group's attempts belong to, by [`Workload::name`]: each
+/// attempt counts once, for the first of its sightings that names its
+/// owner; most hurt first (then by name), at most [`AFFECTED_MAX`], and
+/// how many more there were.
+fn affected(g: &Group<'_>) -> (Vec<Affected>, u64) {
+    let mut by: BTreeMap<String, Affected> = BTreeMap::new();
+    for attempt in &g.attempts {
+        let Some(it) = attempt.iter().find(|i| i.who.is_some()) else {
+            continue;
+        };
+        let Some(w) = &it.who else { continue };
+        let a = by.entry(w.name()).or_insert_with(|| Affected {
+            workload: w.name(),
+            namespace: w.namespace.clone(),
+            programs: Vec::new(),
+            count: 0,
+            without_keepalive: None,
+        });
+        a.count += 1;
+        if let Some(c) = &w.comm
+            && !a.programs.contains(c)
+            && a.programs.len() < 4
+        {
+            a.programs.push(c.clone());
+        }
+        let idle = attempt.iter().find_map(|i| match i.item {
+            Item::IdleReset { keepalive, .. } => Some(keepalive),
+            _ => None,
+        });
+        if let Some(k) = idle {
+            let n = a.without_keepalive.get_or_insert(0);
+            if k == Keepalive::None {
+                *n += 1;
+            }
+        }
+    }
+    let mut v: Vec<Affected> = by.into_values().collect();
+    v.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.workload.cmp(&b.workload))
+    });
+    let more = v.len().saturating_sub(AFFECTED_MAX) as u64;
+    v.truncate(AFFECTED_MAX);
+    (v, more)
+}
+
+/// "pod default/web (3 connections, python3; none had TCP keepalive), process curl (1)".
+fn hurt_words(affected: &[Affected], more: u64) -> String {
+    let mut parts: Vec<String> = affected
+        .iter()
+        .map(|a| {
+            let mut d = vec![a.count.to_string()];
+            if !a.programs.is_empty() && !a.workload.starts_with("process ") {
+                d.push(a.programs.join(", "));
+            }
+            match a.without_keepalive {
+                Some(n) if n == a.count => d.push("no TCP keepalive".into()),
+                Some(0) | None => {}
+                Some(n) => d.push(format!("{n} without TCP keepalive")),
+            }
+            format!("{} ({})", a.workload, d.join("; "))
+        })
+        .collect();
+    if more > 0 {
+        parts.push(format!("and {more} more"));
+    }
+    parts.join(", ")
 }
 
 /// Seconds from `a` to `b` (negative when `b` is earlier).

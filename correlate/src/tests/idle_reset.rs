@@ -142,3 +142,70 @@ fn keepalive_clients_are_not_reset_by_the_middlebox() {
     let v = only(&r, Cause::IdleResetByMiddlebox);
     assert!(v.sentence.contains("too slow"), "{}", v.sentence);
 }
+
+/// From a worker: the resets name their owners; the verdict lists each
+/// workload with its count and keepalive, most hurt first, names them in
+/// its sentence, and addresses the fix to each program without keepalive.
+#[test]
+fn client_side_idle_resets_name_the_workloads() {
+    let mut b = B::default();
+    let py = Workload {
+        namespace: Some("default".into()),
+        pod: Some("py-watcher".into()),
+        pod_uid: Some("0b6c9d2e-1111-4c4c-9a9a-000000000001".into()),
+        container: Some("watcher".into()),
+        container_id: Some("a".repeat(64)),
+        pid: Some(4242),
+        comm: Some("python3".into()),
+    };
+    let curl = Workload {
+        pid: Some(77),
+        comm: Some("curl".into()),
+        ..Workload::default()
+    };
+    for (i, (t, who)) in [(10.0, &py), (10.2, &py), (10.4, &curl)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = idle_reset(&mut b, t, 100 + i as u16, 4.0, Keepalive::None);
+        b.v[id as usize - 1].who = Some(who.clone());
+    }
+    let r = run(&base(), &b);
+    let v = only(&r, Cause::IdleResetByMiddlebox);
+    assert_eq!(v.count, 3);
+    let names: Vec<(&str, u64, Option<u64>)> = v
+        .affected
+        .iter()
+        .map(|a| (a.workload.as_str(), a.count, a.without_keepalive))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("pod default/py-watcher", 2, Some(2)),
+            ("process curl", 1, Some(1))
+        ]
+    );
+    assert_eq!(v.affected[0].programs, ["python3"]);
+    assert_eq!(v.affected[0].namespace.as_deref(), Some("default"));
+    assert!(
+        v.sentence
+            .contains("hurt: pod default/py-watcher (2; python3; no TCP keepalive), process curl (1; no TCP keepalive)"),
+        "{}",
+        v.sentence
+    );
+    assert!(
+        v.fix
+            .starts_with("pod default/py-watcher: the Python client"),
+        "{}",
+        v.fix
+    );
+    assert!(
+        v.fix.contains("process curl: turn on SO_KEEPALIVE"),
+        "{}",
+        v.fix
+    );
+    // A recording carries the owners: the same verdict from its JSON.
+    let json = serde_json::to_string(&b.v[0]).expect("json");
+    let back: Observation = serde_json::from_str(&json).expect("parse");
+    assert_eq!(back.who.as_ref(), Some(&py));
+}

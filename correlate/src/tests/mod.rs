@@ -57,6 +57,7 @@ impl B {
             instance: inst.map(str::to_string),
             source,
             kind,
+            who: None,
         });
         id
     }

@@ -291,6 +291,7 @@ impl Tracker {
             instance: None,
             source,
             kind,
+            who: None,
         });
     }
 

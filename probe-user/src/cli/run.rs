@@ -396,6 +396,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--netns {path}: cannot read its addresses: {e}"))?,
     };
     let kube_events = kube_events(&args, pods.as_ref());
+    // The pods of this node name the owners of its connections; the pod
+    // watcher's credentials serve both.
+    let node_pods = pods.as_ref().map(|p| {
+        let node = args
+            .node_name
+            .clone()
+            .or_else(observe::hostname)
+            .unwrap_or_else(|| "unknown-node".into());
+        (p.credentials.clone(), node)
+    });
     let http = http_checks(&args, pods)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -411,6 +421,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         record: args.record,
         http,
         kube_events,
+        node_pods,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Buf;
-use drainwatch_correlate::{Direction, Keepalive, ResetOrigin};
+use drainwatch_correlate::{Direction, Keepalive, ResetOrigin, Workload};
 use probe_common::{AF_INET, AF_INET6, RawEvent, flags, kind, origin, sock_view, tcp_state};
 use serde::Serialize;
 
@@ -188,6 +188,13 @@ pub struct Event {
     /// HTTP/2 frames reported by a Go program's own code (uprobes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go: Option<GoFrame>,
+    /// Connect attempts: the connecting process's cgroup v2 id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// The process (and pod) on this node that opened the connection, from
+    /// its connect attempt: set by the pipeline (`pipeline/owners.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Workload>,
 }
 
 /// What a uprobe in a Go program's HTTP/2 code adds to a `goaway` or
@@ -856,6 +863,8 @@ pub fn decode(raw: &RawEvent, cx: &DecodeContext) -> Result<Event, DecodeError> 
             result: raw.errno,
         }),
         go: go_frame(raw, kind),
+        cgroup_id: (kind == EventKind::ConnectAttempt && raw.aux[0] != 0).then_some(raw.aux[0]),
+        owner: None,
     })
 }
 
@@ -946,6 +955,15 @@ impl Event {
         }
         if let (Some(pid), Some(comm)) = (self.pid, &self.comm) {
             s.push_str(&format!(" pid {pid} ({comm})"));
+        }
+        if let Some(o) = &self.owner {
+            s.push_str(&format!(" [{}", o.name()));
+            if let (Some(pid), Some(comm)) = (o.pid, &o.comm)
+                && self.pid != Some(pid)
+            {
+                s.push_str(&format!(" pid {pid} ({comm})"));
+            }
+            s.push(']');
         }
         if let Some(v) = &self.socket {
             s.push_str(&format!(" keepalive {}", v.keepalive));

@@ -194,6 +194,7 @@ pub fn observation(ev: &Event, id: u64) -> Option<Observation> {
         instance: None,
         source,
         kind,
+        who: ev.owner.clone(),
     })
 }
 
@@ -472,6 +473,7 @@ mod tests {
             instance: None,
             source: drainwatch_correlate::Source::Poller,
             kind: Obs::ReadyzChanged { ready: false },
+            who: None,
         };
         stamp_wall(&mut red, cx.boot_to_unix_ns);
         assert_eq!(red.wall, kernel.wall);

@@ -502,6 +502,8 @@ mod tests {
             sentence: "the load balancer kept sending new connections".into(),
             fix: "health-check /readyz".into(),
             measured: None,
+            affected: Vec::new(),
+            affected_more: 0,
         }
     }
 

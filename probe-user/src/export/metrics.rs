@@ -87,6 +87,10 @@ metrics_table! {
     flow_table_size: IntGauge = ("drainwatch_flow_table_size", "Capacity of the wire observer's flow table.", []),
     socket_table_full: IntCounter = ("drainwatch_socket_table_full_total", "Sockets on watched ports the full socket table could not track (no tracked socket is ever evicted): their events lack the handshake's start, direction and close checks. Raise --socket-table.", []),
     socket_table_size: IntGauge = ("drainwatch_socket_table_size", "Capacity of the connection tracepoints' socket table.", []),
+    // The client side: connections processes on this node opened, by the namespace of their pod.
+    connection_owners: IntCounterVec = ("drainwatch_connection_owners_total", "Connections processes on this node opened to a watched port or endpoint, by how their owner was named: pod (from its cgroup; by uid until the pod watcher knows it), container (in no pod this node runs), process (in no container), table_full (more open connections than the owner table holds: not named).", ["result"]),
+    client_events: IntCounterVec = ("drainwatch_client_connection_events_total", "Events on connections processes on this node opened, by the namespace of the pod that opened them (`host`: a process in no named pod; `other`: namespaces past the first 64) and event kind (refused, reset_received, wire_reset, closed, ...). Which pod: the events, verdicts and the API.", ["namespace", "event"]),
+    node_pods: IntGauge = ("drainwatch_node_pods", "Pods of this node the pod watcher knows (spec.nodeName), which name the owners of connections.", []),
     // The apiserver from outside: health polls, its pod, probes through the LB, its process.
     apiserver_health: IntGaugeVec = ("drainwatch_apiserver_health", "1 when the local apiserver answers 200 on /readyz or /healthz (polled directly, not through the LB).", ["apiserver", "check"]),
     pod_running: IntGaugeVec = ("drainwatch_apiserver_pod_running", "1 while the apiserver pod's phase is Running, from the Kubernetes API.", ["pod"]),
@@ -112,7 +116,7 @@ metrics_table! {
     hook_attached: IntGaugeVec = ("drainwatch_hook_attached", "1 when the kernel hook is attached, 0 when unavailable on this host.", ["hook"]),
     build_info: IntGaugeVec = ("drainwatch_build_info", "Build and kernel information; always 1.", ["version", "kernel"]),
     ringbuf_bytes: IntGauge = ("drainwatch_ringbuf_bytes", "Size of the kernel event ring buffer.", []),
-    source_up: IntGaugeVec = ("drainwatch_source_up", "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer), go_http2 (the Go uprobes loaded; 0 after a Go binary failed to attach), kube_events (the last write of a Kubernetes Event succeeded).", ["source"]),
+    source_up: IntGaugeVec = ("drainwatch_source_up", "1 while an input source works, 0 while it fails (the others go on): kernel (the programs' ring buffer), wire (a TC classifier attached), kube (the Kubernetes API watch), readyz (the local apiserver answers its /readyz poll), probe (the last request through the LB got an HTTP answer), go_http2 (the Go uprobes loaded; 0 after a Go binary failed to attach), kube_events (the last write of a Kubernetes Event succeeded), node_pods (the watch of this node's pods works).", ["source"]),
     program_run_seconds: CounterVec = ("drainwatch_program_run_seconds_total", "Kernel time spent in each drainwatch program (only with --bpf-stats).", ["program"]),
     program_runs: IntCounterVec = ("drainwatch_program_runs_total", "Runs of each drainwatch program (only with --bpf-stats).", ["program"]),
     map_entries: IntGaugeVec = ("drainwatch_map_entries", "Entries in each BPF hash or LRU map, counted every 15 s.", ["map"]),

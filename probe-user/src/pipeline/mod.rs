@@ -5,6 +5,7 @@
 
 pub mod correlation;
 pub mod goaway;
+pub mod owners;
 pub mod record;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct Pipeline {
     pub go_hints: Option<tokio::sync::mpsc::Sender<crate::sources::goh2::Hint>>,
     /// Shutdown GOAWAYs from those sent while serving.
     pub goaway: goaway::GoawayClassifier,
+    /// Who opened each connection (process, pod).
+    pub owners: owners::Owners,
 }
 
 impl Pipeline {
@@ -73,6 +76,7 @@ impl Pipeline {
                     .inc();
             }
         }
+        self.attribute(&mut ev);
         self.metrics.observe(&ev, &self.watched);
         self.hint_go(&ev);
         // One mapping per event, for the engine and the live idle finding.
@@ -115,6 +119,25 @@ impl Pipeline {
         }
         if let Some((sample, middlebox)) = idle_sample {
             self.idle_finding(ev.ts_boot_ns, sample, middlebox, out);
+        }
+    }
+
+    /// Names the connection's owner and counts its events by namespace.
+    fn attribute(&mut self, ev: &mut crate::decode::event::Event) {
+        if let Some(named) = self.owners.attribute(ev) {
+            self.metrics
+                .connection_owners
+                .with_label_values(&[named.as_str()])
+                .inc();
+        }
+        if let Some(o) = &ev.owner
+            && ev.kind != crate::decode::event::EventKind::ConnectAttempt
+        {
+            let ns = self.owners.namespace_label(o);
+            self.metrics
+                .client_events
+                .with_label_values(&[&ns, ev.kind.as_str()])
+                .inc();
         }
     }
 

@@ -412,6 +412,7 @@ pub async fn poll_health(
                         instance: None,
                         source: Source::Poller,
                         kind,
+                        who: None,
                     })
                     .await;
             }
@@ -504,6 +505,7 @@ pub async fn probe(
                     server: None,
                     outcome,
                 },
+                who: None,
             })
             .await;
     }

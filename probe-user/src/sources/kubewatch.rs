@@ -311,6 +311,7 @@ async fn observe(
                 instance: None,
                 source: Source::Kube,
                 kind: Obs::PodPhase { running: now.0 },
+                who: None,
             })
             .await;
     }

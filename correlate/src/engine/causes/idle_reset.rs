@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::idle::{IdleInference, IdleSample};
 use crate::model::{Obs, ResetOrigin};
-use crate::output::{Cause, Measured};
+use crate::output::{Affected, Cause, Measured};
 use crate::text::plural;
 
 use super::super::draft::{Draft, Group, It, Item};
@@ -129,4 +129,38 @@ fn sentence(inst: Option<&str>, n: usize, inf: &IdleInference) -> (String, Strin
             inf.timeout_s
         ),
     )
+}
+
+/// The idle-reset fix addressed to the workloads it hurt: each program's
+/// way to turn TCP keepalive on, below the timeout the verdict's sentence
+/// states. The program is told by its command name: a heuristic (a
+/// renamed interpreter, a Go program without "go" in its name are given
+/// the generic advice, which is still right, only less specific).
+pub(in crate::engine) fn workload_fix(cause: Cause, affected: &[Affected]) -> Option<String> {
+    if cause != Cause::IdleResetByMiddlebox {
+        return None;
+    }
+    let without: Vec<&Affected> = affected
+        .iter()
+        .filter(|a| a.without_keepalive.is_some_and(|n| n > 0))
+        .collect();
+    if without.is_empty() {
+        return None;
+    }
+    let advice: Vec<String> = without
+        .iter()
+        .map(|a| {
+            let python = a.programs.iter().any(|p| p.starts_with("python"));
+            let how = if python {
+                "the Python client has no TCP keepalive: add (SOL_SOCKET, SO_KEEPALIVE, 1), (IPPROTO_TCP, TCP_KEEPIDLE, N) and (IPPROTO_TCP, TCP_KEEPINTVL, N) to urllib3's HTTPConnection.default_socket_options before the client is created"
+            } else {
+                "turn on SO_KEEPALIVE with TCP_KEEPIDLE and TCP_KEEPINTVL of N s (client-go's dialer does, every 30 s; a custom net.Dialer must keep KeepAlive)"
+            };
+            format!("{}: {how}", a.workload)
+        })
+        .collect();
+    Some(format!(
+        "{}; N well below the LB's idle timeout, or raise that timeout",
+        advice.join("; ")
+    ))
 }
