@@ -19,6 +19,14 @@
 
 use std::{collections::VecDeque, fmt};
 
+/// An RST that arrives within this long of the host's own last packet
+/// answers that packet (a middlebox that forgot the flow); one that comes
+/// later was sent on its own, at a timer (an LB resetting both ends at its
+/// idle timeout). A round trip to any LB is far below it, and idle
+/// timeouts are seconds at least. Blind spot: a reset answering a packet
+/// over a path slower than this is taken for a timer's.
+pub const ANSWER_WINDOW_NS: u64 = 1_000_000_000;
+
 use serde::Serialize;
 
 use crate::model::Keepalive;

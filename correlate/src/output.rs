@@ -203,6 +203,9 @@ pub struct Affected {
     /// The pod's namespace, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The pod's name, when known (with `namespace`, the object to tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The programs (command names) whose connections were hurt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<String>,

@@ -838,3 +838,135 @@ fn goaway_tls_verdict_counts_the_watches_cut_after_the_goaway() {
         "{rollout:#}"
     );
 }
+
+/// Azure LB's TCP reset on idle from a worker, drainwatch on that worker
+/// only, in endpoint mode, with the node's pods from the stand-in: one
+/// idle-reset verdict whose inferred timeout is the box's, counting exactly
+/// the flows the box reset, naming the pod without keepalive (all its
+/// connections without keepalive) and curl outside any pod, never the pod
+/// with client-go's keepalive; its fix is addressed to the Python client.
+#[test]
+fn azure_idle_reset_client_names_the_pod_without_keepalive() {
+    let _g = serial();
+    if !root_or_skip("azure_idle_reset_client_names_the_pod_without_keepalive") {
+        return;
+    }
+    let o = observe("azure-idle-reset-client", "client", |t| {
+        let p = &t["params"];
+        let s = |k: &str| {
+            p[k].as_str()
+                .unwrap_or_else(|| panic!("params.{k}"))
+                .to_string()
+        };
+        let curl_target = p["non_pod_clients"][0]["target"]
+            .as_str()
+            .expect("curl's target")
+            .to_string();
+        vec![
+            "--apiserver-endpoint".into(),
+            s("apiserver"),
+            "--apiserver-endpoint".into(),
+            curl_target,
+            "--kubeconfig".into(),
+            s("kubeconfig"),
+            "--node-name".into(),
+            s("node"),
+        ]
+    });
+    let truth_timeout = o.truth["params"]["idle_timeout_s"]
+        .as_f64()
+        .expect("idle timeout");
+    // The box also resets drainwatch's own API connections from this node
+    // (kube-rs sets no TCP keepalive): those are kept out of the verdicts.
+    // Ground truth is the box's resets of the clients' flows.
+    let clients = o.truth["client_results"]
+        .as_array()
+        .expect("client_results");
+    // A client's flow: its local address, or (curl, whose port is not
+    // recorded) the server port only it dials.
+    let of_client = |r: &Value| {
+        clients.iter().any(|c| match c["local"].is_null() {
+            false => r["a"] == c["local"] || r["b"] == c["local"],
+            true => r["a"] == c["remote"] || r["b"] == c["remote"],
+        })
+    };
+    let resets: Vec<&Value> = o.truth["idle_resets"]
+        .as_array()
+        .expect("idle_resets")
+        .iter()
+        .filter(|r| r["event"] == "reset" && of_client(r))
+        .collect();
+    assert_eq!(resets.len(), 2, "py-watcher's and curl's flows");
+    let idle = o.of_cause("idle_reset_by_middlebox");
+    assert_eq!(idle.len(), 1, "{}", o.dump());
+    let v = idle[0];
+    assert_eq!(
+        v["count"].as_u64(),
+        Some(resets.len() as u64),
+        "one per flow the box reset; {}",
+        o.dump()
+    );
+    let inferred = v["measured"]["inferred_s"].as_f64().expect("inferred");
+    assert!(
+        (inferred - truth_timeout).abs() <= truth_timeout * 0.1,
+        "inferred {inferred:.2}s, the box's timeout is {truth_timeout}s; {}",
+        o.dump()
+    );
+    let affected: Vec<(&str, u64, Option<u64>)> = v["affected"]
+        .as_array()
+        .expect("affected workloads")
+        .iter()
+        .map(|a| {
+            (
+                a["workload"].as_str().expect("workload"),
+                a["count"].as_u64().expect("count"),
+                a["without_keepalive"].as_u64(),
+            )
+        })
+        .collect();
+    let expect_pod = o.truth["params"]["expect_reset"][0]
+        .as_str()
+        .expect("the pod expected reset");
+    let survivor = o.truth["params"]["expect_survive"][0]
+        .as_str()
+        .expect("the pod expected to survive");
+    assert_eq!(
+        affected,
+        [
+            (format!("pod {expect_pod}").as_str(), 1, Some(1)),
+            ("process curl", 1, Some(1))
+        ],
+        "{}",
+        o.dump()
+    );
+    let sentence = v["sentence"].as_str().expect("sentence");
+    assert!(
+        sentence.contains(&format!("pod {expect_pod}")),
+        "{sentence}"
+    );
+    assert!(!sentence.contains(survivor), "{sentence}");
+    let fix = v["fix"].as_str().expect("fix");
+    assert!(
+        fix.starts_with(&format!("pod {expect_pod}: the Python client")),
+        "{fix}"
+    );
+    // The clients' own results agree: exactly those two were reset.
+    let reset_clients: Vec<&str> = o.truth["client_results"]
+        .as_array()
+        .expect("client_results")
+        .iter()
+        .filter(|r| r["outcome"] == "reset")
+        .filter_map(|r| r["client"].as_str())
+        .collect();
+    assert_eq!(reset_clients.len(), 2, "{reset_clients:?}");
+    // Every wire RST the client saw names the owner of its connection.
+    let wire: Vec<&Value> = o
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "wire_reset")
+        .collect();
+    assert!(!wire.is_empty(), "{}", o.dump());
+    for e in &wire {
+        assert!(e["owner"].is_object(), "wire reset without owner: {e:#}");
+    }
+}

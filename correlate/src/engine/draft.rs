@@ -238,6 +238,7 @@ fn affected(g: &Group<'_>) -> (Vec<Affected>, u64) {
         let a = by.entry(w.name()).or_insert_with(|| Affected {
             workload: w.name(),
             namespace: w.namespace.clone(),
+            pod: w.pod.clone().filter(|_| w.namespace.is_some()),
             programs: Vec::new(),
             count: 0,
             without_keepalive: None,

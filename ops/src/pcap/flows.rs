@@ -529,7 +529,11 @@ impl Tracker {
 
         if ingress {
             let idle = f.last_ns.map_or(0, |l| t_ns.saturating_sub(l));
-            let answered = f.last_ns.is_some() && f.last_dir != dir;
+            // As the daemon decides it (`decode/event.rs`): an answer comes
+            // within a round trip of this host's packet.
+            let answered = f.last_ns.is_some()
+                && f.last_dir != dir
+                && idle < drainwatch_correlate::idle::ANSWER_WINDOW_NS;
             let silence = if answered { f.gap_ns + idle } else { idle };
             let keepalive = if f.ka_interval_ns != 0 {
                 // Whole seconds, as the daemon reports it ("30s").

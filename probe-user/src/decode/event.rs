@@ -561,7 +561,13 @@ fn wire_info(raw: &RawEvent, kind: EventKind) -> Option<Wire> {
             let [idle, idle_payload, gap, ka] = raw.aux;
             w.since_previous_packet_seconds = Some(secs(idle));
             w.since_previous_payload_seconds = (idle_payload != 0).then(|| secs(idle_payload));
-            let answers_ours = f & flags::LAST_OPPOSITE != 0 && f & flags::INGRESS != 0;
+            // An RST answers this host's last packet only when it comes
+            // within a round trip of it; one that comes later arrived on
+            // its own, at a timer (an LB that resets both ends at its idle
+            // timeout), and the silence it ended is `idle` itself.
+            let answers_ours = f & flags::LAST_OPPOSITE != 0
+                && f & flags::INGRESS != 0
+                && idle < drainwatch_correlate::idle::ANSWER_WINDOW_NS;
             w.answered_packet = answers_ours;
             // Both come from the kernel's packet clock; a bogus record must
             // not overflow (found by fuzz/regressions/event).

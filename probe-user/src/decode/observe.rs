@@ -102,6 +102,13 @@ impl OwnConnections {
     /// Whether `ev` belongs to one of this process's own connections.
     pub fn is_own(&mut self, ev: &Event) -> bool {
         use crate::decode::event::EventKind as K;
+        // The owner table knows every connection this process opened (its
+        // connect attempt may come before the source port is assigned):
+        // the kube-rs clients' (pod watchers, Events) as well as the
+        // poller's and prober's.
+        if ev.owner.as_ref().and_then(|o| o.pid) == Some(own_pid()) {
+            return true;
+        }
         let Some((l, r)) = ev.local.zip(ev.remote) else {
             return false;
         };
