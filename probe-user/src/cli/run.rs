@@ -159,6 +159,12 @@ pub struct RunArgs {
     /// Only this node's pods (the DaemonSet sets it from the downward API).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// TCP keepalive on drainwatch's own connections to the apiserver (its
+    /// Kubernetes clients and the prober): idle time before the first probe
+    /// and between probes, in whole seconds, below any LB idle timeout on
+    /// the way (Azure's: 4m). 0 turns it off. client-go's is 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "DRAINWATCH_KUBE_KEEPALIVE", value_parser = parse_keepalive)]
+    kube_keepalive: std::time::Duration,
     /// Do not use the Kubernetes API: no pod watch, no Events, and
     /// `--apiserver-endpoint auto` without the EndpointSlice.
     #[arg(long, env = "DRAINWATCH_NO_KUBE")]
@@ -212,6 +218,18 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// 0, or whole seconds the kernel takes as `TCP_KEEPIDLE` (1 to 32767).
+fn parse_keepalive(s: &str) -> Result<std::time::Duration, String> {
+    let d = drainwatch_ops::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || (d.subsec_nanos() == 0 && (1..=32767).contains(&d.as_secs())) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{s:?}: 0 (off) or whole seconds from 1s to 32767s (the kernel's keepalive unit and limit)"
+        ))
+    }
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {
@@ -383,6 +401,8 @@ pub fn apply_config_file(
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before any Kubernetes client is built (the EndpointSlice is read while loading).
+    kubewatch::set_keepalive((!args.kube_keepalive.is_zero()).then_some(args.kube_keepalive));
     let pods = pod_watch(&args);
     let load = load_options(&args)?;
     if args.check {
@@ -872,5 +892,18 @@ mod tests {
         ));
         assert!(parse_ringbuf_bytes("5000").is_err() && parse_ringbuf_bytes("8192").is_ok());
         assert!(parse_kernel_level("loud").is_err());
+    }
+
+    #[test]
+    fn kube_keepalive_is_whole_seconds_or_off() {
+        let (args, _) = parse_run(&["drainwatch", "run"]);
+        assert_eq!(args.kube_keepalive, std::time::Duration::from_secs(30));
+        for (s, secs) in [("0", 0), ("1s", 1), ("4m", 240), ("32767", 32767)] {
+            assert_eq!(parse_keepalive(s), Ok(std::time::Duration::from_secs(secs)));
+        }
+        for s in ["500ms", "1.5s", "32768s", "x"] {
+            let e = parse_keepalive(s).expect_err(s);
+            assert!(e.contains(&format!("{s:?}")), "{e}");
+        }
     }
 }

@@ -223,7 +223,12 @@ async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
         };
         sock.bind(any)?;
         match sock.connect(addr).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                // The reused connection idles between probes: kept alive
+                // as the kube clients' are (an LB's idle timeout).
+                crate::sources::kubewatch::keep_alive(&s)?;
+                return Ok(s);
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -514,6 +519,27 @@ pub async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The prober's connections (the reused one idles between probes)
+    /// have the kube clients' keepalive, read back from the kernel.
+    #[tokio::test]
+    async fn prober_connections_have_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let s = dial("127.0.0.1", port).await.expect("dial");
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(
+            (
+                sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+                sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+                sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+            ),
+            (Duration::from_secs(30), Duration::from_secs(30), 9)
+        );
+    }
 
     #[test]
     fn labels_and_io_classes() {

@@ -9,7 +9,10 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -174,7 +177,103 @@ pub async fn client_for(
             .await
             .map_err(|e| kubeconfig_error(&what, &e))?
     };
-    Client::try_from(config).map_err(|e| kubeconfig_error("Kubernetes client", &e))
+    // kube-rs without its proxy features refuses a proxy too; the URL is
+    // not named, as it may carry a password.
+    if config.proxy_url.is_some() {
+        anyhow::bail!("{what}: proxy-url is set; drainwatch connects to the apiserver directly");
+    }
+    build_client(config).map_err(|e| kubeconfig_error("Kubernetes client", &e))
+}
+
+/// What `--kube-keepalive` sets: the idle time before TCP keepalive probes
+/// on drainwatch's own connections to the apiserver, in whole seconds (the
+/// kernel's unit), 0 = off. Process-wide, set once at start before any
+/// client is built, and read where each connection is made: a client is
+/// built by several sources (pod and node-pod watchers, the EndpointSlice
+/// lister, the Events writer, the prober), which it would otherwise be
+/// threaded through.
+static KEEPALIVE_SECS: AtomicU32 = AtomicU32::new(DEFAULT_KEEPALIVE_SECS);
+
+/// client-go's dialer keeps connections alive after 30 s idle, probing
+/// every 30 s (`net.Dialer{KeepAlive: 30 * time.Second}`).
+pub const DEFAULT_KEEPALIVE_SECS: u32 = 30;
+
+/// Unanswered probes before the kernel drops the connection: Linux's
+/// `tcp_keepalive_probes` default, and Go's when it sets keepalive, set
+/// here so that a node's sysctl does not change it.
+const KEEPALIVE_PROBES: u32 = 9;
+
+/// Sets the keepalive of every later connection (`None` = off).
+pub fn set_keepalive(idle: Option<Duration>) {
+    let secs = idle.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    KEEPALIVE_SECS.store(secs, Ordering::Relaxed);
+}
+
+/// The keepalive idle time of new connections, also the probe interval
+/// (as Go's dialer sets both); `None` when off.
+pub fn keepalive() -> Option<Duration> {
+    match KEEPALIVE_SECS.load(Ordering::Relaxed) {
+        0 => None,
+        s => Some(Duration::from_secs(u64::from(s))),
+    }
+}
+
+/// Turns on TCP keepalive ([`keepalive`]) on a socket drainwatch connected
+/// itself (the prober's).
+pub(crate) fn keep_alive(sock: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let Some(idle) = keepalive() else {
+        return Ok(());
+    };
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(sock).set_tcp_keepalive(&ka)
+}
+
+/// A client as `Client::try_from(config)` builds it (kube-rs's TLS, its
+/// connect/read/write timeouts, retry, auth, extra headers and base URI
+/// layers, in its order), but whose connections have TCP keepalive:
+/// kube-rs's own connector has none, and an LB that resets connections
+/// idle for its timeout (Azure's: 4 minutes, both ends) then cuts a quiet
+/// watch, which hangs or re-lists. Left out of kube-rs's stack: its debug
+/// tracing spans, and the exec plugin's certificate expiry
+/// (`Client::valid_until`, which nothing here reads); proxies, which
+/// [`client_for`] refuses.
+fn build_client(config: Config) -> Result<Client, kube::Error> {
+    use hyper_util::{
+        client::legacy::{Client as HyperClient, connect::HttpConnector},
+        rt::TokioExecutor,
+    };
+    use kube::client::{Body, ClientBuilder, ConfigExt as _, retry::RetryPolicy};
+    use tower::{BoxError, ServiceBuilder, retry::RetryLayer};
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    if let Some(idle) = keepalive() {
+        http.set_keepalive(Some(idle));
+        http.set_keepalive_interval(Some(idle));
+        http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
+    }
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    connector.set_reset_reader_on_write(config.reset_reader_on_write);
+    let client: HyperClient<_, Body> = HyperClient::builder(TokioExecutor::new()).build(connector);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(
+            config
+                .default_retry
+                .then(|| RetryLayer::new(RetryPolicy::server_retry())),
+        )
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(BoxError::from)
+        .service(client);
+    Ok(ClientBuilder::new(service, config.default_namespace).build())
 }
 
 fn running(p: &Pod) -> bool {
@@ -320,6 +419,69 @@ async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keepalive the kernel holds for this process's socket whose local
+    /// address is `local`: (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL,
+    /// TCP_KEEPCNT), read back with getsockopt.
+    fn kernel_keepalive(local: std::net::SocketAddr) -> (bool, Duration, Duration, u32) {
+        use std::os::fd::BorrowedFd;
+        for e in std::fs::read_dir("/proc/self/fd").expect("fds") {
+            let Some(fd) = e
+                .expect("fd")
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: only read while the test's sockets are open; a
+            // descriptor that is not a socket fails getsockname.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let s = socket2::SockRef::from(&fd);
+            if s.local_addr().ok().and_then(|a| a.as_socket()) == Some(local) {
+                return (
+                    s.keepalive().expect("SO_KEEPALIVE"),
+                    s.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+                    s.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+                    s.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+                );
+            }
+        }
+        panic!("no socket of this process at {local}")
+    }
+
+    /// A kube client's connection, as the kernel sees it: client-go's
+    /// keepalive (30 s idle, 30 s between probes, 9 probes).
+    #[tokio::test]
+    async fn kube_client_connections_have_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let server = listener.local_addr().expect("addr");
+        let dir = std::env::temp_dir().join(format!("dw-kube-keepalive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let kc = dir.join("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{server}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
+            ),
+        )
+        .expect("kubeconfig");
+        let client = client_for(&Credentials::File(kc), None)
+            .await
+            .expect("client");
+        // The request never gets an answer: only its connection matters.
+        let api: Api<Pod> = Api::namespaced(client, "default");
+        let request = tokio::spawn(async move { api.list(&Default::default()).await });
+        let (_conn, peer) = listener.accept().await.expect("accept");
+        assert_eq!(
+            kernel_keepalive(peer),
+            (true, Duration::from_secs(30), Duration::from_secs(30), 9)
+        );
+        request.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn credentials_in_the_order_kubectl_tries_them() {
