@@ -137,8 +137,10 @@ pub struct Watch {
     pub ns: Option<String>,
     /// with this name (from fieldSelector metadata.name=),
     pub name: Option<String>,
-    /// and these labels (labelSelector).
+    /// and these labels (labelSelector),
     pub labels: Vec<LabelReq>,
+    /// and these fields (an Event's fieldSelector).
+    pub fields: Vec<events::FieldReq>,
     /// Only events newer than this.
     pub after_rv: u64,
     /// timeoutSeconds asked by the client.
@@ -160,6 +162,7 @@ impl Watch {
                 .as_ref()
                 .is_none_or(|n| ev.object["metadata"]["name"] == n.as_str())
             && labels_match(&self.labels, &ev.object)
+            && events::fields_match(&self.fields, &ev.object)
     }
 
     /// One line of the watch stream for `ev`.
@@ -624,11 +627,22 @@ impl Store {
             Some(Ok(l)) => l,
             Some(Err(e)) => return bad_request(&e),
         };
+        // Events are selected by their fields as kube-apiserver does (what
+        // `kubectl describe` and `--field-selector` send); other kinds only
+        // by `metadata.name`, their other fields ignored.
+        let fields = match q.get("fieldSelector") {
+            Some(f) if kind == Kind::Event => match events::parse_field_selector(f, core) {
+                Ok(f) => f,
+                Err(e) => return bad_request(&e),
+            },
+            _ => Vec::new(),
+        };
         let matches = |k: &(Kind, String, String), v: &Value| {
             k.0 == kind
                 && ns.is_none_or(|n| n == k.1)
                 && name.as_ref().is_none_or(|n| *n == k.2)
                 && labels_match(&labels, v)
+                && events::fields_match(&fields, v)
         };
         let inner = self.lock();
         let watching = q
@@ -668,6 +682,7 @@ impl Store {
             ns: ns.map(str::to_string),
             name: name.clone(),
             labels: labels.clone(),
+            fields: fields.clone(),
             after_rv: 0,
             timeout_secs: q.get("timeoutSeconds").and_then(|v| v.parse().ok()),
             table: wants_table(accept),

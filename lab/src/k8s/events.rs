@@ -12,6 +12,86 @@ const ACTION_LIMIT: usize = 128;
 const REASON_LIMIT: usize = 128;
 const NOTE_LIMIT: usize = 1024;
 
+/// One requirement of an Event's field selector, on the events.k8s.io/v1
+/// object as stored: (path in it, equal (`=`, `==`) or not (`!=`), value).
+pub type FieldReq = (&'static str, bool, String);
+
+/// The field labels kube-apiserver selects Events by, per API: core/v1's
+/// (`pkg/apis/core/v1` `AddFieldLabelConversionsForEvent`) and
+/// events.k8s.io/v1's (`pkg/apis/events/v1`), each with its path in the
+/// events.k8s.io/v1 object.
+const CORE_FIELDS: [(&str, &str); 12] = [
+    ("involvedObject.kind", "regarding.kind"),
+    ("involvedObject.namespace", "regarding.namespace"),
+    ("involvedObject.name", "regarding.name"),
+    ("involvedObject.uid", "regarding.uid"),
+    ("involvedObject.apiVersion", "regarding.apiVersion"),
+    (
+        "involvedObject.resourceVersion",
+        "regarding.resourceVersion",
+    ),
+    ("involvedObject.fieldPath", "regarding.fieldPath"),
+    ("reason", "reason"),
+    ("reportingComponent", "reportingController"),
+    ("type", "type"),
+    ("metadata.namespace", "metadata.namespace"),
+    ("metadata.name", "metadata.name"),
+];
+const EVENTS_FIELDS: [(&str, &str); 12] = [
+    ("regarding.kind", "regarding.kind"),
+    ("regarding.namespace", "regarding.namespace"),
+    ("regarding.name", "regarding.name"),
+    ("regarding.uid", "regarding.uid"),
+    ("regarding.apiVersion", "regarding.apiVersion"),
+    ("regarding.resourceVersion", "regarding.resourceVersion"),
+    ("regarding.fieldPath", "regarding.fieldPath"),
+    ("reason", "reason"),
+    ("reportingController", "reportingController"),
+    ("type", "type"),
+    ("metadata.namespace", "metadata.namespace"),
+    ("metadata.name", "metadata.name"),
+];
+
+/// Parses a field selector on Events (`a=b,c!=d`) in the labels of the API
+/// asked (`core`: /api/v1), as kube-apiserver does: an unknown label is
+/// refused with its message.
+pub fn parse_field_selector(s: &str, core: bool) -> Result<Vec<FieldReq>, String> {
+    let table: &[(&str, &'static str)] = if core { &CORE_FIELDS } else { &EVENTS_FIELDS };
+    s.split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let (label, eq, value) = if let Some((l, v)) = t.split_once("!=") {
+                (l, false, v)
+            } else if let Some((l, v)) = t.split_once("==") {
+                (l, true, v)
+            } else if let Some((l, v)) = t.split_once('=') {
+                (l, true, v)
+            } else {
+                return Err(format!("invalid selector: '{s}'; can't understand '{t}'"));
+            };
+            let path = table
+                .iter()
+                .find(|(l, _)| *l == label)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| format!("field label not supported: {label}"))?;
+            Ok((path, eq, value.to_string()))
+        })
+        .collect()
+}
+
+/// Whether an events.k8s.io/v1 object meets every requirement (an absent
+/// field is the empty string, as kube-apiserver's field sets have it).
+pub fn fields_match(reqs: &[FieldReq], e: &Value) -> bool {
+    reqs.iter().all(|(path, eq, want)| {
+        let got = path
+            .split('.')
+            .fold(e, |v, k| &v[k])
+            .as_str()
+            .unwrap_or_default();
+        (got == want) == *eq
+    })
+}
+
 /// One field error: (kind, field path, message), as in a Status' `details.causes`.
 pub type FieldError = (&'static str, String, String);
 
@@ -443,6 +523,44 @@ pub fn row(c: &Value, now_s: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_selectors_as_kube_apiserver_names_them_per_api() {
+        let e = json!({"metadata": {"name": "web-0.1", "namespace": "team-a"},
+            "reason": "IdleResetByLB", "type": "Warning",
+            "reportingController": "drainwatch.io/drainwatch",
+            "regarding": {"kind": "Pod", "name": "web-0", "namespace": "team-a", "uid": "u1"}});
+        let sel = |s: &str, core: bool| parse_field_selector(s, core).expect(s);
+        assert!(fields_match(
+            &sel("regarding.name=web-0,reason=IdleResetByLB", false),
+            &e
+        ));
+        assert!(!fields_match(&sel("regarding.name=web-1", false), &e));
+        assert!(fields_match(
+            &sel(
+                "involvedObject.name=web-0,involvedObject.namespace=team-a,involvedObject.uid=u1",
+                true
+            ),
+            &e
+        ));
+        assert!(fields_match(
+            &sel("reportingComponent==drainwatch.io/drainwatch", true),
+            &e
+        ));
+        assert!(!fields_match(&sel("type!=Warning", false), &e));
+        // An absent field is "".
+        assert!(fields_match(&sel("regarding.fieldPath=", false), &e));
+        // Each API its own labels.
+        assert_eq!(
+            parse_field_selector("involvedObject.name=web-0", false),
+            Err("field label not supported: involvedObject.name".into())
+        );
+        assert_eq!(
+            parse_field_selector("regarding.name=web-0", true),
+            Err("field label not supported: regarding.name".into())
+        );
+        assert!(parse_field_selector("reason", true).is_err());
+    }
 
     fn event() -> Value {
         json!({"metadata": {"name": "kube-apiserver-m1.1"},
