@@ -206,6 +206,10 @@ pub struct Affected {
     /// The pod's name, when known (with `namespace`, the object to tell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's uid, when known (what a Kubernetes Event's `regarding`
+    /// names besides the pod's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// The programs (command names) whose connections were hurt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<String>,

@@ -2471,6 +2471,36 @@ fn client_overlay_runs_on_workers_and_watches_the_apiserver_endpoints() {
     .expect("binding");
     assert_eq!(binding["subjects"][0]["name"], "drainwatch-client");
     assert_eq!(binding["subjects"][0]["namespace"], "drainwatch");
+    // The Events about the pods a verdict hurt, in whatever namespace they
+    // run: create and patch of events.k8s.io events, cluster-wide, nothing else.
+    let name = "drainwatch-write-pod-events-client";
+    let role = find(&objs, "ClusterRole", "", name).expect("pod events role");
+    let role: ClusterRole = serde_json::from_value(role.clone()).expect("typed");
+    let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role
+        .rules
+        .expect("rules")
+        .into_iter()
+        .map(|r| {
+            (
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.verbs,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [(
+            vec!["events.k8s.io".to_string()],
+            vec!["events".to_string()],
+            vec!["create".to_string(), "patch".to_string()]
+        )]
+    );
+    let binding = find(&objs, "ClusterRoleBinding", "", name).expect("binding");
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(binding["roleRef"]["name"], name);
+    assert_eq!(binding["subjects"][0]["name"], "drainwatch-client");
+    assert_eq!(binding["subjects"][0]["namespace"], "drainwatch");
     // The EndpointSlices of the kubernetes Service: only where they live.
     let name = "drainwatch-read-kubernetes-endpoints-client";
     let role = find(&objs, "Role", "default", name).expect("EndpointSlice role");

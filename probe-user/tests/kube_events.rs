@@ -421,3 +421,323 @@ fn verdicts_become_kubernetes_events_and_a_growing_one_one_series() {
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kubectl ... -o json` against a stand-in on loopback, with the test's
+/// own discovery cache.
+fn kubectl_here(kubeconfig: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache_dir(kubeconfig))
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("kubectl JSON")
+}
+
+/// An idle-reset verdict from a worker, as the engine words it, hurting
+/// `affected`.
+fn idle_verdict(affected: Vec<drainwatch_correlate::Affected>) -> drainwatch_correlate::Verdict {
+    let count = affected.iter().map(|a| a.count).sum();
+    drainwatch_correlate::Verdict {
+        cause: drainwatch_correlate::Cause::IdleResetByMiddlebox,
+        instance: Some("198.19.0.2".into()),
+        cycle: None,
+        window: (10_000_000_000, 14_000_000_000),
+        window_wall: (Some("2026-12-07T14:00:10.000000Z".into()), None),
+        count,
+        evidence: vec![1, 2],
+        sentence: format!(
+            "a middlebox reset {count} idle connections to 198.19.0.2 after 4.0 s of silence: its idle timeout is 4.0 s; {count} had no TCP keepalive; hurt: ...; fix: ..."
+        ),
+        fix: "enable TCP keepalive".into(),
+        measured: None,
+        affected,
+        affected_more: 0,
+    }
+}
+
+/// A verdict that names a pod it hurt is told to that pod's owners: one
+/// event in the pod's namespace regarding the pod (what `kubectl get events
+/// -n NS` and `kubectl describe pod` show), related to the verdict's own
+/// event, with the pod's connections and its own fix; it grows with the
+/// pod's count. A verdict that hurt only a host process tells no pod.
+/// The writer task is driven directly (no kernel: no root needed), against
+/// the lab's stand-in on loopback, read back by real kubectl.
+#[test]
+fn a_verdict_tells_the_pods_it_hurt_where_their_owners_look() {
+    use drainwatch::{
+        export::{kube_events, metrics::Metrics},
+        sources::kubewatch::{Credentials, KnownPods, PodWatch},
+    };
+    use drainwatch_correlate::Affected;
+
+    let dir = std::env::temp_dir().join(format!("dwt-kevents-pods-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let _api = common::KillOnDrop(common::start_standin_here(
+        &dir,
+        &[
+            "--name",
+            "api",
+            "--listen",
+            &listen,
+            "--san",
+            "127.0.0.1",
+            "--startup-delay",
+            "100ms",
+            "--token",
+            "admin",
+        ],
+    ));
+    let kc = dir.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{listen}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: admin\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: admin\ncurrent-context: lab\n",
+            dir.join("pki/ca.crt").display()
+        ),
+    )
+    .expect("kubeconfig");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // The hurt pod exists, with the uid the API gave it.
+    let uid = rt.block_on(async {
+        let kconf = kube::config::Kubeconfig::read_from(&kc).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kconf, &Default::default())
+            .await
+            .expect("config");
+        let client = kube::Client::try_from(config).expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(client, "team-a");
+        let pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "py-watcher", "namespace": "team-a"},
+            "spec": {"nodeName": "worker-1",
+                "containers": [{"name": "watcher", "image": "python:3.12"}]}
+        }))
+        .expect("pod");
+        api.create(&Default::default(), &pod)
+            .await
+            .expect("create pod")
+            .metadata
+            .uid
+            .expect("uid")
+    });
+    let py = Affected {
+        workload: "pod team-a/py-watcher".into(),
+        namespace: Some("team-a".into()),
+        pod: Some("py-watcher".into()),
+        pod_uid: Some(uid.clone()),
+        programs: vec!["python3".into()],
+        count: 1,
+        without_keepalive: Some(1),
+    };
+    let curl = Affected {
+        workload: "process curl".into(),
+        namespace: None,
+        pod: None,
+        pod_uid: None,
+        programs: vec!["curl".into()],
+        count: 1,
+        without_keepalive: Some(1),
+    };
+    let mut hurt = idle_verdict(vec![py.clone(), curl.clone()]);
+    let host_only = idle_verdict(vec![curl]);
+    let want_fix = hurt.fix_for(&py);
+    assert!(
+        want_fix.starts_with("pod team-a/py-watcher: the Python client has no TCP keepalive"),
+        "{want_fix}"
+    );
+
+    let metrics = std::sync::Arc::new(Metrics::new(&[]).expect("metrics"));
+    let (tx, rx) = kube_events::channel(metrics.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = rt.spawn(kube_events::task(
+        kube_events::Options {
+            pods: PodWatch {
+                credentials: Credentials::File(kc.clone()),
+                namespace: "kube-system".into(),
+                selector: "component=kube-apiserver".into(),
+                node: Some("worker-1".into()),
+                known: KnownPods::default(),
+            },
+            node: "worker-1".into(),
+        },
+        rx,
+        metrics.clone(),
+        stop_rx,
+    ));
+    let result = |r: &str| metrics.kube_events.with_label_values(&[r]).get();
+    tx.send("idle|hurt", &hurt);
+    tx.send("idle|host", &host_only);
+    // Two verdicts' events and one pod's.
+    common::wait_for(Duration::from_secs(20), "3 events created", || {
+        match (result("created"), result("failed")) {
+            (3, 0) => Ok(()),
+            seen => Err(format!("created, failed: {seen:?}")),
+        }
+    });
+    let all = kubectl_here(&kc, &["get", "events.v1.events.k8s.io", "-A"]);
+    let items = all["items"].as_array().expect("items");
+    let about: Vec<(&str, &str, &str)> = items
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["namespace"].as_str().unwrap_or_default(),
+                e["regarding"]["kind"].as_str().unwrap_or_default(),
+                e["regarding"]["name"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // The verdicts' events regard the Node (no apiserver pod is known); the
+    // host process's verdict tells no pod.
+    let mut sorted = about.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            ("kube-system", "Node", "worker-1"),
+            ("kube-system", "Node", "worker-1"),
+            ("team-a", "Pod", "py-watcher"),
+        ],
+        "{all:#}"
+    );
+
+    // What the pod's owners list: exactly one event, about their pod.
+    let theirs = kubectl_here(
+        &kc,
+        &[
+            "get",
+            "events.v1.events.k8s.io",
+            "-n",
+            "team-a",
+            "--field-selector",
+            "regarding.name=py-watcher",
+        ],
+    );
+    let theirs = theirs["items"].as_array().expect("items").clone();
+    assert_eq!(theirs.len(), 1, "{theirs:#?}");
+    let e = &theirs[0];
+    assert_eq!(e["reason"], "IdleResetByLB");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["action"], "Observed");
+    assert_eq!(e["reportingController"], "drainwatch.io/drainwatch");
+    assert_eq!(e["reportingInstance"], "worker-1");
+    assert_eq!(
+        e["regarding"],
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": "py-watcher",
+            "namespace": "team-a", "uid": uid})
+    );
+    assert_eq!(
+        e["related"],
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "name": "worker-1"})
+    );
+    assert!(e.get("series").is_none(), "{e:#}");
+    assert_eq!(
+        e["metadata"]["annotations"]["drainwatch.io/disruptions"],
+        "1"
+    );
+    let note = e["note"].as_str().expect("note");
+    assert!(note.len() <= 1024, "{}", note.len());
+    assert_eq!(
+        note,
+        format!(
+            "1 connection of this pod (python3; no TCP keepalive), of 2 disrupted in 4.0 s from 2026-12-07T14:00:10.000000Z on 198.19.0.2: a middlebox reset 2 idle connections to 198.19.0.2 after 4.0 s of silence: its idle timeout is 4.0 s; 2 had no TCP keepalive; fix: {want_fix}"
+        )
+    );
+    // The same through core/v1, as `kubectl get events` and `kubectl
+    // describe pod` read it (by involvedObject, with the pod's uid).
+    let core = kubectl_here(
+        &kc,
+        &[
+            "get",
+            "events",
+            "-n",
+            "team-a",
+            "--field-selector",
+            &format!("involvedObject.name=py-watcher,involvedObject.uid={uid}"),
+        ],
+    );
+    let core = core["items"].as_array().expect("items").clone();
+    assert_eq!(core.len(), 1, "{core:#?}");
+    assert_eq!(core[0]["message"], e["note"]);
+    assert_eq!(core[0]["metadata"]["uid"], e["metadata"]["uid"]);
+    let out = Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("--cache-dir")
+        .arg(cache_dir(&kc))
+        .args(["describe", "pod", "py-watcher", "-n", "team-a"])
+        .output()
+        .expect("kubectl describe");
+    let described = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{described}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events_part = described
+        .split_once("\nEvents:")
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    assert!(
+        events_part.contains("IdleResetByLB") && events_part.contains(&want_fix[..60]),
+        "{described}"
+    );
+    eprintln!("kubectl describe pod:\n{described}");
+
+    // The pod is hurt again: its event's series and count grow (one write
+    // per 10 s), the note stays.
+    hurt.affected[0].count = 2;
+    hurt.count = 3;
+    tx.send("idle|hurt", &hurt);
+    let grown = common::wait_for(
+        Duration::from_secs(30),
+        "the pod's event to count 2 connections",
+        || {
+            let l = kubectl_here(
+                &kc,
+                &[
+                    "get",
+                    "events.v1.events.k8s.io",
+                    "-n",
+                    "team-a",
+                    "--field-selector",
+                    "regarding.name=py-watcher",
+                ],
+            );
+            match l["items"].as_array().map(|v| v.as_slice()) {
+                Some([g]) if g["series"]["count"] == 2 => Ok(g.clone()),
+                _ => Err(l.to_string()),
+            }
+        },
+    );
+    assert_eq!(grown["metadata"]["uid"], e["metadata"]["uid"]);
+    assert_eq!(grown["note"], e["note"], "the note is immutable");
+    assert_eq!(
+        grown["metadata"]["annotations"]["drainwatch.io/disruptions"],
+        "2"
+    );
+    common::wait_for(Duration::from_secs(5), "both series patched", || {
+        match (result("updated"), result("failed")) {
+            (2, 0) => Ok(()),
+            seen => Err(format!("updated, failed: {seen:?}")),
+        }
+    });
+    assert_eq!(result("created"), 3);
+    assert_eq!(result("dropped"), 0);
+    assert_eq!(result("capped"), 0);
+    let _ = stop_tx.send(true);
+    rt.block_on(writer)
+        .expect("writer task")
+        .expect("writer result");
+    let _ = std::fs::remove_dir_all(&dir);
+}

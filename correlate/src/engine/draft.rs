@@ -239,6 +239,7 @@ fn affected(g: &Group<'_>) -> (Vec<Affected>, u64) {
             workload: w.name(),
             namespace: w.namespace.clone(),
             pod: w.pod.clone().filter(|_| w.namespace.is_some()),
+            pod_uid: w.pod_uid.clone(),
             programs: Vec::new(),
             count: 0,
             without_keepalive: None,

@@ -204,6 +204,36 @@ fn client_side_idle_resets_name_the_workloads() {
         "{}",
         v.fix
     );
+    assert_eq!(
+        v.affected[0].pod_uid.as_deref(),
+        Some("0b6c9d2e-1111-4c4c-9a9a-000000000001")
+    );
+    // Each workload's own fix: its part of the verdict's, with the advice
+    // that ends every part.
+    let py_fix = v.fix_for(&v.affected[0]);
+    let (own, tail) = py_fix.split_once("; ").expect("two parts");
+    assert!(
+        own.starts_with("pod default/py-watcher: the Python client")
+            && v.fix.starts_with(own)
+            && v.fix.ends_with(tail)
+            && tail.starts_with("N well below"),
+        "{py_fix}"
+    );
+    assert!(
+        v.fix_for(&v.affected[1])
+            .starts_with("process curl: turn on SO_KEEPALIVE"),
+        "{}",
+        v.fix_for(&v.affected[1])
+    );
+    // A workload whose connections had keepalive is not told to turn it on.
+    let mut kept = v.affected[0].clone();
+    kept.without_keepalive = Some(0);
+    assert!(
+        v.fix_for(&kept)
+            .contains("had TCP keepalive and were still reset idle"),
+        "{}",
+        v.fix_for(&kept)
+    );
     // A recording carries the owners: the same verdict from its JSON.
     let json = serde_json::to_string(&b.v[0]).expect("json");
     let back: Observation = serde_json::from_str(&json).expect("parse");

@@ -12,6 +12,16 @@
 //! API. A failed write is counted, logged once until a write succeeds, and
 //! retried after the per-verdict interval; it is never fatal.
 //!
+//! A verdict that names the pods it hurt (client side: `Verdict::affected`)
+//! also gets one event per pod, in the pod's namespace and regarding it,
+//! where its owners look (`kubectl describe pod`, `kubectl get events -n
+//! NS`): its connections, what happened and its own fix
+//! ([`Verdict::fix_for`]), `related` to the object of the verdict's event.
+//! At most [`PODS_PER_VERDICT`] pods per verdict, the most hurt first (the
+//! rest counted as `capped`); each pod's event is written, limited and
+//! grown as a verdict's is, keyed by (verdict, pod), and grows when the
+//! pod's own count does.
+//!
 //! events.k8s.io/v1 makes `note` immutable after creation (kube-apiserver's
 //! `ValidateEventUpdate`), so the note says what the verdict said when the
 //! event was created; the latest count and window end go into the
@@ -20,7 +30,7 @@
 
 use std::time::{Duration, Instant};
 
-use drainwatch_correlate::{Cause, Path, Verdict};
+use drainwatch_correlate::{Affected, Cause, Path, Verdict};
 use k8s_openapi::{
     api::{core::v1::ObjectReference, events::v1::Event},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
@@ -51,6 +61,9 @@ const REFILL: Duration = Duration::from_secs(3);
 const QUEUE: usize = 256;
 /// Verdicts the writer follows (as many as the engine lists).
 const TRACKED: usize = drainwatch_correlate::ARCHIVE_VERDICTS;
+/// Pods told of one verdict, the most hurt first; the rest are counted
+/// (`capped`), so one verdict cannot fan out into a burst of writes.
+pub const PODS_PER_VERDICT: usize = 8;
 /// Where an event regarding the Node goes: kube-apiserver accepts a
 /// cluster-scoped `regarding` only in `default` or `kube-system`.
 pub const NODE_EVENT_NAMESPACE: &str = "kube-system";
@@ -110,6 +123,57 @@ pub fn note(v: &Verdict) -> String {
         v.sentence,
     );
     bounded(&text, NOTE_LIMIT)
+}
+
+/// The note of a pod's event, addressed to its owners: its connections
+/// and programs, of how many the verdict counts, the window, what happened
+/// (the verdict's sentence without its list of workloads and its fix) and
+/// the pod's own fix; bounded like [`note`], cutting what happened before
+/// the fix.
+pub fn pod_note(v: &Verdict, a: &Affected) -> String {
+    let start = v
+        .window_wall
+        .0
+        .clone()
+        .unwrap_or_else(|| format!("t={:.3}s", v.window.0 as f64 / 1e9));
+    let route = path_words(v.cause)
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
+    let mut how = a.programs.clone();
+    match a.without_keepalive {
+        Some(n) if n == a.count => how.push("no TCP keepalive".into()),
+        Some(0) | None => {}
+        Some(n) => how.push(format!("{n} without TCP keepalive")),
+    }
+    let how = if how.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", how.join("; "))
+    };
+    let its = if a.count == 1 {
+        "1 connection of this pod".to_string()
+    } else {
+        format!("{} connections of this pod", a.count)
+    };
+    // The engine appends the workloads ("; hurt: ...") and the fix
+    // ("; fix: ...") to the sentence; the pod's note has its own of both.
+    let what = ["; hurt: ", "; fix: "]
+        .iter()
+        .find_map(|m| v.sentence.find(m))
+        .map_or(v.sentence.as_str(), |i| &v.sentence[..i]);
+    let head = format!(
+        "{its}{how}, of {} disrupted{route} in {:.1} s from {start} on {}: ",
+        v.count,
+        v.seconds(),
+        v.instance.as_deref().unwrap_or("an unknown apiserver"),
+    );
+    let fix = format!("; fix: {}", v.fix_for(a));
+    let room = NOTE_LIMIT.saturating_sub(head.len() + fix.len());
+    if room >= 64 {
+        format!("{head}{}{fix}", bounded(what, room))
+    } else {
+        bounded(&format!("{head}{what}{fix}"), NOTE_LIMIT)
+    }
 }
 
 /// `s` cut to at most `limit` bytes at a character boundary, with an
@@ -259,10 +323,14 @@ pub fn channel(metrics: Arc<Metrics>) -> (Sender, mpsc::Receiver<Sighting>) {
     (Sender { tx, metrics }, rx)
 }
 
-/// One verdict's event.
+/// One verdict's event, or one pod's event about a verdict.
 struct Series {
     key: String,
     verdict: Verdict,
+    /// The pod told (its `namespace` and `pod` set), for a pod's event.
+    pod: Option<Affected>,
+    /// Pods of the verdict beyond [`PODS_PER_VERDICT`], as last counted.
+    capped: usize,
     /// Times the verdict was printed (1 when new, +1 per growth).
     seen: i32,
     /// `seen` as last written (0: no event yet).
@@ -282,12 +350,13 @@ pub async fn task(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    for r in ["created", "updated", "failed", "dropped"] {
+    for r in ["created", "updated", "failed", "dropped", "capped"] {
         metrics.kube_events.with_label_values(&[r]).inc_by(0);
     }
     // Up until a write fails.
     metrics.source_up.with_label_values(&["kube_events"]).set(1);
     let mut series: Vec<Series> = Vec::new();
+    let mut pod_series: Vec<Series> = Vec::new();
     let mut limiter = Limiter::new(PER_VERDICT, BURST, REFILL, Instant::now());
     let mut client: Option<kube::Client> = None;
     let mut client_tried: Option<Instant> = None;
@@ -297,18 +366,22 @@ pub async fn task(
     loop {
         tokio::select! {
             s = rx.recv() => match s {
-                Some(s) => take(&mut series, s, &metrics),
+                Some(s) => take(&mut series, &mut pod_series, s, &metrics),
                 None => return Ok(()),
             },
             _ = tick.tick() => {}
             _ = stop.changed() => return Ok(()),
         }
         while let Ok(s) = rx.try_recv() {
-            take(&mut series, s, &metrics);
+            take(&mut series, &mut pod_series, s, &metrics);
         }
         let c = match &client {
             Some(c) => c.clone(),
-            None if series.iter().any(|s| s.seen != s.written) => {
+            None if series
+                .iter()
+                .chain(&pod_series)
+                .any(|s| s.seen != s.written) =>
+            {
                 // A client that cannot be built (a kubeconfig wrong or not
                 // mounted yet) is tried again as often as a write.
                 if client_tried.is_some_and(|t| t.elapsed() < PER_VERDICT) {
@@ -329,7 +402,11 @@ pub async fn task(
             None => continue,
         };
         let pods = o.pods.known.list();
-        for s in series.iter_mut().filter(|s| s.seen != s.written) {
+        for s in series
+            .iter_mut()
+            .chain(pod_series.iter_mut())
+            .filter(|s| s.seen != s.written)
+        {
             let now = Instant::now();
             if !limiter.allow(s.last_attempt, now) {
                 continue;
@@ -361,35 +438,110 @@ fn fail(e: &str, metrics: &Metrics, warned: &mut bool) {
     }
 }
 
-/// Files a sighting under its verdict, keeping at most [`TRACKED`].
-fn take(series: &mut Vec<Series>, s: Sighting, metrics: &Metrics) {
-    if let Some(x) = series.iter_mut().find(|x| x.key == s.key) {
-        x.verdict = s.verdict;
-        x.seen = x.seen.saturating_add(1);
-        x.last_at = s.at;
-        return;
-    }
-    if series.len() >= TRACKED {
-        // The oldest already written goes first; else the oldest, unwritten (counted).
-        let i = series.iter().position(|x| x.seen == x.written).unwrap_or(0);
-        if series[i].seen != series[i].written {
-            metrics.kube_events.with_label_values(&["dropped"]).inc();
+/// Files a sighting under its verdict, and under each pod it names (the
+/// first [`PODS_PER_VERDICT`]), keeping at most [`TRACKED`] verdicts and
+/// as many times [`PODS_PER_VERDICT`] pods.
+fn take(series: &mut Vec<Series>, pods: &mut Vec<Series>, s: Sighting, metrics: &Metrics) {
+    let named: Vec<&Affected> = s
+        .verdict
+        .affected
+        .iter()
+        .filter(|a| a.namespace.is_some() && a.pod.is_some())
+        .collect();
+    let capped = named.len().saturating_sub(PODS_PER_VERDICT);
+    for a in named.into_iter().take(PODS_PER_VERDICT) {
+        match pods
+            .iter_mut()
+            .find(|x| x.key == s.key && same_pod(x.pod.as_ref(), a))
+        {
+            // The pod's event grows when its own count does.
+            Some(x) => {
+                if x.pod.as_ref().is_some_and(|p| p.count != a.count) {
+                    x.seen = x.seen.saturating_add(1);
+                    x.last_at = s.at.clone();
+                }
+                x.verdict = s.verdict.clone();
+                x.pod = Some(a.clone());
+            }
+            None => file(
+                pods,
+                TRACKED * PODS_PER_VERDICT,
+                Series::new(&s, Some(a.clone())),
+                metrics,
+            ),
         }
-        series.remove(i);
     }
-    series.push(Series {
-        key: s.key,
-        verdict: s.verdict,
-        seen: 1,
-        written: 0,
-        first_at: s.at.clone(),
-        last_at: s.at,
-        event: None,
-        last_attempt: None,
-    });
+    let earlier = match series.iter_mut().find(|x| x.key == s.key) {
+        Some(x) => {
+            x.verdict = s.verdict;
+            x.seen = x.seen.saturating_add(1);
+            x.last_at = s.at;
+            let earlier = x.capped;
+            x.capped = capped.max(earlier);
+            earlier
+        }
+        None => {
+            file(series, TRACKED, Series::new(&s, None), metrics);
+            if let Some(x) = series.last_mut() {
+                x.capped = capped;
+            }
+            0
+        }
+    };
+    if capped > earlier {
+        metrics
+            .kube_events
+            .with_label_values(&["capped"])
+            .inc_by((capped - earlier) as u64);
+    }
 }
 
-fn annotations(v: &Verdict, last_at: &MicroTime) -> std::collections::BTreeMap<String, String> {
+fn same_pod(p: Option<&Affected>, a: &Affected) -> bool {
+    p.is_some_and(|p| p.namespace == a.namespace && p.pod == a.pod)
+}
+
+/// Adds a new series, making room beyond `limit`: the oldest already
+/// written goes first; else the oldest, unwritten (counted as dropped).
+fn file(list: &mut Vec<Series>, limit: usize, new: Series, metrics: &Metrics) {
+    if list.len() >= limit {
+        let i = list.iter().position(|x| x.seen == x.written).unwrap_or(0);
+        if list[i].seen != list[i].written {
+            metrics.kube_events.with_label_values(&["dropped"]).inc();
+        }
+        list.remove(i);
+    }
+    list.push(new);
+}
+
+impl Series {
+    fn new(s: &Sighting, pod: Option<Affected>) -> Series {
+        Series {
+            key: s.key.clone(),
+            verdict: s.verdict.clone(),
+            pod,
+            capped: 0,
+            seen: 1,
+            written: 0,
+            first_at: s.at.clone(),
+            last_at: s.at.clone(),
+            event: None,
+            last_attempt: None,
+        }
+    }
+
+    /// The event's annotations: the cause, the disruptions it counts (the
+    /// pod's own for a pod's event) and the window's end.
+    fn annotations(&self) -> std::collections::BTreeMap<String, String> {
+        let count = self.pod.as_ref().map_or(self.verdict.count, |a| a.count);
+        annotations(&self.verdict, count, &self.last_at)
+    }
+}
+
+fn annotations(
+    v: &Verdict,
+    count: u64,
+    last_at: &MicroTime,
+) -> std::collections::BTreeMap<String, String> {
     let end = v
         .window_wall
         .1
@@ -397,7 +549,7 @@ fn annotations(v: &Verdict, last_at: &MicroTime) -> std::collections::BTreeMap<S
         .unwrap_or_else(|| last_at.0.to_string());
     [
         ("drainwatch.io/cause", v.cause.label().to_string()),
-        ("drainwatch.io/disruptions", v.count.to_string()),
+        ("drainwatch.io/disruptions", count.to_string()),
         ("drainwatch.io/window-end", end),
     ]
     .into_iter()
@@ -416,7 +568,7 @@ async fn write(
     if let Some((ns, name)) = &s.event {
         let api: Api<Event> = Api::namespaced(c.clone(), ns);
         let patch = serde_json::json!({
-            "metadata": {"annotations": annotations(&s.verdict, &s.last_at)},
+            "metadata": {"annotations": s.annotations()},
             "series": {"count": s.seen, "lastObservedTime": s.last_at},
         });
         match api
@@ -431,12 +583,29 @@ async fn write(
             Err(e) => return Err(format!("patching event {ns}/{name}: {e}")),
         }
     }
-    let (about, ns) = regarding(
+    let (verdict_about, verdict_ns) = regarding(
         s.verdict.instance.as_deref(),
         pods,
         o.pods.node.is_some(),
         &o.node,
     );
+    // A pod's event regards the pod, in its namespace, related to what the
+    // verdict's event regards.
+    let (about, ns, related, note) = match &s.pod {
+        Some(a) => {
+            let ns = a.namespace.clone().unwrap_or_default();
+            let pod = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: a.pod.clone(),
+                namespace: Some(ns.clone()),
+                uid: a.pod_uid.clone(),
+                ..Default::default()
+            };
+            (pod, ns, Some(verdict_about), pod_note(&s.verdict, a))
+        }
+        None => (verdict_about, verdict_ns, None, note(&s.verdict)),
+    };
     let unix_ns = s.first_at.0.as_nanosecond();
     // As client-go names events: the object's name and the time in hex.
     let name = format!(
@@ -448,15 +617,16 @@ async fn write(
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.clone()),
-            annotations: Some(annotations(&s.verdict, &s.last_at)),
+            annotations: Some(s.annotations()),
             ..Default::default()
         },
         event_time: Some(s.first_at.clone()),
         action: Some(ACTION.into()),
         reason: Some(reason(s.verdict.cause).into()),
-        note: Some(note(&s.verdict)),
+        note: Some(note),
         type_: Some("Warning".into()),
         regarding: Some(about),
+        related,
         reporting_controller: Some(REPORTING_CONTROLLER.into()),
         reporting_instance: Some(bounded(&o.node, FIELD_LIMIT)),
         series: (s.seen >= 2).then(|| k8s_openapi::api::events::v1::EventSeries {
@@ -574,6 +744,107 @@ mod tests {
         let n = note(&long);
         assert!(n.len() <= NOTE_LIMIT && n.ends_with('…'), "{}", n.len());
         assert!(n.starts_with("7 disrupted in 2.5 s"), "{n}");
+    }
+
+    fn idle_verdict(pods: usize) -> Verdict {
+        let mut v = verdict(Cause::IdleResetByMiddlebox);
+        v.sentence = "a middlebox reset 2 idle connections to m1 after 4.0 s of silence: its idle timeout is 4.0 s; 2 had no TCP keepalive; hurt: pod default/py-watcher (1; python3; no TCP keepalive), process curl (1; no TCP keepalive); fix: ...".into();
+        v.affected = (0..pods)
+            .map(|i| Affected {
+                workload: format!("pod team-{i}/web-{i}"),
+                namespace: Some(format!("team-{i}")),
+                pod: Some(format!("web-{i}")),
+                pod_uid: Some(format!("uid-{i}")),
+                programs: vec!["python3".into()],
+                count: 1,
+                without_keepalive: Some(1),
+            })
+            .chain(std::iter::once(Affected {
+                workload: "process curl".into(),
+                namespace: None,
+                pod: None,
+                pod_uid: None,
+                programs: vec!["curl".into()],
+                count: 1,
+                without_keepalive: Some(1),
+            }))
+            .collect();
+        v
+    }
+
+    #[test]
+    fn pod_note_names_its_connections_what_happened_and_its_fix() {
+        let mut v = idle_verdict(1);
+        v.affected[0].count = 2;
+        v.affected[0].without_keepalive = Some(1);
+        let a = &v.affected[0];
+        assert_eq!(
+            pod_note(&v, a),
+            format!(
+                "2 connections of this pod (python3; 1 without TCP keepalive), of 7 disrupted in 2.5 s from 2026-12-07T14:00:01.000000Z on m1: a middlebox reset 2 idle connections to m1 after 4.0 s of silence: its idle timeout is 4.0 s; 2 had no TCP keepalive; fix: {}",
+                v.fix_for(a)
+            )
+        );
+        assert!(
+            v.fix_for(a)
+                .starts_with("pod team-0/web-0: the Python client")
+        );
+        // A long sentence is cut, the fix never.
+        v.sentence = "é".repeat(800);
+        let n = pod_note(&v, a);
+        assert!(n.len() <= NOTE_LIMIT, "{}", n.len());
+        assert!(n.ends_with(&format!("…; fix: {}", v.fix_for(a))), "{n}");
+    }
+
+    #[test]
+    fn pods_are_told_up_to_the_cap_and_grow_with_their_own_count() {
+        let metrics = Metrics::new(&[]).expect("metrics");
+        let capped = || metrics.kube_events.with_label_values(&["capped"]).get();
+        let (mut series, mut pods) = (Vec::new(), Vec::new());
+        let at = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let sight = |v: &Verdict| Sighting {
+            key: "idle|m1".into(),
+            verdict: v.clone(),
+            at: at.clone(),
+        };
+        let mut v = idle_verdict(PODS_PER_VERDICT + 2);
+        take(&mut series, &mut pods, sight(&v), &metrics);
+        assert_eq!(series.len(), 1);
+        // The host process has no pod: no event of its own.
+        let told: Vec<&str> = pods
+            .iter()
+            .filter_map(|p| p.pod.as_ref().and_then(|a| a.pod.as_deref()))
+            .collect();
+        let want: Vec<String> = (0..PODS_PER_VERDICT).map(|i| format!("web-{i}")).collect();
+        assert_eq!(told, want);
+        assert_eq!(capped(), 2);
+        // Printed again, one pod hurt more: only its event grows, and the
+        // same pods beyond the cap are not counted twice.
+        v.affected[1].count = 2;
+        v.count += 1;
+        take(&mut series, &mut pods, sight(&v), &metrics);
+        assert_eq!(series[0].seen, 2);
+        let seen: Vec<i32> = pods.iter().map(|p| p.seen).collect();
+        let mut want = vec![1; PODS_PER_VERDICT];
+        want[1] = 2;
+        assert_eq!(seen, want);
+        assert_eq!(capped(), 2);
+        assert_eq!(
+            pods[1].annotations()["drainwatch.io/disruptions"],
+            "2",
+            "a pod's event counts its own connections"
+        );
+        assert_eq!(series[0].annotations()["drainwatch.io/disruptions"], "8");
+        // One more pod named beyond the cap: counted once.
+        v.affected.insert(
+            0,
+            Affected {
+                pod: Some("extra".into()),
+                ..v.affected[0].clone()
+            },
+        );
+        take(&mut series, &mut pods, sight(&v), &metrics);
+        assert_eq!(capped(), 3);
     }
 
     #[test]

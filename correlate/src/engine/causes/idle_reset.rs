@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::idle::{IdleInference, IdleSample};
 use crate::model::{Obs, ResetOrigin};
-use crate::output::{Affected, Cause, Measured};
+use crate::output::{Affected, Cause, Measured, Verdict};
 use crate::text::plural;
 
 use super::super::draft::{Draft, Group, It, Item};
@@ -140,27 +140,47 @@ pub(in crate::engine) fn workload_fix(cause: Cause, affected: &[Affected]) -> Op
     if cause != Cause::IdleResetByMiddlebox {
         return None;
     }
-    let without: Vec<&Affected> = affected
+    let advice: Vec<String> = affected
         .iter()
         .filter(|a| a.without_keepalive.is_some_and(|n| n > 0))
+        .map(advice)
         .collect();
-    if without.is_empty() {
+    if advice.is_empty() {
         return None;
     }
-    let advice: Vec<String> = without
-        .iter()
-        .map(|a| {
-            let python = a.programs.iter().any(|p| p.starts_with("python"));
-            let how = if python {
-                "the Python client has no TCP keepalive: add (SOL_SOCKET, SO_KEEPALIVE, 1), (IPPROTO_TCP, TCP_KEEPIDLE, N) and (IPPROTO_TCP, TCP_KEEPINTVL, N) to urllib3's HTTPConnection.default_socket_options before the client is created"
-            } else {
-                "turn on SO_KEEPALIVE with TCP_KEEPIDLE and TCP_KEEPINTVL of N s (client-go's dialer does, every 30 s; a custom net.Dialer must keep KeepAlive)"
-            };
-            format!("{}: {how}", a.workload)
-        })
-        .collect();
-    Some(format!(
-        "{}; N well below the LB's idle timeout, or raise that timeout",
-        advice.join("; ")
-    ))
+    Some(format!("{}; {FIX_TAIL}", advice.join("; ")))
+}
+
+/// What every keepalive advice ends with (`N` is the interval to choose).
+const FIX_TAIL: &str = "N well below the LB's idle timeout, or raise that timeout";
+
+/// One workload's part of [`workload_fix`]: `WORKLOAD: how`.
+fn advice(a: &Affected) -> String {
+    let python = a.programs.iter().any(|p| p.starts_with("python"));
+    let how = if python {
+        "the Python client has no TCP keepalive: add (SOL_SOCKET, SO_KEEPALIVE, 1), (IPPROTO_TCP, TCP_KEEPIDLE, N) and (IPPROTO_TCP, TCP_KEEPINTVL, N) to urllib3's HTTPConnection.default_socket_options before the client is created"
+    } else {
+        "turn on SO_KEEPALIVE with TCP_KEEPIDLE and TCP_KEEPINTVL of N s (client-go's dialer does, every 30 s; a custom net.Dialer must keep KeepAlive)"
+    };
+    format!("{}: {how}", a.workload)
+}
+
+impl Verdict {
+    /// The fix for one of the workloads the verdict hurt, addressed to it:
+    /// for an idle reset, its own part of the verdict's fix (a workload
+    /// without keepalive), or that its keepalive was too slow (one with
+    /// keepalive); for every other cause the verdict's fix, which is the
+    /// apiserver's or the LB's operators' to make.
+    pub fn fix_for(&self, a: &Affected) -> String {
+        if self.cause != Cause::IdleResetByMiddlebox {
+            return self.fix.clone();
+        }
+        if a.without_keepalive.is_some_and(|n| n > 0) {
+            return format!("{}; {FIX_TAIL}", advice(a));
+        }
+        format!(
+            "{}: its connections had TCP keepalive and were still reset idle: keep the keepalive interval well below the LB's idle timeout, or raise that timeout",
+            a.workload
+        )
+    }
 }
