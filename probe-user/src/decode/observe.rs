@@ -105,14 +105,19 @@ impl OwnConnections {
         // The owner table knows every connection this process opened (its
         // connect attempt may come before the source port is assigned):
         // the kube-rs clients' (pod watchers, Events) as well as the
-        // poller's and prober's.
-        if ev.owner.as_ref().and_then(|o| o.pid) == Some(own_pid()) {
-            return true;
-        }
+        // poller's and prober's. Their flows are kept too, for the other
+        // end's events on this host (which name no owner).
+        let by_owner = ev.owner.as_ref().and_then(|o| o.pid) == Some(own_pid());
         let Some((l, r)) = ev.local.zip(ev.remote) else {
-            return false;
+            return by_owner;
         };
+        if by_owner && ev.kind != K::ConnectAttempt && l.port() != 0 {
+            self.flows.entry((l, r)).or_insert(None);
+        }
         if ev.kind == K::ConnectAttempt {
+            if by_owner && l.port() == 0 {
+                return true;
+            }
             if ev.pid == Some(own_pid()) && l.port() != 0 {
                 self.flows.insert((l, r), None);
                 self.expire(ev.ts_boot_ns);

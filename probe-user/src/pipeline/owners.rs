@@ -202,6 +202,26 @@ impl Owners {
         let Some(e) = self.socks.get_mut(&id) else {
             return named;
         };
+        // The kernel reuses a freed socket's address: an entry whose close
+        // was never seen (or is still lingering) must not name a new
+        // socket at the same address, an accepted one above all. Its
+        // 4-tuple tells them apart.
+        let tuple = ev.local.zip(ev.remote);
+        let stale = match (e.flow, tuple) {
+            (Some(f), Some(t)) => f != t && ev.sock_id == Some(id),
+            (None, _) => ev.direction == Some(crate::decode::event::ConnDirection::Passive),
+            _ => false,
+        };
+        if stale {
+            if let Some(f) = e.flow {
+                self.flows.remove(&f);
+            }
+            self.socks.remove(&id);
+            return named;
+        }
+        let Some(e) = self.socks.get_mut(&id) else {
+            return named;
+        };
         if e.flow.is_none()
             && let (Some(l), Some(r)) = (ev.local, ev.remote)
             && l.port() != 0
@@ -296,5 +316,73 @@ impl Owners {
         }
         self.names.insert((cg, pid), (w.clone(), now));
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::event::{DecodeContext, decode};
+    use probe_common::{AF_INET, RawEvent, flags, kind};
+
+    fn ev(k: u8, sock: u64, sport: u16, dport: u16, fl: u32, ts_s: u64) -> Event {
+        let mut r = RawEvent::zeroed();
+        r.ts_ns = ts_s * 1_000_000_000;
+        r.kind = k;
+        r.family = AF_INET;
+        r.sock = sock;
+        r.sport = sport;
+        r.dport = dport;
+        r.flags = fl;
+        r.saddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        if k == kind::CONNECT_ATTEMPT {
+            r.pid = 42;
+            r.comm[..4].copy_from_slice(b"curl");
+        }
+        decode(&r, &DecodeContext::plain()).expect("decode")
+    }
+
+    /// An owner learnt at the connect attempt names the connection's later
+    /// events, the wire's by 4-tuple; a socket address the kernel reuses
+    /// for an accepted connection is not named after the old owner; a
+    /// closed connection's owner goes after the linger.
+    #[test]
+    fn owners_follow_the_socket_and_its_tuple() {
+        let mut o = Owners::new(16, None);
+        let mut a = ev(kind::CONNECT_ATTEMPT, 7, 0, 6443, flags::ACTIVE, 1);
+        assert_eq!(o.attribute(&mut a), Some(Named::Process));
+        assert_eq!(a.owner.as_ref().and_then(|w| w.pid), Some(42));
+        let mut est = ev(kind::ESTABLISHED, 7, 40000, 6443, flags::ACTIVE, 1);
+        o.attribute(&mut est);
+        assert_eq!(
+            est.owner.as_ref().map(Workload::name).as_deref(),
+            Some("process curl")
+        );
+        let mut wire = ev(kind::WIRE_RESET, 0, 40000, 6443, flags::INGRESS, 2);
+        o.attribute(&mut wire);
+        assert!(wire.owner.is_some(), "the wire's RST by 4-tuple");
+        // The same kernel address, now an accepted socket: not curl's.
+        let mut acc = ev(kind::ACCEPTED, 7, 6443, 50000, flags::PASSIVE, 3);
+        o.attribute(&mut acc);
+        assert!(acc.owner.is_none());
+        assert!(o.is_empty(), "the stale entry went");
+        // A close, then the linger.
+        let mut b = ev(kind::CONNECT_ATTEMPT, 9, 0, 6443, flags::ACTIVE, 4);
+        o.attribute(&mut b);
+        let mut closed = ev(kind::CLOSED, 9, 40001, 6443, flags::ACTIVE, 5);
+        o.attribute(&mut closed);
+        assert!(closed.owner.is_some());
+        assert_eq!(o.len(), 1);
+        let mut later = ev(kind::KEEPALIVE, 0, 1, 2, flags::INGRESS, 16);
+        o.attribute(&mut later);
+        assert!(o.is_empty(), "gone 10 s after its close");
+        // A full table names no new connection, and says so.
+        let mut small = Owners::new(1, None);
+        small.attribute(&mut ev(kind::CONNECT_ATTEMPT, 1, 0, 6443, flags::ACTIVE, 1));
+        assert_eq!(
+            small.attribute(&mut ev(kind::CONNECT_ATTEMPT, 2, 0, 6443, flags::ACTIVE, 1)),
+            Some(Named::TableFull)
+        );
     }
 }
