@@ -17,20 +17,19 @@ pub const BY_LISTENER: u8 = 2;
 /// tables list every socket (an apiserver's 100 000 watches are 15 MB of
 /// text): read line by line, never whole.
 pub fn listener_inodes(ports: &[u16]) -> HashSet<u64> {
-    let mut out = HashSet::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(f) = fs::File::open(file) else {
-            continue;
-        };
-        out.extend(
-            BufReader::new(f)
-                .lines()
-                .skip(1)
-                .map_while(Result::ok)
-                .filter_map(|l| listener_inode(&l, ports)),
-        );
-    }
-    out
+    tcp_table_lines("/proc/net")
+        .filter_map(|l| listener_inode(&l, ports))
+        .collect()
+}
+
+/// The socket lines of `dir`'s `tcp` and `tcp6` tables (`/proc/net`, or
+/// `/proc/PID/net` for that process's namespace), read line by line.
+fn tcp_table_lines(dir: &str) -> impl Iterator<Item = String> {
+    ["tcp", "tcp6"].into_iter().flat_map(move |file| {
+        fs::File::open(format!("{dir}/{file}"))
+            .into_iter()
+            .flat_map(|f| BufReader::new(f).lines().skip(1).map_while(Result::ok))
+    })
 }
 
 /// Parses one /proc/net/tcp table: inodes of LISTEN sockets on `ports`.
@@ -184,20 +183,9 @@ pub fn open_connections(ports: &[u16], netns: Option<u32>, max: usize) -> Vec<Op
             continue;
         }
         let conns = tables.entry(ns).or_insert_with(|| {
-            let mut m = HashMap::new();
-            for file in ["tcp", "tcp6"] {
-                let Ok(f) = fs::File::open(format!("/proc/{pid}/net/{file}")) else {
-                    continue;
-                };
-                m.extend(
-                    BufReader::new(f)
-                        .lines()
-                        .skip(1)
-                        .map_while(Result::ok)
-                        .filter_map(|l| established_to(&l, ports)),
-                );
-            }
-            m
+            tcp_table_lines(&format!("/proc/{pid}/net"))
+                .filter_map(|l| established_to(&l, ports))
+                .collect()
         });
         if conns.is_empty() {
             continue;
