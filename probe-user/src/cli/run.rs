@@ -512,20 +512,31 @@ fn endpoint_options(args: &RunArgs) -> anyhow::Result<Option<loader::EndpointOpt
         .or_else(|| std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from));
     let server = match &kubeconfig {
         Some(k) if args.apiserver_endpoints.iter().any(|v| v.trim() == "auto") => {
-            let t = kubeconfig::kubeconfig_target(k)?;
-            let host = t.server.host().unwrap_or_default().trim_matches(['[', ']']);
-            let port = t
-                .server
-                .port_u16()
-                .unwrap_or(if t.server.scheme_str() == Some("http") {
-                    80
-                } else {
-                    443
-                });
-            Some((
-                endpoints::join(host, &port.to_string()),
-                k.display().to_string(),
-            ))
+            // auto degrades: an unreadable kubeconfig leaves the Service
+            // and the EndpointSlice to watch, with one line saying so.
+            match kubeconfig::kubeconfig_server(k, "kubeconfig") {
+                Ok(server) => {
+                    let host = server.host().unwrap_or_default().trim_matches(['[', ']']);
+                    let port =
+                        server
+                            .port_u16()
+                            .unwrap_or(if server.scheme_str() == Some("http") {
+                                80
+                            } else {
+                                443
+                            });
+                    Some((
+                        endpoints::join(host, &port.to_string()),
+                        k.display().to_string(),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "--apiserver-endpoint auto: the kubeconfig's server is not watched: {e:#}"
+                    );
+                    None
+                }
+            }
         }
         _ => None,
     };

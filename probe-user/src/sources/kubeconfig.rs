@@ -57,37 +57,30 @@ pub fn target_of(shown: &str, kc: &Kubeconfig) -> anyhow::Result<Selected> {
     let ctx_name = kc
         .current_context
         .as_deref()
-        .with_context(|| format!("--probe-kubeconfig {shown}: no current-context"))?;
+        .with_context(|| format!("{shown}: no current-context"))?;
     let ctx = kc
         .contexts
         .iter()
         .find(|c| c.name == ctx_name)
         .and_then(|c| c.context.as_ref())
-        .with_context(|| format!("--probe-kubeconfig {shown}: no context {ctx_name:?}"))?;
+        .with_context(|| format!("{shown}: no context {ctx_name:?}"))?;
     let cluster = kc
         .clusters
         .iter()
         .find(|c| c.name == ctx.cluster)
         .and_then(|c| c.cluster.as_ref())
-        .with_context(|| format!("--probe-kubeconfig {shown}: no cluster {:?}", ctx.cluster))?;
+        .with_context(|| format!("{shown}: no cluster {:?}", ctx.cluster))?;
     let server: Uri = cluster
         .server
         .as_deref()
-        .with_context(|| {
-            format!(
-                "--probe-kubeconfig {shown}: cluster {:?} has no server",
-                ctx.cluster
-            )
-        })?
+        .with_context(|| format!("{shown}: cluster {:?} has no server", ctx.cluster))?
         .parse()
-        .with_context(|| format!("--probe-kubeconfig {shown}: server is not a URL"))?;
+        .with_context(|| format!("{shown}: server is not a URL"))?;
     let ca = if let Some(data) = &cluster.certificate_authority_data {
         CaSource::Data(
             base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
-                .with_context(|| {
-                    format!("--probe-kubeconfig {shown}: certificate-authority-data is not base64")
-                })?,
+                .with_context(|| format!("{shown}: certificate-authority-data is not base64"))?,
         )
     } else if let Some(file) = &cluster.certificate_authority {
         CaSource::File(file.into())
@@ -216,6 +209,19 @@ pub fn kubeconfig_error(what: &str, e: &(dyn std::error::Error + 'static)) -> an
     anyhow::anyhow!(text)
 }
 
+/// The server of `path`'s current context, all `--apiserver-endpoint
+/// auto` needs from it: no CA or credentials are read, so a kubeconfig
+/// whose CA file is elsewhere still gives its server. `what` says where
+/// the path came from (`--kubeconfig`, `$KUBECONFIG`, ...), for errors.
+pub fn kubeconfig_server(path: &Path, what: &str) -> anyhow::Result<Uri> {
+    let shown = format!("{what} {}", path.display());
+    let raw = read_bounded(path, MAX_KUBECONFIG_BYTES, "not a kubeconfig")
+        .with_context(|| shown.clone())?;
+    let text = String::from_utf8(raw).with_context(|| format!("{shown}: not UTF-8 text"))?;
+    let kc = Kubeconfig::from_yaml(&text).map_err(|e| kubeconfig_error(&shown, &e))?;
+    Ok(target_of(&shown, &kc)?.server)
+}
+
 /// Reads the current context's cluster of the kubeconfig at `path` (the
 /// kubelet's, say: the URL clients on this node use, usually the LB's).
 pub fn kubeconfig_target(path: &Path) -> anyhow::Result<KubeconfigTarget> {
@@ -228,7 +234,7 @@ pub fn kubeconfig_target(path: &Path) -> anyhow::Result<KubeconfigTarget> {
         Kubeconfig::from_yaml(&text)
             .map_err(|e| kubeconfig_error(&format!("--probe-kubeconfig {shown}"), &e))?
     };
-    let sel = target_of(&shown, &kc)?;
+    let sel = target_of(&format!("--probe-kubeconfig {shown}"), &kc)?;
     let ca = match sel.ca {
         CaSource::Data(pem) => Some((format!("{shown} (certificate-authority-data)"), pem)),
         CaSource::File(file) => {
@@ -255,6 +261,35 @@ pub fn kubeconfig_target(path: &Path) -> anyhow::Result<KubeconfigTarget> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--apiserver-endpoint auto` needs only the server: a CA file that is
+    /// not there does not stop it; errors name where the file came from.
+    #[test]
+    fn kubeconfig_server_reads_no_ca() {
+        let dir = std::env::temp_dir().join(format!("dw-kc-server-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let kc = dir.join("config");
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://[fd00::1]:6443\n    certificate-authority: /nonexistent/ca.crt\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n",
+        )
+        .expect("write");
+        let server = kubeconfig_server(&kc, "--kubeconfig").expect("server");
+        assert_eq!(server.to_string(), "https://[fd00::1]:6443/");
+        std::fs::write(&kc, "apiVersion: v1\nkind: Config\nclusters: []\n").expect("write");
+        let e = format!(
+            "{:#}",
+            kubeconfig_server(&kc, "--kubeconfig").expect_err("no context")
+        );
+        assert!(
+            e.starts_with(&format!(
+                "--kubeconfig {}: no current-context",
+                kc.display()
+            )),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn kubeconfig_target_reads_the_current_cluster() {
