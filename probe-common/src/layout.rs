@@ -82,6 +82,47 @@ impl TpLayout {
     };
 }
 
+/// The `sock:inet_sock_set_state` record layout compiled into the programs
+/// (Linux 4.16 to at least 6.18): where the running kernel's record is laid
+/// out the same, the program reads its fields with direct loads at these
+/// constant offsets instead of one `bpf_probe_read_kernel` per field.
+pub mod set_state_direct {
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+
+impl TpLayout {
+    /// Whether this `sock:inet_sock_set_state` layout is the one compiled in
+    /// ([`set_state_direct`]): the loader's choice between direct loads and
+    /// reads at the offsets handed over (the `SET_STATE_DIRECT` global).
+    pub fn is_set_state_direct(&self) -> bool {
+        use set_state_direct as d;
+        let at = |off: u16, want: usize| usize::from(off) == want;
+        self.present != 0
+            && at(self.skaddr, d::SKADDR)
+            && at(self.oldstate, d::OLDSTATE)
+            && at(self.newstate, d::NEWSTATE)
+            && at(self.protocol, d::PROTOCOL)
+            && self.tuple.style == tuple_style::FIELDS
+            && at(self.tuple.sport, d::SPORT)
+            && at(self.tuple.dport, d::DPORT)
+            && at(self.tuple.family, d::FAMILY)
+            && at(self.tuple.saddr, d::SADDR)
+            && at(self.tuple.daddr, d::DADDR)
+            && at(self.tuple.saddr_v6, d::SADDR_V6)
+            && at(self.tuple.daddr_v6, d::DADDR_V6)
+    }
+}
+
 /// Every tracepoint layout the programs use; the `LAYOUTS` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

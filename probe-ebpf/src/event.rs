@@ -141,10 +141,28 @@ pub fn read_addrs(ctx: &TracePointContext, t: &TupleLayout, tuple: &mut Tuple) -
 /// The record's tuple if either port is watched, else `None`.
 #[inline(always)]
 pub fn watched_tuple(ctx: &TracePointContext, t: &TupleLayout) -> Option<Tuple> {
-    let (family, sport, dport) = read_ports(ctx, t)?;
-    if !port_watched(sport) && !port_watched(dport) {
+    let ports = read_ports(ctx, t)?;
+    if !ports_watched(ports) {
         return None;
     }
+    complete_tuple(ctx, ports, |tuple| read_addrs(ctx, t, tuple))
+}
+
+/// Whether either port of `(family, sport, dport)` is watched.
+#[inline(always)]
+pub fn ports_watched((_, sport, dport): (u16, u16, u16)) -> bool {
+    port_watched(sport) || port_watched(dport)
+}
+
+/// The tuple of a record whose ports are watched: `addrs` reads the
+/// addresses, then the endpoint filter decides; `None` when filtered out or
+/// unreadable (counted).
+#[inline(always)]
+pub fn complete_tuple<A: FnOnce(&mut Tuple) -> Option<()>>(
+    ctx: &TracePointContext,
+    (family, sport, dport): (u16, u16, u16),
+    addrs: A,
+) -> Option<Tuple> {
     let mut tuple = Tuple {
         family,
         sport,
@@ -152,7 +170,7 @@ pub fn watched_tuple(ctx: &TracePointContext, t: &TupleLayout) -> Option<Tuple> 
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    if read_addrs(ctx, t, &mut tuple).is_none() {
+    if addrs(&mut tuple).is_none() {
         // A watched connection whose addresses cannot be read means the
         // layout handed over at load does not fit this record: say so.
         aya_log_ebpf::warn!(

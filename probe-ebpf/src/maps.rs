@@ -14,6 +14,13 @@ use probe_common::{
 #[unsafe(no_mangle)]
 pub static LAYOUTS: Global<Layouts> = Global::new(Layouts::ABSENT);
 
+/// Non-zero when this kernel's `sock:inet_sock_set_state` record is laid out
+/// as compiled in (`probe_common::set_state_direct`): the program then loads
+/// its fields directly. A read-only global, so the verifier sees only the
+/// path chosen.
+#[unsafe(no_mangle)]
+pub static SET_STATE_DIRECT: Global<u32> = Global::new(0);
+
 /// `struct sock` field offsets, filled in by the loader from BTF (kprobes only).
 #[unsafe(no_mangle)]
 pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout::ABSENT);

@@ -345,6 +345,7 @@ fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
         .map(|w| w.flow_table)
         .unwrap_or(probe_common::DEFAULT_FLOW_TABLE);
     let netns_filter: u32 = opts.netns.unwrap_or(0);
+    let set_state_direct = u32::from(k.layouts.set_state.is_set_state_direct());
     let has_l3_ifaces: u32 = opts
         .wire
         .as_ref()
@@ -352,6 +353,7 @@ fn open_object(opts: &LoadOptions, k: &KernelFacts) -> Result<Ebpf, LoadError> {
         .unwrap_or(0);
     EbpfLoader::new()
         .override_global("LAYOUTS", &k.layouts, true)
+        .override_global("SET_STATE_DIRECT", &set_state_direct, true)
         .override_global("SOCK_LAYOUT", &k.sock, true)
         .override_global("TCP_SOCK_LAYOUT", &k.tcp_sock, true)
         .override_global("HAS_L3_IFACES", &has_l3_ifaces, true)

@@ -456,6 +456,29 @@ mod tests {
     }
 
     #[test]
+    fn set_state_direct_loads_only_for_the_compiled_layout() {
+        for kernel in ["linux-6.1", "linux-6.18"] {
+            let f = fixture(kernel, "sock", "inet_sock_set_state");
+            let l = tp_layout(&f).expect("layout");
+            assert!(l.is_set_state_direct(), "{kernel}");
+            // Any field elsewhere (or missing) falls back to reads by offset.
+            assert!(
+                !TpLayout {
+                    protocol: FIELD_ABSENT,
+                    ..l
+                }
+                .is_set_state_direct()
+            );
+            let moved = TupleLayout {
+                daddr_v6: 64,
+                ..l.tuple
+            };
+            assert!(!TpLayout { tuple: moved, ..l }.is_set_state_direct());
+        }
+        assert!(!TpLayout::ABSENT.is_set_state_direct());
+    }
+
+    #[test]
     fn a_field_past_the_largest_record_is_an_error() {
         let text = "name: tcp_destroy_sock\nID: 1\nformat:\n\tfield:const void * skaddr;\toffset:65535;\tsize:8;\tsigned:0;\n";
         let e = parse_format("fmt/tcp_destroy_sock", text)
