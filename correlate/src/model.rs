@@ -57,6 +57,9 @@ pub struct Workload {
     /// The container's id (the runtime's, 64 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The node the pod runs on, as the API names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The process that opened the connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,

@@ -736,6 +736,7 @@ fn a_reset_connection_names_the_pod_that_opened_it() {
             assert_eq!(o["pod_uid"].as_str(), Some(uid.as_str()), "{e:#}");
             assert_eq!(o["container"], "watcher", "{e:#}");
             assert_eq!(o["container_id"].as_str(), Some(id.as_str()), "{e:#}");
+            assert_eq!(o["node"], NODE, "{e:#}");
         }
         assert_eq!(o["comm"], "bash", "{e:#}");
         by_pid

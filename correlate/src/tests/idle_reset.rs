@@ -155,6 +155,7 @@ fn client_side_idle_resets_name_the_workloads() {
         pod_uid: Some("0b6c9d2e-1111-4c4c-9a9a-000000000001".into()),
         container: Some("watcher".into()),
         container_id: Some("a".repeat(64)),
+        node: Some("worker-1".into()),
         pid: Some(4242),
         comm: Some("python3".into()),
     };

@@ -306,6 +306,7 @@ impl Owners {
             w.pod_uid = Some(p.uid);
             w.namespace = p.namespace;
             w.pod = p.name;
+            w.node = p.node;
         }
         if let Some(c) = who.container {
             w.container_id = Some(c.id);
