@@ -473,8 +473,33 @@ fn send_raw(fd: &OwnedFd, pkt: &[u8], dst: Ipv4Addr) -> std::io::Result<()> {
 /// Runs the box until `duration` passed or SIGTERM/SIGINT; returns its counters (also
 /// written as the record file's last line). Prints `READY` once its sockets are open.
 pub fn run(cfg: &BoxConfig) -> Result<Counts, BoxError> {
+    let ifindex = iface_indexes(&cfg.ifaces)?;
+    let rec = Recorder::open(&cfg.out)?;
+    let (sniff, raw) = open_sockets()?;
+    stop_on_signals();
+    let mut table = Table::new(cfg.max_flows.max(1), cfg.idle);
+    // The idle check's period: resets are at most this late.
+    let tick = (cfg.idle / 100).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let deadline = Instant::now() + cfg.duration;
+    let mut buf = vec![0u8; 65536];
+    println!(
+        "READY idle={:.3}s ifaces={}",
+        cfg.idle.as_secs_f64(),
+        cfg.ifaces.join(",")
+    );
+    while !STOP.load(Ordering::Relaxed) && Instant::now() < deadline {
+        wait_readable(&sniff, tick)?;
+        receive_batch(&sniff, &mut buf, &ifindex, &mut table)?;
+        reset_expired(&mut table, &raw, &rec);
+    }
+    write_summary(&rec, table.counts);
+    Ok(table.counts)
+}
+
+/// The index of each interface named, in this network namespace.
+fn iface_indexes(ifaces: &[String]) -> Result<Vec<i32>, BoxError> {
     let mut ifindex = Vec::new();
-    for name in &cfg.ifaces {
+    for name in ifaces {
         let c =
             std::ffi::CString::new(name.as_str()).map_err(|_| BoxError::NoIface(name.clone()))?;
         // SAFETY: a NUL-terminated name.
@@ -484,7 +509,11 @@ pub fn run(cfg: &BoxConfig) -> Result<Counts, BoxError> {
         }
         ifindex.push(i as i32);
     }
-    let rec = Recorder::open(&cfg.out)?;
+    Ok(ifindex)
+}
+
+/// The `AF_PACKET` socket that sees IPv4 packets and the raw socket that sends RSTs.
+fn open_sockets() -> Result<(OwnedFd, OwnedFd), BoxError> {
     let proto = (libc::ETH_P_IP as u16).to_be();
     // SAFETY: plain socket calls; the fds are owned at once.
     let sniff = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
@@ -500,6 +529,11 @@ pub fn run(cfg: &BoxConfig) -> Result<Counts, BoxError> {
     }
     // SAFETY: a fresh fd.
     let raw = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok((sniff, raw))
+}
+
+/// SIGTERM and SIGINT end the run loop (through [`STOP`]).
+fn stop_on_signals() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic.
         unsafe {
@@ -509,91 +543,104 @@ pub fn run(cfg: &BoxConfig) -> Result<Counts, BoxError> {
             )
         };
     }
-    let mut table = Table::new(cfg.max_flows.max(1), cfg.idle);
-    // The idle check's period: resets are at most this late.
-    let tick = (cfg.idle / 100).clamp(Duration::from_millis(5), Duration::from_millis(100));
-    let deadline = Instant::now() + cfg.duration;
-    let mut buf = vec![0u8; 65536];
-    println!(
-        "READY idle={:.3}s ifaces={}",
-        cfg.idle.as_secs_f64(),
-        cfg.ifaces.join(",")
-    );
-    while !STOP.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let mut pfd = libc::pollfd {
-            fd: sniff.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, tick.as_millis() as i32) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(sys("poll")(e));
-            }
-        }
-        // Bounded per round, so the idle check runs even under a flood.
-        for _ in 0..4096 {
-            // SAFETY: zeroed sockaddr_ll is valid.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: valid buffer and address of the sizes given.
-            let n = unsafe {
-                libc::recvfrom(
-                    sniff.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    (&mut sll as *mut libc::sockaddr_ll).cast(),
-                    &mut sl,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => break,
-                    _ => return Err(sys("recvfrom(AF_PACKET)")(e)),
-                }
-            }
-            // Each forwarded packet once: on the interface it came in by.
-            if sll.sll_pkttype == libc::PACKET_OUTGOING || !ifindex.contains(&sll.sll_ifindex) {
-                continue;
-            }
-            if let Some(s) = parse_ipv4_tcp(&buf[..n as usize]) {
-                table.observe(&s, Instant::now(), now_ns());
-            }
-        }
-        for e in table.expire(Instant::now()) {
-            // Before the RSTs leave, so the ends' reactions come after this time.
-            let at = now_ns();
-            for (to, from, rst) in [(e.a, e.b, &e.to_a), (e.b, e.a, &e.to_b)] {
-                let sent = rst
-                    .as_ref()
-                    .map(|r| send_raw(&raw, &rst_packet(from, to, r.seq), *to.ip()));
-                match sent {
-                    Some(Ok(())) => table.counts.rsts_sent += 1,
-                    Some(Err(err)) => {
-                        tracing::warn!("RST {from} -> {to}: {err}");
-                        table.counts.rsts_unsent += 1;
-                    }
-                    None => table.counts.rsts_unsent += 1,
-                }
-            }
-            rec.write(&ResetRecord {
-                event: "reset".into(),
-                t_ns: at,
-                a: Some(e.a.to_string()),
-                b: Some(e.b.to_string()),
-                idle_s: Some(e.idle.as_secs_f64()),
-                last_packet_ns: Some(e.last_ns),
-                rst_to_a: e.to_a,
-                rst_to_b: e.to_b,
-                packets: Some(e.packets),
-                counts: None,
-            });
+}
+
+/// Waits up to `tick` for a packet on `sniff` (a signal ends the wait early).
+fn wait_readable(sniff: &OwnedFd, tick: Duration) -> Result<(), BoxError> {
+    let mut pfd = libc::pollfd {
+        fd: sniff.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, tick.as_millis() as i32) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(sys("poll")(e));
         }
     }
+    Ok(())
+}
+
+/// Reads the packets queued on `sniff` into `table`, those that came in by one of the
+/// interfaces `ifindex`.
+fn receive_batch(
+    sniff: &OwnedFd,
+    buf: &mut [u8],
+    ifindex: &[i32],
+    table: &mut Table,
+) -> Result<(), BoxError> {
+    // Bounded per round, so the idle check runs even under a flood.
+    for _ in 0..4096 {
+        // SAFETY: zeroed sockaddr_ll is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: valid buffer and address of the sizes given.
+        let n = unsafe {
+            libc::recvfrom(
+                sniff.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                (&mut sll as *mut libc::sockaddr_ll).cast(),
+                &mut sl,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => break,
+                _ => return Err(sys("recvfrom(AF_PACKET)")(e)),
+            }
+        }
+        // Each forwarded packet once: on the interface it came in by.
+        if sll.sll_pkttype == libc::PACKET_OUTGOING || !ifindex.contains(&sll.sll_ifindex) {
+            continue;
+        }
+        if let Some(s) = parse_ipv4_tcp(&buf[..n as usize]) {
+            table.observe(&s, Instant::now(), now_ns());
+        }
+    }
+    Ok(())
+}
+
+/// Resets every flow idle for the timeout now: an RST to each end, and one `reset`
+/// record per flow.
+fn reset_expired(table: &mut Table, raw: &OwnedFd, rec: &Recorder) {
+    for e in table.expire(Instant::now()) {
+        // Before the RSTs leave, so the ends' reactions come after this time.
+        let at = now_ns();
+        for (to, from, rst) in [(e.a, e.b, &e.to_a), (e.b, e.a, &e.to_b)] {
+            let sent = rst
+                .as_ref()
+                .map(|r| send_raw(raw, &rst_packet(from, to, r.seq), *to.ip()));
+            match sent {
+                Some(Ok(())) => table.counts.rsts_sent += 1,
+                Some(Err(err)) => {
+                    tracing::warn!("RST {from} -> {to}: {err}");
+                    table.counts.rsts_unsent += 1;
+                }
+                None => table.counts.rsts_unsent += 1,
+            }
+        }
+        rec.write(&ResetRecord {
+            event: "reset".into(),
+            t_ns: at,
+            a: Some(e.a.to_string()),
+            b: Some(e.b.to_string()),
+            idle_s: Some(e.idle.as_secs_f64()),
+            last_packet_ns: Some(e.last_ns),
+            rst_to_a: e.to_a,
+            rst_to_b: e.to_b,
+            packets: Some(e.packets),
+            counts: None,
+        });
+    }
+}
+
+/// The record file's last line: the box's counters.
+fn write_summary(rec: &Recorder, counts: Counts) {
     rec.write(&ResetRecord {
         event: "summary".into(),
         t_ns: now_ns(),
@@ -604,9 +651,8 @@ pub fn run(cfg: &BoxConfig) -> Result<Counts, BoxError> {
         rst_to_a: None,
         rst_to_b: None,
         packets: None,
-        counts: Some(table.counts),
+        counts: Some(counts),
     });
-    Ok(table.counts)
 }
 
 #[cfg(test)]

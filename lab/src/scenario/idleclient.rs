@@ -371,6 +371,115 @@ fn watcher_result(recs: &[Value], who: &str, box_reset_ns: Option<u64>) -> Value
     }
 }
 
+/// The scenario's hosts: their addresses and network namespaces.
+struct Net {
+    client: Ipv4Addr,
+    slb_c: Ipv4Addr,
+    slb_s: Ipv4Addr,
+    server: Ipv4Addr,
+    client_ns: String,
+    slb_ns: String,
+    server_ns: String,
+}
+
+/// The scenario's durations at this run's scale.
+struct Spans {
+    idle: Duration,
+    total: Duration,
+    slow: Duration,
+    keepalive: Duration,
+}
+
+impl Spans {
+    fn new(run: &Run, t: &Timing) -> Self {
+        Spans {
+            idle: run.s(t.idle_timeout),
+            total: run.s(TOTAL_S),
+            slow: run.s(SLOW_PERIOD_S),
+            // TCP_KEEPIDLE and TCP_KEEPINTVL are whole seconds: 1 s is the shortest.
+            keepalive: run.s(GO_KEEPALIVE_S).max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The node's pods and the cgroup subtree this run made for them.
+struct NodePods {
+    /// The cgroup2 mount point.
+    cg2: PathBuf,
+    /// `dwlab-<lab id>`, directly under `cg2`.
+    subtree: String,
+    pods: Vec<Pod>,
+    cgroups: Cgroups,
+}
+
+/// The clients started on the node and the updater: each one's process, and each
+/// watcher's local address of its watch connection.
+#[derive(Default)]
+struct Clients {
+    running: Vec<(String, Proc)>,
+    locals: Vec<(String, SocketAddrV4)>,
+}
+
+impl Clients {
+    fn pid_of(&self, name: &str) -> Option<u32> {
+        self.running
+            .iter()
+            .find(|(m, _)| m == name)
+            .map(|(_, p)| p.pid)
+    }
+
+    fn local_of(&self, name: &str) -> Option<String> {
+        self.locals
+            .iter()
+            .find(|(m, _)| m == name)
+            .map(|(_, a)| a.to_string())
+    }
+}
+
+/// The lab's python kube client script, written into the run's directory, and the
+/// arguments every run of it shares.
+struct PyClient {
+    script: PathBuf,
+    kubeconfig: PathBuf,
+    out_dir: PathBuf,
+    total: Duration,
+}
+
+impl PyClient {
+    fn write(run: &Run, kubeconfig: &Path, total: Duration) -> Result<Self, ScenarioError> {
+        let script = run.out.join("kube_client.py");
+        std::fs::write(&script, PY_CLIENT).map_err(io_err(&script))?;
+        Ok(PyClient {
+            script,
+            kubeconfig: kubeconfig.to_path_buf(),
+            out_dir: run.out.clone(),
+            total,
+        })
+    }
+
+    /// The script's arguments for one client `name` in `role`, then `extra`.
+    fn args(&self, role: &str, name: &str, extra: &[String]) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            self.script.display().to_string(),
+            "--role".into(),
+            role.into(),
+            "--name".into(),
+            name.into(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--out".into(),
+            self.out_dir
+                .join(format!("watch-{name}.jsonl"))
+                .display()
+                .to_string(),
+            "--duration".into(),
+            format!("{:.3}", self.total.as_secs_f64()),
+        ];
+        v.extend_from_slice(extra);
+        v
+    }
+}
+
 /// Client -- slb (the idle-reset box) -- server (stand-in :6443, timer :8600).
 pub(super) async fn azure_idle_reset_client(
     opts: &RunOpts,
@@ -379,6 +488,43 @@ pub(super) async fn azure_idle_reset_client(
     let mut t = Timing::openshift();
     opts.overrides.apply(&mut t);
     let mut run = Run::new(opts, scale, t)?;
+    let net = idle_reset_topology(&mut run)?;
+    let spans = Spans::new(&run, &t);
+
+    // The box first: it must see every flow from its first packet on.
+    let box_out = start_idle_reset_box(&mut run, &net.slb_ns, &spans).await?;
+
+    // The apiserver (behind the box) and the pods the node runs, registered as the
+    // kubelet would; the observer gets their ids before any client starts.
+    let (api, kubeconfig) = start_node_apiserver(&mut run, net.server).await?;
+    let mut node = register_node_pods(&run, &net, &api, spans.keepalive)?;
+    set_topology_params(&mut run, &net, &spans, &api, &kubeconfig, &node);
+    run.offer_observer().await?;
+    if opts.capture {
+        run.capture("slb", "any", "slb.pcap").await?;
+    }
+
+    let mut ts = start_timer_server(&mut run, &net.server_ns, &spans).await?;
+    let py = PyClient::write(&run, &kubeconfig, spans.total)?;
+    let api_addr = SocketAddrV4::new(net.server, 6443);
+    let mut clients = start_pod_watchers(&mut run, &node.pods, &net, &py, api_addr).await?;
+    start_non_pod_clients(&mut run, &mut clients, &net, &py, &spans)?;
+    wait_for_clients(&mut clients.running, spans.total).await;
+    ts.stop(Duration::from_secs(2)).await;
+
+    write_client_results(&run, &node.pods, &clients, &box_out, api_addr)?;
+    let left = node.cgroups.remove();
+    if !left.is_empty() {
+        return Err(ScenarioError::Stuck(format!(
+            "cgroups not removed: {}",
+            left.join("; ")
+        )));
+    }
+    run.finish(Scenario::AzureIdleResetClient).await
+}
+
+/// The three hosts, two links through the router `slb`, which forwards.
+fn idle_reset_topology(run: &mut Run) -> Result<Net, ScenarioError> {
     let client = Ipv4Addr::new(198, 18, 2, 10);
     let slb_c = Ipv4Addr::new(198, 18, 2, 1);
     let slb_s = Ipv4Addr::new(198, 18, 3, 1);
@@ -393,18 +539,26 @@ pub(super) async fn azure_idle_reset_client(
     run.lab.route("client", "198.18.3.0/24", slb_c)?;
     run.lab.route("server", "198.18.2.0/24", slb_s)?;
     run.lab.sysctl("slb", "net.ipv4.ip_forward", "1")?;
-    let idle = run.s(t.idle_timeout);
-    let total = run.s(TOTAL_S);
-    let slow = run.s(SLOW_PERIOD_S);
-    // TCP_KEEPIDLE and TCP_KEEPINTVL are whole seconds: 1 s is the shortest.
-    let keepalive = run.s(GO_KEEPALIVE_S).max(Duration::from_secs(1));
-    let client_ns = run.lab.ns("client")?.to_string();
-    let slb_ns = run.lab.ns("slb")?.to_string();
-    let server_ns = run.lab.ns("server")?.to_string();
+    Ok(Net {
+        client,
+        slb_c,
+        slb_s,
+        server,
+        client_ns: run.lab.ns("client")?.to_string(),
+        slb_ns: run.lab.ns("slb")?.to_string(),
+        server_ns: run.lab.ns("server")?.to_string(),
+    })
+}
 
-    // The box first: it must see every flow from its first packet on. Bounded by the
-    // observer's waits, the scenario and some; stopped with the other clients.
+/// Starts the idle-reset box in the router's namespace; returns its record file.
+async fn start_idle_reset_box(
+    run: &mut Run,
+    slb_ns: &str,
+    spans: &Spans,
+) -> Result<PathBuf, ScenarioError> {
     let box_out = run.out.join("idle-reset.jsonl");
+    // Bounded by the observer's waits, the scenario and some; stopped with the other
+    // clients.
     let box_args: Vec<String> = vec![
         "idle-reset-box".into(),
         "--iface".into(),
@@ -412,27 +566,36 @@ pub(super) async fn azure_idle_reset_client(
         "--iface".into(),
         "eth1".into(),
         "--idle".into(),
-        format!("{:.3}s", idle.as_secs_f64()),
+        format!("{:.3}s", spans.idle.as_secs_f64()),
         "--max-flows".into(),
         "4096".into(),
         "--duration".into(),
-        format!("{:.3}s", (total + Duration::from_secs(240)).as_secs_f64()),
+        format!(
+            "{:.3}s",
+            (spans.total + Duration::from_secs(240)).as_secs_f64()
+        ),
         "--out".into(),
         box_out.display().to_string(),
     ];
-    let mut b = procs::spawn("idle-reset-box", &slb_ns, &run.bin, &box_args)?;
+    let mut b = procs::spawn("idle-reset-box", slb_ns, &run.bin, &box_args)?;
     run.lab.track_pid(b.pid);
     b.wait_for("READY", Duration::from_secs(10)).await?;
     run.note(
         "slb",
         b.pid,
         "idle_reset_box_ready",
-        json!({"idle_s": idle.as_secs_f64()}),
+        json!({"idle_s": spans.idle.as_secs_f64()}),
     );
     run.clients.push(b);
+    Ok(box_out)
+}
 
-    // The apiserver (behind the box) and the pods the node runs, registered as the
-    // kubelet would; the observer gets their ids before any client starts.
+/// Starts the apiserver stand-in on `server` and writes the clients' kubeconfig;
+/// returns the API's address and the kubeconfig's path.
+async fn start_node_apiserver(
+    run: &mut Run,
+    server: Ipv4Addr,
+) -> Result<(String, PathBuf), ScenarioError> {
     run.master_addrs.insert("server".into(), server);
     run.start_apiserver("server", ShutdownMode::Graceful)
         .await?;
@@ -444,6 +607,17 @@ pub(super) async fn azure_idle_reset_client(
         &run.out.join("pki/ca.crt"),
     )
     .map_err(io_err(&kubeconfig))?;
+    Ok((api, kubeconfig))
+}
+
+/// Registers the node's two pods with the API and makes each one's container cgroup
+/// (the containerd/systemd layout) under this run's subtree.
+fn register_node_pods(
+    run: &Run,
+    net: &Net,
+    api: &str,
+    keepalive: Duration,
+) -> Result<NodePods, ScenarioError> {
     let mounts =
         std::fs::read_to_string("/proc/mounts").map_err(io_err(Path::new("/proc/mounts")))?;
     let cg2 = cgroup2_root(&mounts)
@@ -460,7 +634,8 @@ pub(super) async fn azure_idle_reset_client(
     .enumerate()
     {
         let id = container_id(i as u64);
-        let uid = run.register_pod(&slb_ns, &api, &pod_object(name, container, &id, client))?;
+        let pod = pod_object(name, container, &id, net.client);
+        let uid = run.register_pod(&net.slb_ns, api, &pod)?;
         let rel = format!(
             "{subtree}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
             uid.replace('-', "_")
@@ -476,7 +651,26 @@ pub(super) async fn azure_idle_reset_client(
             keepalive: ka,
         });
     }
-    let pod_json: Vec<Value> = pods
+    Ok(NodePods {
+        cg2,
+        subtree,
+        pods,
+        cgroups,
+    })
+}
+
+/// The scenario's parameters in topology.json: the node, its pods and what each
+/// client is expected to see.
+fn set_topology_params(
+    run: &mut Run,
+    net: &Net,
+    spans: &Spans,
+    api: &str,
+    kubeconfig: &Path,
+    node: &NodePods,
+) {
+    let pod_json: Vec<Value> = node
+        .pods
         .iter()
         .map(|p| {
             json!({"namespace": "default", "name": p.name, "uid": p.uid, "container": p.container,
@@ -487,78 +681,71 @@ pub(super) async fn azure_idle_reset_client(
                    "expect_reset": p.keepalive.is_none()})
         })
         .collect();
-    let idle_s = idle.as_secs_f64();
+    let (client, slb_c, slb_s, server) = (net.client, net.slb_c, net.slb_s, net.server);
     run.params["node"] = json!(NODE);
     run.params["client_host"] = json!("client");
-    run.params["client_netns"] = json!(client_ns);
+    run.params["client_netns"] = json!(net.client_ns);
     run.params["apiserver"] = json!(api);
     run.params["kubeconfig"] = json!(kubeconfig);
-    run.params["cgroup2_root"] = json!(cg2);
-    run.params["cgroup_subtree"] = json!(format!("/{subtree}"));
-    run.params["idle_timeout_s"] = json!(idle_s);
-    run.params["keepalive_s"] = json!(keepalive.as_secs_f64());
-    run.params["timer_period_s"] = json!(slow.as_secs_f64());
+    run.params["cgroup2_root"] = json!(node.cg2);
+    run.params["cgroup_subtree"] = json!(format!("/{}", node.subtree));
+    run.params["idle_timeout_s"] = json!(spans.idle.as_secs_f64());
+    run.params["keepalive_s"] = json!(spans.keepalive.as_secs_f64());
+    run.params["timer_period_s"] = json!(spans.slow.as_secs_f64());
     run.params["pods"] = json!(pod_json);
     run.params["expect_reset"] = json!(["default/py-watcher"]);
     run.params["expect_survive"] = json!(["default/go-watcher"]);
     run.params["non_pod_clients"] = json!([{"name": "curl-idle", "target": format!("{server}:8600"),
         "cmd": "curl --no-keepalive --http0.9", "expect_reset": true}]);
     run.params["addrs"] = json!({"client": client, "slb_client_side": slb_c, "slb_server_side": slb_s, "server": server});
-    run.offer_observer().await?;
-    if opts.capture {
-        run.capture("slb", "any", "slb.pcap").await?;
-    }
+}
 
+/// Starts the timer server on the apiserver's host, its :8600 port sending one line
+/// per slow period.
+async fn start_timer_server(
+    run: &mut Run,
+    server_ns: &str,
+    spans: &Spans,
+) -> Result<Proc, ScenarioError> {
     let timer_args: Vec<String> = vec![
         "timer-server".into(),
         "--port".into(),
-        format!("0.0.0.0:8600={:.3}s", slow.as_secs_f64()),
+        format!("0.0.0.0:8600={:.3}s", spans.slow.as_secs_f64()),
         "--duration".into(),
-        format!("{:.3}s", (total + Duration::from_secs(10)).as_secs_f64()),
+        format!(
+            "{:.3}s",
+            (spans.total + Duration::from_secs(10)).as_secs_f64()
+        ),
         "--out".into(),
         run.out.join("timer-server.jsonl").display().to_string(),
     ];
-    let mut ts = procs::spawn("timer-server", &server_ns, &run.bin, &timer_args)?;
+    let mut ts = procs::spawn("timer-server", server_ns, &run.bin, &timer_args)?;
     run.lab.track_pid(ts.pid);
     ts.wait_for("LISTENING", Duration::from_secs(10)).await?;
+    Ok(ts)
+}
 
-    let script = run.out.join("kube_client.py");
-    std::fs::write(&script, PY_CLIENT).map_err(io_err(&script))?;
-    let out_dir = run.out.clone();
-    let py = |role: &str, name: &str, extra: &[String]| -> Vec<String> {
-        let mut v: Vec<String> = vec![
-            script.display().to_string(),
-            "--role".into(),
-            role.into(),
-            "--name".into(),
-            name.into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--out".into(),
-            out_dir
-                .join(format!("watch-{name}.jsonl"))
-                .display()
-                .to_string(),
-            "--duration".into(),
-            format!("{:.3}", total.as_secs_f64()),
-        ];
-        v.extend_from_slice(extra);
-        v
-    };
-    let mut running: Vec<(String, Proc)> = Vec::new();
-    let mut locals: Vec<(String, SocketAddrV4)> = Vec::new();
-    let api_addr = SocketAddrV4::new(server, 6443);
-    for pod in &pods {
+/// Starts each pod's watcher in its container cgroup and waits for its watch
+/// connection to the API.
+async fn start_pod_watchers(
+    run: &mut Run,
+    pods: &[Pod],
+    net: &Net,
+    py: &PyClient,
+    api_addr: SocketAddrV4,
+) -> Result<Clients, ScenarioError> {
+    let mut clients = Clients::default();
+    for pod in pods {
         let extra = match pod.keepalive {
             Some(k) => vec!["--keepalive".to_string(), format!("{:.3}", k.as_secs_f64())],
             None => Vec::new(),
         };
-        let args = py("watcher", pod.name, &extra);
+        let args = py.args("watcher", pod.name, &extra);
         let p = run
-            .spawn_in_pod(&client_ns, pod, Path::new(PYTHON), &args)
+            .spawn_in_pod(&net.client_ns, pod, Path::new(PYTHON), &args)
             .await?;
         let pid = p.pid;
-        running.push((pod.name.to_string(), p));
+        clients.running.push((pod.name.to_string(), p));
         // The watch's connection, for the ground truth (which flow is whose).
         let local = wait_until(
             &format!("{} opened no connection to {api_addr}", pod.name),
@@ -566,50 +753,89 @@ pub(super) async fn azure_idle_reset_client(
             || established_to(pid, api_addr),
         )
         .await?;
-        locals.push((pod.name.to_string(), local));
+        clients.locals.push((pod.name.to_string(), local));
     }
+    Ok(clients)
+}
+
+/// Starts the updater and the client outside any pod.
+fn start_non_pod_clients(
+    run: &mut Run,
+    clients: &mut Clients,
+    net: &Net,
+    py: &PyClient,
+    spans: &Spans,
+) -> Result<(), ScenarioError> {
     // The updater on the apiserver's own host: creates the configmap now (every watch
     // gets it, then idles), replaces it after one slow period, longer than the timeout.
-    let updater = py(
+    let updater = py.args(
         "updater",
         "updater",
-        &["--period".into(), format!("{:.3}", slow.as_secs_f64())],
+        &[
+            "--period".into(),
+            format!("{:.3}", spans.slow.as_secs_f64()),
+        ],
     );
-    let p = procs::spawn("updater", &server_ns, Path::new(PYTHON), &updater)?;
+    let p = procs::spawn("updater", &net.server_ns, Path::new(PYTHON), &updater)?;
     run.lab.track_pid(p.pid);
-    running.push(("updater".into(), p));
+    clients.running.push(("updater".into(), p));
     // A process outside any pod, without keepalive: the timer server's hello, then idle.
     let request = format!(
         "d=$(curl -sS -o /dev/null --no-keepalive --http0.9 --max-time {max:.0} http://{server}:8600/ 2>&1)",
-        max = total.as_secs_f64().ceil(),
+        max = spans.total.as_secs_f64().ceil(),
+        server = net.server,
     );
     let p = run.spawn_shell("client", "curl-idle", ShellClient::CurlRaw, 1, &request)?;
-    running.push(("curl-idle".into(), p));
+    clients.running.push(("curl-idle".into(), p));
+    Ok(())
+}
 
+/// Waits for every client to end by itself within the run's length (and some), and
+/// stops those that did not.
+async fn wait_for_clients(running: &mut [(String, Proc)], total: Duration) {
     let deadline = tokio::time::Instant::now() + total + Duration::from_secs(3);
-    for (_, p) in &mut running {
+    for (_, p) in running {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if p.wait_exit(left).await.is_none() {
             p.stop(Duration::from_secs(2)).await;
         }
     }
-    ts.stop(Duration::from_secs(2)).await;
+}
 
-    // Each client's own result, written beside the other records for truth.json.
+/// Writes each client's own result (`result-<client>.jsonl`), beside the other
+/// records for truth.json.
+fn write_client_results(
+    run: &Run,
+    pods: &[Pod],
+    clients: &Clients,
+    box_out: &Path,
+    api_addr: SocketAddrV4,
+) -> Result<(), ScenarioError> {
     let mut watch_recs: Vec<Value> = Vec::new();
-    for pod in &pods {
+    for pod in pods {
         watch_recs.extend(record::read_lines::<Value>(
             &run.out.join(format!("watch-{}.jsonl", pod.name)),
         )?);
     }
-    let pid_of = |n: &str| running.iter().find(|(m, _)| m == n).map(|(_, p)| p.pid);
-    let resets: Vec<crate::idlereset::ResetRecord> = record::read_lines(&box_out)?;
-    let local_of = |n: &str| {
-        locals
-            .iter()
-            .find(|(m, _)| m == n)
-            .map(|(_, a)| a.to_string())
-    };
+    let resets: Vec<crate::idlereset::ResetRecord> = record::read_lines(box_out)?;
+    let mut results = watcher_results(pods, clients, &watch_recs, &resets, api_addr);
+    results.push(curl_idle_result(run, clients, &resets, *api_addr.ip()));
+    for r in &results {
+        let name = r["client"].as_str().unwrap_or("client");
+        let path = run.out.join(format!("result-{name}.jsonl"));
+        std::fs::write(&path, format!("{r}\n")).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// Each pod watcher's result, its flow matched to the box's reset by its local address.
+fn watcher_results(
+    pods: &[Pod],
+    clients: &Clients,
+    watch_recs: &[Value],
+    resets: &[crate::idlereset::ResetRecord],
+    api_addr: SocketAddrV4,
+) -> Vec<Value> {
     let reset_of = |local: &Option<String>| {
         resets
             .iter()
@@ -617,17 +843,28 @@ pub(super) async fn azure_idle_reset_client(
             .map(|r| r.t_ns)
     };
     let mut results: Vec<Value> = Vec::new();
-    for pod in &pods {
-        let local = local_of(pod.name);
-        let mut r = watcher_result(&watch_recs, pod.name, reset_of(&local));
+    for pod in pods {
+        let local = clients.local_of(pod.name);
+        let mut r = watcher_result(watch_recs, pod.name, reset_of(&local));
         r["client"] = json!(pod.name);
         r["pod"] = json!(format!("default/{}", pod.name));
-        r["pid"] = json!(pid_of(pod.name));
+        r["pid"] = json!(clients.pid_of(pod.name));
         r["keepalive_s"] = json!(pod.keepalive.map(|k| k.as_secs_f64()));
         r["local"] = json!(local);
         r["remote"] = json!(api_addr.to_string());
         results.push(r);
     }
+    results
+}
+
+/// The non-pod curl's result, from its shell line (`shell-rawcurl-curl-idle.txt`) and
+/// the box's reset of its flow to the timer server.
+fn curl_idle_result(
+    run: &Run,
+    clients: &Clients,
+    resets: &[crate::idlereset::ResetRecord],
+    server: Ipv4Addr,
+) -> Value {
     let shell = run.out.join("shell-rawcurl-curl-idle.txt");
     let line = std::fs::read_to_string(&shell).unwrap_or_default();
     let mut f = line.lines().next().unwrap_or_default().splitn(5, ' ');
@@ -645,27 +882,12 @@ pub(super) async fn azure_idle_reset_client(
                 || r.b.as_deref() == Some(curl_remote.as_str())
         })
         .map(|r| r.t_ns);
-    results.push(
-        json!({"client": "curl-idle", "pod": null, "pid": pid_of("curl-idle"),
-        "box_reset_ns": curl_reset,
-        "outcome": match exit { Some(56) if detail.contains("reset by peer") => "reset",
-                                Some(0) => "closed", None => "no_result", _ => "error" },
-        "error": detail, "exit": exit, "start_ns": start_ns, "t_ns": end_ns,
-        "remote": curl_remote, "keepalive_s": null}),
-    );
-    for r in &results {
-        let name = r["client"].as_str().unwrap_or("client");
-        let path = run.out.join(format!("result-{name}.jsonl"));
-        std::fs::write(&path, format!("{r}\n")).map_err(io_err(&path))?;
-    }
-    let left = cgroups.remove();
-    if !left.is_empty() {
-        return Err(ScenarioError::Stuck(format!(
-            "cgroups not removed: {}",
-            left.join("; ")
-        )));
-    }
-    run.finish(Scenario::AzureIdleResetClient).await
+    json!({"client": "curl-idle", "pod": null, "pid": clients.pid_of("curl-idle"),
+    "box_reset_ns": curl_reset,
+    "outcome": match exit { Some(56) if detail.contains("reset by peer") => "reset",
+                            Some(0) => "closed", None => "no_result", _ => "error" },
+    "error": detail, "exit": exit, "start_ns": start_ns, "t_ns": end_ns,
+    "remote": curl_remote, "keepalive_s": null})
 }
 
 #[cfg(test)]
