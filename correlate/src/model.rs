@@ -35,7 +35,7 @@ pub struct Observation {
     /// the source knows it: the kernel names the process that connected,
     /// the daemon its pod. Verdicts list the workloads they hurt from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub who: Option<Workload>,
+    pub who: Option<std::sync::Arc<Workload>>,
 }
 
 /// Who owned a connection on this node: the process that opened it and,

@@ -51,7 +51,7 @@ pub(super) struct It {
     pub(super) probe: bool,
     pub(super) item: Item,
     /// The workload on this node that owned the connection, when known.
-    pub(super) who: Option<Workload>,
+    pub(super) who: Option<std::sync::Arc<Workload>>,
 }
 
 /// How far apart kernel sightings of one connection attempt can be (ns).

@@ -169,7 +169,7 @@ fn client_side_idle_resets_name_the_workloads() {
         .enumerate()
     {
         let id = idle_reset(&mut b, t, 100 + i as u16, 4.0, Keepalive::None);
-        b.v[id as usize - 1].who = Some(who.clone());
+        b.v[id as usize - 1].who = Some(std::sync::Arc::new(who.clone()));
     }
     let r = run(&base(), &b);
     let v = only(&r, Cause::IdleResetByMiddlebox);
@@ -238,5 +238,5 @@ fn client_side_idle_resets_name_the_workloads() {
     // A recording carries the owners: the same verdict from its JSON.
     let json = serde_json::to_string(&b.v[0]).expect("json");
     let back: Observation = serde_json::from_str(&json).expect("parse");
-    assert_eq!(back.who.as_ref(), Some(&py));
+    assert_eq!(back.who.as_deref(), Some(&py));
 }

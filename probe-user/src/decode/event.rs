@@ -194,7 +194,7 @@ pub struct Event {
     /// The process (and pod) on this node that opened the connection, from
     /// its connect attempt: set by the pipeline (`pipeline/owners.rs`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<Workload>,
+    pub owner: Option<std::sync::Arc<Workload>>,
 }
 
 /// What a uprobe in a Go program's HTTP/2 code adds to a `goaway` or

@@ -25,6 +25,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -63,7 +64,7 @@ pub struct Owners {
 }
 
 struct Entry {
-    who: Workload,
+    who: Arc<Workload>,
     flow: Option<(SocketAddr, SocketAddr)>,
 }
 
@@ -141,7 +142,7 @@ impl Owners {
             if self.socks.len() >= self.capacity && !self.socks.contains_key(&id) {
                 return Some(Named::TableFull);
             }
-            let who = self.name(ev.pid.unwrap_or(0), ev.comm.clone(), ev.cgroup_id);
+            let who = Arc::new(self.name(ev.pid.unwrap_or(0), ev.comm.clone(), ev.cgroup_id));
             named = Some(if who.pod_uid.is_some() {
                 Named::Pod
             } else if who.container_id.is_some() {
@@ -171,7 +172,7 @@ impl Owners {
             let cgroup = path
                 .as_deref()
                 .and_then(|p| self.attributor.as_ref().and_then(|a| a.paths.id_of(p)));
-            let who = self.name(pid, Some(comm), cgroup);
+            let who = Arc::new(self.name(pid, Some(comm), cgroup));
             // Adopted by its socket once an event carries one; a wire event
             // (no socket) is named from the seed each time.
             match ev.sock_id {
@@ -357,7 +358,7 @@ mod tests {
         let mut est = ev(kind::ESTABLISHED, 7, 40000, 6443, flags::ACTIVE, 1);
         o.attribute(&mut est);
         assert_eq!(
-            est.owner.as_ref().map(Workload::name).as_deref(),
+            est.owner.as_ref().map(|w| w.name()).as_deref(),
             Some("process curl")
         );
         let mut wire = ev(kind::WIRE_RESET, 0, 40000, 6443, flags::INGRESS, 2);
