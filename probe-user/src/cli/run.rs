@@ -319,24 +319,12 @@ pub fn apply_config_file(
     if let Some(v) = file.flow_table
         && unset("flow_table")
     {
-        if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&i64::from(v)) {
-            return Err(bad(
-                "flow-table",
-                format!("{v} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"),
-            ));
-        }
-        args.flow_table = v;
+        args.flow_table = table_size(v).map_err(|e| bad("flow-table", e))?;
     }
     if let Some(v) = file.socket_table
         && unset("socket_table")
     {
-        if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&i64::from(v)) {
-            return Err(bad(
-                "socket-table",
-                format!("{v} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"),
-            ));
-        }
-        args.socket_table = v;
+        args.socket_table = table_size(v).map_err(|e| bad("socket-table", e))?;
     }
     if let Some(v) = file.iface
         && unset("ifaces")
@@ -351,29 +339,12 @@ pub fn apply_config_file(
     if let Some(v) = file.apiserver_endpoint
         && unset("apiserver_endpoints")
     {
-        for e in v.iter().filter(|e| e.trim() != "auto") {
-            endpoints::parse(e, "apiserver-endpoint").map_err(|err| {
-                let text = err.to_string();
-                let text = text.trim_start_matches("--apiserver-endpoint ");
-                bad("apiserver-endpoint", text.to_string())
-            })?;
-        }
-        args.apiserver_endpoints = v;
+        args.apiserver_endpoints = endpoint_list(v).map_err(|e| bad("apiserver-endpoint", e))?;
     }
     if let Some(v) = file.watch_comm
         && unset("watch_comms")
     {
-        if v.len() > probe_common::WATCH_COMMS {
-            return Err(bad(
-                "watch-comm",
-                format!("at most {} names", probe_common::WATCH_COMMS),
-            ));
-        }
-        args.watch_comms = v
-            .iter()
-            .map(|n| parse_comm(n))
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad("watch-comm", e))?;
+        args.watch_comms = comm_list(&v).map_err(|e| bad("watch-comm", e))?;
     }
     for (key, id, value, slot) in [
         (
@@ -398,6 +369,37 @@ pub fn apply_config_file(
         }
     }
     Ok(())
+}
+
+/// A `flow-table` or `socket-table` value from the config file.
+fn table_size(v: u32) -> Result<u32, String> {
+    if (FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&i64::from(v)) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"
+        ))
+    }
+}
+
+/// `apiserver-endpoint` values from the config file, each checked as the
+/// flag checks it (`auto` as is).
+fn endpoint_list(v: Vec<String>) -> Result<Vec<String>, String> {
+    for e in v.iter().filter(|e| e.trim() != "auto") {
+        endpoints::parse(e, "apiserver-endpoint").map_err(|err| {
+            let text = err.to_string();
+            text.trim_start_matches("--apiserver-endpoint ").to_string()
+        })?;
+    }
+    Ok(v)
+}
+
+/// `watch-comm` names from the config file: at most `WATCH_COMMS`.
+fn comm_list(v: &[String]) -> Result<Vec<String>, String> {
+    if v.len() > probe_common::WATCH_COMMS {
+        return Err(format!("at most {} names", probe_common::WATCH_COMMS));
+    }
+    v.iter().map(|n| parse_comm(n)).collect()
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
