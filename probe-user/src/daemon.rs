@@ -524,6 +524,11 @@ fn pipeline(
         .as_ref()
         .and_then(|e| e.specs.first())
         .map(|s| sources::endpoints::join(&s.host, &s.port.to_string()));
+    let endpoint_instance = opts
+        .load
+        .endpoints
+        .as_ref()
+        .and(config.default_instance.clone().or(endpoint.clone()));
     config.default_instance = config
         .default_instance
         .or(endpoint)
@@ -538,6 +543,7 @@ fn pipeline(
         go_hints: None,
         goaway: Default::default(),
         owners: owners(opts, node_pods),
+        endpoint_instance,
     })
 }
 

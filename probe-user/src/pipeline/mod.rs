@@ -50,6 +50,10 @@ pub struct Pipeline {
     pub goaway: goaway::GoawayClassifier,
     /// Who opened each connection (process, pod).
     pub owners: owners::Owners,
+    /// Endpoint mode (a client node): every watched connection is to the
+    /// apiserver endpoint, so the wire's observations are about it too,
+    /// named as the kernel's are (the engine's default instance).
+    pub endpoint_instance: Option<String>,
 }
 
 impl Pipeline {
@@ -86,6 +90,9 @@ impl Pipeline {
             Some(goaway::GoawayWhy::Answer) => None,
             _ => observe::observation(&ev, 0).map(|mut o| {
                 observe::orient_goaway(&mut o, &self.watched);
+                if o.instance.is_none() {
+                    o.instance = self.endpoint_instance.clone();
+                }
                 o
             }),
         };
