@@ -524,15 +524,13 @@ fn pipeline(
         .as_ref()
         .and_then(|e| e.specs.first())
         .map(|s| sources::endpoints::join(&s.host, &s.port.to_string()));
+    config.default_instance = config.default_instance.or(endpoint);
     let endpoint_instance = opts
         .load
         .endpoints
         .as_ref()
-        .and(config.default_instance.clone().or(endpoint.clone()));
-    config.default_instance = config
-        .default_instance
-        .or(endpoint)
-        .or_else(observe::hostname);
+        .and(config.default_instance.clone());
+    config.default_instance = config.default_instance.or_else(observe::hostname);
     Ok(Pipeline {
         cx,
         metrics: metrics.clone(),

@@ -273,7 +273,9 @@ fn affected(g: &Group<'_>) -> (Vec<Affected>, u64) {
     (v, more)
 }
 
-/// "pod default/web (3 connections, python3; none had TCP keepalive), process curl (1)".
+/// "pod default/web (3; python3; no TCP keepalive), process curl (1)":
+/// each workload with its count, a pod's programs, and for idle resets
+/// its connections without keepalive.
 fn hurt_words(affected: &[Affected], more: u64) -> String {
     let mut parts: Vec<String> = affected
         .iter()

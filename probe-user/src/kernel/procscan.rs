@@ -156,15 +156,14 @@ pub struct OpenConn {
 /// processes that hold them (in namespace `netns` when given), at most
 /// `max`. Each network namespace's tables are read once, line by line;
 /// each process's descriptors are read only when its namespace has such
-/// connections. A socket held by several processes (inherited across
-/// fork) is named by the first found.
+/// connections, and only until every one of them is found. A socket held
+/// by several processes (inherited across fork) is named by the first found.
 pub fn open_connections(ports: &[u16], netns: Option<u32>, max: usize) -> Vec<OpenConn> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut tables: HashMap<u32, HashMap<u64, (SocketAddr, SocketAddr)>> = HashMap::new();
     let mut out = Vec::new();
-    let mut taken = HashSet::new();
     for entry in dir.filter_map(Result::ok) {
         if out.len() >= max {
             break;
@@ -193,7 +192,14 @@ pub fn open_connections(ports: &[u16], netns: Option<u32>, max: usize) -> Vec<Op
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
+        // The process's name and cgroup, read once, at its first match.
+        let mut who: Option<(String, Option<String>)> = None;
         for fd in fds.filter_map(Result::ok) {
+            // Every connection of this namespace found: its other
+            // processes' descriptors (an apiserver's 100 000) are not read.
+            if conns.is_empty() || out.len() >= max {
+                break;
+            }
             let Some(ino) = fs::read_link(fd.path()).ok().and_then(|t| {
                 t.to_str()?
                     .strip_prefix("socket:[")?
@@ -203,25 +209,27 @@ pub fn open_connections(ports: &[u16], netns: Option<u32>, max: usize) -> Vec<Op
             }) else {
                 continue;
             };
-            let Some(&(local, remote)) = conns.get(&ino) else {
+            // Taken once: a socket several processes hold (inherited
+            // across fork) is named by the first found.
+            let Some((local, remote)) = conns.remove(&ino) else {
                 continue;
             };
-            if !taken.insert(ino) || out.len() >= max {
-                continue;
-            }
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let cgroup_v2 = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-                });
+            let (comm, cgroup_v2) = who.get_or_insert_with(|| {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                let cgroup_v2 = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .ok()
+                    .and_then(|t| {
+                        t.lines()
+                            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+                    });
+                (comm.trim_end().to_string(), cgroup_v2)
+            });
             out.push(OpenConn {
                 local,
                 remote,
                 pid,
-                comm: comm.trim_end().to_string(),
-                cgroup_v2,
+                comm: comm.clone(),
+                cgroup_v2: cgroup_v2.clone(),
             });
         }
     }

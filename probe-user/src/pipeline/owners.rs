@@ -135,89 +135,27 @@ impl Owners {
     /// a connect attempt's owner was named as.
     pub fn attribute(&mut self, ev: &mut Event) -> Option<Named> {
         self.expire(ev.ts_boot_ns);
-        let mut named = None;
-        if ev.kind == EventKind::ConnectAttempt
-            && let Some(id) = ev.sock_id
-        {
-            if self.socks.len() >= self.capacity && !self.socks.contains_key(&id) {
-                return Some(Named::TableFull);
-            }
-            let who = Arc::new(self.name(ev.pid.unwrap_or(0), ev.comm.clone(), ev.cgroup_id));
-            named = Some(if who.pod_uid.is_some() {
-                Named::Pod
-            } else if who.container_id.is_some() {
-                Named::Container
-            } else {
-                Named::Process
-            });
-            // A reused socket address: the old connection's flow goes.
-            if let Some(old) = self.socks.insert(id, Entry { who, flow: None })
-                && let Some(f) = old.flow
-            {
-                self.flows.remove(&f);
-            }
-        }
-        let id = match ev.sock_id {
-            Some(id) => Some(id),
-            None => ev
-                .local
-                .zip(ev.remote)
-                .and_then(|f| self.flows.get(&f).copied()),
-        };
-        let known = id.is_some_and(|i| self.socks.contains_key(&i));
-        if !known
-            && let Some(flow) = ev.local.zip(ev.remote)
-            && let Some((pid, comm, path)) = self.seeded.get(&flow).cloned()
-        {
-            let cgroup = path
-                .as_deref()
-                .and_then(|p| self.attributor.as_ref().and_then(|a| a.paths.id_of(p)));
-            let who = Arc::new(self.name(pid, Some(comm), cgroup));
-            // Adopted by its socket once an event carries one; a wire event
-            // (no socket) is named from the seed each time.
-            match ev.sock_id {
-                Some(sid) => {
-                    self.seeded.remove(&flow);
-                    self.flows.insert(flow, sid);
-                    self.socks.insert(
-                        sid,
-                        Entry {
-                            who,
-                            flow: Some(flow),
-                        },
-                    );
-                }
-                None => {
-                    ev.owner = Some(who);
-                    return named;
-                }
-            }
-        }
-        let Some(id) = id.or_else(|| {
-            ev.local
-                .zip(ev.remote)
-                .and_then(|f| self.flows.get(&f).copied())
-        }) else {
+        let named = self.learn_attempt(ev);
+        if named == Some(Named::TableFull) {
             return named;
-        };
-        let Some(e) = self.socks.get_mut(&id) else {
-            return named;
-        };
-        // The kernel reuses a freed socket's address: an entry whose close
-        // was never seen (or is still lingering) must not name a new
-        // socket at the same address, an accepted one above all. Its
-        // 4-tuple tells them apart.
+        }
         let tuple = ev.local.zip(ev.remote);
-        let stale = match (e.flow, tuple) {
-            (Some(f), Some(t)) => f != t && ev.sock_id == Some(id),
-            (None, _) => ev.direction == Some(crate::decode::event::ConnDirection::Passive),
-            _ => false,
-        };
-        if stale {
-            if let Some(f) = e.flow {
+        let id = ev
+            .sock_id
+            .or_else(|| tuple.and_then(|f| self.flows.get(&f).copied()));
+        if !id.is_some_and(|i| self.socks.contains_key(&i)) {
+            // Not learnt from a connect attempt: open before the start?
+            let who = self.adopt_seeded(ev.sock_id, tuple);
+            if ev.sock_id.is_none() || who.is_none() {
+                ev.owner = who;
+                return named;
+            }
+        }
+        let Some(id) = id else { return named };
+        if self.stale(id, ev) {
+            if let Some(f) = self.socks.remove(&id).and_then(|e| e.flow) {
                 self.flows.remove(&f);
             }
-            self.socks.remove(&id);
             return named;
         }
         let Some(e) = self.socks.get_mut(&id) else {
@@ -242,6 +180,72 @@ impl Owners {
             self.closing.push_back((ev.ts_boot_ns, id));
         }
         named
+    }
+
+    /// Learns the owner of a connect attempt; what it was named as.
+    fn learn_attempt(&mut self, ev: &Event) -> Option<Named> {
+        let id = ev
+            .sock_id
+            .filter(|_| ev.kind == EventKind::ConnectAttempt)?;
+        if self.socks.len() >= self.capacity && !self.socks.contains_key(&id) {
+            return Some(Named::TableFull);
+        }
+        let who = Arc::new(self.name(ev.pid.unwrap_or(0), ev.comm.clone(), ev.cgroup_id));
+        let named = if who.pod_uid.is_some() {
+            Named::Pod
+        } else if who.container_id.is_some() {
+            Named::Container
+        } else {
+            Named::Process
+        };
+        // A reused socket address: the old connection's flow goes.
+        if let Some(old) = self.socks.insert(id, Entry { who, flow: None })
+            && let Some(f) = old.flow
+        {
+            self.flows.remove(&f);
+        }
+        Some(named)
+    }
+
+    /// The owner of a connection found open at start, by its 4-tuple:
+    /// adopted by its socket once an event carries one; a wire event (no
+    /// socket) is named from the seed each time.
+    fn adopt_seeded(
+        &mut self,
+        sock: Option<SockId>,
+        tuple: Option<(SocketAddr, SocketAddr)>,
+    ) -> Option<Arc<Workload>> {
+        let flow = tuple?;
+        let (pid, comm, path) = self.seeded.get(&flow).cloned()?;
+        let cgroup = path
+            .as_deref()
+            .and_then(|p| self.attributor.as_ref().and_then(|a| a.paths.id_of(p)));
+        let who = Arc::new(self.name(pid, Some(comm), cgroup));
+        if let Some(sid) = sock {
+            self.seeded.remove(&flow);
+            self.flows.insert(flow, sid);
+            let entry = Entry {
+                who: who.clone(),
+                flow: Some(flow),
+            };
+            self.socks.insert(sid, entry);
+        }
+        Some(who)
+    }
+
+    /// Whether entry `id` belongs to an earlier socket at the same kernel
+    /// address (freed and reused): an entry whose close was never seen (or
+    /// is still lingering) must not name a new socket there, an accepted
+    /// one above all. Its 4-tuple tells them apart.
+    fn stale(&self, id: SockId, ev: &Event) -> bool {
+        let Some(e) = self.socks.get(&id) else {
+            return false;
+        };
+        match (e.flow, ev.local.zip(ev.remote)) {
+            (Some(f), Some(t)) => f != t && ev.sock_id == Some(id),
+            (None, _) => ev.direction == Some(crate::decode::event::ConnDirection::Passive),
+            _ => false,
+        }
     }
 
     /// The label for `who`'s namespace in the per-namespace counters:
