@@ -105,53 +105,171 @@ fn l3_offset(ctx: &TcContext) -> u32 {
     }
 }
 
-/// The fast exit for most traffic: reads IP protocol and TCP ports with
-/// direct packet access (no helper calls) and answers `true` when the packet
-/// is surely not on a watched port. `false` means "look closer" (watched, or
-/// headers outside the linear area, or IPv6 extension headers).
+/// What the direct read of a packet's headers decided.
+enum Fast {
+    /// Not TCP, or neither port watched: nothing to do.
+    Unwatched,
+    /// A watched packet, every header field read from the linear area.
+    Watched(Pkt),
+    /// Look again with the helper-based parser: headers outside the linear
+    /// area, IPv6 extension headers, or a malformed header (which that
+    /// parser counts).
+    Slow,
+}
+
+/// Reads a `T` at `at` (already bounds-checked against `data_end`).
 #[inline(always)]
-fn surely_unwatched<const L3: usize>(ctx: &TcContext, proto: u32) -> bool {
+fn at<T: Copy>(at: usize) -> T {
+    // SAFETY: every caller checked `at + size_of::<T>() <= data_end`; packet
+    // data has no alignment guarantee, hence the unaligned read.
+    unsafe { core::ptr::read_unaligned(at as *const T) }
+}
+
+/// The common case, with direct packet access and no helper call: the IP
+/// and TCP headers in the skb's linear area, as they are for everything a
+/// local socket sends or receives. Most traffic leaves after the protocol
+/// and the ports; a watched packet is parsed whole here. Each helper call
+/// (`bpf_skb_load_bytes`) this saves cost 20-40 ns on this project's
+/// machine, and the old parser made ten of them per packet.
+#[inline(always)]
+fn fast_parse<const L3: usize>(ctx: &TcContext, proto: u32, ingress: bool) -> Fast {
     let data = ctx.data();
     let end = ctx.data_end();
-    let l4 = if proto == ETH_P_IP {
+    // Protocol and ports first: most traffic leaves there.
+    let (l4, v6) = if proto == ETH_P_IP {
         if data + L3 + 20 > end {
-            return false;
+            return Fast::Slow;
         }
-        let ip = (data + L3) as *const u8;
-        // SAFETY: bounds checked against data_end above.
-        let (vihl, p) = unsafe { (*ip, *ip.add(9)) };
-        if p != IPPROTO_TCP {
-            return true;
+        let ip = data + L3;
+        let vihl: u8 = at(ip);
+        if at::<u8>(ip + 9) != IPPROTO_TCP {
+            return Fast::Unwatched;
         }
         let ihl = usize::from(vihl & 0x0f) * 4;
-        if ihl < 20 {
-            // Malformed: the full parser counts it.
-            return false;
+        if vihl >> 4 != 4 || ihl < 20 {
+            return Fast::Slow;
         }
-        L3 + ihl
+        // Later fragments carry no TCP header.
+        if u16::from_be(at::<u16>(ip + 6)) & 0x1fff != 0 {
+            return Fast::Unwatched;
+        }
+        (L3 + ihl, false)
     } else if proto == ETH_P_IPV6 {
         if data + L3 + 40 > end {
-            return false;
+            return Fast::Slow;
         }
-        // SAFETY: bounds checked against data_end above.
-        let nh = unsafe { *((data + L3 + 6) as *const u8) };
-        match nh {
-            IPPROTO_TCP => L3 + 40,
+        match at::<u8>(data + L3 + 6) {
+            IPPROTO_TCP => (L3 + 40, true),
             // UDP and ICMPv6 never carry TCP.
-            17 | 58 => return true,
-            _ => return false,
+            17 | 58 => return Fast::Unwatched,
+            _ => return Fast::Slow,
         }
     } else {
-        return true;
+        return Fast::Unwatched;
     };
-    if data + l4 + 4 > end {
-        return false;
+    if data + l4 + 20 > end {
+        return Fast::Slow;
     }
-    // SAFETY: bounds checked against data_end above.
-    let ports = unsafe { *((data + l4) as *const [u8; 4]) };
-    let sport = u16::from_be_bytes([ports[0], ports[1]]);
-    let dport = u16::from_be_bytes([ports[2], ports[3]]);
-    !port_watched(sport) && !port_watched(dport)
+    let tcp = data + l4;
+    let sport = u16::from_be(at::<u16>(tcp));
+    let dport = u16::from_be(at::<u16>(tcp + 2));
+    if !port_watched(sport) && !port_watched(dport) {
+        return Fast::Unwatched;
+    }
+    // A watched packet: the rest of the IP header. (The bounds are checked
+    // again: the verifier may have lost them across the lookups.)
+    let mut t = Tuple {
+        family: 0,
+        sport: 0,
+        dport: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    // The IP header's length field counts from `base`.
+    let (base, len, ttl) = if v6 {
+        if data + L3 + 40 > end {
+            return Fast::Slow;
+        }
+        let ip = data + L3;
+        t.family = AF_INET6;
+        t.saddr = at(ip + 8);
+        t.daddr = at(ip + 24);
+        (
+            L3 + 40,
+            usize::from(u16::from_be(at::<u16>(ip + 4))),
+            at::<u8>(ip + 7),
+        )
+    } else {
+        if data + L3 + 20 > end {
+            return Fast::Slow;
+        }
+        let ip = data + L3;
+        t.family = AF_INET;
+        t.saddr[..4].copy_from_slice(&at::<[u8; 4]>(ip + 12));
+        t.daddr[..4].copy_from_slice(&at::<[u8; 4]>(ip + 16));
+        (
+            L3,
+            usize::from(u16::from_be(at::<u16>(ip + 2))),
+            at::<u8>(ip + 8),
+        )
+    };
+    if data + l4 + 20 > end {
+        return Fast::Slow;
+    }
+    let tcp = data + l4;
+    // GSO packets may give a length of 0 or less than they carry: trust the
+    // skb then, as the slow parser does.
+    let skb_len = ctx.len() as usize;
+    let ip_end = if len == 0 || base + len > skb_len {
+        skb_len
+    } else {
+        base + len
+    };
+    let doff = usize::from(at::<u8>(tcp + 12) >> 4) * 4;
+    if doff < 20 || l4 + doff > ip_end {
+        return Fast::Slow;
+    }
+    let seq = u32::from_be(at::<u32>(tcp + 4));
+    let tcp_flags: u8 = at(tcp + 13);
+    match finish(t, ingress, (sport, dport), ttl, tcp_flags, seq) {
+        Some(mut p) => {
+            p.payload_off = (l4 + doff) as u32;
+            p.payload_len = (ip_end - (l4 + doff)) as u32;
+            Fast::Watched(p)
+        }
+        None => Fast::Unwatched,
+    }
+}
+
+/// The local end first, then the endpoint filter; `None` when filtered out.
+#[inline(always)]
+fn finish(
+    mut t: Tuple,
+    ingress: bool,
+    (sport, dport): (u16, u16),
+    ttl: u8,
+    tcp_flags: u8,
+    seq: u32,
+) -> Option<Pkt> {
+    if ingress {
+        core::mem::swap(&mut t.saddr, &mut t.daddr);
+        t.sport = dport;
+        t.dport = sport;
+    } else {
+        t.sport = sport;
+        t.dport = dport;
+    }
+    if !crate::event::endpoint_watched(&t) {
+        return None;
+    }
+    Some(Pkt {
+        tuple: t,
+        ttl,
+        tcp_flags,
+        seq,
+        payload_off: 0,
+        payload_len: 0,
+    })
 }
 
 /// Parses L3/L4 headers; `None` for non-TCP, unwatched or malformed packets.
@@ -160,14 +278,22 @@ fn parse(ctx: &TcContext, ingress: bool) -> Option<Pkt> {
     let l3 = l3_offset(ctx);
     // skb->protocol holds a big-endian 16-bit value.
     let proto = u32::from(u16::from_be(ctx.skb.protocol() as u16));
-    let quick_exit = match l3 {
-        14 => surely_unwatched::<14>(ctx, proto),
-        0 => surely_unwatched::<0>(ctx, proto),
-        _ => false,
+    let fast = match l3 {
+        14 => fast_parse::<14>(ctx, proto, ingress),
+        0 => fast_parse::<0>(ctx, proto, ingress),
+        _ => Fast::Slow,
     };
-    if quick_exit {
-        return None;
+    match fast {
+        Fast::Unwatched => None,
+        Fast::Watched(p) => Some(p),
+        Fast::Slow => slow_parse(ctx, l3, proto, ingress),
     }
+}
+
+/// The parser for what [`fast_parse`] cannot read directly, one
+/// `bpf_skb_load_bytes` per field.
+#[inline(always)]
+fn slow_parse(ctx: &TcContext, l3: u32, proto: u32, ingress: bool) -> Option<Pkt> {
     let skb_len = ctx.len();
     let mut t = Tuple {
         family: 0,
@@ -259,26 +385,10 @@ fn parse(ctx: &TcContext, ingress: bool) -> Option<Pkt> {
         stat(ws::MALFORMED);
         return None;
     }
-    // Local end first.
-    if ingress {
-        core::mem::swap(&mut t.saddr, &mut t.daddr);
-        t.sport = dport;
-        t.dport = sport;
-    } else {
-        t.sport = sport;
-        t.dport = dport;
-    }
-    if !crate::event::endpoint_watched(&t) {
-        return None;
-    }
-    Some(Pkt {
-        tuple: t,
-        ttl,
-        tcp_flags,
-        seq,
-        payload_off: l4 + doff,
-        payload_len: end - (l4 + doff),
-    })
+    let mut p = finish(t, ingress, (sport, dport), ttl, tcp_flags, seq)?;
+    p.payload_off = l4 + doff;
+    p.payload_len = end - (l4 + doff);
+    Some(p)
 }
 
 #[inline(always)]
