@@ -210,6 +210,9 @@ impl Observer {
                     "--no-kube",
                     "--metrics-addr",
                     addr,
+                    // Per-program figures; the kernel's statistics are on
+                    // for the whole bench anyway.
+                    "--bpf-stats",
                 ]);
                 if matches!(cfg, Cfg::DrainwatchTp | Cfg::BaselineTp) {
                     cmd.arg("--no-wire");
@@ -330,6 +333,15 @@ impl Observer {
             }
         }
         u
+    }
+
+    /// The daemon's metrics now (drainwatch only).
+    pub(crate) fn scrape(&self) -> anyhow::Result<String> {
+        let url = self
+            .metrics
+            .as_deref()
+            .context("not a drainwatch observer")?;
+        sh(&["ip", "netns", "exec", C, "curl", "-sf", url])
     }
 
     /// Events delivered so far, and events counted as lost (drainwatch).

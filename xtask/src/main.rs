@@ -29,6 +29,7 @@ mod fixedrate;
 mod fuzz;
 mod gofixtures;
 mod goh2bench;
+mod hotpath;
 mod repeat;
 mod scale;
 mod soak;
@@ -171,6 +172,24 @@ enum BenchCmd {
         /// connections (0: none).
         #[arg(long, value_name = "REQ_PER_S", default_value_t = 10_000.0)]
         rr_rate: f64,
+    },
+    /// The hot path's per-unit costs under one fixed connection rate, this
+    /// build against `--baseline` in interleaved rounds: ns per run of
+    /// `inet_sock_set_state` and of the TC classifier on real packets, and
+    /// the daemon's CPU per event (target/bench/hotpath.md).
+    Hotpath {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds of load per round and build.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// New connections per second.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// An earlier build of `drainwatch` to measure in the same rounds.
+        #[arg(long, value_name = "BIN")]
+        baseline: Option<PathBuf>,
     },
     /// drainwatch at apiserver scale: many long-lived, mostly idle
     /// connections to the watched port from several client namespaces,
@@ -735,6 +754,36 @@ fn main() -> anyhow::Result<()> {
                 ringbuf_bytes,
             };
             scale::run(&bin, &lab, &opts, &target.join("bench"))
+        }
+        Cmd::Bench {
+            which:
+                BenchCmd::Hotpath {
+                    rounds,
+                    seconds,
+                    rate,
+                    baseline,
+                },
+        } => {
+            if let Some(b) = &baseline
+                && !b.is_file()
+            {
+                bail!("--baseline {}: not a file", b.display());
+            }
+            if !(rate.is_finite() && (100.0..=50_000.0).contains(&rate)) {
+                bail!("--rate {rate}: between 100 and 50000 connections per second");
+            }
+            let (bin, lab, target) = bench_binaries(APT_PACKAGES)?;
+            hotpath::run(
+                &bin,
+                &lab,
+                &hotpath::Opts {
+                    rounds: rounds.clamp(1, 50),
+                    secs: seconds.clamp(1.0, 60.0),
+                    rate,
+                    baseline,
+                },
+                &target.join("bench"),
+            )
         }
         Cmd::Bench {
             which: BenchCmd::Stress { burst },

@@ -1,0 +1,192 @@
+//! `cargo xtask bench hotpath`: the per-unit costs of drainwatch's hot path
+//! under one fixed load, this build against an earlier one (`--baseline`)
+//! in interleaved rounds: kernel ns per run of `inet_sock_set_state` and of
+//! the TC classifier on real veth packets (the kernel's program statistics),
+//! and the daemon's CPU per event it delivered.
+//!
+//! Why its own bench: the same binary measured 20-30 % apart in runs twenty
+//! minutes apart on this shared machine, so a change is judged only against
+//! its predecessor in the same rounds, the order rotated every round.
+//! The load: `drainwatch-lab bench-load --mode conn-rr` at a fixed rate
+//! (each connection a 1-byte request and response) from the client
+//! namespace to the server over the veth; drainwatch runs in the client
+//! namespace with its classifier on the veth, so each connection is about
+//! ten tracepoint runs (both ends' transitions), about ten classifier runs
+//! and three events (the client's connect attempt, established, closed).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    bench::{median, sh},
+    compare::{BpfStats, C, Cfg, Observer, PORT, S_IP, topology},
+};
+
+/// What the bench runs.
+pub struct Opts {
+    pub rounds: u32,
+    pub secs: f64,
+    /// New connections per second.
+    pub rate: f64,
+    pub baseline: Option<PathBuf>,
+}
+
+/// The programs whose ns per run is reported.
+const PROGRAMS: [&str; 3] = ["inet_sock_set_state", "tc_ingress", "tc_egress"];
+
+/// One round of one build: ns per run per program, µs of daemon CPU per
+/// event, events delivered and lost, connections done.
+#[derive(Default, Clone)]
+struct Sample {
+    ns_per_run: [Option<f64>; 3],
+    us_per_event: Option<f64>,
+    events: f64,
+    lost: f64,
+    connections: f64,
+    errors: f64,
+}
+
+/// The value of one series (`name{labels}`) in a metrics scrape.
+fn series(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn measure(lab: &Path, obs: &Observer, o: &Opts) -> anyhow::Result<Sample> {
+    let m0 = obs.scrape()?;
+    let u0 = obs.usage();
+    let count = (o.rate * o.secs * 2.0).ceil() as u64;
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        C,
+        lab.to_str().context("utf8 path")?,
+        "bench-load",
+        "--target",
+        &format!("{S_IP}:{PORT}"),
+        "--mode",
+        "conn-rr",
+        "--rate",
+        &format!("{}", o.rate),
+        "--concurrency",
+        "128",
+        "--seconds",
+        &format!("{}", o.secs),
+        "--count",
+        &count.to_string(),
+    ])?;
+    // The tail: the daemon drains what the load produced, and its program
+    // statistics (exported every 500 ms) catch up.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m1 = obs.scrape()?;
+    let u1 = obs.usage();
+    let r: serde_json::Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("bench-load printed {out:?}"))?;
+    let mut s = Sample {
+        connections: r["requests"].as_f64().unwrap_or(0.0),
+        errors: r["connect_errors"].as_f64().unwrap_or(0.0),
+        ..Default::default()
+    };
+    for (i, p) in PROGRAMS.iter().enumerate() {
+        let d = |k: &str| {
+            let key = format!("{k}{{program=\"{p}\"}}");
+            series(&m1, &key) - series(&m0, &key)
+        };
+        let runs = d("drainwatch_program_runs_total");
+        if runs > 0.0 {
+            s.ns_per_run[i] = Some(d("drainwatch_program_run_seconds_total") * 1e9 / runs);
+        }
+    }
+    s.events = sum(&m1, "drainwatch_events_total{") - sum(&m0, "drainwatch_events_total{");
+    s.lost = sum(&m1, "drainwatch_events_lost_total{") - sum(&m0, "drainwatch_events_lost_total{");
+    if s.events > 0.0 {
+        s.us_per_event = Some((u1.cpu_s - u0.cpu_s) * 1e6 / s.events);
+    }
+    Ok(s)
+}
+
+/// Median and range of the values present, e.g. `656 (556-720)`.
+fn cell(v: impl Iterator<Item = Option<f64>>, digits: usize) -> String {
+    let mut v: Vec<f64> = v.flatten().collect();
+    if v.is_empty() {
+        return "-".into();
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let m = median(&mut v);
+    format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})")
+}
+
+pub fn run(dw: &Path, lab: &Path, o: &Opts, out_dir: &Path) -> anyhow::Result<()> {
+    let mut builds = vec![("this build", dw.to_path_buf(), Cfg::DrainwatchFull)];
+    if let Some(b) = &o.baseline {
+        builds.push(("baseline", b.clone(), Cfg::BaselineFull));
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let _stats = BpfStats::enable()?;
+    let topo = topology(lab)?;
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); builds.len()];
+    for round in 0..o.rounds as usize {
+        for k in 0..builds.len() {
+            let bi = (k + round) % builds.len();
+            let (name, bin, cfg) = &builds[bi];
+            eprintln!("hot path, round {}/{}: {name}", round + 1, o.rounds);
+            let obs = Observer::start(*cfg, bin, out_dir)?;
+            // Start-up work (the daemon's first scans) is not the load's.
+            std::thread::sleep(Duration::from_secs(2));
+            let s = measure(lab, &obs, o)?;
+            let _ = obs.stop();
+            if s.connections < o.rate * o.secs * 0.9 || s.errors > 0.0 {
+                eprintln!(
+                    "  the load fell short: {} connections, {} connect errors",
+                    s.connections, s.errors
+                );
+            }
+            samples[bi].push(s);
+        }
+    }
+    drop(topo);
+    let mut md = format!(
+        "{} connections/s (conn-rr over the veth) for {} s, {} rounds; median (range)\n\n\
+         | build | inet_sock_set_state ns/run | tc_ingress ns/run | tc_egress ns/run | daemon µs/event | events/connection | lost |\n\
+         |---|---|---|---|---|---|---|\n",
+        o.rate, o.secs, o.rounds
+    );
+    for ((name, _, _), v) in builds.iter().zip(&samples) {
+        let per_conn = cell(
+            v.iter()
+                .map(|s| (s.connections > 0.0).then(|| s.events / s.connections)),
+            2,
+        );
+        let lost: f64 = v.iter().map(|s| s.lost).sum();
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {per_conn} | {lost} |\n",
+            cell(v.iter().map(|s| s.ns_per_run[0]), 0),
+            cell(v.iter().map(|s| s.ns_per_run[1]), 0),
+            cell(v.iter().map(|s| s.ns_per_run[2]), 0),
+            cell(v.iter().map(|s| s.us_per_event), 2),
+        ));
+    }
+    print!("{md}");
+    let path = out_dir.join("hotpath.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    if samples.iter().flatten().all(|s| s.events == 0.0) {
+        bail!("no build delivered an event: the load did not reach the watched port");
+    }
+    Ok(())
+}
