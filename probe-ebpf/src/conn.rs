@@ -148,13 +148,7 @@ fn set_state_with<R: SetStateRecord>(ctx: &TracePointContext, r: &R) -> Option<(
                 && (*info).flags & sock_flags::PASSIVE != 0
             {
                 let (family, sport, dport) = ports;
-                let mut tuple = Tuple {
-                    family,
-                    sport,
-                    dport,
-                    saddr: [0; 16],
-                    daddr: [0; 16],
-                };
+                let mut tuple = Tuple::new(family, sport, dport);
                 r.addrs(ctx, &mut tuple)?;
                 (*info).close_bits = request_pending(sk, &tuple);
             }
@@ -525,13 +519,7 @@ pub fn destroy_sock(ctx: &TracePointContext) -> Option<()> {
     if !port_watched(sport) && !port_watched(dport) {
         return None;
     }
-    let mut tuple = Tuple {
-        family,
-        sport,
-        dport,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+    let mut tuple = Tuple::new(family, sport, dport);
     read_addrs(ctx, &l.tuple, &mut tuple)?;
     let key = tuple.key();
     // The error an RST reported after the close (nothing reads it).

@@ -30,6 +30,22 @@ pub struct Tuple {
 }
 
 impl Tuple {
+    /// Zero addresses with `family` and the ports. Zeroed a word at a
+    /// time: a literal's `[0; 16]` compiles to a call of the BPF object's
+    /// `memset`, a byte loop (LLVM's BPF backend inlines `memcpy`, never
+    /// `memset`).
+    #[inline(always)]
+    pub fn new(family: u16, sport: u16, dport: u16) -> Tuple {
+        let mut t = core::mem::MaybeUninit::<Tuple>::uninit();
+        zero_words(t.as_mut_ptr());
+        // SAFETY: every byte was just zeroed, and zero is a valid Tuple.
+        let mut t = unsafe { t.assume_init() };
+        t.family = family;
+        t.sport = sport;
+        t.dport = dport;
+        t
+    }
+
     pub fn key(&self) -> TupleKey {
         TupleKey {
             daddr: self.daddr,
@@ -168,13 +184,7 @@ pub fn complete_tuple<A: FnOnce(&mut Tuple) -> Option<()>>(
     (family, sport, dport): (u16, u16, u16),
     addrs: A,
 ) -> Option<Tuple> {
-    let mut tuple = Tuple {
-        family,
-        sport,
-        dport,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+    let mut tuple = Tuple::new(family, sport, dport);
     if addrs(&mut tuple).is_none() {
         // A watched connection whose addresses cannot be read means the
         // layout handed over at load does not fit this record: say so.
@@ -206,13 +216,7 @@ pub fn emit<F: FnOnce(&mut RawEvent)>(kind: u8, tuple: &Tuple, fill: F) {
     // Zeroed a word at a time. `RawEvent::zeroed()` compiles to a call of
     // the BPF object's `memset`, a byte loop: 144 iterations, about 700
     // instructions per event, more than the rest of most programs.
-    let words = entry.as_mut_ptr().cast::<u64>();
-    for i in 0..core::mem::size_of::<RawEvent>() / 8 {
-        // SAFETY: inside the reserved record (its size is a multiple of 8,
-        // checked below); volatile so LLVM cannot fold the stores back into
-        // a `memset` call.
-        unsafe { words.add(i).write_volatile(0) };
-    }
+    zero_words(entry.as_mut_ptr());
     // SAFETY: every byte was just initialised, and zero is a valid RawEvent.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.ts_ns = now();
@@ -238,7 +242,18 @@ pub fn emit<F: FnOnce(&mut RawEvent)>(kind: u8, tuple: &Tuple, fill: F) {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<RawEvent>().is_multiple_of(8));
+/// Zeroes `*p` with 8-byte stores, volatile so that LLVM cannot fold them
+/// back into a `memset` call (see [`Tuple::new`]).
+#[inline(always)]
+pub fn zero_words<T>(p: *mut T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8) };
+    let words = p.cast::<u64>();
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: inside `*p`, whose size is a multiple of 8 and which is
+        // 8-aligned (checked above).
+        unsafe { words.add(i).write_volatile(0) };
+    }
+}
 
 /// Records the current task (for events raised in process context).
 #[inline(always)]

@@ -245,13 +245,7 @@ fn report(_ctx: &ProbeContext, r: &pt_regs, p: GoProbe) -> Option<()> {
             cc + u64::from(l.client_tconn)
         }
     };
-    let mut tuple = Tuple {
-        family: 0,
-        sport: 0,
-        dport: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+    let mut tuple = Tuple::new(0, 0, 0);
     let mut sock = 0u64;
     let mut unknown_pc = 0u64;
     match conn_fd(iface, &p, &l, bias) {

@@ -32,13 +32,7 @@ pub(crate) fn sock_tuple(sk: u64) -> Option<Tuple> {
     if !port_watched(sport) && !port_watched(dport) {
         return None;
     }
-    let mut t = Tuple {
-        family,
-        sport,
-        dport,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+    let mut t = Tuple::new(family, sport, dport);
     match family {
         AF_INET => {
             let s: [u8; 4] = read(sk, l.rcv_saddr)?;

@@ -83,7 +83,7 @@ pub fn local_addrs_in(path: &std::path::Path) -> std::io::Result<Vec<IpAddr>> {
 #[derive(Debug, Default)]
 pub struct OwnConnections {
     /// (our side, the server) -> when our side ended (boot-clock ns).
-    flows: std::collections::HashMap<(std::net::SocketAddr, std::net::SocketAddr), Option<u64>>,
+    flows: foldhash::HashMap<(std::net::SocketAddr, std::net::SocketAddr), Option<u64>>,
 }
 
 /// This process's id (`std::process::id` is a system call each time).

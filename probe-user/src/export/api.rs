@@ -80,14 +80,14 @@ impl Api {
     }
 
     /// Keeps `ev` in the bounded buffer, dropping the oldest when full.
-    pub fn push_event(&self, ev: &Event) {
+    pub fn push_event(&self, ev: Event) {
         let mut g = self.lock();
         if g.events.len() >= self.capacity {
             g.events.pop_front();
         }
         let seq = g.next;
         g.next += 1;
-        g.events.push_back((seq, ev.clone()));
+        g.events.push_back((seq, ev));
     }
 
     /// The engine's latest verdicts and timelines.
@@ -198,7 +198,7 @@ mod tests {
             (Some(0), Some(0))
         );
         for _ in 0..5 {
-            api.push_event(&event());
+            api.push_event(event());
         }
         // 5 pushed, 3 held (seq 3, 4, 5): a reader from the start missed 2.
         let (code, v) = get(&api, "/api/v1/events", Some("since=0"));

@@ -71,8 +71,6 @@ impl Correlation {
         metrics: &Metrics,
         watched: &[u16],
     ) {
-        // Every decoded event, as on stdout with --output json.
-        self.api.push_event(ev);
         if observe::stray_client_reset(ev, watched) {
             return;
         }
@@ -83,6 +81,12 @@ impl Correlation {
         if let Some(o) = obs {
             self.push_observation(o);
         }
+    }
+
+    /// Keeps `ev` for the HTTP API's event list (every decoded event, as on
+    /// stdout with --output json): moved, not copied, as its last use.
+    pub fn keep_event(&self, ev: Event) {
+        self.api.push_event(ev);
     }
 
     /// Numbers, records and feeds one observation.

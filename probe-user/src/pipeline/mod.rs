@@ -127,6 +127,7 @@ impl Pipeline {
         if let Some((sample, middlebox)) = idle_sample {
             self.idle_finding(ev.ts_boot_ns, sample, middlebox, out);
         }
+        self.corr.keep_event(ev);
     }
 
     /// Names the connection's owner and counts its events by namespace.

@@ -23,13 +23,14 @@
 //!   connection is not attributed, counted (`table_full`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use drainwatch_correlate::Workload;
+use foldhash::HashMap;
 
 use crate::{
     decode::event::{Event, EventKind, SockId},
@@ -97,11 +98,11 @@ impl Owners {
     /// owners are named by process only.
     pub fn new(capacity: usize, attributor: Option<Attributor>) -> Owners {
         Owners {
-            socks: HashMap::new(),
-            flows: HashMap::new(),
+            socks: HashMap::default(),
+            flows: HashMap::default(),
             closing: VecDeque::new(),
-            names: HashMap::new(),
-            seeded: HashMap::new(),
+            names: HashMap::default(),
+            seeded: HashMap::default(),
             attributor,
             namespaces: Vec::new(),
             capacity,
