@@ -59,32 +59,8 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 
 /// A new flow's value before its first packet: all zero (`h2::UNKNOWN`,
 /// no sequence known); read-only data, copied by the map update.
-static FRESH_FLOW: Flow = Flow {
-    first_ns: 0,
-    last_ns: 0,
-    gap_ns: 0,
-    last_payload_ns: 0,
-    ka_last_ns: [0; 2],
-    ka_interval_ns: 0,
-    packets: [0; 2],
-    bytes: [0; 2],
-    next_seq: [0; 2],
-    h2_next: [0; 2],
-    ka_count: 0,
-    peer_ttl: 0,
-    last_dir: 0,
-    h2: [h2::UNKNOWN; 2],
-    seq_known: 0,
-    from_syn: 0,
-    big_dir: 0,
-    fin_dirs: 0,
-    h2_have: [0; 2],
-    _pad: [0; 2],
-    h2_head: [0; 2],
-    h2_tail: [0; 2],
-    stream_from_ns: 0,
-    stream_last_ns: 0,
-};
+static FRESH_FLOW: Flow = Flow::ZERO;
+const _: () = assert!(h2::UNKNOWN == 0);
 
 #[map]
 pub static WIRE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(WIRE_STAT_SLOTS, 0);
@@ -418,6 +394,9 @@ pub fn classify(ctx: &TcContext, ingress: bool) -> i32 {
     TC_ACT_OK
 }
 
+// `insert(key, FRESH_FLOW, ..)` would copy the value onto the stack: the
+// reference to the read-only data is the point.
+#[allow(clippy::needless_borrows_for_generic_args)]
 fn observe(ctx: &TcContext, ingress: bool) -> Option<()> {
     let p = parse(ctx, ingress)?;
     stat(ws::PACKETS);

@@ -514,24 +514,47 @@ fn load(lab: &Path, w: Work, secs: f64, count: u64) -> anyhow::Result<Value> {
     if w.mode == "h2c" {
         return h2load(w, secs);
     }
-    let out = sh(&[
+    bench_load(lab, w.target, w.mode, None, w.concurrency, secs, count)
+}
+
+/// Runs `drainwatch-lab bench-load` in the client namespace (at `rate`
+/// units per second, or as fast as it can) and returns its JSON result.
+pub(crate) fn bench_load(
+    lab: &Path,
+    target: &str,
+    mode: &str,
+    rate: Option<f64>,
+    concurrency: u32,
+    secs: f64,
+    count: u64,
+) -> anyhow::Result<Value> {
+    let lab = lab.to_str().context("utf8 path")?;
+    let (concurrency, secs, count) = (concurrency.to_string(), secs.to_string(), count.to_string());
+    let mut args = vec![
         "ip",
         "netns",
         "exec",
         C,
-        lab.to_str().context("utf8 path")?,
+        lab,
         "bench-load",
         "--target",
-        w.target,
+        target,
         "--mode",
-        w.mode,
+        mode,
+    ];
+    args.extend([
         "--concurrency",
-        &w.concurrency.to_string(),
+        &concurrency,
         "--seconds",
-        &format!("{secs}"),
+        &secs,
         "--count",
-        &count.to_string(),
-    ])?;
+        &count,
+    ]);
+    let rate = rate.map(|r| r.to_string());
+    if let Some(r) = &rate {
+        args.extend(["--rate", r]);
+    }
+    let out = sh(&args)?;
     serde_json::from_str(out.trim()).with_context(|| format!("bench-load printed {out:?}"))
 }
 

@@ -34,8 +34,8 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    bench::{median, sh, spread},
-    compare::{BpfStats, C, Cfg, Observer, PORT, S_IP, have, machine, topology},
+    bench::{median, spread},
+    compare::{BpfStats, Cfg, Observer, PORT, S_IP, bench_load, have, machine, topology},
     scale::prog_stats_by_type,
 };
 
@@ -287,26 +287,16 @@ fn measure(lab: &Path, obs: &Observer, w: &Work, secs: f64) -> anyhow::Result<Va
     let f0 = processes();
     let t0 = Instant::now();
     let count = (w.rate * secs * 2.0).ceil() as u64;
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        C,
-        lab.to_str().context("utf8 path")?,
-        "bench-load",
-        "--target",
-        &format!("{S_IP}:{PORT}"),
-        "--mode",
+    let target = format!("{S_IP}:{PORT}");
+    let r = bench_load(
+        lab,
+        &target,
         w.mode,
-        "--rate",
-        &format!("{}", w.rate),
-        "--concurrency",
-        &w.concurrency.to_string(),
-        "--seconds",
-        &format!("{secs}"),
-        "--count",
-        &count.to_string(),
-    ])?;
+        Some(w.rate),
+        w.concurrency,
+        secs,
+        count,
+    )?;
     // The tail: what the observer does with what the load produced.
     std::thread::sleep(Duration::from_secs(1));
     let c1 = read_cpu()?;
@@ -330,8 +320,6 @@ fn measure(lab: &Path, obs: &Observer, w: &Work, secs: f64) -> anyhow::Result<Va
             json!(b.0.saturating_sub(a.0) as f64 / runs as f64)
         }
     };
-    let r: Value =
-        serde_json::from_str(out.trim()).with_context(|| format!("bench-load printed {out:?}"))?;
     let units = r["requests"].as_f64().unwrap_or(0.0);
     let errors = r["connect_errors"].as_f64().unwrap_or(0.0);
     Ok(json!({

@@ -24,8 +24,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bench::{median, sh},
-    compare::{BpfStats, C, Cfg, Observer, PORT, S_IP, topology},
+    bench::median,
+    compare::{BpfStats, Cfg, Observer, PORT, S_IP, bench_load, topology},
 };
 
 /// What the bench runs.
@@ -83,34 +83,14 @@ fn measure(lab: &Path, obs: &Observer, o: &Opts, idle: f64) -> anyhow::Result<Sa
     let u0 = obs.usage();
     let t0 = Instant::now();
     let count = (o.rate * o.secs * 2.0).ceil() as u64;
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        C,
-        lab.to_str().context("utf8 path")?,
-        "bench-load",
-        "--target",
-        &format!("{S_IP}:{PORT}"),
-        "--mode",
-        "conn-rr",
-        "--rate",
-        &format!("{}", o.rate),
-        "--concurrency",
-        "128",
-        "--seconds",
-        &format!("{}", o.secs),
-        "--count",
-        &count.to_string(),
-    ])?;
+    let target = format!("{S_IP}:{PORT}");
+    let r = bench_load(lab, &target, "conn-rr", Some(o.rate), 128, o.secs, count)?;
     // The tail: the daemon drains what the load produced, and its program
     // statistics (exported every 500 ms) catch up.
     std::thread::sleep(Duration::from_millis(1500));
     let m1 = obs.scrape()?;
     let u1 = obs.usage();
     let window = t0.elapsed().as_secs_f64();
-    let r: serde_json::Value =
-        serde_json::from_str(out.trim()).with_context(|| format!("bench-load printed {out:?}"))?;
     let mut s = Sample {
         connections: r["requests"].as_f64().unwrap_or(0.0),
         errors: r["connect_errors"].as_f64().unwrap_or(0.0),
