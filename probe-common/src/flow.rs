@@ -92,32 +92,9 @@ pub const FLOW_HALF_CLOSED_IDLE_NS: u64 = 120_000_000_000;
 impl Flow {
     /// A flow before its first packet: every field zero (HTTP/2 state
     /// unknown, no sequence number known).
-    pub const ZERO: Flow = Flow {
-        first_ns: 0,
-        last_ns: 0,
-        gap_ns: 0,
-        last_payload_ns: 0,
-        ka_last_ns: [0; 2],
-        ka_interval_ns: 0,
-        packets: [0; 2],
-        bytes: [0; 2],
-        next_seq: [0; 2],
-        h2_next: [0; 2],
-        ka_count: 0,
-        peer_ttl: 0,
-        last_dir: 0,
-        h2: [0; 2],
-        seq_known: 0,
-        from_syn: 0,
-        big_dir: 0,
-        fin_dirs: 0,
-        h2_have: [0; 2],
-        _pad: [0; 2],
-        h2_head: [0; 2],
-        h2_tail: [0; 2],
-        stream_from_ns: 0,
-        stream_last_ns: 0,
-    };
+    // SAFETY: every field is an integer or an array of integers, for which
+    // all-zero bytes are a valid value.
+    pub const ZERO: Flow = unsafe { core::mem::zeroed() };
 
     /// Whether userspace may delete this flow at `now_ns` (boot clock):
     /// it is closed and over. Open flows are never dropped, however long

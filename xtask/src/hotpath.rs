@@ -26,6 +26,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     bench::median,
     compare::{BpfStats, Cfg, Observer, PORT, S_IP, bench_load, topology},
+    scale::{metric, metric_sum},
 };
 
 /// What the bench runs.
@@ -53,21 +54,6 @@ struct Sample {
     lost: f64,
     connections: f64,
     errors: f64,
-}
-
-/// The value of one series (`name{labels}`) in a metrics scrape.
-fn series(text: &str, key: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The daemon's CPU seconds per second with no load, over `secs`.
@@ -99,15 +85,16 @@ fn measure(lab: &Path, obs: &Observer, o: &Opts, idle: f64) -> anyhow::Result<Sa
     for (i, p) in PROGRAMS.iter().enumerate() {
         let d = |k: &str| {
             let key = format!("{k}{{program=\"{p}\"}}");
-            series(&m1, &key) - series(&m0, &key)
+            metric(&m1, &key) - metric(&m0, &key)
         };
         let runs = d("drainwatch_program_runs_total");
         if runs > 0.0 {
             s.ns_per_run[i] = Some(d("drainwatch_program_run_seconds_total") * 1e9 / runs);
         }
     }
-    s.events = sum(&m1, "drainwatch_events_total{") - sum(&m0, "drainwatch_events_total{");
-    s.lost = sum(&m1, "drainwatch_events_lost_total{") - sum(&m0, "drainwatch_events_lost_total{");
+    let d = |prefix: &str| metric_sum(&m1, prefix) - metric_sum(&m0, prefix);
+    s.events = d("drainwatch_events_total{");
+    s.lost = d("drainwatch_events_lost_total{");
     if s.events > 0.0 {
         let cpu = u1.cpu_s - u0.cpu_s;
         s.us_per_event = Some(cpu * 1e6 / s.events);

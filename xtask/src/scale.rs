@@ -324,7 +324,7 @@ impl Drop for Daemon {
 }
 
 /// The value of one exact series (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)?
@@ -336,7 +336,8 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn metric_sum(text: &str, prefix: &str) -> f64 {
+/// The sum of every series starting with `prefix`.
+pub(crate) fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

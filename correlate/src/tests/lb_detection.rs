@@ -306,3 +306,36 @@ fn readyz_flap_is_not_a_shutdown() {
     );
     assert!(t.lb_detection.is_none());
 }
+
+/// SIGTERM, then a SIGKILL that cuts the /readyz poll in flight: the poller
+/// reports red a moment before the dying process closes its listener (seen
+/// on a busy CI machine, 0.6 ms). That red is the kill, not a warning the LB
+/// could have acted on: no detection time, no `lb_detection_slow`.
+#[test]
+fn readyz_red_after_the_sigkill_is_no_warning_to_the_lb() {
+    let cfg = Config {
+        grace_period_s: Some(3.0),
+        ..lab_hc(1.0, 3)
+    };
+    let mut b = B::default();
+    b.sig(0.0, Signal::Term);
+    b.sig(3.0, Signal::Kill);
+    b.readyz(3.0005, false);
+    b.listen(3.001, false, 100);
+    // The LB keeps sending new connections for a while: refused.
+    for i in 1..=5u16 {
+        b.rst(3.0 + f64::from(i) * 0.3, sa(LB, 31000 + i), "NO_SOCKET");
+    }
+    b.exit(3.01, Some(9));
+    let r = run(&cfg, &b);
+    assert!(
+        !causes(&r).contains(&Cause::LbDetectionSlow),
+        "{:#?}",
+        r.verdicts
+    );
+    let refused = only(&r, Cause::RefusedWhileNotListening { path: Path::ViaLb });
+    assert_eq!(refused.count, 5);
+    let d = r.timelines[0].lb_detection.clone().expect("recorded");
+    assert_eq!((d.t_s, d.shutdown_delay_s), (None, None));
+    assert!(d.note.contains("after the SIGKILL"), "{}", d.note);
+}

@@ -172,6 +172,27 @@ fn detect<'a>(
             evidence: red.ids.clone(),
         });
     }
+    if let Some(killed) = c
+        .t(PhaseKind::Sigkill)
+        .filter(|killed_at| *killed_at <= red_at)
+    {
+        // /readyz failed because the process was being killed: a poll cut
+        // by the SIGKILL, seen (on a busy machine) a moment before the
+        // dying process got to close its listener. That is no warning to
+        // the LB either.
+        return Some(LbDetection {
+            t_s: None,
+            lower_bound: false,
+            shutdown_delay_s: None,
+            holds: None,
+            hc_worst_case_s: hc,
+            note: format!(
+                "not measurable: /readyz turned red {:.3} s after the SIGKILL, so the LB had no warning",
+                dsecs(killed, red_at)
+            ),
+            evidence: red.ids.clone(),
+        });
+    }
     let closed_at = c
         .t(PhaseKind::ListenerClosed)
         .filter(|closed_at| *closed_at >= red_at)
