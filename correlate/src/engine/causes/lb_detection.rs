@@ -153,43 +153,38 @@ fn detect<'a>(
         .filter(|_| c.shut_down())?;
     let red_at = red.t;
     let hc = cfg.health_check.map(|h| h.worst_case_s());
-    if let Some(closed) = c
+    // Killed or crashed: the listener went before /readyz could warn the
+    // LB, or /readyz failed because the process was being killed (a poll
+    // cut by the SIGKILL, seen on a busy machine a moment before the dying
+    // process got to close its listener). Either way the LB had no warning
+    // and there is no detection time to speak of.
+    let no_warning = c
         .t(PhaseKind::ListenerClosed)
         .filter(|closed_at| *closed_at < red_at)
-    {
-        // Killed or crashed: the listener went before /readyz could
-        // warn the LB, so there is no detection time to speak of.
-        return Some(LbDetection {
-            t_s: None,
-            lower_bound: false,
-            shutdown_delay_s: None,
-            holds: None,
-            hc_worst_case_s: hc,
-            note: format!(
-                "not measurable: the listener closed {:.1} s before /readyz turned red, so the LB had no warning",
+        .map(|closed| {
+            format!(
+                "the listener closed {:.1} s before /readyz turned red",
                 dsecs(closed, red_at)
-            ),
-            evidence: red.ids.clone(),
+            )
+        })
+        .or_else(|| {
+            c.t(PhaseKind::Sigkill)
+                .filter(|killed_at| *killed_at <= red_at)
+                .map(|killed| {
+                    format!(
+                        "/readyz turned red {:.3} s after the SIGKILL",
+                        dsecs(killed, red_at)
+                    )
+                })
         });
-    }
-    if let Some(killed) = c
-        .t(PhaseKind::Sigkill)
-        .filter(|killed_at| *killed_at <= red_at)
-    {
-        // /readyz failed because the process was being killed: a poll cut
-        // by the SIGKILL, seen (on a busy machine) a moment before the
-        // dying process got to close its listener. That is no warning to
-        // the LB either.
+    if let Some(why) = no_warning {
         return Some(LbDetection {
             t_s: None,
             lower_bound: false,
             shutdown_delay_s: None,
             holds: None,
             hc_worst_case_s: hc,
-            note: format!(
-                "not measurable: /readyz turned red {:.3} s after the SIGKILL, so the LB had no warning",
-                dsecs(killed, red_at)
-            ),
+            note: format!("not measurable: {why}, so the LB had no warning"),
             evidence: red.ids.clone(),
         });
     }
