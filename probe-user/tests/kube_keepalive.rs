@@ -34,12 +34,11 @@ struct Conn {
     keepalive_left: Option<Duration>,
 }
 
-/// `ss -tnoHp` in namespace `ns`: the established connections of process
-/// `pid` to `server`, by local address.
-fn daemon_conns(ns: &str, pid: u32, server: SocketAddr) -> BTreeMap<SocketAddr, Conn> {
+/// `ss ARGS SERVER` in namespace `ns`: its output (it must succeed).
+fn ss(ns: &str, args: &[&str], server: SocketAddr) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ss", "-tnoHp", "state", "established"])
-        .arg("dst")
+        .args(["netns", "exec", ns, "ss"])
+        .args(args)
         .arg(server.to_string())
         .output()
         .expect("ss");
@@ -48,8 +47,14 @@ fn daemon_conns(ns: &str, pid: u32, server: SocketAddr) -> BTreeMap<SocketAddr, 
         "ss: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ss -tnoHp` in namespace `ns`: the established connections of process
+/// `pid` to `server`, by local address.
+fn daemon_conns(ns: &str, pid: u32, server: SocketAddr) -> BTreeMap<SocketAddr, Conn> {
     let owner = format!("pid={pid},");
-    String::from_utf8_lossy(&out.stdout)
+    ss(ns, &["-tnoHp", "state", "established", "dst"], server)
         .lines()
         .filter(|l| l.contains(&owner))
         .map(|l| {
@@ -74,17 +79,7 @@ fn daemon_conns(ns: &str, pid: u32, server: SocketAddr) -> BTreeMap<SocketAddr, 
 /// Sockets of namespace `ns` to `server` in any state but TIME-WAIT
 /// (a closed connection waiting out its time is gone from the path).
 fn lingering(ns: &str, server: SocketAddr) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ss", "-tanH", "dst"])
-        .arg(server.to_string())
-        .output()
-        .expect("ss");
-    assert!(
-        out.status.success(),
-        "ss: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    ss(ns, &["-tanH", "dst"], server)
         .lines()
         .filter(|l| !l.starts_with("TIME-WAIT"))
         .map(str::to_string)

@@ -135,6 +135,33 @@ pub(in crate::engine) fn per_rollout<'a>(
     lb
 }
 
+/// Why the LB had no warning at all, if it had none: killed or crashed,
+/// the listener went before /readyz could warn it, or /readyz failed
+/// because the process was being killed (a poll cut by the SIGKILL, seen on
+/// a busy machine a moment before the dying process got to close its
+/// listener). Then there is no detection time to speak of. Blind spot: a
+/// real red phase the poller missed, followed by a kill, is not measured
+/// either (reported as not measurable, never as a wrong time).
+fn no_warning(c: &Cycle, red_at: u64) -> Option<String> {
+    if let Some(closed) = c
+        .t(PhaseKind::ListenerClosed)
+        .filter(|closed_at| *closed_at < red_at)
+    {
+        return Some(format!(
+            "the listener closed {:.1} s before /readyz turned red",
+            dsecs(closed, red_at)
+        ));
+    }
+    c.t(PhaseKind::Sigkill)
+        .filter(|killed_at| *killed_at <= red_at)
+        .map(|killed| {
+            format!(
+                "/readyz turned red {:.3} s after the SIGKILL",
+                dsecs(killed, red_at)
+            )
+        })
+}
+
 /// One rollout's detection time; pushes the verdict when it was too slow.
 fn detect<'a>(
     ctx: &Ctx,
@@ -153,33 +180,7 @@ fn detect<'a>(
         .filter(|_| c.shut_down())?;
     let red_at = red.t;
     let hc = cfg.health_check.map(|h| h.worst_case_s());
-    // Killed or crashed: the listener went before /readyz could warn the
-    // LB, or /readyz failed because the process was being killed (a poll
-    // cut by the SIGKILL, seen on a busy machine a moment before the dying
-    // process got to close its listener). Either way the LB had no warning
-    // and there is no detection time to speak of. Blind spot: a real red
-    // phase the poller missed, followed by a kill, is not measured either
-    // (reported as not measurable, never as a wrong time).
-    let no_warning = c
-        .t(PhaseKind::ListenerClosed)
-        .filter(|closed_at| *closed_at < red_at)
-        .map(|closed| {
-            format!(
-                "the listener closed {:.1} s before /readyz turned red",
-                dsecs(closed, red_at)
-            )
-        })
-        .or_else(|| {
-            c.t(PhaseKind::Sigkill)
-                .filter(|killed_at| *killed_at <= red_at)
-                .map(|killed| {
-                    format!(
-                        "/readyz turned red {:.3} s after the SIGKILL",
-                        dsecs(killed, red_at)
-                    )
-                })
-        });
-    if let Some(why) = no_warning {
+    if let Some(why) = no_warning(c, red_at) {
         return Some(LbDetection {
             t_s: None,
             lower_bound: false,
